@@ -1,0 +1,195 @@
+//! The conformance suite every device runs: each backend, each engine, and
+//! every data service stacked on them. The helpers take `&dyn BlockDevice`
+//! so one set of checks covers the whole grid.
+//!
+//! It panics with a message naming the check on the first violation. The
+//! device under test must be at least [`MIN_DEVICE_BYTES`] long and its
+//! contents are overwritten.
+
+use super::{BlockDevice, DeviceError};
+use std::sync::Arc;
+
+/// Smallest device the suite accepts: room for a 1 MiB request plus the
+/// boundary checks at the end.
+pub const MIN_DEVICE_BYTES: u64 = 4 << 20;
+
+/// A deterministic byte pattern: distinct per offset and per `seed`, so a
+/// misplaced or stale block never matches by accident.
+pub fn pattern(seed: u64, offset: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    for i in 0..len as u64 {
+        let x = (offset + i)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(seed.wrapping_mul(0xD6E8_FEB8_6659_FD93));
+        out.push((x >> 29) as u8);
+    }
+    out
+}
+
+fn read_vec(dev: &dyn BlockDevice, offset: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0xEEu8; len];
+    dev.read(&mut buf, offset)
+        .unwrap_or_else(|e| panic!("read [{offset}, +{len}) failed: {e}"));
+    buf
+}
+
+/// Run every check. `name` appears in failure messages.
+pub fn run_all(name: &str, dev: Arc<dyn BlockDevice>) {
+    let size = dev.size_bytes();
+    assert!(
+        size >= MIN_DEVICE_BYTES,
+        "{name}: device of {size} bytes is below the suite's minimum"
+    );
+    let checks: &[(&str, fn(&dyn BlockDevice))] = &[
+        ("read_after_write", read_after_write),
+        ("unaligned_io", unaligned_io),
+        ("large_io", large_io),
+        ("last_byte_and_out_of_range", last_byte_and_out_of_range),
+        ("fua_and_flush", fua_and_flush),
+        ("discard_reads_zeroes", discard_reads_zeroes),
+        ("write_zeroes", write_zeroes),
+        ("zero_length_requests", zero_length_requests),
+        ("overwrite_keeps_neighbours", overwrite_keeps_neighbours),
+    ];
+    for (check, f) in checks {
+        eprintln!("conformance {name}: {check}");
+        f(dev.as_ref());
+    }
+    eprintln!("conformance {name}: concurrent_disjoint_writers");
+    concurrent_disjoint_writers(dev);
+}
+
+fn read_after_write(dev: &dyn BlockDevice) {
+    let data = pattern(1, 0, 64 * 1024);
+    dev.write(&data, 0, false).unwrap();
+    assert_eq!(read_vec(dev, 0, data.len()), data, "read_after_write");
+}
+
+fn unaligned_io(dev: &dyn BlockDevice) {
+    // Byte-granular offsets and lengths that straddle sector boundaries.
+    for (i, (off, len)) in [(1u64, 1usize), (511, 2), (4095, 4098), (12345, 777)]
+        .into_iter()
+        .enumerate()
+    {
+        let base = 256 * 1024;
+        let before = read_vec(dev, base, 16 * 1024);
+        let data = pattern(10 + i as u64, off, len);
+        dev.write(&data, base + off, false).unwrap();
+        let after = read_vec(dev, base, 16 * 1024);
+        let mut expect = before;
+        expect[off as usize..off as usize + len].copy_from_slice(&data);
+        assert_eq!(after, expect, "unaligned_io at +{off} len {len}");
+    }
+}
+
+fn large_io(dev: &dyn BlockDevice) {
+    let len = 1 << 20;
+    let data = pattern(2, 1 << 20, len);
+    dev.write(&data, 1 << 20, false).unwrap();
+    assert_eq!(read_vec(dev, 1 << 20, len), data, "large_io");
+}
+
+fn last_byte_and_out_of_range(dev: &dyn BlockDevice) {
+    let size = dev.size_bytes();
+    dev.write(&[0xAB], size - 1, false).unwrap();
+    assert_eq!(read_vec(dev, size - 1, 1), vec![0xAB]);
+    let mut buf = [0u8; 2];
+    assert!(matches!(
+        dev.read(&mut buf, size - 1),
+        Err(DeviceError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        dev.write(&[1, 2], size - 1, false),
+        Err(DeviceError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        dev.discard(size, 1),
+        Err(DeviceError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        dev.write_zeroes(u64::MAX - 1, 4, false),
+        Err(DeviceError::OutOfRange { .. })
+    ));
+    // The refused write touched nothing.
+    assert_eq!(read_vec(dev, size - 1, 1), vec![0xAB], "refused write");
+}
+
+fn fua_and_flush(dev: &dyn BlockDevice) {
+    let data = pattern(3, 2 << 20, 8192);
+    dev.write(&data, 2 << 20, true).unwrap();
+    dev.flush().unwrap();
+    assert_eq!(read_vec(dev, 2 << 20, 8192), data, "fua_and_flush");
+}
+
+fn discard_reads_zeroes(dev: &dyn BlockDevice) {
+    let off = 3 << 20;
+    dev.write(&pattern(4, off, 128 * 1024), off, false).unwrap();
+    dev.discard(off + 4096, 64 * 1024).unwrap();
+    let got = read_vec(dev, off, 128 * 1024);
+    let mut expect = pattern(4, off, 128 * 1024);
+    expect[4096..4096 + 64 * 1024].fill(0);
+    assert_eq!(got, expect, "discard_reads_zeroes");
+}
+
+fn write_zeroes(dev: &dyn BlockDevice) {
+    let off = (3 << 20) + (256 << 10);
+    dev.write(&pattern(5, off, 64 * 1024), off, false).unwrap();
+    dev.write_zeroes(off + 100, 5000, false).unwrap();
+    dev.write_zeroes(off + 10_000, 4096, true).unwrap();
+    let got = read_vec(dev, off, 64 * 1024);
+    let mut expect = pattern(5, off, 64 * 1024);
+    expect[100..5100].fill(0);
+    expect[10_000..14_096].fill(0);
+    assert_eq!(got, expect, "write_zeroes");
+}
+
+fn zero_length_requests(dev: &dyn BlockDevice) {
+    dev.write(&[], 0, false).unwrap();
+    dev.read(&mut [], dev.size_bytes()).unwrap();
+    dev.discard(0, 0).unwrap();
+    dev.write_zeroes(0, 0, false).unwrap();
+}
+
+fn overwrite_keeps_neighbours(dev: &dyn BlockDevice) {
+    let off = 3_500_000;
+    dev.write(&pattern(6, off, 12_288), off, false).unwrap();
+    dev.write(&pattern(7, off + 4096, 4096), off + 4096, false)
+        .unwrap();
+    let got = read_vec(dev, off, 12_288);
+    let mut expect = pattern(6, off, 12_288);
+    expect[4096..8192].copy_from_slice(&pattern(7, off + 4096, 4096));
+    assert_eq!(got, expect, "overwrite_keeps_neighbours");
+}
+
+fn concurrent_disjoint_writers(dev: Arc<dyn BlockDevice>) {
+    const THREADS: u64 = 4;
+    const WRITES: u64 = 64;
+    const BLOCK: u64 = 4096;
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let dev = dev.clone();
+            std::thread::spawn(move || {
+                for i in 0..WRITES {
+                    let off = (i * THREADS + t) * BLOCK;
+                    dev.write(&pattern(100 + t, off, BLOCK as usize), off, i % 8 == 0)
+                        .unwrap();
+                    if i % 16 == 0 {
+                        dev.flush().unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("writer thread panicked");
+    }
+    for i in 0..WRITES * THREADS {
+        let t = i % THREADS;
+        let off = i * BLOCK;
+        assert_eq!(
+            read_vec(dev.as_ref(), off, BLOCK as usize),
+            pattern(100 + t, off, BLOCK as usize),
+            "concurrent_disjoint_writers block {i}"
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! umbra: a kernel-style block-device layer in user space.
+//!
+//! See `ARCHITECTURE.md` for the life of a write and the code map.
+
+pub mod backend;
+pub mod buffer;
+pub mod device;
