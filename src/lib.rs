@@ -5,3 +5,4 @@
 pub mod backend;
 pub mod buffer;
 pub mod device;
+pub mod interposer;

@@ -193,3 +193,124 @@ fn concurrent_disjoint_writers(dev: Arc<dyn BlockDevice>) {
         );
     }
 }
+
+/// One request as the device below the stack saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    Write { offset: u64, len: u64, fua: bool },
+    Flush,
+    Other,
+}
+
+/// Wraps a device and logs, per calling thread, every request that reaches
+/// it, in arrival order. Tests check that a stack neither loses nor reorders
+/// a thread's requests (in particular across a flush).
+pub struct RecordingDevice {
+    inner: Arc<dyn BlockDevice>,
+    log: parking_lot::Mutex<Vec<(std::thread::ThreadId, Recorded)>>,
+}
+
+impl RecordingDevice {
+    pub fn new(inner: Arc<dyn BlockDevice>) -> Self {
+        RecordingDevice {
+            inner,
+            log: parking_lot::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The requests thread `t` made, in the order they reached the device.
+    pub fn log_of(&self, t: std::thread::ThreadId) -> Vec<Recorded> {
+        self.log
+            .lock()
+            .iter()
+            .filter(|(id, _)| *id == t)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    fn record(&self, r: Recorded) {
+        self.log.lock().push((std::thread::current().id(), r));
+    }
+}
+
+impl BlockDevice for RecordingDevice {
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+    fn read(&self, buf: &mut [u8], offset: u64) -> super::Result<()> {
+        self.inner.read(buf, offset)
+    }
+    fn write(&self, buf: &[u8], offset: u64, fua: bool) -> super::Result<()> {
+        self.inner.write(buf, offset, fua)?;
+        self.record(Recorded::Write {
+            offset,
+            len: buf.len() as u64,
+            fua,
+        });
+        Ok(())
+    }
+    fn flush(&self) -> super::Result<()> {
+        self.inner.flush()?;
+        self.record(Recorded::Flush);
+        Ok(())
+    }
+    fn discard(&self, offset: u64, len: u64) -> super::Result<()> {
+        self.inner.discard(offset, len)?;
+        self.record(Recorded::Other);
+        Ok(())
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> super::Result<()> {
+        self.inner.write_zeroes(offset, len, fua)?;
+        self.record(Recorded::Other);
+        Ok(())
+    }
+}
+
+/// A device whose flushes (and writes) can be made to fail on demand, for
+/// rollback and fail-stop tests.
+pub struct FaultyDevice {
+    inner: Arc<dyn BlockDevice>,
+    pub fail_flush: std::sync::atomic::AtomicBool,
+    pub fail_writes: std::sync::atomic::AtomicBool,
+}
+
+impl FaultyDevice {
+    pub fn new(inner: Arc<dyn BlockDevice>) -> Self {
+        FaultyDevice {
+            inner,
+            fail_flush: Default::default(),
+            fail_writes: Default::default(),
+        }
+    }
+
+    fn injected(offset: u64) -> DeviceError {
+        DeviceError::io(offset, std::io::Error::other("injected fault"))
+    }
+}
+
+impl BlockDevice for FaultyDevice {
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+    fn read(&self, buf: &mut [u8], offset: u64) -> super::Result<()> {
+        self.inner.read(buf, offset)
+    }
+    fn write(&self, buf: &[u8], offset: u64, fua: bool) -> super::Result<()> {
+        if self.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Self::injected(offset));
+        }
+        self.inner.write(buf, offset, fua)
+    }
+    fn flush(&self) -> super::Result<()> {
+        if self.fail_flush.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Self::injected(0));
+        }
+        self.inner.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> super::Result<()> {
+        self.inner.discard(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> super::Result<()> {
+        self.inner.write_zeroes(offset, len, fua)
+    }
+}
