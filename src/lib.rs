@@ -4,5 +4,7 @@
 
 pub mod backend;
 pub mod buffer;
+pub mod control;
 pub mod device;
+pub mod export;
 pub mod interposer;

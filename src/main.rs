@@ -1,1 +1,7 @@
-fn main() {}
+//! The `umbra` binary: the daemon (`umbra serve`) and the admin CLI.
+
+mod cli;
+
+fn main() {
+    std::process::exit(cli::main());
+}

@@ -14,12 +14,29 @@ const SIZE: u64 = 256 * 1024;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Read { off: u64, len: u64 },
-    Write { off: u64, len: u64, fua: bool, seed: u8 },
+    Read {
+        off: u64,
+        len: u64,
+    },
+    Write {
+        off: u64,
+        len: u64,
+        fua: bool,
+        seed: u8,
+    },
     Flush,
-    Discard { off: u64, len: u64 },
-    WriteZeroes { off: u64, len: u64, fua: bool },
-    OutOfRangeWrite { len: u64 },
+    Discard {
+        off: u64,
+        len: u64,
+    },
+    WriteZeroes {
+        off: u64,
+        len: u64,
+        fua: bool,
+    },
+    OutOfRangeWrite {
+        len: u64,
+    },
     ToggleLayer,
 }
 
@@ -55,8 +72,15 @@ fn run(vol: &Volume, ops: &[Op]) -> Result<(), TestCaseError> {
                 vol.read(&mut buf, off).unwrap();
                 prop_assert_eq!(&buf[..], &model[off as usize..(off + len) as usize]);
             }
-            Op::Write { off, len, fua, seed } => {
-                let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect();
+            Op::Write {
+                off,
+                len,
+                fua,
+                seed,
+            } => {
+                let data: Vec<u8> = (0..len)
+                    .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+                    .collect();
                 vol.write(&data, off, fua).unwrap();
                 model[off as usize..(off + len) as usize].copy_from_slice(&data);
             }
@@ -70,7 +94,9 @@ fn run(vol: &Volume, ops: &[Op]) -> Result<(), TestCaseError> {
                 model[off as usize..(off + len) as usize].fill(0);
             }
             Op::OutOfRangeWrite { len } => {
-                prop_assert!(vol.write(&vec![9; len as usize], SIZE - len / 2, false).is_err());
+                prop_assert!(vol
+                    .write(&vec![9; len as usize], SIZE - len / 2, false)
+                    .is_err());
             }
             Op::ToggleLayer => {
                 if layered {

@@ -177,6 +177,9 @@ fn quiesce_many_dedups_and_orders() {
     let a = Volume::new("a", Arc::new(MemoryBackend::new(4096)), String::new());
     let b = Volume::new("b", Arc::new(MemoryBackend::new(4096)), String::new());
     let guards = quiesce_many(&[&b, &a, &b], "group").unwrap();
-    let names: Vec<_> = guards.iter().map(|g| g.volume().name().to_owned()).collect();
+    let names: Vec<_> = guards
+        .iter()
+        .map(|g| g.volume().name().to_owned())
+        .collect();
     assert_eq!(names, vec!["a", "b"]);
 }

@@ -226,8 +226,7 @@ fn ring_loop(mut ring: IoUring, file: File, rx: Receiver<Request>, shared: Arc<S
                     // until we set `done` for this slot: its owner is parked
                     // in `submit` until then. The SQ has RING_ENTRIES slots and
                     // at most MAX_IN_FLIGHT + 1 entries are ever outstanding.
-                    unsafe { ring.submission().push(&sqe) }
-                        .expect("bounded by MAX_IN_FLIGHT");
+                    unsafe { ring.submission().push(&sqe) }.expect("bounded by MAX_IN_FLIGHT");
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {

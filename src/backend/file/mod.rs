@@ -72,7 +72,9 @@ pub enum OpenError {
     NotAFileOrDevice { path: PathBuf },
     #[error("{path} is empty; a volume needs a size")]
     Empty { path: PathBuf },
-    #[error("{path}: O_DIRECT needs a size that is a multiple of {BUF_ALIGN_BYTES} bytes, not {size}")]
+    #[error(
+        "{path}: O_DIRECT needs a size that is a multiple of {BUF_ALIGN_BYTES} bytes, not {size}"
+    )]
     DirectMisaligned { path: PathBuf, size: u64 },
     #[error("cannot start the io_uring engine for {path}: {source}")]
     Uring {
@@ -192,12 +194,12 @@ impl FileBackend {
         let engine_file = file.try_clone().map_err(open_err)?;
         let engine = match options.engine {
             EngineKind::Sync => Engine::Sync(SyncEngine::new(engine_file)),
-            EngineKind::Uring => Engine::Uring(UringEngine::new(engine_file).map_err(|source| {
-                OpenError::Uring {
+            EngineKind::Uring => Engine::Uring(UringEngine::new(engine_file).map_err(
+                |source| OpenError::Uring {
                     path: path.to_owned(),
                     source,
-                }
-            })?),
+                },
+            )?),
         };
         Ok(FileBackend {
             path: path.to_owned(),
@@ -289,8 +291,7 @@ impl FileBackend {
     }
 
     fn fallocate(&self, flags: FallocateFlags, offset: u64, len: u64) -> io::Result<()> {
-        fallocate(self.file.as_raw_fd(), flags, offset as i64, len as i64)
-            .map_err(io::Error::from)
+        fallocate(self.file.as_raw_fd(), flags, offset as i64, len as i64).map_err(io::Error::from)
     }
 
     fn after_fua(&self, fua: bool, offset: u64) -> Result<()> {
@@ -392,8 +393,7 @@ impl BlockDevice for FileBackend {
             .or_else(|e| {
                 if unsupported(&e) {
                     self.fallocate(
-                        FallocateFlags::FALLOC_FL_PUNCH_HOLE
-                            | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
                         offset,
                         len,
                     )
@@ -432,7 +432,11 @@ impl Describe for FileBackend {
             },
             self.path.display(),
             self.options.engine,
-            if self.options.direct { ", O_DIRECT" } else { "" }
+            if self.options.direct {
+                ", O_DIRECT"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -478,9 +482,13 @@ mod tests {
         assert!(matches!(err, OpenError::Exists { .. }), "{err}");
         let empty = dir.path().join("empty");
         File::create(&empty).unwrap();
-        let err = FileBackend::open(&empty, FileOptions::default()).err().unwrap();
+        let err = FileBackend::open(&empty, FileOptions::default())
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("empty"), "{err}");
-        let err = FileBackend::open(dir.path(), FileOptions::default()).err().unwrap();
+        let err = FileBackend::open(dir.path(), FileOptions::default())
+            .err()
+            .unwrap();
         assert!(err.to_string().contains(&dir.path().display().to_string()));
     }
 

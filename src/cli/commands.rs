@@ -1,0 +1,301 @@
+//! Client commands: one admin request each, printed as a table or JSON.
+
+use super::{EventsArgs, ExportCommand, VolumeCommand};
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use umbra::control::admin::Client;
+
+fn connect(socket: &Path) -> Result<Client> {
+    Client::connect(socket).with_context(|| {
+        format!(
+            "cannot reach the umbra daemon at {} (is `umbra serve` running? \
+             pass --socket or set UMBRA_SOCKET)",
+            socket.display()
+        )
+    })
+}
+
+/// Send one request; a failed reply becomes an error carrying its message.
+fn call(socket: &Path, op: &str, args: Value) -> Result<Value> {
+    let reply = connect(socket)?
+        .call(op, args)
+        .with_context(|| format!("talking to the daemon at {}", socket.display()))?;
+    if reply.ok {
+        Ok(reply.result.unwrap_or(Value::Null))
+    } else {
+        let e = reply.error.map(|e| e.message).unwrap_or_default();
+        bail!("{e}")
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))
+}
+
+fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("JSON value serialises")
+    );
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = n as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u < UNITS.len() - 1 {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{x:.1} {}", UNITS[u])
+    }
+}
+
+/// Print rows as aligned columns under `headers`.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn volume_row(v: &Value) -> Vec<String> {
+    let exports: Vec<String> = v["exports"]
+        .as_array()
+        .map(|a| a.iter().map(s).collect())
+        .unwrap_or_default();
+    vec![
+        s(&v["name"]),
+        s(&v["state"]),
+        v["size_bytes"]
+            .as_u64()
+            .map(human_bytes)
+            .unwrap_or("-".into()),
+        if exports.is_empty() {
+            "-".into()
+        } else {
+            exports.join(", ")
+        },
+        s(&v["path"]),
+    ]
+}
+
+pub fn volume(socket: &Path, cmd: VolumeCommand) -> Result<()> {
+    match cmd {
+        VolumeCommand::Create(a) => {
+            let mut args = json!({
+                "name": a.name, "size_bytes": a.size,
+                "engine": a.backend.engine, "direct": a.backend.direct,
+            });
+            if let Some(p) = a.path {
+                args["path"] = json!(absolute(&p)?);
+            }
+            let v = call(socket, "volume.create", args)?;
+            println!(
+                "created volume {} ({}) on {}",
+                s(&v["name"]),
+                v["size_bytes"]
+                    .as_u64()
+                    .map(human_bytes)
+                    .unwrap_or_default(),
+                s(&v["path"])
+            );
+        }
+        VolumeCommand::Add(a) => {
+            let args = json!({
+                "name": a.name, "path": absolute(&a.path)?,
+                "engine": a.backend.engine, "direct": a.backend.direct,
+            });
+            let v = call(socket, "volume.add", args)?;
+            println!(
+                "added volume {} ({}) on {}",
+                s(&v["name"]),
+                v["size_bytes"]
+                    .as_u64()
+                    .map(human_bytes)
+                    .unwrap_or_default(),
+                s(&v["path"])
+            );
+        }
+        VolumeCommand::Remove(a) => {
+            let v = call(
+                socket,
+                "volume.remove",
+                json!({"name": a.name, "force": a.force}),
+            )?;
+            println!(
+                "removed volume {}; backing file kept at {}",
+                s(&v["name"]),
+                s(&v["backing_kept"])
+            );
+        }
+        VolumeCommand::List(j) => {
+            let v = call(socket, "volume.list", json!({}))?;
+            if j.json {
+                print_json(&v);
+            } else {
+                let rows = v
+                    .as_array()
+                    .map(|a| a.iter().map(volume_row).collect())
+                    .unwrap_or_default();
+                table(&["NAME", "STATE", "SIZE", "EXPORTS", "PATH"], rows);
+            }
+        }
+        VolumeCommand::Info(a) => {
+            let v = call(socket, "volume.info", json!({"name": a.name}))?;
+            if a.json {
+                print_json(&v);
+            } else {
+                for key in [
+                    "name",
+                    "state",
+                    "error",
+                    "size_bytes",
+                    "path",
+                    "backend",
+                    "engine",
+                    "direct",
+                    "services",
+                    "exports",
+                ] {
+                    let val = match key {
+                        "size_bytes" => v[key]
+                            .as_u64()
+                            .map(|n| format!("{n} ({})", human_bytes(n)))
+                            .unwrap_or("-".into()),
+                        _ => s(&v[key]),
+                    };
+                    println!("{:<10} {val}", format!("{key}:"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn export(socket: &Path, cmd: ExportCommand) -> Result<()> {
+    match cmd {
+        ExportCommand::Nbd(a) => {
+            let v = call(
+                socket,
+                "export.nbd",
+                json!({"volume": a.volume, "listen": a.listen, "read_only": a.read_only}),
+            )?;
+            println!("exported {} over NBD at {}", s(&v["volume"]), s(&v["uri"]));
+        }
+        ExportCommand::List(j) => {
+            let v = call(socket, "export.list", json!({}))?;
+            if j.json {
+                print_json(&v);
+            } else {
+                let rows = v
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|e| {
+                                vec![
+                                    s(&e["volume"]),
+                                    s(&e["kind"]),
+                                    s(&e["state"]),
+                                    s(&e["clients"]),
+                                    if e["read_only"] == true {
+                                        "ro".into()
+                                    } else {
+                                        "rw".into()
+                                    },
+                                    s(&e["uri"]),
+                                ]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table(&["VOLUME", "KIND", "STATE", "CLIENTS", "MODE", "URI"], rows);
+            }
+        }
+        ExportCommand::Remove(a) => {
+            let v = call(socket, "export.remove", json!({"volume": a.volume}))?;
+            println!(
+                "stopped exporting {} ({})",
+                s(&v["volume"]),
+                s(&v["listen"])
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn status(socket: &Path, json_out: bool) -> Result<()> {
+    let v = call(socket, "status", json!({}))?;
+    if json_out {
+        print_json(&v);
+    } else {
+        for key in [
+            "version",
+            "pid",
+            "data_dir",
+            "socket",
+            "uptime_s",
+            "volumes",
+            "volumes_offline",
+            "exports",
+        ] {
+            println!("{:<16} {}", format!("{key}:"), s(&v[key]));
+        }
+    }
+    Ok(())
+}
+
+pub fn events(socket: &Path, a: EventsArgs) -> Result<()> {
+    let _ = a.follow;
+    let mut client = connect(socket)?;
+    let reply = client.call("events.follow", json!({}))?;
+    if !reply.ok {
+        bail!("{}", reply.error.map(|e| e.message).unwrap_or_default());
+    }
+    while let Some(v) = client.read_value()? {
+        let e = &v["event"];
+        if a.json {
+            println!("{e}");
+        } else {
+            println!(
+                "{:>6}  {:<18} {:<14} {}",
+                s(&e["seq"]),
+                s(&e["kind"]),
+                s(&e["object"]),
+                s(&e["detail"])
+            );
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+    Ok(())
+}

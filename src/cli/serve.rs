@@ -1,0 +1,107 @@
+//! `umbra serve`: run the daemon in the foreground until SIGTERM/SIGINT.
+
+use clap::Args;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use umbra::control::admin;
+use umbra::control::daemon::{Daemon, DaemonOptions};
+use umbra::export::nbd::{ListenAddr, DEFAULT_LISTEN};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Data directory: configuration, admin socket, default backing files
+    #[arg(long, env = "UMBRA_DATA_DIR", default_value = umbra::control::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Where the default volume is exported on a first start (no configuration yet)
+    #[arg(long, env = "UMBRA_DEFAULT_LISTEN", default_value = DEFAULT_LISTEN, value_parser = parse_listen)]
+    default_listen: ListenAddr,
+}
+
+fn parse_listen(s: &str) -> Result<ListenAddr, String> {
+    s.parse()
+}
+
+pub fn run(args: ServeArgs) -> i32 {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    // Register before starting so a signal during start-up is not lost.
+    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("umbra: cannot install signal handlers: {e}");
+            return super::EXIT_FAILED;
+        }
+    };
+    let (daemon, report) = match Daemon::start(DaemonOptions {
+        data_dir: args.data_dir,
+        default_listen: args.default_listen,
+    }) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("umbra: cannot start: {e}");
+            return super::EXIT_FAILED;
+        }
+    };
+    let socket = daemon.socket_path();
+    let listener = match admin::bind(&socket) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "umbra: cannot bind the admin socket {}: {e}",
+                socket.display()
+            );
+            daemon.shutdown();
+            return super::EXIT_FAILED;
+        }
+    };
+    let listener_fd = listener.as_raw_fd();
+    let admin_daemon = Arc::clone(&daemon);
+    let admin_thread = std::thread::Builder::new()
+        .name("admin-accept".into())
+        .spawn(move || admin::accept_loop(listener, admin_daemon))
+        .expect("spawn the admin thread");
+
+    print_banner(&daemon, &report);
+
+    let signal = signals.forever().next().unwrap_or(SIGTERM);
+    log::info!("signal {signal} received: shutting down");
+    daemon.shutdown();
+    // Wake the admin accept loop; it sees `stopping` and returns.
+    let _ = nix::sys::socket::shutdown(listener_fd, nix::sys::socket::Shutdown::Both);
+    let _ = admin_thread.join();
+    log::info!("umbra stopped cleanly");
+    0
+}
+
+fn print_banner(daemon: &Daemon, report: &umbra::control::daemon::StartReport) {
+    println!(
+        "umbra {} serving {}",
+        env!("CARGO_PKG_VERSION"),
+        daemon.data_dir().display()
+    );
+    println!("  admin socket: {}", daemon.socket_path().display());
+    if report.created_default {
+        println!("  first start: created volume `default` (1 GiB) and exported it over NBD");
+    }
+    for e in &report.exports {
+        println!(
+            "  export {:<12} {}   ({})",
+            e["volume"].as_str().unwrap_or("?"),
+            e["uri"].as_str().unwrap_or("?"),
+            e["state"].as_str().unwrap_or("?"),
+        );
+    }
+    if let Some(uri) = report.exports.first().and_then(|e| e["uri"].as_str()) {
+        println!("connect with, for example:");
+        println!("  nbdinfo '{uri}'");
+        println!("  qemu-img info '{uri}'");
+    }
+    println!(
+        "manage it with: UMBRA_SOCKET={} umbra volume list",
+        daemon.socket_path().display()
+    );
+}

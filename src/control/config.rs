@@ -1,0 +1,196 @@
+//! The configuration manager: what the daemon serves, persisted atomically
+//! in `DATA_DIR/umbra.json` and restored at start.
+//!
+//! Atomic persist: write `umbra.json.tmp`, fsync it, rename it over
+//! `umbra.json`, fsync the directory. A crash at any point leaves either the
+//! old or the new file, never a torn one. The format is documented in
+//! `docs/config.md`.
+
+use crate::backend::FileOptions;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_FILE: &str = "umbra.json";
+pub const CONFIG_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub version: u32,
+    #[serde(default)]
+    pub volumes: Vec<VolumeConfig>,
+    #[serde(default)]
+    pub exports: Vec<ExportConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            version: CONFIG_VERSION,
+            volumes: Vec::new(),
+            exports: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeConfig {
+    pub name: String,
+    /// Backing regular file or block device.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub options: FileOptions,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExportConfig {
+    pub volume: String,
+    pub kind: ExportKind,
+    /// `HOST:PORT` or `unix:PATH` (NBD).
+    pub listen: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportKind {
+    Nbd,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not a valid umbra configuration: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: configuration version {found} is not supported (this umbra reads version {CONFIG_VERSION})")]
+    Version { path: PathBuf, found: u32 },
+    #[error("{path}: {problem}")]
+    Invalid { path: PathBuf, problem: String },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Config {
+    /// Load `dir/umbra.json`; `Ok(None)` when there is none yet.
+    pub fn load(dir: &Path) -> Result<Option<Config>, ConfigError> {
+        let path = dir.join(CONFIG_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        let cfg: Config = serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        if cfg.version != CONFIG_VERSION {
+            return Err(ConfigError::Version {
+                path,
+                found: cfg.version,
+            });
+        }
+        cfg.validate()
+            .map_err(|problem| ConfigError::Invalid { path, problem })?;
+        Ok(Some(cfg))
+    }
+
+    /// Check cross-references: unique volume names, exports of known volumes.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut names = std::collections::HashSet::new();
+        for v in &self.volumes {
+            crate::control::validate_name(&v.name)?;
+            if !names.insert(&v.name) {
+                return Err(format!("volume {} is listed twice", v.name));
+            }
+        }
+        let mut exported = std::collections::HashSet::new();
+        for e in &self.exports {
+            if !names.contains(&e.volume) {
+                return Err(format!("export of unknown volume {}", e.volume));
+            }
+            if !exported.insert((&e.volume, e.kind)) {
+                return Err(format!("volume {} is exported twice", e.volume));
+            }
+        }
+        Ok(())
+    }
+
+    /// Persist atomically (see the module docs).
+    pub fn save(&self, dir: &Path) -> Result<(), ConfigError> {
+        let path = dir.join(CONFIG_FILE);
+        let tmp = dir.join(format!("{CONFIG_FILE}.tmp"));
+        let werr = |source| ConfigError::Write {
+            path: path.clone(),
+            source,
+        };
+        let mut text = serde_json::to_string_pretty(self).expect("config serialises");
+        text.push('\n');
+        let mut f = File::create(&tmp).map_err(werr)?;
+        f.write_all(text.as_bytes()).map_err(werr)?;
+        f.sync_all().map_err(werr)?;
+        drop(f);
+        fs::rename(&tmp, &path).map_err(werr)?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(werr)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Config::load(dir.path()).unwrap(), None);
+        let cfg = Config {
+            version: CONFIG_VERSION,
+            volumes: vec![VolumeConfig {
+                name: "a".into(),
+                path: "/tmp/a.img".into(),
+                options: FileOptions::default(),
+            }],
+            exports: vec![ExportConfig {
+                volume: "a".into(),
+                kind: ExportKind::Nbd,
+                listen: "127.0.0.1:10809".into(),
+                read_only: false,
+            }],
+        };
+        cfg.save(dir.path()).unwrap();
+        assert_eq!(Config::load(dir.path()).unwrap(), Some(cfg.clone()));
+        assert!(!dir.path().join("umbra.json.tmp").exists());
+
+        let mut bad = cfg.clone();
+        bad.exports[0].volume = "b".into();
+        bad.save(dir.path()).unwrap();
+        let err = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("unknown volume b"), "{err}");
+
+        fs::write(dir.path().join(CONFIG_FILE), "{not json").unwrap();
+        let err = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not a valid umbra configuration"), "{err}");
+
+        fs::write(dir.path().join(CONFIG_FILE), r#"{"version": 9}"#).unwrap();
+        let err = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("version 9"), "{err}");
+    }
+}

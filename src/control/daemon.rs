@@ -1,0 +1,686 @@
+//! The daemon's state and its operations: what `umbra serve` runs.
+//!
+//! One control-plane lock (`state`) serialises admin operations; it is never
+//! taken on the I/O path. Every operation changes the runtime state, then
+//! persists the configuration; when persisting fails the runtime change is
+//! undone so what runs always matches what a restart would restore.
+
+use super::admin::OpError;
+use super::config::{Config, ConfigError, ExportConfig, ExportKind, VolumeConfig};
+use super::events::EventBus;
+use super::{validate_name, SOCKET_FILE};
+use crate::backend::{EngineKind, FileBackend, FileOptions};
+use crate::device::{BlockDevice, SECTOR_SIZE_BYTES};
+use crate::export::nbd::{ListenAddr, NbdServer};
+use crate::interposer::Volume;
+use nix::fcntl::{Flock, FlockArg};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::net::ToSocketAddrs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Name and size of the volume created when the daemon starts with no
+/// configuration at all.
+pub const DEFAULT_VOLUME: &str = "default";
+pub const DEFAULT_VOLUME_BYTES: u64 = 1 << 30;
+
+pub struct DaemonOptions {
+    pub data_dir: PathBuf,
+    /// Where the default volume is exported when there is no configuration.
+    pub default_listen: ListenAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("data directory {0} is in use by another umbra daemon")]
+    Locked(PathBuf),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot set up the default volume: {0}")]
+    Default(String),
+}
+
+struct VolumeEntry {
+    volume: Option<Arc<Volume>>,
+    /// Why the volume is not online (backing file missing, unreadable...).
+    error: Option<String>,
+}
+
+struct State {
+    config: Config,
+    volumes: BTreeMap<String, VolumeEntry>,
+    /// NBD servers by bound address (`127.0.0.1:10809`, `unix:/path`).
+    servers: HashMap<String, Arc<NbdServer>>,
+    /// Exports that could not be restored, by volume name.
+    export_errors: HashMap<String, String>,
+}
+
+pub struct Daemon {
+    data_dir: PathBuf,
+    state: Mutex<State>,
+    events: EventBus,
+    stopping: AtomicBool,
+    started: Instant,
+    _lock: Flock<File>,
+}
+
+/// What the daemon did at start, for the banner `umbra serve` prints.
+pub struct StartReport {
+    pub created_default: bool,
+    pub exports: Vec<Value>,
+}
+
+impl Daemon {
+    /// Take the data dir, restore the configuration (or create the default
+    /// one), start every export.
+    pub fn start(opts: DaemonOptions) -> Result<(Arc<Daemon>, StartReport), StartError> {
+        std::fs::create_dir_all(&opts.data_dir).map_err(|source| StartError::DataDir {
+            path: opts.data_dir.clone(),
+            source,
+        })?;
+        let data_dir = opts
+            .data_dir
+            .canonicalize()
+            .map_err(|source| StartError::DataDir {
+                path: opts.data_dir.clone(),
+                source,
+            })?;
+        let lock_file =
+            File::create(data_dir.join("umbra.lock")).map_err(|source| StartError::DataDir {
+                path: data_dir.clone(),
+                source,
+            })?;
+        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
+            .map_err(|_| StartError::Locked(data_dir.clone()))?;
+
+        let loaded = Config::load(&data_dir)?;
+        let created_default = loaded.is_none();
+        let daemon = Arc::new(Daemon {
+            data_dir: data_dir.clone(),
+            state: Mutex::new(State {
+                config: Config::default(),
+                volumes: BTreeMap::new(),
+                servers: HashMap::new(),
+                export_errors: HashMap::new(),
+            }),
+            events: EventBus::default(),
+            stopping: AtomicBool::new(false),
+            started: Instant::now(),
+            _lock: lock,
+        });
+        match loaded {
+            Some(cfg) => daemon.restore(cfg),
+            None => daemon
+                .create_default(&opts.default_listen)
+                .map_err(|e| StartError::Default(e.message))?,
+        }
+        let exports = daemon.export_list();
+        daemon.events.publish(
+            "daemon.started",
+            &data_dir.display().to_string(),
+            format!("{} volumes", daemon.state.lock().volumes.len()),
+        );
+        Ok((
+            daemon,
+            StartReport {
+                created_default,
+                exports,
+            },
+        ))
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.data_dir.join(SOCKET_FILE)
+    }
+
+    pub fn events(&self) -> &EventBus {
+        &self.events
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    fn restore(&self, cfg: Config) {
+        let mut st = self.state.lock();
+        for vc in &cfg.volumes {
+            let entry = match FileBackend::open(&vc.path, vc.options) {
+                Ok(be) => VolumeEntry {
+                    volume: Some(Arc::new(Volume::with_describe(&vc.name, be))),
+                    error: None,
+                },
+                Err(e) => {
+                    log::error!("volume {} is offline: {e}", vc.name);
+                    VolumeEntry {
+                        volume: None,
+                        error: Some(e.to_string()),
+                    }
+                }
+            };
+            st.volumes.insert(vc.name.clone(), entry);
+        }
+        for ec in &cfg.exports {
+            if let Err(e) = start_export(&mut st, ec) {
+                log::error!("export of {} not restored: {}", ec.volume, e.message);
+                st.export_errors.insert(ec.volume.clone(), e.message);
+            }
+        }
+        st.config = cfg;
+    }
+
+    fn create_default(&self, listen: &ListenAddr) -> Result<(), OpError> {
+        self.handle(
+            "volume.create",
+            &json!({"name": DEFAULT_VOLUME, "size_bytes": DEFAULT_VOLUME_BYTES}),
+        )?;
+        self.handle(
+            "export.nbd",
+            &json!({"volume": DEFAULT_VOLUME, "listen": listen.to_string()}),
+        )?;
+        Ok(())
+    }
+
+    /// Run one admin operation. Never panics on bad input: arguments are
+    /// parsed into typed structs and every failure is an `OpError`.
+    pub fn handle(&self, op: &str, args: &Value) -> Result<Value, OpError> {
+        if self.is_stopping() {
+            return Err(OpError::new("shutting_down", "the daemon is shutting down"));
+        }
+        match op {
+            "status" => Ok(self.status()),
+            "volume.create" => self.volume_create(parse(op, args)?),
+            "volume.add" => self.volume_add(parse(op, args)?),
+            "volume.remove" => self.volume_remove(parse(op, args)?),
+            "volume.list" => Ok(Value::Array(self.volume_list())),
+            "volume.info" => {
+                let a: NameArgs = parse(op, args)?;
+                self.volume_list()
+                    .into_iter()
+                    .find(|v| v["name"] == a.name.as_str())
+                    .ok_or_else(|| no_volume(&a.name))
+            }
+            "export.nbd" => self.export_nbd(parse(op, args)?),
+            "export.list" => Ok(Value::Array(self.export_list())),
+            "export.remove" => self.export_remove(parse(op, args)?),
+            _ => Err(OpError::new(
+                "unknown_op",
+                format!("unknown operation {op:?}; see docs/admin-protocol.md"),
+            )),
+        }
+    }
+
+    fn status(&self) -> Value {
+        let st = self.state.lock();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "data_dir": self.data_dir,
+            "socket": self.socket_path(),
+            "pid": std::process::id(),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "volumes": st.volumes.len(),
+            "volumes_offline": st.volumes.values().filter(|v| v.volume.is_none()).count(),
+            "exports": st.config.exports.len(),
+        })
+    }
+
+    fn persist(&self, st: &State) -> Result<(), OpError> {
+        st.config
+            .save(&self.data_dir)
+            .map_err(|e| OpError::failed(format!("{e}; the change was undone")))
+    }
+
+    fn volume_create(&self, a: VolumeCreateArgs) -> Result<Value, OpError> {
+        validate_name(&a.name).map_err(|e| OpError::invalid(format!("volume: {e}")))?;
+        if a.size_bytes == 0 || a.size_bytes % SECTOR_SIZE_BYTES != 0 {
+            return Err(OpError::invalid(format!(
+                "volume {}: size {} must be a positive multiple of {SECTOR_SIZE_BYTES} bytes",
+                a.name, a.size_bytes
+            )));
+        }
+        let path = match a.path {
+            Some(p) => absolute(&p)?,
+            None => self.data_dir.join(format!("{}.img", a.name)),
+        };
+        let options = FileOptions {
+            engine: a.engine.unwrap_or_default(),
+            direct: a.direct,
+        };
+        let mut st = self.state.lock();
+        if st.volumes.contains_key(&a.name) {
+            return Err(OpError::new(
+                "exists",
+                format!("volume {} already exists", a.name),
+            ));
+        }
+        let backend = FileBackend::create(&path, a.size_bytes, options)
+            .map_err(|e| OpError::failed(format!("volume {}: {e}", a.name)))?;
+        self.add_volume_locked(&mut st, &a.name, path.clone(), backend)
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&path);
+            })
+    }
+
+    fn volume_add(&self, a: VolumeAddArgs) -> Result<Value, OpError> {
+        validate_name(&a.name).map_err(|e| OpError::invalid(format!("volume: {e}")))?;
+        let path = absolute(&a.path)?;
+        let options = FileOptions {
+            engine: a.engine.unwrap_or_default(),
+            direct: a.direct,
+        };
+        let mut st = self.state.lock();
+        if st.volumes.contains_key(&a.name) {
+            return Err(OpError::new(
+                "exists",
+                format!("volume {} already exists", a.name),
+            ));
+        }
+        if let Some(other) = st.config.volumes.iter().find(|v| v.path == path) {
+            return Err(OpError::new(
+                "exists",
+                format!("{} already backs volume {}", path.display(), other.name),
+            ));
+        }
+        let backend = FileBackend::open(&path, options)
+            .map_err(|e| OpError::failed(format!("volume {}: {e}", a.name)))?;
+        self.add_volume_locked(&mut st, &a.name, path, backend)
+    }
+
+    fn add_volume_locked(
+        &self,
+        st: &mut State,
+        name: &str,
+        path: PathBuf,
+        backend: FileBackend,
+    ) -> Result<Value, OpError> {
+        let options = backend.options();
+        let volume = Arc::new(Volume::with_describe(name, backend));
+        st.config.volumes.push(VolumeConfig {
+            name: name.to_owned(),
+            path: path.clone(),
+            options,
+        });
+        if let Err(e) = self.persist(st) {
+            st.config.volumes.pop();
+            return Err(e);
+        }
+        let size = volume.size_bytes();
+        st.volumes.insert(
+            name.to_owned(),
+            VolumeEntry {
+                volume: Some(volume),
+                error: None,
+            },
+        );
+        self.events.publish(
+            "volume.created",
+            name,
+            format!("{size} bytes on {}", path.display()),
+        );
+        Ok(volume_json(st, name))
+    }
+
+    fn volume_remove(&self, a: VolumeRemoveArgs) -> Result<Value, OpError> {
+        let mut st = self.state.lock();
+        if !st.volumes.contains_key(&a.name) {
+            return Err(no_volume(&a.name));
+        }
+        let exported: Vec<_> = st
+            .config
+            .exports
+            .iter()
+            .filter(|e| e.volume == a.name)
+            .cloned()
+            .collect();
+        if !exported.is_empty() && !a.force {
+            return Err(OpError::new(
+                "busy",
+                format!(
+                    "volume {} is exported ({}); remove the export first or pass --force",
+                    a.name,
+                    exported
+                        .iter()
+                        .map(|e| e.listen.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        let before = st.config.clone();
+        st.config.exports.retain(|e| e.volume != a.name);
+        st.config.volumes.retain(|v| v.name != a.name);
+        if let Err(e) = self.persist(&st) {
+            st.config = before;
+            return Err(e);
+        }
+        for e in &exported {
+            stop_export(&mut st, e);
+            self.events
+                .publish("export.removed", &a.name, format!("nbd {}", e.listen));
+        }
+        st.export_errors.remove(&a.name);
+        let entry = st.volumes.remove(&a.name).expect("checked above");
+        if let Some(v) = entry.volume {
+            if let Err(e) = v.close() {
+                log::warn!("volume {}: close: {e}", a.name);
+            }
+        }
+        let path = before
+            .volumes
+            .iter()
+            .find(|v| v.name == a.name)
+            .map(|v| v.path.display().to_string())
+            .unwrap_or_default();
+        self.events.publish(
+            "volume.removed",
+            &a.name,
+            format!("backing file kept at {path}"),
+        );
+        Ok(json!({"name": a.name, "backing_kept": path}))
+    }
+
+    fn volume_list(&self) -> Vec<Value> {
+        let st = self.state.lock();
+        st.volumes.keys().map(|n| volume_json(&st, n)).collect()
+    }
+
+    fn export_nbd(&self, a: ExportNbdArgs) -> Result<Value, OpError> {
+        let listen = a
+            .listen
+            .unwrap_or_else(|| crate::export::nbd::DEFAULT_LISTEN.into());
+        let mut st = self.state.lock();
+        if !st.volumes.contains_key(&a.volume) {
+            return Err(no_volume(&a.volume));
+        }
+        if st
+            .config
+            .exports
+            .iter()
+            .any(|e| e.volume == a.volume && e.kind == ExportKind::Nbd)
+        {
+            return Err(OpError::new(
+                "exists",
+                format!(
+                    "volume {} is already exported over NBD; see `umbra export list`",
+                    a.volume
+                ),
+            ));
+        }
+        let mut ec = ExportConfig {
+            volume: a.volume.clone(),
+            kind: ExportKind::Nbd,
+            listen,
+            read_only: a.read_only,
+        };
+        // Record the bound address so a port-0 request keeps its port.
+        ec.listen = start_export(&mut st, &ec)?;
+        st.config.exports.push(ec.clone());
+        if let Err(e) = self.persist(&st) {
+            st.config.exports.pop();
+            stop_export(&mut st, &ec);
+            return Err(e);
+        }
+        st.export_errors.remove(&a.volume);
+        self.events
+            .publish("export.added", &a.volume, format!("nbd {}", ec.listen));
+        Ok(export_json(&st, &ec))
+    }
+
+    fn export_remove(&self, a: NameOrVolume) -> Result<Value, OpError> {
+        let name = a.volume;
+        let mut st = self.state.lock();
+        let Some(pos) = st.config.exports.iter().position(|e| e.volume == name) else {
+            return Err(OpError::not_found(format!("volume {name} is not exported")));
+        };
+        let ec = st.config.exports.remove(pos);
+        if let Err(e) = self.persist(&st) {
+            st.config.exports.insert(pos, ec);
+            return Err(e);
+        }
+        stop_export(&mut st, &ec);
+        st.export_errors.remove(&name);
+        self.events
+            .publish("export.removed", &name, format!("nbd {}", ec.listen));
+        Ok(json!({"volume": name, "kind": "nbd", "listen": ec.listen}))
+    }
+
+    fn export_list(&self) -> Vec<Value> {
+        let st = self.state.lock();
+        st.config
+            .exports
+            .iter()
+            .map(|e| export_json(&st, e))
+            .collect()
+    }
+
+    /// Clean shutdown: stop admitting admin requests, disconnect every
+    /// client (in-flight requests complete), drain and flush every volume,
+    /// persist the configuration.
+    pub fn shutdown(&self) {
+        if self.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.events
+            .publish("daemon.stopping", "", "shutdown requested");
+        let mut st = self.state.lock();
+        for (_, server) in st.servers.drain() {
+            server.shutdown();
+        }
+        for (name, entry) in &st.volumes {
+            if let Some(v) = &entry.volume {
+                match v.close() {
+                    Ok(()) => log::info!("volume {name}: flushed and closed"),
+                    Err(e) => log::error!("volume {name}: close failed: {e}"),
+                }
+            }
+        }
+        if let Err(e) = st.config.save(&self.data_dir) {
+            log::error!("persisting the configuration at shutdown: {e}");
+        }
+        let _ = std::fs::remove_file(self.socket_path());
+    }
+}
+
+/// Start (or join) the NBD server for `ec.listen` and add the export.
+/// Returns the bound address.
+fn start_export(st: &mut State, ec: &ExportConfig) -> Result<String, OpError> {
+    let volume = match st.volumes.get(&ec.volume) {
+        Some(VolumeEntry {
+            volume: Some(v), ..
+        }) => v.clone(),
+        Some(VolumeEntry { error, .. }) => {
+            return Err(OpError::failed(format!(
+                "volume {} is offline: {}",
+                ec.volume,
+                error.as_deref().unwrap_or("unknown cause")
+            )))
+        }
+        None => return Err(no_volume(&ec.volume)),
+    };
+    let addr: ListenAddr = ec
+        .listen
+        .parse()
+        .map_err(|e: String| OpError::invalid(format!("export of {}: {e}", ec.volume)))?;
+    let key = server_key(&addr);
+    let server = match key.as_ref().and_then(|k| st.servers.get(k)) {
+        Some(s) => s.clone(),
+        None => {
+            let s = NbdServer::start(&addr).map_err(|e| {
+                OpError::failed(format!(
+                    "export of {}: cannot listen on {addr}: {e}",
+                    ec.volume
+                ))
+            })?;
+            st.servers.insert(s.local_addr().to_owned(), s.clone());
+            s
+        }
+    };
+    server.add_export(&ec.volume, volume, ec.read_only);
+    Ok(server.local_addr().to_owned())
+}
+
+fn stop_export(st: &mut State, ec: &ExportConfig) {
+    let Ok(addr) = ec.listen.parse::<ListenAddr>() else {
+        return;
+    };
+    let Some(key) = server_key(&addr) else { return };
+    if let Some(server) = st.servers.get(&key).cloned() {
+        server.remove_export(&ec.volume);
+        if server.export_names().is_empty() {
+            server.shutdown();
+            st.servers.remove(&key);
+        }
+    }
+}
+
+/// The key a server is registered under: its bound address. A TCP port of
+/// 0 never matches a running server (each such request gets its own port).
+fn server_key(addr: &ListenAddr) -> Option<String> {
+    match addr {
+        ListenAddr::Unix(p) => Some(format!("unix:{}", p.display())),
+        ListenAddr::Tcp(a) => {
+            let sa = a.to_socket_addrs().ok()?.next()?;
+            (sa.port() != 0).then(|| sa.to_string())
+        }
+    }
+}
+
+fn volume_json(st: &State, name: &str) -> Value {
+    let cfg = st.config.volumes.iter().find(|v| v.name == name);
+    let entry = &st.volumes[name];
+    let exports: Vec<_> = st
+        .config
+        .exports
+        .iter()
+        .filter(|e| e.volume == name)
+        .map(|e| format!("nbd {}", e.listen))
+        .collect();
+    json!({
+        "name": name,
+        "state": if entry.volume.is_some() { "online" } else { "offline" },
+        "error": entry.error,
+        "size_bytes": entry.volume.as_ref().map(|v| v.size_bytes()),
+        "path": cfg.map(|c| c.path.clone()),
+        "engine": cfg.map(|c| c.options.engine),
+        "direct": cfg.map(|c| c.options.direct),
+        "backend": entry.volume.as_ref().map(|v| v.description().to_owned()),
+        "services": entry.volume.as_ref().map(|v| v.service_names()).unwrap_or_default(),
+        "exports": exports,
+    })
+}
+
+fn export_json(st: &State, ec: &ExportConfig) -> Value {
+    let server = ec
+        .listen
+        .parse::<ListenAddr>()
+        .ok()
+        .and_then(|a| server_key(&a))
+        .and_then(|k| st.servers.get(&k));
+    let uri = match ec.listen.parse::<ListenAddr>() {
+        Ok(ListenAddr::Unix(p)) => format!("nbd+unix:///{}?socket={}", ec.volume, p.display()),
+        _ => format!("nbd://{}/{}", ec.listen, ec.volume),
+    };
+    json!({
+        "volume": ec.volume,
+        "kind": "nbd",
+        "listen": ec.listen,
+        "uri": uri,
+        "read_only": ec.read_only,
+        "state": if server.is_some() { "serving" } else { "failed" },
+        "error": st.export_errors.get(&ec.volume),
+        "clients": server.map(|s| s.clients_of(&ec.volume)).unwrap_or(0),
+    })
+}
+
+fn no_volume(name: &str) -> OpError {
+    OpError::not_found(format!("no volume named {name}; see `umbra volume list`"))
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, OpError> {
+    if p.is_absolute() {
+        Ok(p.to_owned())
+    } else {
+        Err(OpError::invalid(format!(
+            "path {} must be absolute (the CLI makes paths absolute for you)",
+            p.display()
+        )))
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(op: &str, args: &Value) -> Result<T, OpError> {
+    let args = if args.is_null() {
+        json!({})
+    } else {
+        args.clone()
+    };
+    serde_json::from_value(args).map_err(|e| OpError::invalid(format!("{op}: bad arguments: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameArgs {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameOrVolume {
+    volume: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VolumeCreateArgs {
+    name: String,
+    size_bytes: u64,
+    #[serde(default)]
+    path: Option<PathBuf>,
+    #[serde(default)]
+    engine: Option<EngineKind>,
+    #[serde(default)]
+    direct: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VolumeAddArgs {
+    name: String,
+    path: PathBuf,
+    #[serde(default)]
+    engine: Option<EngineKind>,
+    #[serde(default)]
+    direct: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VolumeRemoveArgs {
+    name: String,
+    #[serde(default)]
+    force: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportNbdArgs {
+    volume: String,
+    #[serde(default)]
+    listen: Option<String>,
+    #[serde(default)]
+    read_only: bool,
+}

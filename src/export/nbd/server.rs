@@ -1,0 +1,782 @@
+//! The NBD listener, handshake and transmission loop. See `mod.rs` for the
+//! threading model and `proto.rs` for the constants.
+
+use super::proto::*;
+use super::{MAX_CONNECTIONS, WORKERS_PER_CONNECTION};
+use crate::buffer::AlignedBuf;
+use crate::device::BlockDevice;
+use crate::interposer::Volume;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+/// A client that has not finished its handshake within this is dropped, so
+/// a silent or trickling peer cannot hold a connection slot forever.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Options one client may send before choosing an export. Real clients
+/// send fewer than ten; the bound stops an option loop from spinning.
+const MAX_OPTIONS: usize = 64;
+/// Option payloads up to this size are skipped and answered ERR_TOO_BIG;
+/// anything longer cannot be a real client and drops the connection.
+const MAX_SKIPPABLE_OPTION_BYTES: u32 = 1 << 20;
+/// Receive buffer per connection: room for a few pipelined request headers
+/// and small writes per read(2).
+const RECV_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Where a server listens: `HOST:PORT` or `unix:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddr {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:10809";
+
+impl FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a socket path, e.g. unix:/run/umbra/nbd.sock".into());
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        match s.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(_)) => Ok(ListenAddr::Tcp(s.to_owned())),
+            _ => Err(format!(
+                "{s:?} is not HOST:PORT or unix:PATH (e.g. 127.0.0.1:10809)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// A connected client, over TCP or a Unix socket.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+        })
+    }
+    fn shutdown(&self, how: Shutdown) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(how),
+            Stream::Unix(s) => s.shutdown(how),
+        };
+    }
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Unix(s) => s.write_vectored(bufs),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct Export {
+    volume: Arc<Volume>,
+    read_only: bool,
+}
+
+struct Conn {
+    export: Option<String>,
+    stream: Stream,
+}
+
+struct Inner {
+    addr: ListenAddr,
+    exports: RwLock<HashMap<String, Export>>,
+    conns: Mutex<HashMap<u64, Conn>>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+    next_conn_id: AtomicU64,
+    stopping: AtomicBool,
+}
+
+/// One NBD listener and the exports it serves.
+pub struct NbdServer {
+    inner: Arc<Inner>,
+    listener_fd: i32,
+    accept_thread: Mutex<Option<JoinHandle<()>>>,
+    local_addr: String,
+}
+
+impl NbdServer {
+    /// Bind `addr` and start accepting. A stale Unix socket file (nobody
+    /// listening) is replaced; a live one is an error.
+    pub fn start(addr: &ListenAddr) -> io::Result<Arc<NbdServer>> {
+        let (listener, local_addr, fd) = match addr {
+            ListenAddr::Tcp(a) => {
+                let l = TcpListener::bind(a)?;
+                let local = l.local_addr()?.to_string();
+                let fd = l.as_raw_fd();
+                (Listener::Tcp(l), local, fd)
+            }
+            ListenAddr::Unix(p) => {
+                if p.exists() {
+                    if UnixStream::connect(p).is_ok() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            format!("{} is in use by a live server", p.display()),
+                        ));
+                    }
+                    std::fs::remove_file(p)?;
+                }
+                let l = UnixListener::bind(p)?;
+                let fd = l.as_raw_fd();
+                (Listener::Unix(l), format!("unix:{}", p.display()), fd)
+            }
+        };
+        let inner = Arc::new(Inner {
+            addr: addr.clone(),
+            exports: RwLock::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
+            handles: Mutex::new(Vec::new()),
+            next_conn_id: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+        });
+        let accept_inner = inner.clone();
+        let accept_thread = thread::Builder::new()
+            .name(format!("nbd-accept {local_addr}"))
+            .spawn(move || accept_loop(accept_inner, listener))?;
+        log::info!("NBD server listening on {local_addr}");
+        Ok(Arc::new(NbdServer {
+            inner,
+            listener_fd: fd,
+            accept_thread: Mutex::new(Some(accept_thread)),
+            local_addr,
+        }))
+    }
+
+    /// The bound address (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> &str {
+        &self.local_addr
+    }
+
+    pub fn listen_addr(&self) -> &ListenAddr {
+        &self.inner.addr
+    }
+
+    pub fn add_export(&self, name: &str, volume: Arc<Volume>, read_only: bool) {
+        self.inner
+            .exports
+            .write()
+            .insert(name.to_owned(), Export { volume, read_only });
+    }
+
+    /// Stop serving `name` and disconnect its clients. Returns whether it
+    /// was exported here.
+    pub fn remove_export(&self, name: &str) -> bool {
+        let existed = self.inner.exports.write().remove(name).is_some();
+        for conn in self.inner.conns.lock().values() {
+            if conn.export.as_deref() == Some(name) {
+                conn.stream.shutdown(Shutdown::Both);
+            }
+        }
+        existed
+    }
+
+    pub fn export_names(&self) -> Vec<String> {
+        let mut v: Vec<_> = self.inner.exports.read().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Clients connected to `name` right now.
+    pub fn clients_of(&self, name: &str) -> usize {
+        self.inner
+            .conns
+            .lock()
+            .values()
+            .filter(|c| c.export.as_deref() == Some(name))
+            .count()
+    }
+
+    /// Stop accepting, disconnect every client and wait for their threads.
+    pub fn shutdown(&self) {
+        if self.inner.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // shutdown(2) on a listening socket wakes a blocked accept(2) on Linux.
+        let _ = nix::sys::socket::shutdown(self.listener_fd, nix::sys::socket::Shutdown::Both);
+        if let Some(t) = self.accept_thread.lock().take() {
+            let _ = t.join();
+        }
+        for conn in self.inner.conns.lock().values() {
+            conn.stream.shutdown(Shutdown::Both);
+        }
+        let handles = std::mem::take(&mut *self.inner.handles.lock());
+        for h in handles {
+            let _ = h.join();
+        }
+        if let ListenAddr::Unix(p) = &self.inner.addr {
+            let _ = std::fs::remove_file(p);
+        }
+        log::info!("NBD server on {} stopped", self.local_addr);
+    }
+}
+
+impl Drop for NbdServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn accept_loop(inner: Arc<Inner>, listener: Listener) {
+    loop {
+        let accepted = match &listener {
+            Listener::Tcp(l) => l.accept().map(|(s, _)| {
+                let _ = s.set_nodelay(true);
+                Stream::Tcp(s)
+            }),
+            Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
+        };
+        if inner.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("NBD accept on {}: {e}", inner.addr);
+                thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        // Reap finished connection threads so the handle list stays bounded.
+        inner.handles.lock().retain(|h| !h.is_finished());
+        if inner.conns.lock().len() >= MAX_CONNECTIONS {
+            log::warn!(
+                "NBD {}: refusing a client, {MAX_CONNECTIONS} already connected",
+                inner.addr
+            );
+            continue;
+        }
+        let id = inner.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let Ok(registry_clone) = stream.try_clone() else {
+            continue;
+        };
+        inner.conns.lock().insert(
+            id,
+            Conn {
+                export: None,
+                stream: registry_clone,
+            },
+        );
+        let conn_inner = inner.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("nbd-conn-{id}"))
+            .spawn(move || {
+                serve_connection(&conn_inner, id, stream);
+                conn_inner.conns.lock().remove(&id);
+            });
+        match spawned {
+            Ok(h) => inner.handles.lock().push(h),
+            Err(e) => {
+                log::error!("NBD: cannot spawn a connection thread: {e}");
+                inner.conns.lock().remove(&id);
+            }
+        }
+    }
+}
+
+fn serve_connection(inner: &Inner, id: u64, mut stream: Stream) {
+    if stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_err() {
+        return;
+    }
+    let (name, export) = match handshake(inner, &mut stream) {
+        Ok(Some(chosen)) => chosen,
+        Ok(None) => return,
+        Err(e) => {
+            log::info!("NBD client {id} on {}: handshake ended: {e}", inner.addr);
+            return;
+        }
+    };
+    // Register the export so `remove_export` can disconnect us, then check
+    // it was not removed in between.
+    if let Some(c) = inner.conns.lock().get_mut(&id) {
+        c.export = Some(name.clone());
+    }
+    if !inner.exports.read().contains_key(&name) || inner.stopping.load(Ordering::SeqCst) {
+        return;
+    }
+    if stream.set_read_timeout(None).is_err() {
+        return;
+    }
+    log::info!("NBD client {id} on {}: serving {name}", inner.addr);
+    transmission(id, &name, stream, export);
+    log::info!("NBD client {id} on {}: {name} disconnected", inner.addr);
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("client did not ask for fixed newstyle (flags {0:#x})")]
+    NotFixedNewstyle(u32),
+    #[error("bad option magic {0:#018x}")]
+    BadOptionMagic(u64),
+    #[error("option payload of {0} bytes is too large")]
+    OptionTooLarge(u32),
+    #[error("more than {MAX_OPTIONS} options")]
+    TooManyOptions,
+    #[error("client asked for unknown export {0:?} with NBD_OPT_EXPORT_NAME")]
+    UnknownExport(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+fn read_u32(s: &mut impl Read) -> io::Result<u32> {
+    let mut b = [0; 4];
+    s.read_exact(&mut b)?;
+    Ok(u32::from_be_bytes(b))
+}
+
+fn read_u64(s: &mut impl Read) -> io::Result<u64> {
+    let mut b = [0; 8];
+    s.read_exact(&mut b)?;
+    Ok(u64::from_be_bytes(b))
+}
+
+fn transmission_flags(export: &Export) -> u16 {
+    let mut f = TF_HAS_FLAGS | TF_SEND_FLUSH | TF_SEND_FUA | TF_SEND_TRIM | TF_SEND_WRITE_ZEROES;
+    // Flush is volume-wide (the BlockDevice contract), so a flush on one
+    // connection covers writes completed on every other: multi-conn holds.
+    f |= TF_CAN_MULTI_CONN;
+    if export.read_only {
+        f |= TF_READ_ONLY;
+    }
+    f
+}
+
+/// Resolve a requested export name. The empty name is the default export:
+/// the one named `default`, or the only one there is.
+fn lookup(inner: &Inner, name: &str) -> Option<(String, Export)> {
+    let exports = inner.exports.read();
+    if let Some(e) = exports.get(name) {
+        return Some((name.to_owned(), e.clone()));
+    }
+    if name.is_empty() {
+        if let Some(e) = exports.get("default") {
+            return Some(("default".into(), e.clone()));
+        }
+        if exports.len() == 1 {
+            let (n, e) = exports.iter().next().expect("len is 1");
+            return Some((n.clone(), e.clone()));
+        }
+    }
+    None
+}
+
+fn handshake(inner: &Inner, s: &mut Stream) -> Result<Option<(String, Export)>, HandshakeError> {
+    let mut hello = Vec::with_capacity(18);
+    hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
+    hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    hello.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+    s.write_all(&hello)?;
+
+    let client_flags = read_u32(s)?;
+    if client_flags & CLIENT_FLAG_FIXED_NEWSTYLE == 0
+        || client_flags & !(CLIENT_FLAG_FIXED_NEWSTYLE | CLIENT_FLAG_NO_ZEROES) != 0
+    {
+        return Err(HandshakeError::NotFixedNewstyle(client_flags));
+    }
+    let no_zeroes = client_flags & CLIENT_FLAG_NO_ZEROES != 0;
+
+    for _ in 0..MAX_OPTIONS {
+        let magic = read_u64(s)?;
+        if magic != IHAVEOPT {
+            return Err(HandshakeError::BadOptionMagic(magic));
+        }
+        let option = read_u32(s)?;
+        let len = read_u32(s)?;
+        if len > MAX_OPTION_BYTES {
+            if len > MAX_SKIPPABLE_OPTION_BYTES {
+                return Err(HandshakeError::OptionTooLarge(len));
+            }
+            io::copy(&mut Read::by_ref(s).take(len as u64), &mut io::sink())?;
+            s.write_all(&option_reply(option, REP_ERR_TOO_BIG, b"option too large"))?;
+            continue;
+        }
+        let mut data = vec![0u8; len as usize];
+        s.read_exact(&mut data)?;
+
+        match option {
+            OPT_EXPORT_NAME => {
+                let name = String::from_utf8_lossy(&data).into_owned();
+                let Some((name, export)) = lookup(inner, &name) else {
+                    // This option has no error reply: the spec says close.
+                    return Err(HandshakeError::UnknownExport(name));
+                };
+                let mut reply = Vec::with_capacity(10 + 124);
+                reply.extend_from_slice(&export.volume.size_bytes().to_be_bytes());
+                reply.extend_from_slice(&transmission_flags(&export).to_be_bytes());
+                if !no_zeroes {
+                    reply.extend_from_slice(&[0u8; 124]);
+                }
+                s.write_all(&reply)?;
+                return Ok(Some((name, export)));
+            }
+            OPT_ABORT => {
+                let _ = s.write_all(&option_reply(option, REP_ACK, &[]));
+                return Ok(None);
+            }
+            OPT_LIST => {
+                if !data.is_empty() {
+                    s.write_all(&option_reply(
+                        option,
+                        REP_ERR_INVALID,
+                        b"NBD_OPT_LIST takes no data",
+                    ))?;
+                    continue;
+                }
+                let names: Vec<String> = inner.exports.read().keys().cloned().collect();
+                for n in names {
+                    let mut d = Vec::with_capacity(4 + n.len());
+                    d.extend_from_slice(&(n.len() as u32).to_be_bytes());
+                    d.extend_from_slice(n.as_bytes());
+                    s.write_all(&option_reply(option, REP_SERVER, &d))?;
+                }
+                s.write_all(&option_reply(option, REP_ACK, &[]))?;
+            }
+            OPT_INFO | OPT_GO => {
+                let (name, requests) = match parse_info_request(&data) {
+                    Ok(x) => x,
+                    Err(msg) => {
+                        s.write_all(&option_reply(option, REP_ERR_INVALID, msg.as_bytes()))?;
+                        continue;
+                    }
+                };
+                let Some((name, export)) = lookup(inner, &name) else {
+                    let msg = format!("no export named {name:?}; try NBD_OPT_LIST");
+                    s.write_all(&option_reply(option, REP_ERR_UNKNOWN, msg.as_bytes()))?;
+                    continue;
+                };
+                let mut info = Vec::with_capacity(12);
+                info.extend_from_slice(&INFO_EXPORT.to_be_bytes());
+                info.extend_from_slice(&export.volume.size_bytes().to_be_bytes());
+                info.extend_from_slice(&transmission_flags(&export).to_be_bytes());
+                s.write_all(&option_reply(option, REP_INFO, &info))?;
+                if requests.contains(&INFO_NAME) {
+                    let mut d = INFO_NAME.to_be_bytes().to_vec();
+                    d.extend_from_slice(name.as_bytes());
+                    s.write_all(&option_reply(option, REP_INFO, &d))?;
+                }
+                let mut bs = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
+                bs.extend_from_slice(&1u32.to_be_bytes());
+                bs.extend_from_slice(&PREFERRED_BLOCK_BYTES.to_be_bytes());
+                bs.extend_from_slice(&MAX_REQUEST_BYTES.to_be_bytes());
+                s.write_all(&option_reply(option, REP_INFO, &bs))?;
+                s.write_all(&option_reply(option, REP_ACK, &[]))?;
+                if option == OPT_GO {
+                    return Ok(Some((name, export)));
+                }
+            }
+            _ => {
+                let msg = format!("option {option} is not supported by umbra");
+                s.write_all(&option_reply(option, REP_ERR_UNSUP, msg.as_bytes()))?;
+            }
+        }
+    }
+    Err(HandshakeError::TooManyOptions)
+}
+
+/// Parse NBD_OPT_INFO / NBD_OPT_GO data: u32 name length, name, u16 count,
+/// count × u16 info types.
+fn parse_info_request(data: &[u8]) -> Result<(String, Vec<u16>), String> {
+    let bad = || "malformed NBD_OPT_INFO/GO payload".to_string();
+    if data.len() < 6 {
+        return Err(bad());
+    }
+    let name_len = u32::from_be_bytes(data[0..4].try_into().expect("4 bytes")) as usize;
+    let rest = data.get(4..).ok_or_else(bad)?;
+    if name_len > rest.len().saturating_sub(2) {
+        return Err(bad());
+    }
+    let name = std::str::from_utf8(&rest[..name_len])
+        .map_err(|_| "export name is not UTF-8".to_string())?
+        .to_owned();
+    let rest = &rest[name_len..];
+    let count = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+    let rest = &rest[2..];
+    if rest.len() != count * 2 {
+        return Err(bad());
+    }
+    let requests = rest
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect();
+    Ok((name, requests))
+}
+
+/// Shared by a connection's workers.
+struct Session<'a> {
+    id: u64,
+    name: &'a str,
+    volume: &'a Volume,
+    read_only: bool,
+    rx: Mutex<BufReader<Stream>>,
+    tx: Mutex<Stream>,
+    closing: AtomicBool,
+}
+
+fn transmission(id: u64, name: &str, stream: Stream, export: Export) {
+    let Ok(tx) = stream.try_clone() else {
+        return;
+    };
+    let session = Session {
+        id,
+        name,
+        volume: &export.volume,
+        read_only: export.read_only,
+        rx: Mutex::new(BufReader::with_capacity(RECV_BUFFER_BYTES, stream)),
+        tx: Mutex::new(tx),
+        closing: AtomicBool::new(false),
+    };
+    thread::scope(|scope| {
+        for w in 1..WORKERS_PER_CONNECTION {
+            let session = &session;
+            let spawned = thread::Builder::new()
+                .name(format!("nbd-{id}-w{w}"))
+                .spawn_scoped(scope, move || session.worker());
+            if spawned.is_err() {
+                break;
+            }
+        }
+        session.worker();
+    });
+}
+
+/// Why a worker stops reading: the connection is over for everyone.
+enum Stop {
+    Disconnect,
+    Drop(String),
+}
+
+impl Session<'_> {
+    fn worker(&self) {
+        let mut buf = AlignedBuf::new(64 * 1024);
+        loop {
+            let req = match self.receive(&mut buf) {
+                Ok(req) => req,
+                Err(stop) => {
+                    self.close(stop);
+                    return;
+                }
+            };
+            let error = self.execute(&req, &mut buf);
+            let mut tx = self.tx.lock();
+            let header = simple_reply(error, req.handle);
+            let sent = if req.command == CMD_READ && error == 0 {
+                write_all_vectored(&mut *tx, &header, &buf[..req.length as usize])
+            } else {
+                tx.write_all(&header)
+            };
+            if let Err(e) = sent {
+                drop(tx);
+                self.close(Stop::Drop(format!("sending a reply: {e}")));
+                return;
+            }
+        }
+    }
+
+    /// Read the next request (and a write's payload into `buf`) under the
+    /// receive lock.
+    fn receive(&self, buf: &mut AlignedBuf) -> Result<Request, Stop> {
+        let mut rx = self.rx.lock();
+        if self.closing.load(Ordering::Acquire) {
+            return Err(Stop::Disconnect);
+        }
+        let req = match Request::read_from(&mut *rx) {
+            Ok(r) => r,
+            Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(Stop::Disconnect)
+            }
+            Err(e) => return Err(Stop::Drop(e.to_string())),
+        };
+        if req.command == CMD_DISC {
+            return Err(Stop::Disconnect);
+        }
+        if req.command == CMD_WRITE {
+            if req.length > MAX_REQUEST_BYTES {
+                return Err(Stop::Drop(format!(
+                    "write of {} bytes exceeds the {MAX_REQUEST_BYTES}-byte maximum",
+                    req.length
+                )));
+            }
+            ensure_len(buf, req.length as usize);
+            rx.read_exact(&mut buf[..])
+                .map_err(|e| Stop::Drop(format!("reading write payload: {e}")))?;
+        }
+        Ok(req)
+    }
+
+    fn close(&self, stop: Stop) {
+        if !self.closing.swap(true, Ordering::AcqRel) {
+            if let Stop::Drop(why) = &stop {
+                log::warn!("NBD client {} ({}): dropped: {why}", self.id, self.name);
+            }
+        }
+        // Wake the worker (if any) blocked reading; replies in flight on
+        // other workers still go out on the write half.
+        self.tx.lock().shutdown(Shutdown::Read);
+    }
+
+    /// Run one request; returns the NBD error to reply with (0 = success).
+    fn execute(&self, req: &Request, buf: &mut AlignedBuf) -> u32 {
+        const KNOWN_FLAGS: u16 = CMD_FLAG_FUA | CMD_FLAG_NO_HOLE;
+        if req.flags & !KNOWN_FLAGS != 0
+            || (req.flags & CMD_FLAG_NO_HOLE != 0 && req.command != CMD_WRITE_ZEROES)
+        {
+            return NBD_EINVAL;
+        }
+        let fua = req.flags & CMD_FLAG_FUA != 0;
+        let writes = matches!(req.command, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES);
+        if writes && self.read_only {
+            return NBD_EPERM;
+        }
+        let len = req.length as u64;
+        let result = match req.command {
+            CMD_READ => {
+                if req.length > MAX_REQUEST_BYTES {
+                    return NBD_EINVAL;
+                }
+                ensure_len(buf, req.length as usize);
+                self.volume.read(&mut buf[..], req.offset)
+            }
+            CMD_WRITE => self.volume.write(&buf[..], req.offset, fua),
+            CMD_FLUSH => self.volume.flush(),
+            CMD_TRIM => self.volume.discard(req.offset, len).and_then(|_| {
+                if fua {
+                    self.volume.flush()
+                } else {
+                    Ok(())
+                }
+            }),
+            CMD_WRITE_ZEROES => self.volume.write_zeroes(req.offset, len, fua),
+            _ => return NBD_EINVAL,
+        };
+        match result {
+            Ok(()) => 0,
+            Err(e) => {
+                log::debug!(
+                    "NBD client {} ({}): command {} at {} len {}: {e}",
+                    self.id,
+                    self.name,
+                    req.command,
+                    req.offset,
+                    req.length
+                );
+                wire_errno(e.errno())
+            }
+        }
+    }
+}
+
+/// Grow `buf` (doubling, so a stream of growing requests allocates a few
+/// times at most) and set its length.
+fn ensure_len(buf: &mut AlignedBuf, len: usize) {
+    if buf.capacity() < len {
+        *buf = AlignedBuf::new(len.next_power_of_two());
+    }
+    buf.set_len(len);
+}
+
+fn write_all_vectored(w: &mut impl Write, header: &[u8], data: &[u8]) -> io::Result<()> {
+    let mut slices = [IoSlice::new(header), IoSlice::new(data)];
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        match w.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addr_parsing() {
+        assert_eq!(
+            "unix:/tmp/x.sock".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Unix("/tmp/x.sock".into())
+        );
+        assert!("127.0.0.1:0".parse::<ListenAddr>().is_ok());
+        assert!("nonsense".parse::<ListenAddr>().is_err());
+        assert!("unix:".parse::<ListenAddr>().is_err());
+    }
+
+    #[test]
+    fn info_request_parsing_rejects_malformed() {
+        let mut d = 3u32.to_be_bytes().to_vec();
+        d.extend_from_slice(b"abc");
+        d.extend_from_slice(&1u16.to_be_bytes());
+        d.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
+        assert_eq!(
+            parse_info_request(&d).unwrap(),
+            ("abc".to_string(), vec![INFO_BLOCK_SIZE])
+        );
+        assert!(parse_info_request(&d[..d.len() - 1]).is_err());
+        let mut huge = u32::MAX.to_be_bytes().to_vec();
+        huge.extend_from_slice(&[0, 0]);
+        assert!(parse_info_request(&huge).is_err());
+        assert!(parse_info_request(&[]).is_err());
+    }
+}
