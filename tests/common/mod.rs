@@ -1,0 +1,233 @@
+//! Test harness shared by the integration tests: the real `umbra` binary
+//! started in a temp data dir, driven through its CLI; a minimal raw NBD
+//! client for protocol-level checks; and a check that a required external
+//! tool exists (a missing tool fails the test with the reason: CI installs
+//! every one of them).
+
+#![allow(dead_code)]
+
+pub mod nbd;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const UMBRA: &str = env!("CARGO_BIN_EXE_umbra");
+
+/// Fail (not skip) when a tool the test needs is missing.
+pub fn require_tool(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "this test needs `{tool}`, which is not installed; `.ci/run` installs it (apt-get install ...)"
+    );
+}
+
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (loop devices, mount); CI runs as root"
+    );
+}
+
+/// A running (or stopped) `umbra serve` with its own data dir.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub stdout: Vec<String>,
+}
+
+impl Daemon {
+    /// Start a daemon on a fresh data dir. The first-start default export
+    /// listens on an ephemeral port so tests can run in parallel.
+    pub fn start() -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut d = Daemon {
+            dir,
+            child: None,
+            stdout: Vec::new(),
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.data_dir().join("umbra.sock")
+    }
+
+    /// Start `umbra serve` and wait until its banner is printed (the admin
+    /// socket is bound by then).
+    pub fn spawn(&mut self) {
+        let _ = std::fs::remove_file(self.socket());
+        let mut child = Command::new(UMBRA)
+            .arg("serve")
+            .env("UMBRA_DATA_DIR", self.data_dir())
+            .env("UMBRA_DEFAULT_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn umbra serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut banner = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "daemon did not start in 30 s");
+            match lines.next() {
+                Some(Ok(l)) => {
+                    let done = l.starts_with("manage it with");
+                    banner.push(l);
+                    if done {
+                        break;
+                    }
+                }
+                _ => panic!(
+                    "umbra serve exited during start-up: {:?}\n{}",
+                    child.try_wait(),
+                    banner.join("\n")
+                ),
+            }
+        }
+        // Keep draining stdout so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.stdout = banner;
+        self.child = Some(child);
+    }
+
+    /// Run the CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(UMBRA)
+            .args(args)
+            .env("UMBRA_SOCKET", self.socket())
+            .output()
+            .expect("run umbra CLI")
+    }
+
+    /// Run the CLI and insist it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "umbra {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8 stdout")
+    }
+
+    /// Run a `--json` read command and parse its output.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).expect("CLI printed valid JSON")
+    }
+
+    /// Export `volume` over NBD on an ephemeral port; returns its URI.
+    pub fn export_nbd(&self, volume: &str) -> String {
+        self.ok(&["export", "nbd", volume, "--listen", "127.0.0.1:0"]);
+        self.uri_of(volume)
+    }
+
+    pub fn uri_of(&self, volume: &str) -> String {
+        let list = self.json(&["export", "list"]);
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["volume"] == volume)
+            .unwrap_or_else(|| panic!("{volume} is not exported: {list}"))["uri"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// `host:port` of a TCP export.
+    pub fn addr_of(&self, volume: &str) -> String {
+        let uri = self.uri_of(volume);
+        uri.trim_start_matches("nbd://")
+            .rsplit_once('/')
+            .unwrap()
+            .0
+            .to_owned()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("daemon running").id() as i32
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn stop(&mut self) -> i32 {
+        let mut child = self.child.take().expect("daemon running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = wait_timeout(&mut child, Duration::from_secs(30))
+            .expect("daemon did not stop within 30 s of SIGTERM");
+        status.code().unwrap_or(-1)
+    }
+
+    /// SIGKILL, no chance to flush or persist anything.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("daemon running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Is the daemon process still running?
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn wait_timeout(child: &mut Child, t: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + t;
+    while Instant::now() < deadline {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Run a shell command; panic with its output on failure.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn write_random_file(path: &Path, bytes: usize, seed: u64) {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut data = vec![0u8; bytes];
+    rng.fill_bytes(&mut data);
+    std::fs::write(path, data).unwrap();
+}

@@ -1,0 +1,232 @@
+//! The daemon driven through its CLI only: lifecycle, persistence across a
+//! restart, exit codes, errors that name the object, help, events, socket
+//! permissions, a second daemon on the same data dir.
+
+mod common;
+
+use common::nbd::NbdClient;
+use common::{Daemon, UMBRA};
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+
+#[test]
+fn first_start_creates_the_default_volume_and_export() {
+    let d = Daemon::start();
+    let banner = d.stdout.join("\n");
+    assert!(banner.contains("created volume `default`"), "{banner}");
+    assert!(banner.contains("nbdinfo 'nbd://127.0.0.1:"), "{banner}");
+    let vols = d.json(&["volume", "list"]);
+    assert_eq!(vols[0]["name"], "default");
+    assert_eq!(vols[0]["size_bytes"], 1u64 << 30);
+    assert_eq!(vols[0]["state"], "online");
+    let mut c = NbdClient::connect(&d.addr_of("default"), "default");
+    assert_eq!(c.size, 1 << 30);
+    assert_eq!(c.write(0, &[7; 4096], 0), 0);
+    assert_eq!(c.read(0, 4096).unwrap(), vec![7; 4096]);
+}
+
+#[test]
+fn volumes_exports_and_data_survive_a_restart() {
+    let mut d = Daemon::start();
+    d.ok(&["volume", "create", "db", "--size", "64M"]);
+    d.ok(&["volume", "create", "logs", "--size", "16M", "--engine", "sync"]);
+    let file = d.dir.path().join("existing.img");
+    std::fs::write(&file, vec![0x5a; 8 << 20]).unwrap();
+    d.ok(&["volume", "add", "ext", "--path", file.to_str().unwrap()]);
+    let uri = d.export_nbd("db");
+    let addr = d.addr_of("db");
+    let sock = d.dir.path().join("logs.sock");
+    d.ok(&["export", "nbd", "logs", "--listen", &format!("unix:{}", sock.display())]);
+
+    let mut c = NbdClient::connect(&addr, "db");
+    let data: Vec<u8> = (0..65536u32).map(|i| (i * 7) as u8).collect();
+    assert_eq!(c.write(1 << 20, &data, 0), 0);
+    assert_eq!(c.flush(), 0);
+    c.disconnect();
+
+    let before_vols = d.json(&["volume", "list"]);
+    let before_exports = d.json(&["export", "list"]);
+    assert_eq!(before_vols.as_array().unwrap().len(), 4);
+    assert_eq!(d.stop(), 0, "clean shutdown exits 0");
+
+    d.spawn();
+    assert!(!d.stdout.join("\n").contains("first start"));
+    let after_vols = d.json(&["volume", "list"]);
+    let after_exports = d.json(&["export", "list"]);
+    assert_eq!(before_vols, after_vols);
+    // Same addresses (the ephemeral port was recorded), clients reset to 0.
+    assert_eq!(before_exports, after_exports);
+    assert_eq!(d.uri_of("db"), uri);
+    let mut c = NbdClient::connect(&addr, "db");
+    assert_eq!(c.read(1 << 20, data.len()).unwrap(), data);
+    let info = d.json(&["volume", "info", "ext"]);
+    assert_eq!(info["size_bytes"], 8 << 20);
+    assert!(std::os::unix::net::UnixStream::connect(&sock).is_ok());
+}
+
+#[test]
+fn exit_codes_and_errors_name_the_object() {
+    let d = Daemon::start();
+    let out = d.cli(&["volume", "info", "ghost"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ghost"), "{err}");
+
+    let out = d.cli(&["volume", "create", "x"]);
+    assert_eq!(out.status.code(), Some(2), "missing --size is a usage error");
+    let out = d.cli(&["volume", "frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = d.cli(&["volume", "create", "x", "--size", "12Q"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    d.ok(&["volume", "create", "x", "--size", "1M"]);
+    let out = d.cli(&["volume", "create", "x", "--size", "1M"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("volume x already exists"));
+
+    let out = d.cli(&["volume", "create", "odd", "--size", "1000"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("multiple of 512"));
+
+    let out = d.cli(&["volume", "add", "nofile", "--path", "/nonexistent/disk.img"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nofile") && err.contains("/nonexistent/disk.img"), "{err}");
+
+    d.export_nbd("x");
+    let out = d.cli(&["volume", "remove", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is exported"));
+    let out = d.cli(&["export", "nbd", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    d.ok(&["volume", "remove", "x", "--force"]);
+    assert!(d.json(&["export", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["volume"] != "x"));
+
+    let out = Command::new(UMBRA)
+        .args(["status"])
+        .env("UMBRA_SOCKET", "/nonexistent/umbra.sock")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is `umbra serve` running"));
+}
+
+#[test]
+fn help_teaches_with_examples_at_every_level() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["volume", "create", "--help"],
+        vec!["volume", "add", "--help"],
+        vec!["volume", "remove", "--help"],
+        vec!["volume", "list", "--help"],
+        vec!["volume", "info", "--help"],
+        vec!["export", "nbd", "--help"],
+        vec!["export", "list", "--help"],
+        vec!["export", "remove", "--help"],
+        vec!["status", "--help"],
+        vec!["events", "--help"],
+    ] {
+        let out = Command::new(UMBRA).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Example") || text.contains("umbra serve &"),
+            "{args:?} --help has no example:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn events_stream_state_changes_as_they_happen() {
+    let d = Daemon::start();
+    let mut follower = Command::new(UMBRA)
+        .args(["events", "--follow", "--json"])
+        .env("UMBRA_SOCKET", d.socket())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The CLI says so on stderr once the subscription is live.
+    let mut err_lines = BufReader::new(follower.stderr.take().unwrap()).lines();
+    let first = err_lines.next().unwrap().unwrap();
+    assert!(first.contains("following events"), "{first}");
+    d.ok(&["volume", "create", "ev", "--size", "1M"]);
+    d.export_nbd("ev");
+    d.ok(&["export", "remove", "ev"]);
+    d.ok(&["volume", "remove", "ev"]);
+    let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
+    let mut kinds = Vec::new();
+    while kinds.len() < 4 {
+        let line = lines.next().expect("event line").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["object"], "ev");
+        kinds.push(v["kind"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        kinds,
+        ["volume.created", "export.added", "export.removed", "volume.removed"]
+    );
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+}
+
+#[test]
+fn admin_socket_is_private_and_the_data_dir_is_locked() {
+    let d = Daemon::start();
+    let mode = std::fs::metadata(d.socket()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let out = Command::new(UMBRA)
+        .args(["serve"])
+        .env("UMBRA_DATA_DIR", d.data_dir())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use by another umbra daemon"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The first daemon is unaffected.
+    d.ok(&["status"]);
+}
+
+#[test]
+fn a_corrupt_configuration_is_refused_with_a_clear_error() {
+    let mut d = Daemon::start();
+    assert_eq!(d.stop(), 0);
+    std::fs::write(d.data_dir().join("umbra.json"), "{\"version\": 1, \"volumes\": [ oops").unwrap();
+    let out = Command::new(UMBRA)
+        .args(["serve"])
+        .env("UMBRA_DATA_DIR", d.data_dir())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("umbra.json") && err.contains("not a valid"), "{err}");
+}
+
+#[test]
+fn a_missing_backing_file_leaves_the_volume_offline_not_the_daemon_down() {
+    let mut d = Daemon::start();
+    d.ok(&["volume", "create", "gone", "--size", "1M"]);
+    d.export_nbd("gone");
+    assert_eq!(d.stop(), 0);
+    std::fs::remove_file(d.data_dir().join("gone.img")).unwrap();
+    d.spawn();
+    let v = d.json(&["volume", "info", "gone"]);
+    assert_eq!(v["state"], "offline");
+    assert!(v["error"].as_str().unwrap().contains("gone.img"));
+    let e = d.json(&["export", "list"]);
+    let gone = e.as_array().unwrap().iter().find(|e| e["volume"] == "gone").unwrap();
+    assert_eq!(gone["state"], "failed");
+    assert!(gone["error"].as_str().unwrap().contains("offline"));
+    // Everything else works.
+    let mut c = NbdClient::connect(&d.addr_of("default"), "default");
+    assert_eq!(c.flush(), 0);
+}
