@@ -30,14 +30,22 @@ fn first_start_creates_the_default_volume_and_export() {
 fn volumes_exports_and_data_survive_a_restart() {
     let mut d = Daemon::start();
     d.ok(&["volume", "create", "db", "--size", "64M"]);
-    d.ok(&["volume", "create", "logs", "--size", "16M", "--engine", "sync"]);
+    d.ok(&[
+        "volume", "create", "logs", "--size", "16M", "--engine", "sync",
+    ]);
     let file = d.dir.path().join("existing.img");
     std::fs::write(&file, vec![0x5a; 8 << 20]).unwrap();
     d.ok(&["volume", "add", "ext", "--path", file.to_str().unwrap()]);
     let uri = d.export_nbd("db");
     let addr = d.addr_of("db");
     let sock = d.dir.path().join("logs.sock");
-    d.ok(&["export", "nbd", "logs", "--listen", &format!("unix:{}", sock.display())]);
+    d.ok(&[
+        "export",
+        "nbd",
+        "logs",
+        "--listen",
+        &format!("unix:{}", sock.display()),
+    ]);
 
     let mut c = NbdClient::connect(&addr, "db");
     let data: Vec<u8> = (0..65536u32).map(|i| (i * 7) as u8).collect();
@@ -74,7 +82,11 @@ fn exit_codes_and_errors_name_the_object() {
     assert!(err.contains("ghost"), "{err}");
 
     let out = d.cli(&["volume", "create", "x"]);
-    assert_eq!(out.status.code(), Some(2), "missing --size is a usage error");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "missing --size is a usage error"
+    );
     let out = d.cli(&["volume", "frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
     let out = d.cli(&["volume", "create", "x", "--size", "12Q"]);
@@ -92,7 +104,10 @@ fn exit_codes_and_errors_name_the_object() {
     let out = d.cli(&["volume", "add", "nofile", "--path", "/nonexistent/disk.img"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("nofile") && err.contains("/nonexistent/disk.img"), "{err}");
+    assert!(
+        err.contains("nofile") && err.contains("/nonexistent/disk.img"),
+        "{err}"
+    );
 
     d.export_nbd("x");
     let out = d.cli(&["volume", "remove", "x"]);
@@ -101,7 +116,8 @@ fn exit_codes_and_errors_name_the_object() {
     let out = d.cli(&["export", "nbd", "x"]);
     assert_eq!(out.status.code(), Some(1));
     d.ok(&["volume", "remove", "x", "--force"]);
-    assert!(d.json(&["export", "list"])
+    assert!(d
+        .json(&["export", "list"])
         .as_array()
         .unwrap()
         .iter()
@@ -170,7 +186,12 @@ fn events_stream_state_changes_as_they_happen() {
     }
     assert_eq!(
         kinds,
-        ["volume.created", "export.added", "export.removed", "volume.removed"]
+        [
+            "volume.created",
+            "export.added",
+            "export.removed",
+            "volume.removed"
+        ]
     );
     follower.kill().unwrap();
     follower.wait().unwrap();
@@ -200,7 +221,11 @@ fn admin_socket_is_private_and_the_data_dir_is_locked() {
 fn a_corrupt_configuration_is_refused_with_a_clear_error() {
     let mut d = Daemon::start();
     assert_eq!(d.stop(), 0);
-    std::fs::write(d.data_dir().join("umbra.json"), "{\"version\": 1, \"volumes\": [ oops").unwrap();
+    std::fs::write(
+        d.data_dir().join("umbra.json"),
+        "{\"version\": 1, \"volumes\": [ oops",
+    )
+    .unwrap();
     let out = Command::new(UMBRA)
         .args(["serve"])
         .env("UMBRA_DATA_DIR", d.data_dir())
@@ -208,7 +233,10 @@ fn a_corrupt_configuration_is_refused_with_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("umbra.json") && err.contains("not a valid"), "{err}");
+    assert!(
+        err.contains("umbra.json") && err.contains("not a valid"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -223,7 +251,12 @@ fn a_missing_backing_file_leaves_the_volume_offline_not_the_daemon_down() {
     assert_eq!(v["state"], "offline");
     assert!(v["error"].as_str().unwrap().contains("gone.img"));
     let e = d.json(&["export", "list"]);
-    let gone = e.as_array().unwrap().iter().find(|e| e["volume"] == "gone").unwrap();
+    let gone = e
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["volume"] == "gone")
+        .unwrap();
     assert_eq!(gone["state"], "failed");
     assert!(gone["error"].as_str().unwrap().contains("offline"));
     // Everything else works.

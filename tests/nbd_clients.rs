@@ -15,13 +15,26 @@ fn qemu_img_convert_and_compare_round_trip() {
     let uri = d.export_nbd("img");
     let src = d.dir.path().join("src.raw");
     write_random_file(&src, 32 << 20, 1);
-    sh(&format!("qemu-img convert -n -f raw -O raw {} '{uri}'", src.display()));
-    let out = sh(&format!("qemu-img compare -f raw -F raw {} '{uri}'", src.display()));
+    sh(&format!(
+        "qemu-img convert -n -f raw -O raw {} '{uri}'",
+        src.display()
+    ));
+    let out = sh(&format!(
+        "qemu-img compare -f raw -F raw {} '{uri}'",
+        src.display()
+    ));
     assert!(out.contains("Images are identical"), "{out}");
     // And back out again through a qcow2 conversion.
     let q = d.dir.path().join("copy.qcow2");
-    sh(&format!("qemu-img convert -f raw -O qcow2 '{uri}' {}", q.display()));
-    let out = sh(&format!("qemu-img compare -f raw -F qcow2 {} {}", src.display(), q.display()));
+    sh(&format!(
+        "qemu-img convert -f raw -O qcow2 '{uri}' {}",
+        q.display()
+    ));
+    let out = sh(&format!(
+        "qemu-img compare -f raw -F qcow2 {} {}",
+        src.display(),
+        q.display()
+    ));
     assert!(out.contains("Images are identical"), "{out}");
 }
 
@@ -34,7 +47,13 @@ fn nbdcopy_in_and_out_over_tcp_and_unix_socket() {
     d.ok(&["volume", "create", "b", "--size", "16M", "--engine", "sync"]);
     let uri_a = d.export_nbd("a");
     let sock = d.dir.path().join("b.sock");
-    d.ok(&["export", "nbd", "b", "--listen", &format!("unix:{}", sock.display())]);
+    d.ok(&[
+        "export",
+        "nbd",
+        "b",
+        "--listen",
+        &format!("unix:{}", sock.display()),
+    ]);
     let uri_b = d.uri_of("b");
     let src = d.dir.path().join("src.raw");
     write_random_file(&src, 16 << 20, 2);
@@ -49,7 +68,10 @@ fn nbdcopy_in_and_out_over_tcp_and_unix_socket() {
     d.ok(&["volume", "create", "c", "--size", "1M"]);
     d.ok(&["export", "nbd", "c", "--listen", &d.addr_of("a")]);
     let list = sh(&format!("nbdinfo --list 'nbd://{}'", d.addr_of("a")));
-    assert!(list.contains("export=\"a\"") && list.contains("export=\"c\""), "{list}");
+    assert!(
+        list.contains("export=\"a\"") && list.contains("export=\"c\""),
+        "{list}"
+    );
 }
 
 #[test]
@@ -108,7 +130,10 @@ fn several_clients_at_once_see_each_others_writes_after_flush() {
     }
     let mut c = common::nbd::NbdClient::connect(&addr, "m");
     for k in 0..64 * 6u64 {
-        assert_eq!(c.read(k * 4096, 4096).unwrap(), vec![(k % 6) as u8 + 1; 4096]);
+        assert_eq!(
+            c.read(k * 4096, 4096).unwrap(),
+            vec![(k % 6) as u8 + 1; 4096]
+        );
     }
 }
 
@@ -132,7 +157,10 @@ impl Drop for Mounted {
         if let Some(l) = self.loopdev.take() {
             let _ = Command::new("losetup").args(["-d", &l]).status();
         }
-        let _ = Command::new("fusermount3").arg("-u").arg(&self.fuse_dir).status();
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.fuse_dir)
+            .status();
         let _ = Command::new("umount").arg(&self.fuse_dir).status();
         if let Some(mut c) = self.nbdfuse.take() {
             let _ = c.kill();
@@ -144,7 +172,14 @@ impl Drop for Mounted {
 #[test]
 fn ext4_through_nbdfuse_and_losetup_mount_write_remount_verify() {
     require_root();
-    for t in ["nbdfuse", "losetup", "mkfs.ext4", "mount", "fusermount3", "sha256sum"] {
+    for t in [
+        "nbdfuse",
+        "losetup",
+        "mkfs.ext4",
+        "mount",
+        "fusermount3",
+        "sha256sum",
+    ] {
         require_tool(t);
     }
     let d = Daemon::start();
@@ -168,10 +203,15 @@ fn ext4_through_nbdfuse_and_losetup_mount_write_remount_verify() {
     let disk = fuse_dir.join("nbd");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !disk.exists() {
-        assert!(std::time::Instant::now() < deadline, "nbdfuse did not mount");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nbdfuse did not mount"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let loopdev = sh(&format!("losetup -f --show {}", disk.display())).trim().to_owned();
+    let loopdev = sh(&format!("losetup -f --show {}", disk.display()))
+        .trim()
+        .to_owned();
     m.loopdev = Some(loopdev.clone());
     sh(&format!("mkfs.ext4 -q -F {loopdev}"));
     sh(&format!("mount {loopdev} {}", mnt.display()));

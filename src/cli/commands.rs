@@ -281,7 +281,10 @@ pub fn events(socket: &Path, a: EventsArgs) -> Result<()> {
     if !reply.ok {
         bail!("{}", reply.error.map(|e| e.message).unwrap_or_default());
     }
-    eprintln!("umbra: following events from {} (Ctrl-C to stop)", socket.display());
+    eprintln!(
+        "umbra: following events from {} (Ctrl-C to stop)",
+        socket.display()
+    );
     while let Some(v) = client.read_value()? {
         let e = &v["event"];
         if a.json {

@@ -70,7 +70,10 @@ impl NbdClient {
                         size = Some(u64::from_be_bytes(data[2..10].try_into().unwrap()));
                     }
                 }
-                t => panic!("NBD_OPT_GO failed: reply {t:#x}: {}", String::from_utf8_lossy(&data)),
+                t => panic!(
+                    "NBD_OPT_GO failed: reply {t:#x}: {}",
+                    String::from_utf8_lossy(&data)
+                ),
             }
         }
         NbdClient {
