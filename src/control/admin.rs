@@ -203,14 +203,13 @@ fn read_line(r: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<Option<()>>
     if n == 0 {
         return Ok(None);
     }
-    if line.last() != Some(&b'\n') {
-        if line.len() > MAX_REQUEST_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("request longer than {MAX_REQUEST_BYTES} bytes"),
-            ));
-        }
-        // A last line without a newline: accept it as a request.
+    // A last line without a newline is accepted as a request; only a line
+    // that ran into the limit is refused.
+    if line.last() != Some(&b'\n') && line.len() > MAX_REQUEST_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("request longer than {MAX_REQUEST_BYTES} bytes"),
+        ));
     }
     Ok(Some(()))
 }

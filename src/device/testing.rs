@@ -40,7 +40,8 @@ pub fn run_all(name: &str, dev: Arc<dyn BlockDevice>) {
         size >= MIN_DEVICE_BYTES,
         "{name}: device of {size} bytes is below the suite's minimum"
     );
-    let checks: &[(&str, fn(&dyn BlockDevice))] = &[
+    type Check = fn(&dyn BlockDevice);
+    let checks: &[(&str, Check)] = &[
         ("read_after_write", read_after_write),
         ("unaligned_io", unaligned_io),
         ("large_io", large_io),
