@@ -74,6 +74,32 @@ fn nbdcopy_in_and_out_over_tcp_and_unix_socket() {
     );
 }
 
+fn fio_verify(uri: &str, rw: &str, bs: &str) {
+    let out = Command::new("fio")
+        .args([
+            "--name=verify",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            &format!("--rw={rw}"),
+            &format!("--bs={bs}"),
+            "--size=64M",
+            "--iodepth=32",
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--verify_fatal=1",
+            "--fsync=64",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("err= 0"),
+        "fio {rw} {bs} on {uri} failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Buffered file: requests run inline on the connection thread.
 #[test]
 fn fio_nbd_engine_with_crc32c_verification() {
     require_tool("fio");
@@ -81,28 +107,21 @@ fn fio_nbd_engine_with_crc32c_verification() {
     d.ok(&["volume", "create", "f", "--size", "64M"]);
     let uri = d.export_nbd("f");
     for (rw, bs) in [("randwrite", "4k"), ("write", "1m"), ("randrw", "16k")] {
-        let out = Command::new("fio")
-            .args([
-                "--name=verify",
-                "--ioengine=nbd",
-                &format!("--uri={uri}"),
-                &format!("--rw={rw}"),
-                &format!("--bs={bs}"),
-                "--size=64M",
-                "--iodepth=32",
-                "--verify=crc32c",
-                "--do_verify=1",
-                "--verify_fatal=1",
-                "--fsync=64",
-            ])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && text.contains("err= 0"),
-            "fio {rw} failed:\n{text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        fio_verify(&uri, rw, bs);
+    }
+}
+
+/// O_DIRECT through io_uring: every request goes to the offload workers.
+#[test]
+fn fio_verification_on_an_o_direct_io_uring_volume() {
+    require_tool("fio");
+    let d = Daemon::start();
+    d.ok(&["volume", "create", "fd", "--size", "64M", "--direct"]);
+    let info = d.json(&["volume", "info", "fd"]);
+    assert!(info["backend"].as_str().unwrap().contains("Uring"), "{info}");
+    let uri = d.export_nbd("fd");
+    for (rw, bs) in [("randwrite", "4k"), ("randrw", "64k"), ("randwrite", "1k")] {
+        fio_verify(&uri, rw, bs);
     }
 }
 

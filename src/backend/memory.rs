@@ -1,7 +1,7 @@
 //! In-memory backend. Durability is trivially "everything": there is no
 //! crash to survive. Used by unit and property tests and the criterion bench.
 
-use crate::device::{check_range, BlockDevice, Describe, Result};
+use crate::device::{check_range, BlockDevice, Describe, LatencyClass, Result};
 use parking_lot::RwLock;
 
 pub struct MemoryBackend {
@@ -55,6 +55,10 @@ impl BlockDevice for MemoryBackend {
         check_range(offset, len, data.len() as u64)?;
         data[offset as usize..(offset + len) as usize].fill(0);
         Ok(())
+    }
+
+    fn latency_class(&self) -> LatencyClass {
+        LatencyClass::Memory
     }
 }
 

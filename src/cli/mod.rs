@@ -153,8 +153,8 @@ pub struct VolumeAdd {
 
 #[derive(Args)]
 pub struct BackendArgs {
-    /// I/O engine for the backing file
-    #[arg(long, value_enum, default_value_t = EngineKind::Uring)]
+    /// I/O engine: auto = io_uring for O_DIRECT and raw devices, pread/pwrite for buffered files
+    #[arg(long, value_enum, default_value_t = EngineKind::Auto)]
     engine: EngineKind,
     /// Open the backing file with O_DIRECT (bypass the page cache)
     #[arg(long)]

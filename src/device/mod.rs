@@ -110,6 +110,22 @@ pub trait BlockDevice: Send + Sync {
     fn block_size_bytes(&self) -> u32 {
         SECTOR_SIZE_BYTES as u32
     }
+
+    /// Whether a request usually completes without sleeping (memory, the
+    /// page cache) or may block for a device or network round trip. The
+    /// NBD frontend runs `Memory`-class requests inline on the connection
+    /// thread and hands `Blocking`-class ones to workers. Layers answer for
+    /// the whole chain below them; the safe default is `Blocking`.
+    fn latency_class(&self) -> LatencyClass {
+        LatencyClass::Blocking
+    }
+}
+
+/// See [`BlockDevice::latency_class`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatencyClass {
+    Memory,
+    Blocking,
 }
 
 /// Capability: a device whose metadata (bitmaps, indexes, logs) must be
@@ -154,6 +170,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
     }
     fn block_size_bytes(&self) -> u32 {
         (**self).block_size_bytes()
+    }
+    fn latency_class(&self) -> LatencyClass {
+        (**self).latency_class()
     }
 }
 

@@ -29,7 +29,8 @@
 
 pub mod passthrough;
 
-use crate::device::{BlockDevice, Describe, DeviceError, Result};
+use crate::device::{BlockDevice, Describe, DeviceError, LatencyClass, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::{RwLock, RwLockWriteGuard};
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,6 +127,9 @@ pub struct Volume {
     description: String,
     size_bytes: u64,
     stack: RwLock<Stack>,
+    /// The stack's latency class, cached at every rebuild so frontends can
+    /// ask per request without taking the stack lock.
+    blocking: AtomicBool,
 }
 
 impl Volume {
@@ -138,6 +142,7 @@ impl Volume {
                 services: Vec::new(),
                 closed: false,
             }),
+            blocking: AtomicBool::new(backend.latency_class() == LatencyClass::Blocking),
             backend,
             description,
         }
@@ -258,6 +263,13 @@ impl BlockDevice for Volume {
     fn block_size_bytes(&self) -> u32 {
         self.backend.block_size_bytes()
     }
+    fn latency_class(&self) -> LatencyClass {
+        if self.blocking.load(Ordering::Relaxed) {
+            LatencyClass::Blocking
+        } else {
+            LatencyClass::Memory
+        }
+    }
 }
 
 /// Held while a volume is quiesced: no request is in flight and none is
@@ -291,6 +303,8 @@ impl QuiesceGuard<'_> {
         }
         match build_stack(&self.volume.backend, &services) {
             Ok(top) => {
+                let blocking = top.latency_class() == LatencyClass::Blocking;
+                self.volume.blocking.store(blocking, Ordering::Relaxed);
                 self.stack.top = top;
                 self.stack.services = services;
                 Ok(())

@@ -4,7 +4,7 @@
 //! layer in the criterion bench.
 
 use super::Service;
-use crate::device::{BlockDevice, Result};
+use crate::device::{BlockDevice, LatencyClass, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -85,5 +85,8 @@ impl BlockDevice for PassthroughDevice {
     }
     fn block_size_bytes(&self) -> u32 {
         self.lower.block_size_bytes()
+    }
+    fn latency_class(&self) -> LatencyClass {
+        self.lower.latency_class()
     }
 }

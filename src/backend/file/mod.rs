@@ -24,7 +24,7 @@ mod engine_uring;
 mod ioctl;
 
 use crate::buffer::{is_direct_aligned, AlignedBuf, BUF_ALIGN_BYTES};
-use crate::device::{check_range, BlockDevice, Describe, DeviceError, Result};
+use crate::device::{check_range, BlockDevice, Describe, DeviceError, LatencyClass, Result};
 use engine_sync::SyncEngine;
 use engine_uring::UringEngine;
 use nix::fcntl::{fallocate, FallocateFlags};
@@ -41,11 +41,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineKind {
-    /// io_uring, batched submission from a ring thread.
+    /// io_uring where requests wait on a device (O_DIRECT, raw block
+    /// devices), pread/pwrite on buffered regular files, where a request is
+    /// a page-cache copy and a hand-off to the ring thread (and the kernel's
+    /// io-wq) costs more than the copy. Measured in tools/bench-nbd.sh.
     #[default]
+    Auto,
+    /// io_uring, batched submission from a ring thread.
     Uring,
     /// pread/pwrite from the calling thread.
     Sync,
+}
+
+impl EngineKind {
+    /// The engine `Auto` stands for on a file opened with these properties.
+    pub fn resolve(self, direct: bool, is_block_device: bool) -> EngineKind {
+        match self {
+            EngineKind::Auto if direct || is_block_device => EngineKind::Uring,
+            EngineKind::Auto => EngineKind::Sync,
+            other => other,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -192,8 +208,8 @@ impl FileBackend {
             });
         }
         let engine_file = file.try_clone().map_err(open_err)?;
-        let engine = match options.engine {
-            EngineKind::Sync => Engine::Sync(SyncEngine::new(engine_file)),
+        let engine = match options.engine.resolve(options.direct, is_block_device) {
+            EngineKind::Sync | EngineKind::Auto => Engine::Sync(SyncEngine::new(engine_file)),
             EngineKind::Uring => Engine::Uring(UringEngine::new(engine_file).map_err(
                 |source| OpenError::Uring {
                     path: path.to_owned(),
@@ -220,6 +236,14 @@ impl FileBackend {
 
     pub fn options(&self) -> FileOptions {
         self.options
+    }
+
+    /// The engine actually driving the file (`Auto` resolved).
+    pub fn engine_in_use(&self) -> EngineKind {
+        match self.engine {
+            Engine::Uring(_) => EngineKind::Uring,
+            Engine::Sync(_) => EngineKind::Sync,
+        }
     }
 
     fn check_live(&self) -> Result<()> {
@@ -419,6 +443,16 @@ impl BlockDevice for FileBackend {
             crate::device::SECTOR_SIZE_BYTES as u32
         }
     }
+
+    /// A buffered regular file is served from the page cache as a rule;
+    /// O_DIRECT and raw devices go to the device every time.
+    fn latency_class(&self) -> LatencyClass {
+        if self.options.direct || self.is_block_device {
+            LatencyClass::Blocking
+        } else {
+            LatencyClass::Memory
+        }
+    }
 }
 
 impl Describe for FileBackend {
@@ -431,7 +465,7 @@ impl Describe for FileBackend {
                 "file"
             },
             self.path.display(),
-            self.options.engine,
+            self.engine_in_use(),
             if self.options.direct {
                 ", O_DIRECT"
             } else {
@@ -469,6 +503,23 @@ mod tests {
     #[test]
     fn conformance_sync_direct() {
         conformance(EngineKind::Sync, true);
+    }
+    #[test]
+    fn conformance_auto() {
+        conformance(EngineKind::Auto, false);
+    }
+
+    #[test]
+    fn auto_picks_uring_only_for_device_bound_io() {
+        assert_eq!(EngineKind::Auto.resolve(false, false), EngineKind::Sync);
+        assert_eq!(EngineKind::Auto.resolve(true, false), EngineKind::Uring);
+        assert_eq!(EngineKind::Auto.resolve(false, true), EngineKind::Uring);
+        assert_eq!(EngineKind::Sync.resolve(true, true), EngineKind::Sync);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d");
+        let be = FileBackend::create(&p, 1 << 20, FileOptions { engine: EngineKind::Auto, direct: true }).unwrap();
+        assert_eq!(be.engine_in_use(), EngineKind::Uring);
+        assert!(be.describe().contains("Uring"), "{}", be.describe());
     }
 
     #[test]

@@ -3,14 +3,26 @@
 //!
 //! One [`NbdServer`] per listen address (TCP, default `127.0.0.1:10809`, or a
 //! Unix socket); each serves any number of exports, and the export name is
-//! the volume name. Per client connection:
+//! the volume name.
 //!
-//! * one thread does the handshake, then becomes a worker;
-//! * [`WORKERS_PER_CONNECTION`] workers each loop: take the receive lock,
-//!   read one request (and its payload), release it, run the request on the
-//!   volume, take the send lock, write the reply. Requests are served
-//!   concurrently with no hand-off between threads on the hot path (the
-//!   design nbdkit calls "parallel").
+//! # Per connection
+//! One dispatcher thread reads requests and decides, per request:
+//! * **inline**: when the volume's stack serves from memory (memory
+//!   backend, a buffered file in the page cache) and the request is a read,
+//!   a plain write, a trim or a write-zeroes, the dispatcher runs it itself
+//!   and appends the reply to a *cork*; the cork is sent in one `write(2)`
+//!   just before the dispatcher could block reading the socket. Under a
+//!   queue-depth-32 client that is one `recv` and one `send` for a whole
+//!   batch of requests, and no thread hand-off at all;
+//! * **offloaded**: flushes, FUA writes, and every request when the stack
+//!   may block (O_DIRECT, raw devices, later network-bound services) go to a
+//!   pool of up to [`OFFLOAD_WORKERS`] threads, grown only while jobs queue,
+//!   which reply on their own. A slow fsync never stalls the reads queued
+//!   behind it.
+//!
+//! NBD lets replies come in any order, and a flush only covers writes whose
+//! replies the client had before it sent the flush; inline writes are done
+//! before the next request is read, so both paths keep those semantics.
 //!
 //! A frame that cannot be trusted (bad magic, a write longer than
 //! [`proto::MAX_REQUEST_BYTES`], a broken handshake) drops that one client;
@@ -22,11 +34,22 @@ mod server;
 
 pub use server::{ListenAddr, NbdServer, DEFAULT_LISTEN};
 
-/// Concurrent requests served per connection. fio's and the kernel's
-/// clients keep up to 32 to 128 in flight; 16 workers keep a 2-core machine
-/// busy without thrashing, and a client with more in flight simply queues in
-/// the socket buffer.
-pub const WORKERS_PER_CONNECTION: usize = 16;
+/// Most offload workers per connection: enough to keep a device queue of 16
+/// busy from one connection (fio and the kernel client keep 32 to 128
+/// requests in flight; the rest wait in the queue below).
+pub const OFFLOAD_WORKERS: usize = 16;
+
+/// Offloaded requests queued for a free worker before the dispatcher waits
+/// (back-pressure on the client instead of unbounded memory).
+pub const OFFLOAD_QUEUE_REQUESTS: usize = 32;
+
+/// Corked reply bytes that force a send even while more requests are
+/// buffered: bounds the latency of the first reply in a long batch.
+pub const CORK_MAX_BYTES: usize = 256 * 1024;
+
+/// Read data larger than this is sent straight from the read buffer with
+/// `writev` rather than copied into the cork.
+pub const CORK_COPY_MAX_BYTES: usize = 64 * 1024;
 
 /// Clients a server accepts at once; one more is closed on accept with a log
 /// line, so a connection flood cannot exhaust threads.

@@ -2,9 +2,10 @@
 //! threading model and `proto.rs` for the constants.
 
 use super::proto::*;
-use super::{MAX_CONNECTIONS, WORKERS_PER_CONNECTION};
+use super::{CORK_COPY_MAX_BYTES, CORK_MAX_BYTES, MAX_CONNECTIONS, OFFLOAD_QUEUE_REQUESTS, OFFLOAD_WORKERS};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use crate::buffer::AlignedBuf;
-use crate::device::BlockDevice;
+use crate::device::{BlockDevice, LatencyClass};
 use crate::interposer::Volume;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -134,7 +135,7 @@ struct Export {
     read_only: bool,
 }
 
-struct Conn {
+struct Registered {
     export: Option<String>,
     stream: Stream,
 }
@@ -142,7 +143,7 @@ struct Conn {
 struct Inner {
     addr: ListenAddr,
     exports: RwLock<HashMap<String, Export>>,
-    conns: Mutex<HashMap<u64, Conn>>,
+    conns: Mutex<HashMap<u64, Registered>>,
     handles: Mutex<Vec<JoinHandle<()>>>,
     next_conn_id: AtomicU64,
     stopping: AtomicBool,
@@ -312,7 +313,7 @@ fn accept_loop(inner: Arc<Inner>, listener: Listener) {
         };
         inner.conns.lock().insert(
             id,
-            Conn {
+            Registered {
                 export: None,
                 stream: registry_clone,
             },
@@ -561,117 +562,191 @@ fn parse_info_request(data: &[u8]) -> Result<(String, Vec<u16>), String> {
     Ok((name, requests))
 }
 
-/// Shared by a connection's workers.
-struct Session<'a> {
+/// One client connection in the transmission phase.
+struct Conn<'a> {
     id: u64,
     name: &'a str,
     volume: &'a Volume,
     read_only: bool,
-    rx: Mutex<BufReader<Stream>>,
+    /// Replies go out under this lock: the dispatcher's corked batches and
+    /// the offload workers' single replies interleave whole.
     tx: Mutex<Stream>,
-    closing: AtomicBool,
+}
+
+/// A request handed to an offload worker, with its payload or read buffer.
+struct Job {
+    req: Request,
+    buf: AlignedBuf,
+}
+
+/// Why the dispatcher stopped.
+enum Stop {
+    Disconnect,
+    Drop(String),
 }
 
 fn transmission(id: u64, name: &str, stream: Stream, export: Export) {
     let Ok(tx) = stream.try_clone() else {
         return;
     };
-    let session = Session {
+    let conn = Conn {
         id,
         name,
         volume: &export.volume,
         read_only: export.read_only,
-        rx: Mutex::new(BufReader::with_capacity(RECV_BUFFER_BYTES, stream)),
         tx: Mutex::new(tx),
-        closing: AtomicBool::new(false),
     };
+    let mut rx = BufReader::with_capacity(RECV_BUFFER_BYTES, stream);
+    let (job_tx, job_rx) = bounded::<Job>(OFFLOAD_QUEUE_REQUESTS);
+    let (free_tx, free_rx) = bounded::<AlignedBuf>(OFFLOAD_QUEUE_REQUESTS + OFFLOAD_WORKERS + 1);
     thread::scope(|scope| {
-        for w in 1..WORKERS_PER_CONNECTION {
-            let session = &session;
-            let spawned = thread::Builder::new()
-                .name(format!("nbd-{id}-w{w}"))
-                .spawn_scoped(scope, move || session.worker());
-            if spawned.is_err() {
-                break;
-            }
+        let mut workers = 0usize;
+        let stop = conn.dispatch(
+            &mut rx,
+            |job| {
+                // Grow the pool only while queued jobs wait for a free worker.
+                if workers == 0 || (!job_tx.is_empty() && workers < OFFLOAD_WORKERS) {
+                    let (conn, jobs, free) = (&conn, job_rx.clone(), free_tx.clone());
+                    let spawned = thread::Builder::new()
+                        .name(format!("nbd-{id}-w{workers}"))
+                        .spawn_scoped(scope, move || conn.offload_worker(jobs, free));
+                    if spawned.is_ok() {
+                        workers += 1;
+                    }
+                }
+                // Without a single worker nobody would ever take the job.
+                workers > 0 && job_tx.send(job).is_ok()
+            },
+            &free_rx,
+        );
+        if let Stop::Drop(why) = stop {
+            log::warn!("NBD client {id} ({name}): dropped: {why}");
+            conn.tx.lock().shutdown(Shutdown::Read);
         }
-        session.worker();
+        // Closing the job channel lets the workers finish what they hold
+        // (their replies still go out) and exit; the scope joins them.
+        drop(job_tx);
     });
 }
 
-/// Why a worker stops reading: the connection is over for everyone.
-enum Stop {
-    Disconnect,
-    Drop(String),
-}
-
-impl Session<'_> {
-    fn worker(&self) {
-        let mut buf = AlignedBuf::new(64 * 1024);
-        loop {
-            let req = match self.receive(&mut buf) {
-                Ok(req) => req,
-                Err(stop) => {
-                    self.close(stop);
-                    return;
+impl Conn<'_> {
+    /// Read requests and run them: inline when the stack serves from memory
+    /// (replies corked and sent as a batch just before the next read could
+    /// block), through `offload` when the request may block.
+    fn dispatch(
+        &self,
+        rx: &mut BufReader<Stream>,
+        mut offload: impl FnMut(Job) -> bool,
+        free: &Receiver<AlignedBuf>,
+    ) -> Stop {
+        let mut cork: Vec<u8> = Vec::with_capacity(CORK_MAX_BYTES);
+        // Reused for every inline request: no allocation on the hot path.
+        let mut inline_buf = Some(AlignedBuf::new(64 * 1024));
+        let stop = loop {
+            // Never sit on replies while waiting for the client: it may be
+            // waiting for them before it sends more.
+            if rx.buffer().len() < REQUEST_HEADER_BYTES {
+                if let Err(e) = self.send_cork(&mut cork) {
+                    break Stop::Drop(format!("sending replies: {e}"));
+                }
+            }
+            let req = match Request::read_from(rx) {
+                Ok(r) => r,
+                Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    break Stop::Disconnect
+                }
+                Err(e) => break Stop::Drop(e.to_string()),
+            };
+            if req.command == CMD_DISC {
+                break Stop::Disconnect;
+            }
+            let may_block = self.volume.latency_class() == LatencyClass::Blocking
+                || req.command == CMD_FLUSH
+                || (req.flags & CMD_FLAG_FUA != 0 && req.command != CMD_READ);
+            let mut buf = if may_block {
+                free.try_recv().unwrap_or_else(|_| AlignedBuf::new(64 * 1024))
+            } else {
+                inline_buf.take().expect("returned after every inline request")
+            };
+            if req.command == CMD_WRITE {
+                if req.length > MAX_REQUEST_BYTES {
+                    break Stop::Drop(format!(
+                        "write of {} bytes exceeds the {MAX_REQUEST_BYTES}-byte maximum",
+                        req.length
+                    ));
+                }
+                if rx.buffer().len() < req.length as usize {
+                    if let Err(e) = self.send_cork(&mut cork) {
+                        break Stop::Drop(format!("sending replies: {e}"));
+                    }
+                }
+                ensure_len(&mut buf, req.length as usize);
+                if let Err(e) = rx.read_exact(&mut buf[..]) {
+                    break Stop::Drop(format!("reading write payload: {e}"));
+                }
+            }
+            if may_block {
+                if !offload(Job { req, buf }) {
+                    break Stop::Drop("offload workers are gone".into());
+                }
+                continue;
+            }
+            let error = self.execute(&req, &mut buf);
+            let header = simple_reply(error, req.handle);
+            let data: &[u8] = if req.command == CMD_READ && error == 0 {
+                &buf[..req.length as usize]
+            } else {
+                &[]
+            };
+            let sent = if data.len() > CORK_COPY_MAX_BYTES {
+                self.send_cork(&mut cork)
+                    .and_then(|_| self.send(&header, data))
+            } else {
+                cork.extend_from_slice(&header);
+                cork.extend_from_slice(data);
+                if cork.len() >= CORK_MAX_BYTES {
+                    self.send_cork(&mut cork)
+                } else {
+                    Ok(())
                 }
             };
-            let error = self.execute(&req, &mut buf);
-            let mut tx = self.tx.lock();
-            let header = simple_reply(error, req.handle);
-            let sent = if req.command == CMD_READ && error == 0 {
-                write_all_vectored(&mut *tx, &header, &buf[..req.length as usize])
-            } else {
-                tx.write_all(&header)
-            };
+            inline_buf = Some(buf);
             if let Err(e) = sent {
-                drop(tx);
-                self.close(Stop::Drop(format!("sending a reply: {e}")));
-                return;
+                break Stop::Drop(format!("sending replies: {e}"));
             }
-        }
-    }
-
-    /// Read the next request (and a write's payload into `buf`) under the
-    /// receive lock.
-    fn receive(&self, buf: &mut AlignedBuf) -> Result<Request, Stop> {
-        let mut rx = self.rx.lock();
-        if self.closing.load(Ordering::Acquire) {
-            return Err(Stop::Disconnect);
-        }
-        let req = match Request::read_from(&mut *rx) {
-            Ok(r) => r,
-            Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err(Stop::Disconnect)
-            }
-            Err(e) => return Err(Stop::Drop(e.to_string())),
         };
-        if req.command == CMD_DISC {
-            return Err(Stop::Disconnect);
-        }
-        if req.command == CMD_WRITE {
-            if req.length > MAX_REQUEST_BYTES {
-                return Err(Stop::Drop(format!(
-                    "write of {} bytes exceeds the {MAX_REQUEST_BYTES}-byte maximum",
-                    req.length
-                )));
-            }
-            ensure_len(buf, req.length as usize);
-            rx.read_exact(&mut buf[..])
-                .map_err(|e| Stop::Drop(format!("reading write payload: {e}")))?;
-        }
-        Ok(req)
+        let _ = self.send_cork(&mut cork);
+        stop
     }
 
-    fn close(&self, stop: Stop) {
-        if !self.closing.swap(true, Ordering::AcqRel) {
-            if let Stop::Drop(why) = &stop {
-                log::warn!("NBD client {} ({}): dropped: {why}", self.id, self.name);
+    fn offload_worker(&self, jobs: Receiver<Job>, free: Sender<AlignedBuf>) {
+        for mut job in jobs.iter() {
+            let error = self.execute(&job.req, &mut job.buf);
+            let header = simple_reply(error, job.req.handle);
+            let data: &[u8] = if job.req.command == CMD_READ && error == 0 {
+                &job.buf[..job.req.length as usize]
+            } else {
+                &[]
+            };
+            if let Err(e) = self.send(&header, data) {
+                log::debug!("NBD client {} ({}): reply lost: {e}", self.id, self.name);
+                self.tx.lock().shutdown(Shutdown::Both);
             }
+            let _ = free.try_send(job.buf);
         }
-        // Wake the worker (if any) blocked reading; replies in flight on
-        // other workers still go out on the write half.
-        self.tx.lock().shutdown(Shutdown::Read);
+    }
+
+    fn send(&self, header: &[u8], data: &[u8]) -> io::Result<()> {
+        write_all_vectored(&mut *self.tx.lock(), header, data)
+    }
+
+    fn send_cork(&self, cork: &mut Vec<u8>) -> io::Result<()> {
+        if cork.is_empty() {
+            return Ok(());
+        }
+        let r = self.tx.lock().write_all(cork);
+        cork.clear();
+        r
     }
 
     /// Run one request; returns the NBD error to reply with (0 = success).
@@ -698,13 +773,10 @@ impl Session<'_> {
             }
             CMD_WRITE => self.volume.write(&buf[..], req.offset, fua),
             CMD_FLUSH => self.volume.flush(),
-            CMD_TRIM => self.volume.discard(req.offset, len).and_then(|_| {
-                if fua {
-                    self.volume.flush()
-                } else {
-                    Ok(())
-                }
-            }),
+            CMD_TRIM => self
+                .volume
+                .discard(req.offset, len)
+                .and_then(|_| if fua { self.volume.flush() } else { Ok(()) }),
             CMD_WRITE_ZEROES => self.volume.write_zeroes(req.offset, len, fua),
             _ => return NBD_EINVAL,
         };
