@@ -29,7 +29,8 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  [ -n "${KEEP:-}" ] && cp "$WORK/results" /tmp/bench-results.txt; rm -rf "$WORK"
+  [ -n "${KEEP:-}" ] && cp "$WORK/results" "$KEEP"   # KEEP=FILE keeps the raw rows
+  rm -rf "$WORK" "$FILE"
 }
 trap cleanup EXIT
 
