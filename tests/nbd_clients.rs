@@ -118,7 +118,10 @@ fn fio_verification_on_an_o_direct_io_uring_volume() {
     let d = Daemon::start();
     d.ok(&["volume", "create", "fd", "--size", "64M", "--direct"]);
     let info = d.json(&["volume", "info", "fd"]);
-    assert!(info["backend"].as_str().unwrap().contains("Uring"), "{info}");
+    assert!(
+        info["backend"].as_str().unwrap().contains("Uring"),
+        "{info}"
+    );
     let uri = d.export_nbd("fd");
     for (rw, bs) in [("randwrite", "4k"), ("randrw", "64k"), ("randwrite", "1k")] {
         fio_verify(&uri, rw, bs);

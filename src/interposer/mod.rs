@@ -30,8 +30,8 @@
 pub mod passthrough;
 
 use crate::device::{BlockDevice, Describe, DeviceError, LatencyClass, Result};
-use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::{RwLock, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 

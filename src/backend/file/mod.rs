@@ -517,7 +517,15 @@ mod tests {
         assert_eq!(EngineKind::Sync.resolve(true, true), EngineKind::Sync);
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d");
-        let be = FileBackend::create(&p, 1 << 20, FileOptions { engine: EngineKind::Auto, direct: true }).unwrap();
+        let be = FileBackend::create(
+            &p,
+            1 << 20,
+            FileOptions {
+                engine: EngineKind::Auto,
+                direct: true,
+            },
+        )
+        .unwrap();
         assert_eq!(be.engine_in_use(), EngineKind::Uring);
         assert!(be.describe().contains("Uring"), "{}", be.describe());
     }

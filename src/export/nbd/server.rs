@@ -2,11 +2,13 @@
 //! threading model and `proto.rs` for the constants.
 
 use super::proto::*;
-use super::{CORK_COPY_MAX_BYTES, CORK_MAX_BYTES, MAX_CONNECTIONS, OFFLOAD_QUEUE_REQUESTS, OFFLOAD_WORKERS};
-use crossbeam_channel::{bounded, Receiver, Sender};
+use super::{
+    CORK_COPY_MAX_BYTES, CORK_MAX_BYTES, MAX_CONNECTIONS, OFFLOAD_QUEUE_REQUESTS, OFFLOAD_WORKERS,
+};
 use crate::buffer::AlignedBuf;
 use crate::device::{BlockDevice, LatencyClass};
 use crate::interposer::Volume;
+use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::fmt;
@@ -664,9 +666,12 @@ impl Conn<'_> {
                 || req.command == CMD_FLUSH
                 || (req.flags & CMD_FLAG_FUA != 0 && req.command != CMD_READ);
             let mut buf = if may_block {
-                free.try_recv().unwrap_or_else(|_| AlignedBuf::new(64 * 1024))
+                free.try_recv()
+                    .unwrap_or_else(|_| AlignedBuf::new(64 * 1024))
             } else {
-                inline_buf.take().expect("returned after every inline request")
+                inline_buf
+                    .take()
+                    .expect("returned after every inline request")
             };
             if req.command == CMD_WRITE {
                 if req.length > MAX_REQUEST_BYTES {
@@ -773,10 +778,13 @@ impl Conn<'_> {
             }
             CMD_WRITE => self.volume.write(&buf[..], req.offset, fua),
             CMD_FLUSH => self.volume.flush(),
-            CMD_TRIM => self
-                .volume
-                .discard(req.offset, len)
-                .and_then(|_| if fua { self.volume.flush() } else { Ok(()) }),
+            CMD_TRIM => self.volume.discard(req.offset, len).and_then(|_| {
+                if fua {
+                    self.volume.flush()
+                } else {
+                    Ok(())
+                }
+            }),
             CMD_WRITE_ZEROES => self.volume.write_zeroes(req.offset, len, fua),
             _ => return NBD_EINVAL,
         };
