@@ -8,3 +8,4 @@ pub mod control;
 pub mod device;
 pub mod export;
 pub mod interposer;
+pub mod services;

@@ -317,7 +317,19 @@ impl QuiesceGuard<'_> {
         }
     }
 
+    /// Attach `service` on top of the stack.
     pub fn push(&mut self, service: Arc<dyn Service>) -> std::result::Result<(), VolumeError> {
+        let top = self.stack.services.len();
+        self.insert(top, service)
+    }
+
+    /// Attach `service` at `position` (0 = right above the backend; a
+    /// cache goes there so every other service's reads benefit).
+    pub fn insert(
+        &mut self,
+        position: usize,
+        service: Arc<dyn Service>,
+    ) -> std::result::Result<(), VolumeError> {
         if self
             .stack
             .services
@@ -330,7 +342,7 @@ impl QuiesceGuard<'_> {
             });
         }
         let mut services = self.stack.services.clone();
-        services.push(service);
+        services.insert(position.min(services.len()), service);
         self.replace_services(services)
     }
 
