@@ -145,6 +145,9 @@ fn help_teaches_with_examples_at_every_level() {
         vec!["export", "nbd", "--help"],
         vec!["export", "list", "--help"],
         vec!["export", "remove", "--help"],
+        vec!["cache", "enable", "--help"],
+        vec!["cache", "disable", "--help"],
+        vec!["cache", "stats", "--help"],
         vec!["status", "--help"],
         vec!["events", "--help"],
     ] {
@@ -262,4 +265,56 @@ fn a_missing_backing_file_leaves_the_volume_offline_not_the_daemon_down() {
     // Everything else works.
     let mut c = NbdClient::connect(&d.addr_of("default"), "default");
     assert_eq!(c.flush(), 0);
+}
+
+#[test]
+fn cache_enable_stats_restart_disable_through_the_cli() {
+    let mut d = Daemon::start();
+    d.ok(&["volume", "create", "c", "--size", "16M"]);
+    d.export_nbd("c");
+    let addr = d.addr_of("c");
+    let mut client = NbdClient::connect(&addr, "c");
+    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    assert_eq!(client.write(0, &data, 0), 0);
+
+    d.ok(&["cache", "enable", "c", "--size", "8M"]);
+    let info = d.json(&["volume", "info", "c"]);
+    assert_eq!(info["services"], serde_json::json!(["cache"]));
+    assert_eq!(info["cache"]["size_bytes"], 8 << 20);
+    // The same client keeps working across the enable, and reads twice.
+    for _ in 0..2 {
+        assert_eq!(client.read(0, data.len()).unwrap(), data);
+    }
+    let stats = d.json(&["cache", "stats", "c"]);
+    assert_eq!(stats["read_misses"], 256, "{stats}");
+    assert!(stats["read_hits"].as_u64().unwrap() >= 256, "{stats}");
+    assert_eq!(stats["mode"], "write-through");
+    let table = d.ok(&["cache", "stats"]);
+    assert!(table.contains("HIT%") && table.contains("c "), "{table}");
+
+    // Errors name the volume; exit code 1.
+    for (args, needle) in [
+        (vec!["cache", "enable", "c"], "already has a cache"),
+        (vec!["cache", "enable", "ghost"], "ghost"),
+        (vec!["cache", "disable", "default"], "has no cache"),
+        (vec!["cache", "stats", "default"], "has no cache"),
+    ] {
+        let out = d.cli(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(needle), "{args:?}");
+    }
+    let out = d.cli(&["cache", "enable", "default", "--size", "4K"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("minimum"));
+
+    drop(client);
+    assert_eq!(d.stop(), 0);
+    d.spawn();
+    let info = d.json(&["volume", "info", "c"]);
+    assert_eq!(info["services"], serde_json::json!(["cache"]), "cache restored");
+    let mut client = NbdClient::connect(&addr, "c");
+    assert_eq!(client.read(0, data.len()).unwrap(), data);
+    d.ok(&["cache", "disable", "c"]);
+    assert_eq!(d.json(&["volume", "info", "c"])["services"], serde_json::json!([]));
+    assert_eq!(client.read(0, data.len()).unwrap(), data);
 }

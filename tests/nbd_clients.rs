@@ -128,6 +128,44 @@ fn fio_verification_on_an_o_direct_io_uring_volume() {
     }
 }
 
+/// The cache switched on and off over and over while fio writes, reads and
+/// verifies through NBD: the stack changes under live I/O, nothing is lost.
+#[test]
+fn fio_verification_while_the_cache_is_switched_on_and_off() {
+    require_tool("fio");
+    let d = Daemon::start();
+    d.ok(&["volume", "create", "t", "--size", "64M"]);
+    let uri = d.export_nbd("t");
+    let mut fio = Command::new("fio")
+        .args([
+            "--name=toggle",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randrw",
+            "--bs=4k",
+            "--size=64M",
+            "--iodepth=16",
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--verify_fatal=1",
+            "--loops=2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut flips = 0;
+    while fio.try_wait().unwrap().is_none() {
+        d.ok(&["cache", "enable", "t", "--size", "4M"]);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        d.ok(&["cache", "disable", "t"]);
+        flips += 1;
+    }
+    let out = fio.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("err= 0"), "{text}");
+    assert!(flips > 0);
+}
+
 #[test]
 fn several_clients_at_once_see_each_others_writes_after_flush() {
     let d = Daemon::start();

@@ -1,7 +1,8 @@
 //! Differential property test: random read, write, FUA write, flush, discard
 //! and write-zeroes sequences through a volume (with and without a
 //! pass-through layer, over memory and over a file with each engine) against
-//! a `Vec<u8>` model. Any divergence fails with the shrunk op sequence.
+//! a `Vec<u8>` model, with the pass-through layer and the cache switched on
+//! and off along the way. Any divergence fails with the shrunk op sequence.
 
 use proptest::prelude::*;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use umbra::backend::{EngineKind, FileBackend, FileOptions, MemoryBackend};
 use umbra::device::BlockDevice;
 use umbra::interposer::passthrough::Passthrough;
 use umbra::interposer::Volume;
+use umbra::services::cache::CacheService;
 
 const SIZE: u64 = 256 * 1024;
 
@@ -38,6 +40,7 @@ enum Op {
         len: u64,
     },
     ToggleLayer,
+    ToggleCache,
 }
 
 fn range() -> impl Strategy<Value = (u64, u64)> {
@@ -59,12 +62,14 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (range(), any::<bool>()).prop_map(|((off, len), fua)| Op::WriteZeroes { off, len, fua }),
         1 => (1..4096u64).prop_map(|len| Op::OutOfRangeWrite { len }),
         1 => Just(Op::ToggleLayer),
+        1 => Just(Op::ToggleCache),
     ]
 }
 
 fn run(vol: &Volume, ops: &[Op]) -> Result<(), TestCaseError> {
     let mut model = vec![0u8; SIZE as usize];
     let mut layered = false;
+    let mut cached = false;
     for op in ops {
         match *op {
             Op::Read { off, len } => {
@@ -105,6 +110,16 @@ fn run(vol: &Volume, ops: &[Op]) -> Result<(), TestCaseError> {
                     vol.attach(Arc::new(Passthrough::new("pt"))).unwrap();
                 }
                 layered = !layered;
+            }
+            Op::ToggleCache => {
+                if cached {
+                    vol.detach("cache").unwrap();
+                } else {
+                    // A tiny cache (two blocks per shard) so runs evict.
+                    let cache = Arc::new(CacheService::new(0));
+                    vol.quiesce("enable cache").unwrap().insert(0, cache).unwrap();
+                }
+                cached = !cached;
             }
         }
     }

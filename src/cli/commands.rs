@@ -1,6 +1,6 @@
 //! Client commands: one admin request each, printed as a table or JSON.
 
-use super::{EventsArgs, ExportCommand, VolumeCommand};
+use super::{CacheCommand, EventsArgs, ExportCommand, VolumeCommand};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -247,6 +247,77 @@ pub fn export(socket: &Path, cmd: ExportCommand) -> Result<()> {
                 "stopped exporting {} ({})",
                 s(&v["volume"]),
                 s(&v["listen"])
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn cache(socket: &Path, cmd: CacheCommand) -> Result<()> {
+    match cmd {
+        CacheCommand::Enable(a) => {
+            call(
+                socket,
+                "cache.enable",
+                json!({"volume": a.volume, "size_bytes": a.size}),
+            )?;
+            println!(
+                "cache enabled on {} ({}, write-through)",
+                a.volume,
+                human_bytes(a.size)
+            );
+        }
+        CacheCommand::Disable(a) => {
+            call(socket, "cache.disable", json!({"volume": a.volume}))?;
+            println!("cache disabled on {}", a.volume);
+        }
+        CacheCommand::Stats(a) => {
+            let v = call(socket, "cache.stats", json!({"volume": a.volume}))?;
+            if a.json {
+                print_json(&v);
+                return Ok(());
+            }
+            let all = match v {
+                Value::Array(a) => a,
+                one => vec![one],
+            };
+            let rows = all
+                .iter()
+                .map(|c| {
+                    vec![
+                        s(&c["volume"]),
+                        s(&c["mode"]),
+                        format!(
+                            "{} / {}",
+                            c["cached_bytes"]
+                                .as_u64()
+                                .map(human_bytes)
+                                .unwrap_or_default(),
+                            c["capacity_bytes"]
+                                .as_u64()
+                                .map(human_bytes)
+                                .unwrap_or_default()
+                        ),
+                        s(&c["read_hits"]),
+                        s(&c["read_misses"]),
+                        format!("{:.1}%", c["hit_ratio"].as_f64().unwrap_or(0.0) * 100.0),
+                        s(&c["readahead_hits"]),
+                        s(&c["invalidated_blocks"]),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "VOLUME",
+                    "MODE",
+                    "CACHED",
+                    "HITS",
+                    "MISSES",
+                    "HIT%",
+                    "RA-HITS",
+                    "INVALIDATED",
+                ],
+                rows,
             );
         }
     }

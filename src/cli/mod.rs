@@ -57,6 +57,10 @@ Example:\n  umbra serve --data-dir /var/lib/umbra")]
     #[command(subcommand)]
     Export(ExportCommand),
 
+    /// Switch a volume's block cache on and off, and read its statistics
+    #[command(subcommand)]
+    Cache(CacheCommand),
+
     /// Show the daemon's state
     #[command(
         long_about = "Show the daemon's state: version, data dir, uptime, volume and export counts.\n\n\
@@ -205,6 +209,57 @@ their in-flight requests complete.\n\nExample:\n  umbra export remove db"
     Remove(ExportRemove),
 }
 
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Put a read cache at the bottom of a volume's stack, while it serves
+    #[command(
+        long_about = "Put a block read cache at the bottom of the volume's service stack, \
+while the volume stays exported. Write-through: a write reaches the volume's storage before \
+it is acknowledged, and drops the cached blocks it touches, so the cache never holds stale \
+data. The policy (S3-FIFO) keeps a hot set through one-pass scans; sequential reads trigger \
+read-ahead. (Write-back with a persistent safe store is not built yet.)\n\n\
+Examples:\n  umbra cache enable db\n  umbra cache enable db --size 1G"
+    )]
+    Enable(CacheEnable),
+    /// Remove a volume's cache, while it serves
+    #[command(
+        long_about = "Remove the volume's cache while it stays exported (nothing is dirty \
+in a write-through cache, so this only drops memory).\n\nExample:\n  umbra cache disable db"
+    )]
+    Disable(CacheVolume),
+    /// Hits, misses, hit ratio, read-ahead and invalidations
+    #[command(
+        long_about = "Show cache statistics: block read hits and misses, hit ratio, \
+read-ahead blocks and hits, blocks invalidated by writes, cached and capacity bytes. \
+Without a volume, every cached volume.\n\nExamples:\n  umbra cache stats\n  umbra cache stats db --json"
+    )]
+    Stats(CacheStats),
+}
+
+#[derive(Args)]
+pub struct CacheEnable {
+    /// Volume to cache
+    volume: String,
+    /// Memory for cached blocks, e.g. 256M, 1G (at least 1M)
+    #[arg(long, value_parser = parse_size, default_value = "256M")]
+    size: u64,
+}
+
+#[derive(Args)]
+pub struct CacheVolume {
+    /// Volume whose cache to remove
+    volume: String,
+}
+
+#[derive(Args)]
+pub struct CacheStats {
+    /// Only this volume
+    volume: Option<String>,
+    /// Print machine-readable JSON
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Args)]
 pub struct ExportNbd {
     /// Volume to export
@@ -254,6 +309,7 @@ pub fn main() -> i32 {
         Command::Serve(args) => return serve::run(args),
         Command::Volume(c) => commands::volume(&socket, c),
         Command::Export(c) => commands::export(&socket, c),
+        Command::Cache(c) => commands::cache(&socket, c),
         Command::Status(j) => commands::status(&socket, j.json),
         Command::Events(a) => commands::events(&socket, a),
     };

@@ -43,6 +43,15 @@ pub struct VolumeConfig {
     pub path: PathBuf,
     #[serde(default)]
     pub options: FileOptions,
+    /// The read cache, when enabled (write-through).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    pub size_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -167,6 +176,9 @@ mod tests {
                 name: "a".into(),
                 path: "/tmp/a.img".into(),
                 options: FileOptions::default(),
+                cache: Some(CacheConfig {
+                    size_bytes: 1 << 20,
+                }),
             }],
             exports: vec![ExportConfig {
                 volume: "a".into(),

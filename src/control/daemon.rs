@@ -6,13 +6,14 @@
 //! undone so what runs always matches what a restart would restore.
 
 use super::admin::OpError;
-use super::config::{Config, ConfigError, ExportConfig, ExportKind, VolumeConfig};
+use super::config::{CacheConfig, Config, ConfigError, ExportConfig, ExportKind, VolumeConfig};
 use super::events::EventBus;
 use super::{validate_name, SOCKET_FILE};
 use crate::backend::{EngineKind, FileBackend, FileOptions};
 use crate::device::{BlockDevice, SECTOR_SIZE_BYTES};
 use crate::export::nbd::{ListenAddr, NbdServer};
 use crate::interposer::Volume;
+use crate::services::cache::{CacheService, DEFAULT_CACHE_BYTES, MIN_CACHE_BYTES};
 use nix::fcntl::{Flock, FlockArg};
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -54,6 +55,8 @@ pub enum StartError {
 
 struct VolumeEntry {
     volume: Option<Arc<Volume>>,
+    /// The cache service attached at the bottom of the stack, if enabled.
+    cache: Option<Arc<CacheService>>,
     /// Why the volume is not online (backing file missing, unreadable...).
     error: Option<String>,
 }
@@ -161,14 +164,32 @@ impl Daemon {
         let mut st = self.state.lock();
         for vc in &cfg.volumes {
             let entry = match FileBackend::open(&vc.path, vc.options) {
-                Ok(be) => VolumeEntry {
-                    volume: Some(Arc::new(Volume::with_describe(&vc.name, be))),
-                    error: None,
-                },
+                Ok(be) => {
+                    let volume = Arc::new(Volume::with_describe(&vc.name, be));
+                    let cache = vc
+                        .cache
+                        .and_then(|c| match attach_cache(&volume, c.size_bytes) {
+                            Ok(cache) => Some(cache),
+                            Err(e) => {
+                                log::error!(
+                                    "volume {}: cache not restored: {}",
+                                    vc.name,
+                                    e.message
+                                );
+                                None
+                            }
+                        });
+                    VolumeEntry {
+                        volume: Some(volume),
+                        cache,
+                        error: None,
+                    }
+                }
                 Err(e) => {
                     log::error!("volume {} is offline: {e}", vc.name);
                     VolumeEntry {
                         volume: None,
+                        cache: None,
                         error: Some(e.to_string()),
                     }
                 }
@@ -218,6 +239,9 @@ impl Daemon {
             "export.nbd" => self.export_nbd(parse(op, args)?),
             "export.list" => Ok(Value::Array(self.export_list())),
             "export.remove" => self.export_remove(parse(op, args)?),
+            "cache.enable" => self.cache_enable(parse(op, args)?),
+            "cache.disable" => self.cache_disable(parse(op, args)?),
+            "cache.stats" => self.cache_stats(parse(op, args)?),
             _ => Err(OpError::new(
                 "unknown_op",
                 format!("unknown operation {op:?}; see docs/admin-protocol.md"),
@@ -314,6 +338,7 @@ impl Daemon {
             name: name.to_owned(),
             path: path.clone(),
             options,
+            cache: None,
         });
         if let Err(e) = self.persist(st) {
             st.config.volumes.pop();
@@ -324,6 +349,7 @@ impl Daemon {
             name.to_owned(),
             VolumeEntry {
                 volume: Some(volume),
+                cache: None,
                 error: None,
             },
         );
@@ -459,6 +485,95 @@ impl Daemon {
         Ok(json!({"volume": name, "kind": "nbd", "listen": ec.listen}))
     }
 
+    fn cache_enable(&self, a: CacheEnableArgs) -> Result<Value, OpError> {
+        let size_bytes = a.size_bytes.unwrap_or(DEFAULT_CACHE_BYTES);
+        if size_bytes < MIN_CACHE_BYTES {
+            return Err(OpError::invalid(format!(
+                "cache of volume {}: size {size_bytes} is below the minimum of {MIN_CACHE_BYTES} bytes",
+                a.volume
+            )));
+        }
+        let mut st = self.state.lock();
+        let volume = online_volume(&st, &a.volume)?;
+        if st.volumes[&a.volume].cache.is_some() {
+            return Err(OpError::new(
+                "exists",
+                format!(
+                    "volume {} already has a cache; `umbra cache disable` it first",
+                    a.volume
+                ),
+            ));
+        }
+        let cache = attach_cache(&volume, size_bytes)?;
+        set_cache_config(&mut st, &a.volume, Some(CacheConfig { size_bytes }));
+        if let Err(e) = self.persist(&st) {
+            set_cache_config(&mut st, &a.volume, None);
+            let _ = volume.detach("cache");
+            return Err(e);
+        }
+        st.volumes.get_mut(&a.volume).expect("online").cache = Some(cache);
+        self.events.publish(
+            "cache.enabled",
+            &a.volume,
+            format!("write-through, {size_bytes} bytes"),
+        );
+        Ok(volume_json(&st, &a.volume))
+    }
+
+    fn cache_disable(&self, a: NameOrVolume) -> Result<Value, OpError> {
+        let mut st = self.state.lock();
+        let volume = online_volume(&st, &a.volume)?;
+        if st.volumes[&a.volume].cache.is_none() {
+            return Err(OpError::not_found(format!(
+                "volume {} has no cache",
+                a.volume
+            )));
+        }
+        let old = st
+            .config
+            .volumes
+            .iter()
+            .find(|v| v.name == a.volume)
+            .and_then(|v| v.cache);
+        set_cache_config(&mut st, &a.volume, None);
+        if let Err(e) = self.persist(&st) {
+            set_cache_config(&mut st, &a.volume, old);
+            return Err(e);
+        }
+        if let Err(e) = volume.detach("cache") {
+            set_cache_config(&mut st, &a.volume, old);
+            let _ = self.persist(&st);
+            return Err(OpError::failed(e.to_string()));
+        }
+        st.volumes.get_mut(&a.volume).expect("online").cache = None;
+        self.events.publish("cache.disabled", &a.volume, "");
+        Ok(volume_json(&st, &a.volume))
+    }
+
+    fn cache_stats(&self, a: CacheStatsArgs) -> Result<Value, OpError> {
+        let st = self.state.lock();
+        let stats_of = |name: &str, e: &VolumeEntry| {
+            e.cache.as_ref().map(|c| {
+                let mut v = serde_json::to_value(c.stats()).expect("stats serialise");
+                v["volume"] = json!(name);
+                v
+            })
+        };
+        match a.volume {
+            Some(name) => {
+                let e = st.volumes.get(&name).ok_or_else(|| no_volume(&name))?;
+                stats_of(&name, e)
+                    .ok_or_else(|| OpError::not_found(format!("volume {name} has no cache")))
+            }
+            None => Ok(Value::Array(
+                st.volumes
+                    .iter()
+                    .filter_map(|(n, e)| stats_of(n, e))
+                    .collect(),
+            )),
+        }
+    }
+
     fn export_list(&self) -> Vec<Value> {
         let st = self.state.lock();
         st.config
@@ -499,19 +614,7 @@ impl Daemon {
 /// Start (or join) the NBD server for `ec.listen` and add the export.
 /// Returns the bound address.
 fn start_export(st: &mut State, ec: &ExportConfig) -> Result<String, OpError> {
-    let volume = match st.volumes.get(&ec.volume) {
-        Some(VolumeEntry {
-            volume: Some(v), ..
-        }) => v.clone(),
-        Some(VolumeEntry { error, .. }) => {
-            return Err(OpError::failed(format!(
-                "volume {} is offline: {}",
-                ec.volume,
-                error.as_deref().unwrap_or("unknown cause")
-            )))
-        }
-        None => return Err(no_volume(&ec.volume)),
-    };
+    let volume = online_volume(st, &ec.volume)?;
     let addr: ListenAddr = ec
         .listen
         .parse()
@@ -580,6 +683,7 @@ fn volume_json(st: &State, name: &str) -> Value {
         "direct": cfg.map(|c| c.options.direct),
         "backend": entry.volume.as_ref().map(|v| v.description().to_owned()),
         "services": entry.volume.as_ref().map(|v| v.service_names()).unwrap_or_default(),
+        "cache": cfg.and_then(|c| c.cache).map(|c| json!({"mode": "write-through", "size_bytes": c.size_bytes})),
         "exports": exports,
     })
 }
@@ -605,6 +709,36 @@ fn export_json(st: &State, ec: &ExportConfig) -> Value {
         "error": st.export_errors.get(&ec.volume),
         "clients": server.map(|s| s.clients_of(&ec.volume)).unwrap_or(0),
     })
+}
+
+/// Attach a write-through cache at the bottom of `volume`'s stack, so
+/// every other service's reads benefit.
+fn attach_cache(volume: &Volume, size_bytes: u64) -> Result<Arc<CacheService>, OpError> {
+    let cache = Arc::new(CacheService::new(size_bytes));
+    volume
+        .quiesce("enable cache")
+        .and_then(|mut g| g.insert(0, cache.clone()))
+        .map_err(|e| OpError::failed(e.to_string()))?;
+    Ok(cache)
+}
+
+fn set_cache_config(st: &mut State, name: &str, cache: Option<CacheConfig>) {
+    if let Some(v) = st.config.volumes.iter_mut().find(|v| v.name == name) {
+        v.cache = cache;
+    }
+}
+
+fn online_volume(st: &State, name: &str) -> Result<Arc<Volume>, OpError> {
+    match st.volumes.get(name) {
+        Some(VolumeEntry {
+            volume: Some(v), ..
+        }) => Ok(v.clone()),
+        Some(VolumeEntry { error, .. }) => Err(OpError::failed(format!(
+            "volume {name} is offline: {}",
+            error.as_deref().unwrap_or("unknown cause")
+        ))),
+        None => Err(no_volume(name)),
+    }
 }
 
 fn no_volume(name: &str) -> OpError {
@@ -673,6 +807,21 @@ struct VolumeRemoveArgs {
     name: String,
     #[serde(default)]
     force: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheEnableArgs {
+    volume: String,
+    #[serde(default)]
+    size_bytes: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheStatsArgs {
+    #[serde(default)]
+    volume: Option<String>,
 }
 
 #[derive(Deserialize)]

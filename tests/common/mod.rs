@@ -72,7 +72,7 @@ impl Daemon {
             .arg("serve")
             .env("UMBRA_DATA_DIR", self.data_dir())
             .env("UMBRA_DEFAULT_LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
