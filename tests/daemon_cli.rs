@@ -301,7 +301,10 @@ fn cache_enable_stats_restart_disable_through_the_cli() {
     ] {
         let out = d.cli(&args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains(needle), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(needle),
+            "{args:?}"
+        );
     }
     let out = d.cli(&["cache", "enable", "default", "--size", "4K"]);
     assert_eq!(out.status.code(), Some(1));
@@ -311,10 +314,17 @@ fn cache_enable_stats_restart_disable_through_the_cli() {
     assert_eq!(d.stop(), 0);
     d.spawn();
     let info = d.json(&["volume", "info", "c"]);
-    assert_eq!(info["services"], serde_json::json!(["cache"]), "cache restored");
+    assert_eq!(
+        info["services"],
+        serde_json::json!(["cache"]),
+        "cache restored"
+    );
     let mut client = NbdClient::connect(&addr, "c");
     assert_eq!(client.read(0, data.len()).unwrap(), data);
     d.ok(&["cache", "disable", "c"]);
-    assert_eq!(d.json(&["volume", "info", "c"])["services"], serde_json::json!([]));
+    assert_eq!(
+        d.json(&["volume", "info", "c"])["services"],
+        serde_json::json!([])
+    );
     assert_eq!(client.read(0, data.len()).unwrap(), data);
 }

@@ -117,7 +117,10 @@ fn run(vol: &Volume, ops: &[Op]) -> Result<(), TestCaseError> {
                 } else {
                     // A tiny cache (two blocks per shard) so runs evict.
                     let cache = Arc::new(CacheService::new(0));
-                    vol.quiesce("enable cache").unwrap().insert(0, cache).unwrap();
+                    vol.quiesce("enable cache")
+                        .unwrap()
+                        .insert(0, cache)
+                        .unwrap();
                 }
                 cached = !cached;
             }

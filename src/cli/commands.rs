@@ -109,6 +109,19 @@ fn volume_row(v: &Value) -> Vec<String> {
     ]
 }
 
+/// "created volume db (1.0 GiB) on /path" for a volume reply.
+fn print_volume(verb: &str, v: &Value) {
+    let size = v["size_bytes"]
+        .as_u64()
+        .map(human_bytes)
+        .unwrap_or_default();
+    println!(
+        "{verb} volume {} ({size}) on {}",
+        s(&v["name"]),
+        s(&v["path"])
+    );
+}
+
 pub fn volume(socket: &Path, cmd: VolumeCommand) -> Result<()> {
     match cmd {
         VolumeCommand::Create(a) => {
@@ -119,32 +132,14 @@ pub fn volume(socket: &Path, cmd: VolumeCommand) -> Result<()> {
             if let Some(p) = a.path {
                 args["path"] = json!(absolute(&p)?);
             }
-            let v = call(socket, "volume.create", args)?;
-            println!(
-                "created volume {} ({}) on {}",
-                s(&v["name"]),
-                v["size_bytes"]
-                    .as_u64()
-                    .map(human_bytes)
-                    .unwrap_or_default(),
-                s(&v["path"])
-            );
+            print_volume("created", &call(socket, "volume.create", args)?);
         }
         VolumeCommand::Add(a) => {
             let args = json!({
                 "name": a.name, "path": absolute(&a.path)?,
                 "engine": a.backend.engine, "direct": a.backend.direct,
             });
-            let v = call(socket, "volume.add", args)?;
-            println!(
-                "added volume {} ({}) on {}",
-                s(&v["name"]),
-                v["size_bytes"]
-                    .as_u64()
-                    .map(human_bytes)
-                    .unwrap_or_default(),
-                s(&v["path"])
-            );
+            print_volume("added", &call(socket, "volume.add", args)?);
         }
         VolumeCommand::Remove(a) => {
             let v = call(

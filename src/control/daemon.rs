@@ -286,12 +286,7 @@ impl Daemon {
             direct: a.direct,
         };
         let mut st = self.state.lock();
-        if st.volumes.contains_key(&a.name) {
-            return Err(OpError::new(
-                "exists",
-                format!("volume {} already exists", a.name),
-            ));
-        }
+        ensure_no_volume(&st, &a.name)?;
         let backend = FileBackend::create(&path, a.size_bytes, options)
             .map_err(|e| OpError::failed(format!("volume {}: {e}", a.name)))?;
         self.add_volume_locked(&mut st, &a.name, path.clone(), backend)
@@ -308,12 +303,7 @@ impl Daemon {
             direct: a.direct,
         };
         let mut st = self.state.lock();
-        if st.volumes.contains_key(&a.name) {
-            return Err(OpError::new(
-                "exists",
-                format!("volume {} already exists", a.name),
-            ));
-        }
+        ensure_no_volume(&st, &a.name)?;
         if let Some(other) = st.config.volumes.iter().find(|v| v.path == path) {
             return Err(OpError::new(
                 "exists",
@@ -726,6 +716,16 @@ fn set_cache_config(st: &mut State, name: &str, cache: Option<CacheConfig>) {
     if let Some(v) = st.config.volumes.iter_mut().find(|v| v.name == name) {
         v.cache = cache;
     }
+}
+
+fn ensure_no_volume(st: &State, name: &str) -> Result<(), OpError> {
+    if st.volumes.contains_key(name) {
+        return Err(OpError::new(
+            "exists",
+            format!("volume {name} already exists"),
+        ));
+    }
+    Ok(())
 }
 
 fn online_volume(st: &State, name: &str) -> Result<Arc<Volume>, OpError> {
