@@ -328,3 +328,38 @@ fn cache_enable_stats_restart_disable_through_the_cli() {
     );
     assert_eq!(client.read(0, data.len()).unwrap(), data);
 }
+
+#[test]
+fn export_remove_disconnects_its_clients_and_no_one_else() {
+    let d = Daemon::start();
+    d.ok(&["volume", "create", "a", "--size", "1M"]);
+    d.ok(&["volume", "create", "b", "--size", "1M"]);
+    d.export_nbd("a");
+    let addr = d.addr_of("a");
+    d.ok(&["export", "nbd", "b", "--listen", &addr]);
+    let mut ca = NbdClient::connect(&addr, "a");
+    let mut cb = NbdClient::connect(&addr, "b");
+    assert_eq!(ca.write(0, &[1; 4096], 0), 0);
+    let listed = d.json(&["export", "list"]);
+    let a = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["volume"] == "a")
+        .unwrap();
+    assert_eq!(a["clients"], 1);
+
+    d.ok(&["export", "remove", "a"]);
+    // a's client is cut off; b's carries on, on the same listener.
+    ca.send(common::nbd::CMD_READ, 0, 0, 4096, &[]);
+    assert!(
+        ca.reply(None).is_err(),
+        "removed export's client disconnected"
+    );
+    assert_eq!(cb.write(0, &[2; 4096], 0), 0);
+    assert_eq!(cb.read(0, 4096).unwrap(), vec![2; 4096]);
+    // The data written through the removed export is kept.
+    d.ok(&["export", "nbd", "a", "--listen", &addr]);
+    let mut ca = NbdClient::connect(&addr, "a");
+    assert_eq!(ca.read(0, 4096).unwrap(), vec![1; 4096]);
+}

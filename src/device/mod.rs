@@ -128,12 +128,6 @@ pub enum LatencyClass {
     Blocking,
 }
 
-/// Capability: a device whose metadata (bitmaps, indexes, logs) must be
-/// synced as part of a quiesce. Backends have none; data services do.
-pub trait MetadataSync {
-    fn sync_metadata(&self) -> Result<()>;
-}
-
 /// Capability: a device that can tell where it is stored (for `volume info`).
 pub trait Describe {
     fn describe(&self) -> String;
