@@ -253,13 +253,7 @@ fn a_missing_backing_file_leaves_the_volume_offline_not_the_daemon_down() {
     let v = d.json(&["volume", "info", "gone"]);
     assert_eq!(v["state"], "offline");
     assert!(v["error"].as_str().unwrap().contains("gone.img"));
-    let e = d.json(&["export", "list"]);
-    let gone = e
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["volume"] == "gone")
-        .unwrap();
+    let gone = d.export_of("gone");
     assert_eq!(gone["state"], "failed");
     assert!(gone["error"].as_str().unwrap().contains("offline"));
     // Everything else works.
@@ -340,14 +334,7 @@ fn export_remove_disconnects_its_clients_and_no_one_else() {
     let mut ca = NbdClient::connect(&addr, "a");
     let mut cb = NbdClient::connect(&addr, "b");
     assert_eq!(ca.write(0, &[1; 4096], 0), 0);
-    let listed = d.json(&["export", "list"]);
-    let a = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["volume"] == "a")
-        .unwrap();
-    assert_eq!(a["clients"], 1);
+    assert_eq!(d.export_of("a")["clients"], 1);
 
     d.ok(&["export", "remove", "a"]);
     // a's client is cut off; b's carries on, on the same listener.

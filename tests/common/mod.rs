@@ -139,16 +139,19 @@ impl Daemon {
         self.uri_of(volume)
     }
 
-    pub fn uri_of(&self, volume: &str) -> String {
+    /// `volume`'s entry in `export list --json`.
+    pub fn export_of(&self, volume: &str) -> serde_json::Value {
         let list = self.json(&["export", "list"]);
         list.as_array()
             .unwrap()
             .iter()
             .find(|e| e["volume"] == volume)
-            .unwrap_or_else(|| panic!("{volume} is not exported: {list}"))["uri"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+            .unwrap_or_else(|| panic!("{volume} is not exported: {list}"))
+            .clone()
+    }
+
+    pub fn uri_of(&self, volume: &str) -> String {
+        self.export_of(volume)["uri"].as_str().unwrap().to_owned()
     }
 
     /// `host:port` of a TCP export.

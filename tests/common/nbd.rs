@@ -1,6 +1,9 @@
 //! A minimal NBD client speaking the raw protocol, for tests that need to
 //! send exactly the bytes they choose (bad frames, precise flush/ack
 //! tracking). Real-client tests use qemu-img, nbdcopy, fio and nbdfuse.
+//! The constants are restated from the protocol on purpose rather than
+//! imported from `umbra::export::nbd::proto`: an independent copy is what
+//! lets this client catch a wrong constant in the server.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
