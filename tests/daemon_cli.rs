@@ -350,3 +350,26 @@ fn export_remove_disconnects_its_clients_and_no_one_else() {
     let mut ca = NbdClient::connect(&addr, "a");
     assert_eq!(ca.read(0, 4096).unwrap(), vec![1; 4096]);
 }
+
+#[test]
+fn a_read_only_export_refuses_writes_with_eperm() {
+    let d = Daemon::start();
+    d.ok(&["volume", "create", "ro", "--size", "1M"]);
+    d.ok(&[
+        "export",
+        "nbd",
+        "ro",
+        "--listen",
+        "127.0.0.1:0",
+        "--read-only",
+    ]);
+    assert_eq!(d.export_of("ro")["read_only"], true);
+    let mut c = NbdClient::connect(&d.addr_of("ro"), "ro");
+    assert_eq!(c.write(0, &[9; 512], 0), 1, "NBD_EPERM");
+    let h = c.send(common::nbd::CMD_TRIM, 0, 0, 4096, &[]);
+    assert_eq!(c.reply(None).unwrap(), (h, 1));
+    let h = c.send(common::nbd::CMD_WRITE_ZEROES, 0, 0, 4096, &[]);
+    assert_eq!(c.reply(None).unwrap(), (h, 1));
+    assert_eq!(c.read(0, 512).unwrap(), vec![0; 512], "nothing was written");
+    assert_eq!(c.flush(), 0);
+}
