@@ -79,73 +79,84 @@ impl UringEngine {
     }
 
     /// Move `len` bytes at `ptr` to or from `offset`, in segments submitted
-    /// together; short transfers are resubmitted for the remainder.
+    /// together; short transfers are resubmitted for the remainder. Works in
+    /// windows of at most `RING_ENTRIES` segments (a 32 MiB NBD request is
+    /// one window), with its bookkeeping on the stack: no allocation per
+    /// request.
     fn transfer(&self, op: Op, ptr: *mut u8, len: usize, offset: u64) -> io::Result<()> {
+        const WINDOW: usize = RING_ENTRIES as usize;
         let fd = types::Fd(self.file.as_raw_fd());
         with_ring(|ring| {
-            // done[i]: bytes of segment i transferred so far.
             let segments = len.div_ceil(SEGMENT_BYTES);
-            let mut done = vec![0usize; segments];
-            let mut pending: Vec<usize> = (0..segments).collect();
-            while !pending.is_empty() {
-                let batch: Vec<usize> = pending
-                    .drain(..pending.len().min(RING_ENTRIES as usize))
-                    .collect();
-                for &i in &batch {
-                    let seg_start = i * SEGMENT_BYTES;
-                    let seg_len = SEGMENT_BYTES.min(len - seg_start);
-                    let at = seg_start + done[i];
-                    let n = (seg_len - done[i]) as u32;
-                    // SAFETY: `at < len`, so the pointer stays inside the
-                    // caller's buffer.
-                    let p = unsafe { ptr.add(at) };
-                    let off = offset + at as u64;
-                    let sqe = match op {
-                        Op::Read => opcode::Read::new(fd, p, n).offset(off).build(),
-                        Op::Write { dsync } => opcode::Write::new(fd, p, n)
-                            .offset(off)
-                            .rw_flags(if dsync { libc::RWF_DSYNC } else { 0 })
-                            .build(),
-                    }
-                    .user_data(i as u64);
-                    // SAFETY: the buffer range [at, at+n) belongs to the
-                    // caller's slice, which outlives this call, and we wait
-                    // below for every SQE pushed here before returning, so
-                    // the kernel never touches it after we give it back.
-                    unsafe { ring.submission().push(&sqe) }
-                        .map_err(|_| io::Error::other("io_uring submission queue full"))?;
-                }
-                wait(ring, batch.len())?;
-                let mut first_err = None;
-                let mut reaped = 0;
-                while reaped < batch.len() {
-                    let Some(cqe) = ring.completion().next() else {
-                        wait(ring, batch.len() - reaped)?;
-                        continue;
-                    };
-                    reaped += 1;
-                    let i = cqe.user_data() as usize;
-                    match result(cqe.result()) {
-                        Ok(0) => {
-                            first_err.get_or_insert(io::Error::from(match op {
-                                Op::Read => io::ErrorKind::UnexpectedEof,
-                                Op::Write { .. } => io::ErrorKind::WriteZero,
-                            }));
+            for window_start in (0..segments).step_by(WINDOW) {
+                let count = WINDOW.min(segments - window_start);
+                // done[k]: bytes of segment window_start + k moved so far.
+                let mut done = [0usize; WINDOW];
+                loop {
+                    // Submit every unfinished segment of the window; nothing
+                    // is in flight between rounds, so unfinished means
+                    // needing (re)submission.
+                    let mut pushed = 0;
+                    for (k, seg_done) in done.iter().enumerate().take(count) {
+                        let seg_start = (window_start + k) * SEGMENT_BYTES;
+                        let seg_len = SEGMENT_BYTES.min(len - seg_start);
+                        if *seg_done == seg_len {
+                            continue;
                         }
-                        Ok(n) => {
-                            done[i] += n;
-                            let seg_len = SEGMENT_BYTES.min(len - i * SEGMENT_BYTES);
-                            if done[i] < seg_len {
-                                pending.push(i);
+                        let at = seg_start + seg_done;
+                        let n = (seg_len - seg_done) as u32;
+                        // SAFETY: `at < len`, so the pointer stays inside the
+                        // caller's buffer.
+                        let p = unsafe { ptr.add(at) };
+                        let off = offset + at as u64;
+                        let sqe = match op {
+                            Op::Read => opcode::Read::new(fd, p, n).offset(off).build(),
+                            Op::Write { dsync } => opcode::Write::new(fd, p, n)
+                                .offset(off)
+                                .rw_flags(if dsync { libc::RWF_DSYNC } else { 0 })
+                                .build(),
+                        }
+                        .user_data(k as u64);
+                        // SAFETY: the buffer range [at, at+n) belongs to the
+                        // caller's slice, which outlives this call, and we
+                        // wait below for every SQE pushed here before
+                        // returning, so the kernel never touches it after we
+                        // give it back. The push cannot fail: each round
+                        // pushes at most RING_ENTRIES entries onto a queue
+                        // that the previous round's submit emptied.
+                        unsafe { ring.submission().push(&sqe) }
+                            .expect("at most RING_ENTRIES SQEs per round");
+                        pushed += 1;
+                    }
+                    if pushed == 0 {
+                        break;
+                    }
+                    wait(ring, pushed)?;
+                    let mut first_err = None;
+                    let mut reaped = 0;
+                    while reaped < pushed {
+                        let Some(cqe) = ring.completion().next() else {
+                            wait(ring, pushed - reaped)?;
+                            continue;
+                        };
+                        reaped += 1;
+                        let k = cqe.user_data() as usize;
+                        match result(cqe.result()) {
+                            Ok(0) => {
+                                first_err.get_or_insert(io::Error::from(match op {
+                                    Op::Read => io::ErrorKind::UnexpectedEof,
+                                    Op::Write { .. } => io::ErrorKind::WriteZero,
+                                }));
+                            }
+                            Ok(n) => done[k] += n,
+                            Err(e) => {
+                                first_err.get_or_insert(e);
                             }
                         }
-                        Err(e) => {
-                            first_err.get_or_insert(e);
-                        }
                     }
-                }
-                if let Some(e) = first_err {
-                    return Err(e);
+                    if let Some(e) = first_err {
+                        return Err(e);
+                    }
                 }
             }
             Ok(())
