@@ -679,14 +679,13 @@ fn volume_json(st: &State, name: &str) -> Value {
 }
 
 fn export_json(st: &State, ec: &ExportConfig) -> Value {
-    let server = ec
-        .listen
-        .parse::<ListenAddr>()
-        .ok()
-        .and_then(|a| server_key(&a))
+    let addr = ec.listen.parse::<ListenAddr>().ok();
+    let server = addr
+        .as_ref()
+        .and_then(server_key)
         .and_then(|k| st.servers.get(&k));
-    let uri = match ec.listen.parse::<ListenAddr>() {
-        Ok(ListenAddr::Unix(p)) => format!("nbd+unix:///{}?socket={}", ec.volume, p.display()),
+    let uri = match &addr {
+        Some(ListenAddr::Unix(p)) => format!("nbd+unix:///{}?socket={}", ec.volume, p.display()),
         _ => format!("nbd://{}/{}", ec.listen, ec.volume),
     };
     json!({
