@@ -205,11 +205,7 @@ fn admin_socket_is_private_and_the_data_dir_is_locked() {
     let d = Daemon::start();
     let mode = std::fs::metadata(d.socket()).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
-    let out = Command::new(UMBRA)
-        .args(["serve"])
-        .env("UMBRA_DATA_DIR", d.data_dir())
-        .output()
-        .unwrap();
+    let out = d.serve_again();
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("in use by another umbra daemon"),
@@ -229,11 +225,7 @@ fn a_corrupt_configuration_is_refused_with_a_clear_error() {
         "{\"version\": 1, \"volumes\": [ oops",
     )
     .unwrap();
-    let out = Command::new(UMBRA)
-        .args(["serve"])
-        .env("UMBRA_DATA_DIR", d.data_dir())
-        .output()
-        .unwrap();
+    let out = d.serve_again();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -104,6 +104,17 @@ impl Daemon {
         self.child = Some(child);
     }
 
+    /// Run a second `umbra serve` on this data dir to completion (tests of
+    /// start-up refusals) and return its output.
+    pub fn serve_again(&self) -> Output {
+        Command::new(UMBRA)
+            .arg("serve")
+            .env("UMBRA_DATA_DIR", self.data_dir())
+            .env("UMBRA_DEFAULT_LISTEN", "127.0.0.1:0")
+            .output()
+            .expect("run umbra serve")
+    }
+
     /// Run the CLI against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(UMBRA)
