@@ -161,8 +161,18 @@ fn sequential_reads_trigger_read_ahead_that_later_reads_hit() {
     let s = cache.stats();
     assert!(s.readahead_blocks > 0, "{s:?}");
     assert!(s.readahead_hits > 0, "{s:?}");
-    // A random read resets the stream: no read-ahead from it.
-    let before = cache.stats().readahead_blocks;
+    // A random read resets the stream: no read-ahead from it. First let
+    // the prefetches the stream already queued finish: wait until the
+    // count stops moving.
+    let mut before = cache.stats().readahead_blocks;
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = cache.stats().readahead_blocks;
+        if now == before {
+            break;
+        }
+        before = now;
+    }
     v.read(&mut buf, 3 << 20).unwrap();
     std::thread::sleep(Duration::from_millis(20));
     assert_eq!(cache.stats().readahead_blocks, before);
