@@ -15,6 +15,13 @@ impl MemoryBackend {
         }
     }
 
+    /// A device holding exactly `bytes` (tests restart on a crash image).
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        MemoryBackend {
+            data: RwLock::new(bytes),
+        }
+    }
+
     /// A copy of the whole contents (tests compare it against a model).
     pub fn snapshot(&self) -> Vec<u8> {
         self.data.read().clone()

@@ -315,3 +315,104 @@ impl BlockDevice for FaultyDevice {
         self.inner.write_zeroes(offset, len, fua)
     }
 }
+
+/// Counts flushes across a group of [`CrashDevice`]s and freezes all their
+/// durable states at the N-th one: what a power cut right after that flush
+/// would leave on every disk at once.
+pub struct CrashClock {
+    flushes: std::sync::atomic::AtomicU64,
+    freeze_at: u64,
+    frozen: std::sync::atomic::AtomicBool,
+}
+
+impl CrashClock {
+    /// Freeze after the `freeze_at`-th flush (0: never freeze).
+    pub fn new(freeze_at: u64) -> Arc<Self> {
+        Arc::new(CrashClock {
+            flushes: Default::default(),
+            freeze_at,
+            frozen: Default::default(),
+        })
+    }
+
+    pub fn frozen(&self) -> bool {
+        self.frozen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Flushes seen so far (a run with `freeze_at = 0` counts them all).
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A memory device with two images: what reads see, and what would survive
+/// a crash (updated by flushes and FUA writes until its clock freezes).
+pub struct CrashDevice {
+    current: parking_lot::RwLock<Vec<u8>>,
+    durable: parking_lot::Mutex<Vec<u8>>,
+    clock: Arc<CrashClock>,
+}
+
+impl CrashDevice {
+    pub fn new(image: Vec<u8>, clock: Arc<CrashClock>) -> Self {
+        CrashDevice {
+            durable: parking_lot::Mutex::new(image.clone()),
+            current: parking_lot::RwLock::new(image),
+            clock,
+        }
+    }
+
+    /// The bytes a crash would leave.
+    pub fn durable_image(&self) -> Vec<u8> {
+        self.durable.lock().clone()
+    }
+
+    fn apply(&self, offset: u64, len: u64, data: Option<&[u8]>, fua: bool) -> super::Result<()> {
+        let mut cur = self.current.write();
+        super::check_range(offset, len, cur.len() as u64)?;
+        let r = offset as usize..(offset + len) as usize;
+        match data {
+            Some(d) => cur[r.clone()].copy_from_slice(d),
+            None => cur[r.clone()].fill(0),
+        }
+        if fua && !self.clock.frozen() {
+            self.durable.lock()[r.clone()].copy_from_slice(&cur[r]);
+        }
+        Ok(())
+    }
+}
+
+impl BlockDevice for CrashDevice {
+    fn size_bytes(&self) -> u64 {
+        self.current.read().len() as u64
+    }
+    fn read(&self, buf: &mut [u8], offset: u64) -> super::Result<()> {
+        let cur = self.current.read();
+        super::check_range(offset, buf.len() as u64, cur.len() as u64)?;
+        buf.copy_from_slice(&cur[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    }
+    fn write(&self, buf: &[u8], offset: u64, fua: bool) -> super::Result<()> {
+        self.apply(offset, buf.len() as u64, Some(buf), fua)
+    }
+    fn flush(&self) -> super::Result<()> {
+        use std::sync::atomic::Ordering;
+        let cur = self.current.read();
+        let mut durable = self.durable.lock();
+        if self.clock.frozen() {
+            return Ok(());
+        }
+        let n = self.clock.flushes.fetch_add(1, Ordering::SeqCst) + 1;
+        durable.copy_from_slice(&cur);
+        if n == self.clock.freeze_at {
+            self.clock.frozen.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+    fn discard(&self, offset: u64, len: u64) -> super::Result<()> {
+        self.apply(offset, len, None, false)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> super::Result<()> {
+        self.apply(offset, len, None, fua)
+    }
+}

@@ -2,3 +2,4 @@
 //! service is a folder named for it.
 
 pub mod cache;
+pub mod image;

@@ -1,0 +1,250 @@
+//! The two layers an image set puts into volume stacks: one imaging layer
+//! per master (shared by every set of that master, so a restore from one
+//! set first saves the chunk into every other shadow) and one layer per
+//! shadow.
+//!
+//! Each side remembers the device below its layer (`lower`), because the
+//! other side's requests and the copy engine reach it directly: a shadow
+//! read of a chunk it does not hold reads the master's lower device, not
+//! the master volume (which would take the master's admission lock from
+//! inside the shadow's and could deadlock a group quiesce). `lower` is
+//! replaced at every rebuild of the stack; users hold its read lock for
+//! the whole access, so a rebuild waits for them and nothing reaches a
+//! device that was just taken out of a stack.
+
+use super::set::ImageSet;
+use crate::device::{BlockDevice, DeviceError, LatencyClass, Result};
+use crate::interposer::Service;
+use parking_lot::RwLock;
+use std::sync::{Arc, Weak};
+
+/// Name of the master-side layer in a volume's stack.
+pub const MASTER_LAYER: &str = "image";
+/// Name of the shadow-side layer in a volume's stack.
+pub const SHADOW_LAYER: &str = "image-shadow";
+
+fn with_slot<T>(
+    slot: &RwLock<Option<Arc<dyn BlockDevice>>>,
+    volume: &str,
+    f: impl FnOnce(&dyn BlockDevice) -> Result<T>,
+) -> Result<T> {
+    // Recursive: a restore reads the master's slot again while preparing
+    // the other sets of the same master.
+    let guard = slot.read_recursive();
+    match guard.as_ref() {
+        Some(d) => f(d.as_ref()),
+        None => Err(DeviceError::Failed {
+            reason: format!("volume {volume} has no imaging layer"),
+        }),
+    }
+}
+
+/// The imaging layer of one master volume.
+pub struct MasterSide {
+    volume: String,
+    lower: RwLock<Option<Arc<dyn BlockDevice>>>,
+    sets: RwLock<Vec<Arc<ImageSet>>>,
+}
+
+impl MasterSide {
+    pub fn new(volume: &str) -> Self {
+        MasterSide {
+            volume: volume.to_owned(),
+            lower: RwLock::new(None),
+            sets: RwLock::new(Vec::new()),
+        }
+    }
+
+    pub fn sets(&self) -> Vec<Arc<ImageSet>> {
+        self.sets.read().clone()
+    }
+
+    pub(super) fn add_set(&self, set: Arc<ImageSet>) {
+        self.sets.write().push(set);
+    }
+
+    pub(super) fn remove_set(&self, name: &str) {
+        self.sets.write().retain(|s| s.name() != name);
+    }
+
+    pub(super) fn with_lower<T>(&self, f: impl FnOnce(&dyn BlockDevice) -> Result<T>) -> Result<T> {
+        with_slot(&self.lower, &self.volume, f)
+    }
+}
+
+impl Service for MasterSide {
+    fn name(&self) -> &str {
+        MASTER_LAYER
+    }
+
+    fn stack_on(
+        &self,
+        lower: Arc<dyn BlockDevice>,
+    ) -> std::result::Result<Arc<dyn BlockDevice>, String> {
+        *self.lower.write() = Some(lower.clone());
+        Ok(Arc::new(MasterDevice {
+            lower,
+            sets: self.sets(),
+        }))
+    }
+
+    fn sync_metadata(&self) -> Result<()> {
+        for s in self.sets() {
+            if !s.is_failed() {
+                s.commit_all()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The shadow layer of one set.
+pub struct ShadowSide {
+    volume: String,
+    lower: RwLock<Option<Arc<dyn BlockDevice>>>,
+    set: RwLock<Weak<ImageSet>>,
+}
+
+impl ShadowSide {
+    pub fn new(volume: &str) -> Self {
+        ShadowSide {
+            volume: volume.to_owned(),
+            lower: RwLock::new(None),
+            set: RwLock::new(Weak::new()),
+        }
+    }
+
+    pub(super) fn bind(&self, set: &Arc<ImageSet>) {
+        *self.set.write() = Arc::downgrade(set);
+    }
+
+    pub(super) fn with_lower<T>(&self, f: impl FnOnce(&dyn BlockDevice) -> Result<T>) -> Result<T> {
+        with_slot(&self.lower, &self.volume, f)
+    }
+}
+
+impl Service for ShadowSide {
+    fn name(&self) -> &str {
+        SHADOW_LAYER
+    }
+
+    fn stack_on(
+        &self,
+        lower: Arc<dyn BlockDevice>,
+    ) -> std::result::Result<Arc<dyn BlockDevice>, String> {
+        let set = self
+            .set
+            .read()
+            .upgrade()
+            .ok_or_else(|| format!("shadow {} has no image set", self.volume))?;
+        *self.lower.write() = Some(lower.clone());
+        Ok(Arc::new(ShadowDevice { lower, set }))
+    }
+
+    fn sync_metadata(&self) -> Result<()> {
+        match self.set.read().upgrade() {
+            Some(s) if !s.is_failed() => s.commit_all(),
+            _ => Ok(()),
+        }
+    }
+}
+
+struct MasterDevice {
+    lower: Arc<dyn BlockDevice>,
+    /// The master's sets as they were at the last rebuild; adding or
+    /// removing a set rebuilds the stack (under quiesce).
+    sets: Vec<Arc<ImageSet>>,
+}
+
+impl MasterDevice {
+    fn prepare(&self, offset: u64, len: u64) -> Result<()> {
+        crate::device::check_range(offset, len, self.lower.size_bytes())?;
+        for s in &self.sets {
+            s.prepare_master_write(offset, len, self.lower.as_ref())?;
+        }
+        Ok(())
+    }
+}
+
+impl BlockDevice for MasterDevice {
+    fn size_bytes(&self) -> u64 {
+        self.lower.size_bytes()
+    }
+    fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        for s in &self.sets {
+            if s.direction() == super::Direction::ToMaster
+                && s.read_master_restoring(buf, offset, self.lower.as_ref())?
+            {
+                return Ok(());
+            }
+        }
+        self.lower.read(buf, offset)
+    }
+    fn write(&self, buf: &[u8], offset: u64, fua: bool) -> Result<()> {
+        self.prepare(offset, buf.len() as u64)?;
+        self.lower.write(buf, offset, fua)
+    }
+    fn flush(&self) -> Result<()> {
+        self.lower.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.prepare(offset, len)?;
+        self.lower.discard(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
+        self.prepare(offset, len)?;
+        self.lower.write_zeroes(offset, len, fua)
+    }
+    fn block_size_bytes(&self) -> u32 {
+        self.lower.block_size_bytes()
+    }
+    fn latency_class(&self) -> LatencyClass {
+        self.lower.latency_class()
+    }
+}
+
+struct ShadowDevice {
+    lower: Arc<dyn BlockDevice>,
+    set: Arc<ImageSet>,
+}
+
+impl ShadowDevice {
+    fn prepare(&self, offset: u64, len: u64) -> Result<()> {
+        crate::device::check_range(offset, len, self.lower.size_bytes())?;
+        self.set.prepare_shadow_write(offset, len)
+    }
+}
+
+impl BlockDevice for ShadowDevice {
+    fn size_bytes(&self) -> u64 {
+        self.lower.size_bytes()
+    }
+    fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        crate::device::check_range(offset, buf.len() as u64, self.lower.size_bytes())?;
+        self.set.read_shadow(buf, offset, self.lower.as_ref())
+    }
+    fn write(&self, buf: &[u8], offset: u64, fua: bool) -> Result<()> {
+        self.prepare(offset, buf.len() as u64)?;
+        self.lower.write(buf, offset, fua)
+    }
+    fn flush(&self) -> Result<()> {
+        // Even offline: a quiesce (to disable the failed set) flushes.
+        self.lower.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.prepare(offset, len)?;
+        self.lower.discard(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
+        self.prepare(offset, len)?;
+        self.lower.write_zeroes(offset, len, fua)
+    }
+    fn block_size_bytes(&self) -> u32 {
+        self.lower.block_size_bytes()
+    }
+    fn latency_class(&self) -> LatencyClass {
+        // Copy-on-write reaches the bitmap volume and flushes: a shadow
+        // request may block even over a memory backend.
+        LatencyClass::Blocking
+    }
+}

@@ -1,0 +1,983 @@
+//! One image set: its bitmaps, the copy-on-write rules, group commit of
+//! bitmap changes and the background copy engine.
+//!
+//! # The two bitmaps and what a chunk's bits mean
+//! * **shadow bitmap** (`diff`): the chunk may differ between master and
+//!   shadow since the point in time. Set, durably, before any write to
+//!   either side is acknowledged.
+//! * **copy bitmap** (`copy`): the chunk is still to be moved in the
+//!   set's copy direction. Until it is, the target side's chunk *is* the
+//!   source side's chunk, and reads of it are served from the source.
+//!
+//! Where a side's data for chunk `c` lives:
+//! * the shadow holds its own copy ([`ImageSet::shadow_holds`]) when, for an
+//!   independent set, no copy to the shadow is pending for `c`; for a
+//!   dependent set, when `c` was copied on write (`diff`) or a restore of
+//!   it is pending. Otherwise shadow reads of `c` come from the master.
+//! * the master holds its own data unless a restore of `c` is pending;
+//!   then master reads of `c` come from the shadow.
+//!
+//! # Ordering on a write (the crash rule)
+//! Before a write that makes chunk `c` differ is acknowledged: the data a
+//! copy moved (the master's point-in-time chunk, or the shadow's chunk of a
+//! restore) is flushed on its target, then the bits are written to the
+//! bitmap volume and flushed. Bit changes are batched by a group commit:
+//! concurrent first-touch writers share one flush of each side and one of
+//! the bitmap volume. Writes to chunks whose bits are already durable pay
+//! nothing but two atomic loads per chunk.
+
+use super::bitmap::AtomicBitmap;
+use super::format::{Direction, Header, HeaderState, Kind, Layout, Transition, BITMAP_BLOCK_BYTES};
+use super::layers::{MasterSide, ShadowSide};
+use crate::buffer::AlignedBuf;
+use crate::device::{BlockDevice, DeviceError, Result};
+use crate::interposer::Volume;
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Chunk locks are striped: chunk `c` uses stripe `c % LOCK_STRIPES`.
+const LOCK_STRIPES: u64 = 1024;
+/// The copy engine commits its progress every this many chunks.
+const ENGINE_COMMIT_CHUNKS: u64 = 64;
+/// Bits per bitmap block written to the bitmap volume.
+const BITS_PER_BLOCK: u64 = BITMAP_BLOCK_BYTES * 8;
+
+/// A callback for state changes a user should see (copy finished, set
+/// failed): `(event kind, set name, detail)`.
+pub type Notifier = Arc<dyn Fn(&str, &str, String) + Send + Sync>;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Which {
+    Diff,
+    Copy,
+}
+
+#[derive(Default)]
+struct CommitState {
+    durable: u64,
+    running: bool,
+}
+
+struct Engine {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Throttle {
+    /// Sleep this long…
+    pub delay_ms: u32,
+    /// …after every this many chunks copied (0: never sleep).
+    pub unit: u32,
+}
+
+pub struct ImageSet {
+    pub(super) name: String,
+    pub(super) kind: Kind,
+    pub(super) chunk_bytes: u64,
+    pub(super) chunks: u64,
+    pub(super) master_bytes: u64,
+    pub(super) master_name: String,
+    pub(super) shadow_name: String,
+    diff: AtomicBitmap,
+    copy: AtomicBitmap,
+    direction: AtomicU8,
+    failed: AtomicBool,
+    failure: Mutex<Option<String>>,
+
+    // Persistence.
+    store: Arc<dyn BlockDevice>,
+    header: Mutex<Header>,
+    memory_bitmap: bool,
+    copy_inverted: bool,
+    diff_dirty: Box<[AtomicBool]>,
+    copy_dirty: Box<[AtomicBool]>,
+    /// Highest generation that changed a bit of each 64-chunk word.
+    word_gen: Box<[AtomicU64]>,
+    gen: AtomicU64,
+    durable: AtomicU64,
+    /// Bit changers hold it shared; the commit leader takes it exclusively
+    /// for the instant it snapshots, so a snapshot never sees half a change.
+    gate: RwLock<()>,
+    commit: Mutex<CommitState>,
+    commit_cv: Condvar,
+    master_dirty: AtomicBool,
+    shadow_dirty: AtomicBool,
+
+    locks: Box<[RwLock<()>]>,
+    pub(super) master: Arc<MasterSide>,
+    pub(super) shadow: Arc<ShadowSide>,
+    pub(super) master_volume: Weak<Volume>,
+    pub(super) shadow_volume: Weak<Volume>,
+
+    engine: Mutex<Option<Engine>>,
+    engine_done: Condvar,
+    copying: AtomicBool,
+    copy_total: AtomicU64,
+    throttle: Mutex<Throttle>,
+    notify: Option<Notifier>,
+}
+
+fn dir_to_u8(d: Direction) -> u8 {
+    match d {
+        Direction::None => 0,
+        Direction::ToShadow => 1,
+        Direction::ToMaster => 2,
+    }
+}
+
+fn dir_from_u8(d: u8) -> Direction {
+    match d {
+        1 => Direction::ToShadow,
+        2 => Direction::ToMaster,
+        _ => Direction::None,
+    }
+}
+
+/// Everything `ImageSet::new` needs; the constructor is shared by enable
+/// (fresh header) and open (header read back).
+pub(super) struct SetParts {
+    pub header: Header,
+    pub store: Arc<dyn BlockDevice>,
+    pub master: Arc<MasterSide>,
+    pub shadow: Arc<ShadowSide>,
+    pub master_volume: Weak<Volume>,
+    pub shadow_volume: Weak<Volume>,
+    pub notify: Option<Notifier>,
+}
+
+impl ImageSet {
+    pub(super) fn new(p: SetParts) -> ImageSet {
+        let h = p.header;
+        let blocks = Layout::for_chunks(h.chunks).bitmap_bytes / BITMAP_BLOCK_BYTES;
+        let flags = || (0..blocks).map(|_| AtomicBool::new(false)).collect();
+        ImageSet {
+            name: h.set.clone(),
+            kind: h.kind,
+            chunk_bytes: h.chunk_bytes as u64,
+            chunks: h.chunks,
+            master_bytes: h.master_bytes,
+            master_name: h.master.clone(),
+            shadow_name: h.shadow.clone(),
+            diff: AtomicBitmap::new(h.chunks),
+            copy: AtomicBitmap::new(h.chunks),
+            direction: AtomicU8::new(dir_to_u8(h.direction)),
+            failed: AtomicBool::new(h.state == HeaderState::Failed),
+            failure: Mutex::new(
+                (h.state == HeaderState::Failed)
+                    .then(|| "the shadow was failed before the restart".to_owned()),
+            ),
+            store: p.store,
+            memory_bitmap: h.memory_bitmap,
+            copy_inverted: h.copy_inverted,
+            diff_dirty: flags(),
+            copy_dirty: flags(),
+            word_gen: (0..h.chunks.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            gen: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
+            gate: RwLock::new(()),
+            commit: Mutex::new(CommitState::default()),
+            commit_cv: Condvar::new(),
+            master_dirty: AtomicBool::new(false),
+            shadow_dirty: AtomicBool::new(false),
+            locks: (0..LOCK_STRIPES).map(|_| RwLock::new(())).collect(),
+            master: p.master,
+            shadow: p.shadow,
+            master_volume: p.master_volume,
+            shadow_volume: p.shadow_volume,
+            engine: Mutex::new(None),
+            engine_done: Condvar::new(),
+            copying: AtomicBool::new(false),
+            copy_total: AtomicU64::new(0),
+            throttle: Mutex::new(Throttle {
+                delay_ms: h.throttle_delay_ms,
+                unit: h.throttle_unit,
+            }),
+            header: Mutex::new(h),
+            notify: p.notify,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+    pub fn master_name(&self) -> &str {
+        &self.master_name
+    }
+    pub fn shadow_name(&self) -> &str {
+        &self.shadow_name
+    }
+    pub fn direction(&self) -> Direction {
+        dir_from_u8(self.direction.load(Ordering::SeqCst))
+    }
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().clone()
+    }
+    pub fn is_copying(&self) -> bool {
+        self.copying.load(Ordering::SeqCst)
+    }
+    pub fn chunk_bytes(&self) -> u64 {
+        self.chunk_bytes
+    }
+    pub fn chunks(&self) -> u64 {
+        self.chunks
+    }
+    /// Is chunk `c`'s shadow-bitmap bit set (tests check invariant 3)?
+    pub fn differs(&self, c: u64) -> bool {
+        self.diff.get(c)
+    }
+    pub fn differing(&self) -> u64 {
+        self.diff.count()
+    }
+    /// Chunks still to copy in the current direction.
+    pub fn pending(&self) -> u64 {
+        if self.direction() == Direction::None {
+            0
+        } else {
+            self.copy.count()
+        }
+    }
+    pub fn copy_total(&self) -> u64 {
+        self.copy_total.load(Ordering::SeqCst)
+    }
+    pub fn memory_bitmap(&self) -> bool {
+        self.memory_bitmap
+    }
+    pub fn throttle(&self) -> Throttle {
+        *self.throttle.lock()
+    }
+    pub fn header_snapshot(&self) -> Header {
+        self.header.lock().clone()
+    }
+
+    pub(super) fn emit(&self, kind: &str, detail: String) {
+        if let Some(n) = &self.notify {
+            n(kind, &self.name, detail);
+        }
+    }
+
+    // ----- where each side's data lives --------------------------------
+
+    #[inline]
+    pub(super) fn shadow_holds(&self, c: u64) -> bool {
+        match self.kind {
+            Kind::Independent => !(self.direction() == Direction::ToShadow && self.copy.get(c)),
+            Kind::Dependent => {
+                self.diff.get(c) || (self.direction() == Direction::ToMaster && self.copy.get(c))
+            }
+        }
+    }
+
+    #[inline]
+    pub(super) fn restore_pending(&self, c: u64) -> bool {
+        self.direction() == Direction::ToMaster && self.copy.get(c)
+    }
+
+    /// Byte range of chunk `c` on the master (the last chunk may be short).
+    pub(super) fn chunk_range(&self, c: u64) -> (u64, usize) {
+        let start = c * self.chunk_bytes;
+        (
+            start,
+            (self.master_bytes - start).min(self.chunk_bytes) as usize,
+        )
+    }
+
+    /// Chunks overlapping `[offset, offset + len)`, clipped to the master.
+    pub(super) fn chunks_of(&self, offset: u64, len: u64) -> std::ops::Range<u64> {
+        if len == 0 || offset >= self.master_bytes {
+            return 0..0;
+        }
+        let end = (offset + len).min(self.master_bytes);
+        offset / self.chunk_bytes..end.div_ceil(self.chunk_bytes)
+    }
+
+    pub(super) fn lock(&self, c: u64) -> &RwLock<()> {
+        &self.locks[(c % LOCK_STRIPES) as usize]
+    }
+
+    // ----- failure ------------------------------------------------------
+
+    /// Take the shadow offline. Master I/O continues unaffected; shadow
+    /// I/O fails with EIO until the set is disabled or fully recopied.
+    pub(super) fn fail(&self, why: String) {
+        if self.failed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        log::error!(
+            "image set {}: shadow {} is offline: {why}",
+            self.name,
+            self.shadow_name
+        );
+        *self.failure.lock() = Some(why.clone());
+        let _ = self.write_header(|h| h.state = HeaderState::Failed);
+        self.emit("image.failed", why);
+    }
+
+    pub(super) fn offline_error(&self) -> DeviceError {
+        DeviceError::Failed {
+            reason: format!(
+                "shadow of image set {} is offline: {}",
+                self.name,
+                self.failure().unwrap_or_default()
+            ),
+        }
+    }
+
+    // ----- bit changes and group commit ---------------------------------
+
+    /// Change bits of chunk `c` with `f` and return the generation a writer
+    /// must see durable before acknowledging.
+    fn change(&self, c: u64, touched: &[Which], f: impl FnOnce()) -> u64 {
+        let _gate = self.gate.read_recursive();
+        let g = self.gen.fetch_add(1, Ordering::SeqCst) + 1;
+        // The word's generation is raised before any bit changes, so a
+        // writer that sees the new bit also sees that it must wait for `g`.
+        self.word_gen[(c / 64) as usize].fetch_max(g, Ordering::SeqCst);
+        f();
+        let block = (c / BITS_PER_BLOCK) as usize;
+        for w in touched {
+            match w {
+                Which::Diff => &self.diff_dirty[block],
+                Which::Copy => &self.copy_dirty[block],
+            }
+            .store(true, Ordering::SeqCst);
+        }
+        g
+    }
+
+    /// Generation chunk `c`'s bits need to be durable, if not yet.
+    #[inline]
+    fn undurable(&self, c: u64) -> Option<u64> {
+        let g = self.word_gen[(c / 64) as usize].load(Ordering::SeqCst);
+        (g > self.durable.load(Ordering::SeqCst)).then_some(g)
+    }
+
+    /// Wait until generation `g` is durable, leading a commit if none runs.
+    pub(super) fn wait_durable(&self, g: u64) -> Result<()> {
+        let mut st = self.commit.lock();
+        loop {
+            if st.durable >= g {
+                return Ok(());
+            }
+            if self.is_failed() {
+                return Err(self.offline_error());
+            }
+            if st.running {
+                self.commit_cv.wait(&mut st);
+                continue;
+            }
+            st.running = true;
+            let res = parking_lot::MutexGuard::unlocked(&mut st, || self.commit_round());
+            st.running = false;
+            match res {
+                Ok(target) => {
+                    st.durable = st.durable.max(target);
+                    self.durable.store(st.durable, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    self.fail(format!("bitmap commit failed: {e}"));
+                }
+            }
+            self.commit_cv.notify_all();
+        }
+    }
+
+    /// Commit everything changed so far; used by the engine and at quiesce.
+    pub(super) fn commit_all(&self) -> Result<()> {
+        let g = self.gen.load(Ordering::SeqCst);
+        self.wait_durable(g)
+    }
+
+    /// One group-commit round: flush the sides that received copied data,
+    /// then write the changed bitmap blocks and flush the bitmap volume.
+    /// Returns the generation now durable.
+    fn commit_round(&self) -> Result<u64> {
+        let (target, blocks) = {
+            let _gate = self.gate.write();
+            let target = self.gen.load(Ordering::SeqCst);
+            let mut blocks = Vec::new();
+            if !self.memory_bitmap {
+                for (which, flags) in [
+                    (Which::Diff, &self.diff_dirty),
+                    (Which::Copy, &self.copy_dirty),
+                ] {
+                    for (b, f) in flags.iter().enumerate() {
+                        if f.swap(false, Ordering::SeqCst) {
+                            blocks.push((which, b, self.block_image(which, b)));
+                        }
+                    }
+                }
+            }
+            (target, blocks)
+        };
+        if self.memory_bitmap {
+            return Ok(target);
+        }
+        if self.master_dirty.swap(false, Ordering::SeqCst) {
+            self.master.with_lower(|d| d.flush())?;
+        }
+        if self.shadow_dirty.swap(false, Ordering::SeqCst) {
+            self.shadow.with_lower(|d| d.flush())?;
+        }
+        if !blocks.is_empty() {
+            for (which, b, image) in &blocks {
+                self.store
+                    .write(image, self.block_offset(*which, *b), false)?;
+            }
+            self.store.flush()?;
+        }
+        Ok(target)
+    }
+
+    fn block_offset(&self, which: Which, block: usize) -> u64 {
+        let layout = Layout::for_chunks(self.chunks);
+        let base = match which {
+            Which::Diff => layout.diff_offset,
+            Which::Copy => layout.copy_offset,
+        };
+        base + block as u64 * BITMAP_BLOCK_BYTES
+    }
+
+    /// The on-disk bytes of one bitmap block.
+    fn block_image(&self, which: Which, block: usize) -> Vec<u8> {
+        let (bm, inverted) = match which {
+            Which::Diff => (&self.diff, false),
+            Which::Copy => (&self.copy, self.copy_inverted),
+        };
+        let words_per_block = (BITMAP_BLOCK_BYTES / 8) as usize;
+        let mut out = vec![0u8; BITMAP_BLOCK_BYTES as usize];
+        let first = block * words_per_block;
+        for i in 0..words_per_block {
+            let w = first + i;
+            if w >= bm.words() {
+                break;
+            }
+            out[i * 8..i * 8 + 8].copy_from_slice(&bm.disk_word(w, inverted).to_le_bytes());
+        }
+        out
+    }
+
+    /// Read both bitmaps back from the bitmap volume, validating that no
+    /// bit past the last chunk is set.
+    pub(super) fn load_bitmaps(&self) -> std::result::Result<(), String> {
+        let layout = Layout::for_chunks(self.chunks);
+        for (which, bm, inverted) in [
+            (Which::Diff, &self.diff, false),
+            (Which::Copy, &self.copy, self.copy_inverted),
+        ] {
+            let mut buf = vec![0u8; layout.bitmap_bytes as usize];
+            self.store
+                .read(&mut buf, self.block_offset(which, 0))
+                .map_err(|e| format!("reading the bitmaps: {e}"))?;
+            for w in 0..bm.words() {
+                let disk = u64::from_le_bytes(buf[w * 8..w * 8 + 8].try_into().expect("8"));
+                if !bm.load_disk_word(w, disk, inverted) {
+                    return Err(format!("{which:?} bitmap has bits set past the last chunk"));
+                }
+            }
+            if buf[bm.words() * 8..].iter().any(|&b| b != 0) {
+                return Err(format!(
+                    "{which:?} bitmap has bytes set past the last chunk"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Write every bitmap block and flush (used at suspend, and after a
+    /// whole-bitmap transition).
+    pub(super) fn write_all_bitmaps(&self) -> Result<()> {
+        let blocks = Layout::for_chunks(self.chunks).bitmap_bytes / BITMAP_BLOCK_BYTES;
+        let _gate = self.gate.write();
+        for which in [Which::Diff, Which::Copy] {
+            for b in 0..blocks as usize {
+                let image = self.block_image(which, b);
+                self.store
+                    .write(&image, self.block_offset(which, b), false)?;
+            }
+        }
+        for f in self.diff_dirty.iter().chain(self.copy_dirty.iter()) {
+            f.store(false, Ordering::SeqCst);
+        }
+        self.store.flush()
+    }
+
+    /// Write the header (next slot, higher sequence) and flush it.
+    pub(super) fn write_header(&self, f: impl FnOnce(&mut Header)) -> Result<()> {
+        let mut h = self.header.lock();
+        let mut next = h.clone();
+        f(&mut next);
+        next.seq = h.seq + 1;
+        self.store
+            .write(&next.encode(), next.slot_offset(), false)?;
+        self.store.flush()?;
+        *h = next;
+        Ok(())
+    }
+
+    // ----- moving chunks -----------------------------------------------
+
+    fn copy_chunk(&self, c: u64, from: &dyn BlockDevice, to: &dyn BlockDevice) -> Result<()> {
+        let (start, len) = self.chunk_range(c);
+        let mut buf = AlignedBuf::new(len);
+        buf.set_len(len);
+        from.read(&mut buf, start)?;
+        to.write(&buf, start, false)
+    }
+
+    /// Save the master's point-in-time chunk `c` into the shadow.
+    /// Caller holds the chunk lock exclusively.
+    fn cow_to_shadow(&self, c: u64, master_lower: &dyn BlockDevice) -> Result<()> {
+        self.shadow
+            .with_lower(|shadow| self.copy_chunk(c, master_lower, shadow))?;
+        self.shadow_dirty.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Restore chunk `c` of the master from the shadow: first every other
+    /// set of the master saves its own point in time of `c`. Caller holds
+    /// the chunk lock exclusively.
+    fn restore_chunk(&self, c: u64, master_lower: &dyn BlockDevice) -> Result<()> {
+        let (start, len) = self.chunk_range(c);
+        for other in self.master.sets().iter() {
+            if !std::ptr::eq(other.as_ref(), self) {
+                other.prepare_master_write(start, len as u64, master_lower)?;
+            }
+        }
+        self.shadow
+            .with_lower(|shadow| self.copy_chunk(c, shadow, master_lower))?;
+        self.master_dirty.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Everything that must happen before a write to the master's
+    /// `[offset, offset + len)` reaches `master_lower`.
+    pub(super) fn prepare_master_write(
+        &self,
+        offset: u64,
+        len: u64,
+        master_lower: &dyn BlockDevice,
+    ) -> Result<()> {
+        if self.is_failed() {
+            return Ok(());
+        }
+        let mut need = 0u64;
+        for c in self.chunks_of(offset, len) {
+            let g = if self.restore_pending(c) || !self.shadow_holds(c) {
+                let _l = self.lock(c).write();
+                self.move_before_write(c, master_lower)
+                    .inspect_err(|e| self.fail(format!("copy-on-write of chunk {c}: {e}")))
+                    .unwrap_or(None)
+            } else if !self.diff.get(c) {
+                Some(self.change(c, &[Which::Diff], || {
+                    self.diff.set(c);
+                }))
+            } else {
+                self.undurable(c)
+            };
+            need = need.max(g.unwrap_or(0));
+        }
+        if need > 0 && !self.is_failed() {
+            // A commit failure takes the shadow offline; the master write
+            // itself goes on (the shadow is lost, not the master's data).
+            let _ = self.wait_durable(need);
+        }
+        Ok(())
+    }
+
+    /// Everything that must happen before a write to the shadow's range.
+    pub(super) fn prepare_shadow_write(&self, offset: u64, len: u64) -> Result<()> {
+        if self.is_failed() {
+            return Err(self.offline_error());
+        }
+        let mut need = 0u64;
+        for c in self.chunks_of(offset, len) {
+            let g = if self.restore_pending(c) || !self.shadow_holds(c) {
+                let _l = self.lock(c).write();
+                self.master
+                    .with_lower(|m| self.move_before_write(c, m))
+                    .inspect_err(|e| {
+                        self.fail(format!("copy before shadow write, chunk {c}: {e}"))
+                    })?
+            } else if !self.diff.get(c) {
+                Some(self.change(c, &[Which::Diff], || {
+                    self.diff.set(c);
+                }))
+            } else {
+                self.undurable(c)
+            };
+            need = need.max(g.unwrap_or(0));
+        }
+        if need > 0 {
+            self.wait_durable(need)?;
+        }
+        Ok(())
+    }
+
+    /// Under chunk `c`'s exclusive lock: finish whatever copy `c` still
+    /// owes (a restore to the master, or the point-in-time data to the
+    /// shadow), then mark it differing. Returns the generation to wait for.
+    fn move_before_write(&self, c: u64, master_lower: &dyn BlockDevice) -> Result<Option<u64>> {
+        if self.restore_pending(c) {
+            self.restore_chunk(c, master_lower)?;
+            return Ok(Some(self.change(c, &[Which::Diff, Which::Copy], || {
+                self.copy.clear(c);
+                self.diff.set(c);
+            })));
+        }
+        if !self.shadow_holds(c) {
+            self.cow_to_shadow(c, master_lower)?;
+            return Ok(Some(self.change(c, &[Which::Diff, Which::Copy], || {
+                if self.kind == Kind::Independent {
+                    self.copy.clear(c);
+                }
+                self.diff.set(c);
+            })));
+        }
+        // Another writer moved it while we waited for the lock.
+        if !self.diff.get(c) {
+            return Ok(Some(self.change(c, &[Which::Diff], || {
+                self.diff.set(c);
+            })));
+        }
+        Ok(self.undurable(c))
+    }
+
+    /// The copy engine's step for chunk `c`.
+    fn engine_copy(&self, c: u64) -> Result<()> {
+        let _l = self.lock(c).write();
+        if !self.copy.get(c) {
+            return Ok(());
+        }
+        match self.direction() {
+            Direction::ToShadow => {
+                self.master.with_lower(|m| self.cow_to_shadow(c, m))?;
+            }
+            Direction::ToMaster => {
+                self.master.with_lower(|m| self.restore_chunk(c, m))?;
+            }
+            Direction::None => return Ok(()),
+        }
+        self.change(c, &[Which::Copy], || {
+            self.copy.clear(c);
+        });
+        Ok(())
+    }
+
+    // ----- reads ---------------------------------------------------------
+
+    /// Read `buf` at `offset` from the shadow side.
+    pub(super) fn read_shadow(
+        &self,
+        buf: &mut [u8],
+        offset: u64,
+        shadow_lower: &dyn BlockDevice,
+    ) -> Result<()> {
+        if self.is_failed() {
+            return Err(self.offline_error());
+        }
+        let range = self.chunks_of(offset, buf.len() as u64);
+        if range.clone().all(|c| self.shadow_holds(c)) {
+            return shadow_lower.read(buf, offset);
+        }
+        // Split at chunk boundaries; chunks the shadow does not hold are
+        // read from the master under the chunk's shared lock, so no
+        // copy-on-write can change the master under the read.
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let c = pos / self.chunk_bytes;
+            let piece_end = if c < self.chunks {
+                ((c + 1) * self.chunk_bytes).min(end)
+            } else {
+                end
+            };
+            let piece = &mut buf[(pos - offset) as usize..(piece_end - offset) as usize];
+            if c >= self.chunks || self.shadow_holds(c) {
+                shadow_lower.read(piece, pos)?;
+            } else {
+                let _l = self.lock(c).read();
+                if self.shadow_holds(c) {
+                    shadow_lower.read(piece, pos)?;
+                } else {
+                    self.master.with_lower(|m| m.read(piece, pos))?;
+                }
+            }
+            pos = piece_end;
+        }
+        Ok(())
+    }
+
+    /// Serve the pieces of a master read whose restore is pending from the
+    /// shadow. Returns false (nothing read) when no chunk of the range is
+    /// pending, so the caller reads the master as usual.
+    pub(super) fn read_master_restoring(
+        &self,
+        buf: &mut [u8],
+        offset: u64,
+        master_lower: &dyn BlockDevice,
+    ) -> Result<bool> {
+        let range = self.chunks_of(offset, buf.len() as u64);
+        if !range.clone().any(|c| self.restore_pending(c)) {
+            return Ok(false);
+        }
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let c = pos / self.chunk_bytes;
+            let piece_end = ((c + 1) * self.chunk_bytes).min(end);
+            let piece = &mut buf[(pos - offset) as usize..(piece_end - offset) as usize];
+            let _l = self.lock(c).read();
+            if self.restore_pending(c) {
+                self.shadow.with_lower(|s| s.read(piece, pos))?;
+            } else {
+                master_lower.read(piece, pos)?;
+            }
+            pos = piece_end;
+        }
+        Ok(true)
+    }
+
+    // ----- transitions (both volumes quiesced) ---------------------------
+
+    /// Apply a whole-bitmap transition in memory.
+    fn apply_transition(&self, t: Transition) {
+        match t {
+            Transition::None => {}
+            Transition::Merge => {
+                self.copy.or_from(&self.diff);
+                self.diff.clear_all();
+            }
+            Transition::Fill => {
+                self.copy.fill();
+                self.diff.clear_all();
+            }
+            Transition::Clear => {
+                self.copy.clear_all();
+                self.diff.clear_all();
+            }
+        }
+    }
+
+    /// Take a new point in time or start a restore. The header records the
+    /// transition first; a crash part-way is redone at open.
+    pub(super) fn transition(&self, t: Transition, dir: Direction) -> Result<()> {
+        let active = dir != Direction::None;
+        if !self.memory_bitmap {
+            self.write_header(|h| {
+                h.transition = t;
+                h.direction = dir;
+                h.copy_active = active;
+            })?;
+        }
+        self.direction.store(dir_to_u8(dir), Ordering::SeqCst);
+        self.apply_transition(t);
+        if !self.memory_bitmap {
+            self.write_all_bitmaps()?;
+            self.write_header(|h| h.transition = Transition::None)?;
+        } else {
+            let mut h = self.header.lock();
+            h.direction = dir;
+            h.copy_active = active;
+        }
+        Ok(())
+    }
+
+    /// Redo a transition the header says was under way at a crash.
+    pub(super) fn redo_transition(&self) -> Result<()> {
+        let h = self.header_snapshot();
+        if h.transition != Transition::None {
+            log::warn!(
+                "image set {}: finishing a {:?} interrupted by a crash",
+                self.name,
+                h.transition
+            );
+            self.apply_transition(h.transition);
+            self.write_all_bitmaps()?;
+            self.write_header(|h| h.transition = Transition::None)?;
+        }
+        Ok(())
+    }
+
+    // ----- the copy engine ----------------------------------------------
+
+    /// Start the background copy in the current direction (if any chunk
+    /// is pending).
+    pub(super) fn start_engine(self: &Arc<Self>) {
+        let mut slot = self.engine.lock();
+        if slot.is_some() {
+            return;
+        }
+        if self.direction() == Direction::None {
+            return;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        self.copy_total.store(self.copy.count(), Ordering::SeqCst);
+        self.copying.store(true, Ordering::SeqCst);
+        let set = self.clone();
+        let st = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("image-copy-{}", self.name))
+            .spawn(move || set.run_engine(&st))
+            .expect("spawn the copy thread");
+        *slot = Some(Engine { stop, handle });
+    }
+
+    fn run_engine(&self, stop: &AtomicBool) {
+        let dir = self.direction();
+        log::info!(
+            "image set {}: copy {:?} started, {} chunks",
+            self.name,
+            dir,
+            self.copy.count()
+        );
+        let mut next = 0;
+        let mut since_commit = 0;
+        let mut since_sleep = 0u32;
+        let mut result: std::result::Result<(), String> = Ok(());
+        while let Some(c) = self.copy.next_set(next) {
+            if stop.load(Ordering::SeqCst) || self.is_failed() {
+                break;
+            }
+            if let Err(e) = self.engine_copy(c) {
+                result = Err(format!("copying chunk {c}: {e}"));
+                break;
+            }
+            next = c + 1;
+            since_commit += 1;
+            if since_commit >= ENGINE_COMMIT_CHUNKS {
+                since_commit = 0;
+                if let Err(e) = self.commit_all() {
+                    result = Err(format!("committing copy progress: {e}"));
+                    break;
+                }
+            }
+            let t = self.throttle();
+            if t.unit > 0 {
+                since_sleep += 1;
+                if since_sleep >= t.unit {
+                    since_sleep = 0;
+                    std::thread::sleep(Duration::from_millis(t.delay_ms as u64));
+                }
+            }
+        }
+        if result.is_ok() {
+            if let Err(e) = self.commit_all() {
+                result = Err(format!("committing copy progress: {e}"));
+            }
+        }
+        let stopped = stop.load(Ordering::SeqCst);
+        match result {
+            Err(e) => {
+                if dir == Direction::ToMaster {
+                    // The master still depends on the shadow for the
+                    // pending chunks; keep the set, report the error.
+                    log::error!("image set {}: restore stopped: {e}", self.name);
+                    self.emit("image.copy_failed", e);
+                } else {
+                    self.fail(e);
+                }
+            }
+            Ok(()) if !stopped && self.copy.count() == 0 => {
+                let _ = self.write_header(|h| h.copy_active = false);
+                log::info!("image set {}: copy {dir:?} complete", self.name);
+                self.emit("image.copy_done", format!("{dir:?}"));
+            }
+            Ok(()) => {}
+        }
+        self.copying.store(false, Ordering::SeqCst);
+        let _g = self.engine.lock();
+        self.engine_done.notify_all();
+    }
+
+    /// Stop the copy engine and wait for it. Pending bits stay: the target
+    /// keeps reading those chunks from the source (it is a dependent copy
+    /// of them). `persist` records the abort in the header so the copy does
+    /// not resume at restart.
+    pub(super) fn stop_engine(&self, persist: bool) -> Result<()> {
+        let engine = self.engine.lock().take();
+        if let Some(e) = engine {
+            e.stop.store(true, Ordering::SeqCst);
+            let _ = e.handle.join();
+        }
+        if persist {
+            self.write_header(|h| h.copy_active = false)?;
+        }
+        Ok(())
+    }
+
+    /// Wait for a running copy to end (finished, aborted or failed), at
+    /// most `timeout`. Returns true when no copy runs any more.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut slot = self.engine.lock();
+        while self.is_copying() {
+            if self.engine_done.wait_until(&mut slot, deadline).timed_out() {
+                return !self.is_copying();
+            }
+        }
+        // Reap a finished thread.
+        if let Some(e) = slot.take() {
+            drop(slot);
+            let _ = e.handle.join();
+        }
+        true
+    }
+
+    pub(super) fn set_throttle(&self, t: Throttle) -> Result<()> {
+        *self.throttle.lock() = t;
+        self.write_header(|h| {
+            h.throttle_delay_ms = t.delay_ms;
+            h.throttle_unit = t.unit;
+        })
+    }
+
+    /// Clean suspend: stop the copy (it resumes at the next open), write
+    /// every bit and mark the header clean.
+    pub(super) fn suspend(&self) -> Result<()> {
+        self.stop_engine(false)?;
+        if !self.is_failed() {
+            self.master.with_lower(|d| d.flush())?;
+            self.shadow.with_lower(|d| d.flush())?;
+        }
+        self.write_all_bitmaps()?;
+        self.write_header(|h| {
+            if h.state == HeaderState::Dirty {
+                h.state = HeaderState::Clean;
+            }
+        })
+    }
+
+    /// A new independent set: every chunk is pending. On disk this is the
+    /// zero-filled inverted copy bitmap, so nothing is written.
+    pub(super) fn copy_fill_for_enable(&self) {
+        self.copy.fill();
+    }
+
+    /// Mark the header dirty: the set is in use.
+    pub(super) fn mark_dirty(&self) -> Result<()> {
+        self.write_header(|h| {
+            if h.state == HeaderState::Clean {
+                h.state = HeaderState::Dirty;
+            }
+        })
+    }
+
+    /// Bring the shadow back online after a full copy re-established it.
+    pub(super) fn clear_failure(&self) -> Result<()> {
+        self.failed.store(false, Ordering::SeqCst);
+        *self.failure.lock() = None;
+        self.write_header(|h| h.state = HeaderState::Dirty)
+    }
+}
