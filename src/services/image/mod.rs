@@ -571,6 +571,15 @@ impl Imaging {
         Ok(())
     }
 
+    /// Stop every copy thread and write nothing: what a crash does to a
+    /// daemon's threads. Tests use it to "crash" before reopening the same
+    /// backends; nothing else should.
+    pub fn halt_all(&self) {
+        for s in self.inner.lock().sets.values() {
+            let _ = s.stop_engine(false);
+        }
+    }
+
     /// Clean shutdown of every set: stop copies (they resume at the next
     /// start), write every bit and mark each bitmap volume clean. Call after
     /// the volumes stopped admitting I/O.
