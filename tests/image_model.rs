@@ -68,7 +68,9 @@ struct Model {
 }
 
 fn fill(seed: u8, len: u64) -> Vec<u8> {
-    (0..len).map(|i| seed.wrapping_add((i / 512) as u8) ^ (i as u8)).collect()
+    (0..len)
+        .map(|i| seed.wrapping_add((i / 512) as u8) ^ (i as u8))
+        .collect()
 }
 
 fn read_all(v: &dyn BlockDevice) -> Vec<u8> {
@@ -159,6 +161,7 @@ fn run(ops: Vec<Op>) {
                         kind,
                         chunk_bytes: CHUNK,
                         memory_bitmap: false,
+                        throttle: Throttle::default(),
                     },
                     None,
                 );
@@ -169,7 +172,10 @@ fn run(ops: Vec<Op>) {
                         w.bitmap = Some(bitmap);
                     }
                     (Some(_), Err(ImageError::Conflict(_))) => {}
-                    (s, r) => panic!("step {step}: enable with set {s:?} gave {:?}", r.map(|_| ())),
+                    (s, r) => panic!(
+                        "step {step}: enable with set {s:?} gave {:?}",
+                        r.map(|_| ())
+                    ),
                 }
             }
             Op::Update { to_master, full } => {
@@ -225,9 +231,15 @@ fn run(ops: Vec<Op>) {
             Op::Restart { clean } => restart(&mut w, clean),
             Op::Throttle { slow } => {
                 let t = if slow {
-                    Throttle { delay_ms: 1, unit: 2 }
+                    Throttle {
+                        delay_ms: 1,
+                        unit: 2,
+                    }
                 } else {
-                    Throttle { delay_ms: 0, unit: 0 }
+                    Throttle {
+                        delay_ms: 0,
+                        unit: 0,
+                    }
                 };
                 let _ = w.img.set_throttle(SET, t);
             }

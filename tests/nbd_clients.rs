@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{require_root, require_tool, sh, write_random_file, Daemon};
+use common::{require_root, require_tool, sh, write_random_file, Daemon, NbdLoop};
 use std::process::Command;
 
 #[test]
@@ -199,38 +199,6 @@ fn several_clients_at_once_see_each_others_writes_after_flush() {
     }
 }
 
-/// Unmounts, detaches the loop device and stops nbdfuse however the test ends.
-struct Mounted {
-    mnt: std::path::PathBuf,
-    loopdev: Option<String>,
-    fuse_dir: std::path::PathBuf,
-    nbdfuse: Option<std::process::Child>,
-}
-
-impl Mounted {
-    fn unmount(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).status();
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        self.unmount();
-        if let Some(l) = self.loopdev.take() {
-            let _ = Command::new("losetup").args(["-d", &l]).status();
-        }
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&self.fuse_dir)
-            .status();
-        let _ = Command::new("umount").arg(&self.fuse_dir).status();
-        if let Some(mut c) = self.nbdfuse.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 #[test]
 fn ext4_through_nbdfuse_and_losetup_mount_write_remount_verify() {
     require_root();
@@ -247,45 +215,20 @@ fn ext4_through_nbdfuse_and_losetup_mount_write_remount_verify() {
     let d = Daemon::start();
     d.ok(&["volume", "create", "fs", "--size", "128M"]);
     let uri = d.export_nbd("fs");
-    let fuse_dir = d.dir.path().join("fuse");
     let mnt = d.dir.path().join("mnt");
-    std::fs::create_dir_all(&fuse_dir).unwrap();
-    std::fs::create_dir_all(&mnt).unwrap();
-    let child = Command::new("nbdfuse")
-        .arg(&fuse_dir)
-        .arg(&uri)
-        .spawn()
-        .expect("start nbdfuse");
-    let mut m = Mounted {
-        mnt: mnt.clone(),
-        loopdev: None,
-        fuse_dir: fuse_dir.clone(),
-        nbdfuse: Some(child),
-    };
-    let disk = fuse_dir.join("nbd");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !disk.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nbdfuse did not mount"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let loopdev = sh(&format!("losetup -f --show {}", disk.display()))
-        .trim()
-        .to_owned();
-    m.loopdev = Some(loopdev.clone());
+    let mut l = NbdLoop::attach(&uri, &d.dir.path().join("fuse"), false);
+    let loopdev = l.dev.clone();
     sh(&format!("mkfs.ext4 -q -F {loopdev}"));
-    sh(&format!("mount {loopdev} {}", mnt.display()));
+    l.mount(&mnt, "rw");
     for i in 0..20 {
         write_random_file(&mnt.join(format!("file{i}")), 100_000 + i * 4093, i as u64);
     }
     let sums = sh(&format!("cd {} && sha256sum file* ", mnt.display()));
     sh("sync");
-    m.unmount();
-    sh(&format!("mount {loopdev} {}", mnt.display()));
+    l.umount(&mnt);
+    l.mount(&mnt, "rw");
     let again = sh(&format!("cd {} && sha256sum file*", mnt.display()));
     assert_eq!(sums, again);
-    m.unmount();
+    l.umount(&mnt);
     sh(&format!("fsck.ext4 -n -f {loopdev}"));
 }

@@ -17,7 +17,7 @@ fn connect(socket: &Path) -> Result<Client> {
 }
 
 /// Send one request; a failed reply becomes an error carrying its message.
-fn call(socket: &Path, op: &str, args: Value) -> Result<Value> {
+pub(super) fn call(socket: &Path, op: &str, args: Value) -> Result<Value> {
     let reply = connect(socket)?
         .call(op, args)
         .with_context(|| format!("talking to the daemon at {}", socket.display()))?;
@@ -29,18 +29,18 @@ fn call(socket: &Path, op: &str, args: Value) -> Result<Value> {
     }
 }
 
-fn absolute(p: &Path) -> Result<PathBuf> {
+pub(super) fn absolute(p: &Path) -> Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))
 }
 
-fn print_json(v: &Value) {
+pub(super) fn print_json(v: &Value) {
     println!(
         "{}",
         serde_json::to_string_pretty(v).expect("JSON value serialises")
     );
 }
 
-fn s(v: &Value) -> String {
+pub(super) fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -64,7 +64,7 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 /// Print rows as aligned columns under `headers`.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+pub(super) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {

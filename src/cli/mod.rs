@@ -4,6 +4,7 @@
 //! the object and the cause), 2 usage error (clap's own exit code).
 
 mod commands;
+mod image;
 mod serve;
 
 use clap::{Args, Parser, Subcommand};
@@ -60,6 +61,10 @@ Example:\n  umbra serve --data-dir /var/lib/umbra")]
     /// Switch a volume's block cache on and off, and read its statistics
     #[command(subcommand)]
     Cache(CacheCommand),
+
+    /// Point-in-time copies: shadows of a master volume, update, restore, groups
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 
     /// Show the daemon's state
     #[command(
@@ -310,6 +315,7 @@ pub fn main() -> i32 {
         Command::Volume(c) => commands::volume(&socket, c),
         Command::Export(c) => commands::export(&socket, c),
         Command::Cache(c) => commands::cache(&socket, c),
+        Command::Image(c) => image::run(&socket, c),
         Command::Status(j) => commands::status(&socket, j.json),
         Command::Events(a) => commands::events(&socket, a),
     };

@@ -23,6 +23,10 @@ pub struct Config {
     pub volumes: Vec<VolumeConfig>,
     #[serde(default)]
     pub exports: Vec<ExportConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_groups: Vec<ImageGroupConfig>,
 }
 
 impl Default for Config {
@@ -31,6 +35,8 @@ impl Default for Config {
             version: CONFIG_VERSION,
             volumes: Vec::new(),
             exports: Vec::new(),
+            images: Vec::new(),
+            image_groups: Vec::new(),
         }
     }
 }
@@ -46,6 +52,28 @@ pub struct VolumeConfig {
     /// The read cache, when enabled (write-through).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheConfig>,
+}
+
+/// An image set. Its state (bits, copy direction, throttle) lives in the
+/// bitmap volume; this only says where to find it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    pub name: String,
+    pub master: String,
+    pub shadow: String,
+    pub bitmap: PathBuf,
+    pub mode: crate::services::image::Kind,
+    pub chunk_bytes: u32,
+    #[serde(default)]
+    pub memory_bitmap: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ImageGroupConfig {
+    pub name: String,
+    pub sets: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -139,6 +167,28 @@ impl Config {
                 return Err(format!("volume {} is exported twice", e.volume));
             }
         }
+        let mut sets = std::collections::HashSet::new();
+        for i in &self.images {
+            crate::control::validate_name(&i.name)?;
+            if !sets.insert(&i.name) {
+                return Err(format!("image set {} is listed twice", i.name));
+            }
+            for v in [&i.master, &i.shadow] {
+                if !names.contains(v) {
+                    return Err(format!("image set {} names unknown volume {v}", i.name));
+                }
+            }
+        }
+        let mut groups = std::collections::HashSet::new();
+        for g in &self.image_groups {
+            crate::control::validate_name(&g.name)?;
+            if !groups.insert(&g.name) {
+                return Err(format!("image group {} is listed twice", g.name));
+            }
+            if let Some(s) = g.sets.iter().find(|s| !sets.contains(s)) {
+                return Err(format!("image group {} names unknown set {s}", g.name));
+            }
+        }
         Ok(())
     }
 
@@ -186,10 +236,30 @@ mod tests {
                 listen: "127.0.0.1:10809".into(),
                 read_only: false,
             }],
+            images: vec![ImageConfig {
+                name: "snap".into(),
+                master: "a".into(),
+                shadow: "a".into(),
+                bitmap: "/tmp/snap.bitmap".into(),
+                mode: crate::services::image::Kind::Dependent,
+                chunk_bytes: 32768,
+                memory_bitmap: false,
+            }],
+            image_groups: vec![ImageGroupConfig {
+                name: "g".into(),
+                sets: vec!["snap".into()],
+            }],
         };
         cfg.save(dir.path()).unwrap();
         assert_eq!(Config::load(dir.path()).unwrap(), Some(cfg.clone()));
         assert!(!dir.path().join("umbra.json.tmp").exists());
+
+        let mut bad = cfg.clone();
+        bad.images[0].shadow = "nope".into();
+        assert!(bad.validate().unwrap_err().contains("unknown volume nope"));
+        let mut bad = cfg.clone();
+        bad.image_groups[0].sets.push("nope".into());
+        assert!(bad.validate().unwrap_err().contains("unknown set nope"));
 
         let mut bad = cfg.clone();
         bad.exports[0].volume = "b".into();

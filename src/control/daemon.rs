@@ -5,6 +5,8 @@
 //! persists the configuration; when persisting fails the runtime change is
 //! undone so what runs always matches what a restart would restore.
 
+mod image;
+
 use super::admin::OpError;
 use super::config::{CacheConfig, Config, ConfigError, ExportConfig, ExportKind, VolumeConfig};
 use super::events::EventBus;
@@ -14,6 +16,7 @@ use crate::device::{BlockDevice, SECTOR_SIZE_BYTES};
 use crate::export::nbd::{ListenAddr, NbdServer};
 use crate::interposer::Volume;
 use crate::services::cache::{CacheService, DEFAULT_CACHE_BYTES, MIN_CACHE_BYTES};
+use crate::services::image::Imaging;
 use nix::fcntl::{Flock, FlockArg};
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -68,12 +71,15 @@ struct State {
     servers: HashMap<String, Arc<NbdServer>>,
     /// Exports that could not be restored, by volume name.
     export_errors: HashMap<String, String>,
+    /// Image sets that could not be restored, by set name.
+    image_errors: HashMap<String, String>,
 }
 
 pub struct Daemon {
     data_dir: PathBuf,
     state: Mutex<State>,
-    events: EventBus,
+    events: Arc<EventBus>,
+    imaging: Imaging,
     stopping: AtomicBool,
     started: Instant,
     _lock: Flock<File>,
@@ -117,8 +123,10 @@ impl Daemon {
                 volumes: BTreeMap::new(),
                 servers: HashMap::new(),
                 export_errors: HashMap::new(),
+                image_errors: HashMap::new(),
             }),
-            events: EventBus::default(),
+            events: Arc::new(EventBus::default()),
+            imaging: Imaging::default(),
             stopping: AtomicBool::new(false),
             started: Instant::now(),
             _lock: lock,
@@ -196,6 +204,8 @@ impl Daemon {
             };
             st.volumes.insert(vc.name.clone(), entry);
         }
+        st.config = cfg.clone();
+        self.restore_images(&mut st);
         for ec in &cfg.exports {
             if let Err(e) = start_export(&mut st, ec) {
                 log::error!("export of {} not restored: {}", ec.volume, e.message);
@@ -242,6 +252,7 @@ impl Daemon {
             "cache.enable" => self.cache_enable(parse(op, args)?),
             "cache.disable" => self.cache_disable(parse(op, args)?),
             "cache.stats" => self.cache_stats(parse(op, args)?),
+            _ if op.starts_with("image.") => self.handle_image(op, args),
             _ => Err(OpError::new(
                 "unknown_op",
                 format!("unknown operation {op:?}; see docs/admin-protocol.md"),
@@ -260,6 +271,7 @@ impl Daemon {
             "volumes": st.volumes.len(),
             "volumes_offline": st.volumes.values().filter(|v| v.volume.is_none()).count(),
             "exports": st.config.exports.len(),
+            "image_sets": st.config.images.len(),
         })
     }
 
@@ -355,6 +367,20 @@ impl Daemon {
         let mut st = self.state.lock();
         if !st.volumes.contains_key(&a.name) {
             return Err(no_volume(&a.name));
+        }
+        if let Some(ic) = st
+            .config
+            .images
+            .iter()
+            .find(|i| i.master == a.name || i.shadow == a.name)
+        {
+            return Err(OpError::new(
+                "busy",
+                format!(
+                    "volume {} is in image set {}; `umbra image disable {}` first",
+                    a.name, ic.name, ic.name
+                ),
+            ));
         }
         let exported: Vec<_> = st
             .config
@@ -594,6 +620,9 @@ impl Daemon {
                 }
             }
         }
+        // No request reaches a volume now: write every image bit and
+        // mark the bitmap volumes clean.
+        self.imaging.suspend_all();
         if let Err(e) = st.config.save(&self.data_dir) {
             log::error!("persisting the configuration at shutdown: {e}");
         }
@@ -674,6 +703,15 @@ fn volume_json(st: &State, name: &str) -> Value {
         "backend": entry.volume.as_ref().map(|v| v.description().to_owned()),
         "services": entry.volume.as_ref().map(|v| v.service_names()).unwrap_or_default(),
         "cache": cfg.and_then(|c| c.cache).map(|c| json!({"mode": "write-through", "size_bytes": c.size_bytes})),
+        "image": st.config.images.iter().filter_map(|i| {
+            if i.master == name {
+                Some(json!({"set": i.name, "role": "master"}))
+            } else if i.shadow == name {
+                Some(json!({"set": i.name, "role": "shadow"}))
+            } else {
+                None
+            }
+        }).collect::<Vec<_>>(),
         "exports": exports,
     })
 }

@@ -245,3 +245,76 @@ pub fn write_random_file(path: &Path, bytes: usize, seed: u64) {
     rng.fill_bytes(&mut data);
     std::fs::write(path, data).unwrap();
 }
+
+/// An NBD export seen by the Linux block layer: nbdfuse exposes it as a
+/// file, losetup turns the file into a loop device. Everything (mounts,
+/// loop device, nbdfuse) is torn down however the test ends.
+pub struct NbdLoop {
+    pub dev: String,
+    fuse_dir: PathBuf,
+    nbdfuse: Option<Child>,
+    mounts: Vec<PathBuf>,
+}
+
+impl NbdLoop {
+    pub fn attach(uri: &str, fuse_dir: &Path, read_only: bool) -> NbdLoop {
+        std::fs::create_dir_all(fuse_dir).unwrap();
+        let mut cmd = Command::new("nbdfuse");
+        if read_only {
+            cmd.arg("--readonly");
+        }
+        let child = cmd.arg(fuse_dir).arg(uri).spawn().expect("start nbdfuse");
+        let mut l = NbdLoop {
+            dev: String::new(),
+            fuse_dir: fuse_dir.to_owned(),
+            nbdfuse: Some(child),
+            mounts: Vec::new(),
+        };
+        let disk = fuse_dir.join("nbd");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !disk.exists() {
+            assert!(Instant::now() < deadline, "nbdfuse did not mount");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let ro = if read_only { "-r " } else { "" };
+        l.dev = sh(&format!("losetup -f --show {ro}{}", disk.display()))
+            .trim()
+            .to_owned();
+        l
+    }
+
+    pub fn mount(&mut self, mnt: &Path, options: &str) {
+        std::fs::create_dir_all(mnt).unwrap();
+        sh(&format!(
+            "mount -o {options} {} {}",
+            self.dev,
+            mnt.display()
+        ));
+        self.mounts.push(mnt.to_owned());
+    }
+
+    pub fn umount(&mut self, mnt: &Path) {
+        sh(&format!("umount {}", mnt.display()));
+        self.mounts.retain(|m| m != mnt);
+    }
+}
+
+impl Drop for NbdLoop {
+    fn drop(&mut self) {
+        for m in self.mounts.drain(..).rev() {
+            let _ = Command::new("umount").arg(&m).status();
+        }
+        if !self.dev.is_empty() {
+            let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+        }
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.fuse_dir)
+            .status();
+        let _ = Command::new("umount").arg(&self.fuse_dir).status();
+        if let Some(mut c) = self.nbdfuse.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -65,6 +65,8 @@ pub struct EnableOptions {
     /// independent set is recopied in full (a new point in time) and any
     /// other set's shadow goes offline.
     pub memory_bitmap: bool,
+    /// Copy engine throttle from the start.
+    pub throttle: Throttle,
 }
 
 impl Default for EnableOptions {
@@ -73,6 +75,7 @@ impl Default for EnableOptions {
             kind: Kind::Dependent,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             memory_bitmap: false,
+            throttle: Throttle::default(),
         }
     }
 }
@@ -270,8 +273,8 @@ impl Imaging {
             memory_bitmap: opts.memory_bitmap,
             transition: Transition::None,
             chunk_bytes: opts.chunk_bytes,
-            throttle_delay_ms: 0,
-            throttle_unit: 0,
+            throttle_delay_ms: opts.throttle.delay_ms,
+            throttle_unit: opts.throttle.unit,
             master_bytes: mb,
             shadow_bytes: sb,
             chunks,

@@ -66,7 +66,7 @@ struct Engine {
     handle: JoinHandle<()>,
 }
 
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Throttle {
     /// Sleep this long…
     pub delay_ms: u32,

@@ -28,6 +28,7 @@ fn opts(kind: Kind) -> EnableOptions {
         kind,
         chunk_bytes: CHUNK,
         memory_bitmap: false,
+        throttle: Throttle::default(),
     }
 }
 

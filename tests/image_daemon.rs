@@ -1,0 +1,330 @@
+//! Imaging through the real daemon and real clients: the CLI lifecycle
+//! across restarts, `kill -9` during an independent copy under master
+//! writes, ext4 on a master with a dependent shadow mounted read-only, and
+//! bitmap volumes damaged on disk.
+
+mod common;
+
+use common::nbd::NbdClient;
+use common::{require_root, require_tool, sh, write_random_file, Daemon, NbdLoop};
+use std::time::Duration;
+
+fn sha(uri: &str) -> String {
+    sh(&format!("nbdcopy '{uri}' - | sha256sum"))
+}
+
+fn fill(d: &Daemon, volume: &str, bytes: usize, seed: u64) {
+    let src = d.dir.path().join(format!("fill-{volume}-{seed}.raw"));
+    write_random_file(&src, bytes, seed);
+    sh(&format!("nbdcopy {} '{}'", src.display(), d.uri_of(volume)));
+    std::fs::remove_file(src).unwrap();
+}
+
+/// Overwrite `n` scattered 4 KiB blocks of `volume` through NBD, flushed.
+fn scribble(d: &Daemon, volume: &str, n: u64, seed: u8) {
+    let mut c = NbdClient::connect(&d.addr_of(volume), volume);
+    for i in 0..n {
+        let off = ((i * 7919 + seed as u64 * 31) % 8192) * 4096;
+        assert_eq!(c.write(off, &[seed; 4096], 0), 0);
+    }
+    assert_eq!(c.flush(), 0);
+    c.disconnect();
+}
+
+#[test]
+fn image_cli_lifecycle_update_restore_group_and_restart() {
+    require_tool("nbdcopy");
+    let mut d = Daemon::start();
+    d.ok(&["volume", "create", "m", "--size", "32M"]);
+    d.export_nbd("m");
+    fill(&d, "m", 32 << 20, 1);
+    let t0 = sha(&d.uri_of("m"));
+
+    let v = d.json(&[
+        "image",
+        "enable",
+        "snap",
+        "--master",
+        "m",
+        "--shadow",
+        "s",
+        "--mode",
+        "dependent",
+    ]);
+    assert_eq!(v["state"], "idle", "{v}");
+    assert_eq!(v["shadow_created"], true);
+    assert!(v["establish_us"].as_u64().unwrap() < 5_000_000);
+    d.export_nbd("s");
+    scribble(&d, "m", 200, 7);
+    assert_eq!(sha(&d.uri_of("s")), t0, "shadow holds T0");
+    let info = d.json(&["image", "info", "snap"]);
+    assert!(info["chunks_differing"].as_u64().unwrap() > 0, "{info}");
+    let listed = d.ok(&["image", "list"]);
+    assert!(
+        listed.contains("snap") && listed.contains("dependent"),
+        "{listed}"
+    );
+
+    // Refusals with clear errors.
+    let out = d.cli(&["volume", "remove", "s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("image set snap"));
+    let out = d.cli(&[
+        "image",
+        "enable",
+        "x",
+        "--master",
+        "s",
+        "--shadow",
+        "y",
+        "--mode",
+        "dependent",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already the shadow of image set snap"));
+    d.ok(&["volume", "create", "tiny", "--size", "1M"]);
+    let out = d.cli(&[
+        "image",
+        "enable",
+        "x",
+        "--master",
+        "m",
+        "--shadow",
+        "tiny",
+        "--mode",
+        "independent",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("smaller than master"));
+
+    // A clean restart keeps the set and the point in time.
+    assert_eq!(d.stop(), 0);
+    d.spawn();
+    assert_eq!(sha(&d.uri_of("s")), t0, "after restart");
+    let m_now = sha(&d.uri_of("m"));
+
+    // A group update takes a new point in time.
+    d.ok(&["image", "group", "create", "g", "snap"]);
+    d.ok(&["image", "update", "--group", "g", "--to", "shadow"]);
+    assert_eq!(sha(&d.uri_of("s")), m_now);
+
+    // Restore: asks for --yes, refuses an exported read-write master.
+    scribble(&d, "m", 50, 9);
+    let out = d.cli(&["image", "update", "snap", "--to", "master"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    let out = d.cli(&["image", "update", "snap", "--to", "master", "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exported read-write"));
+    d.ok(&[
+        "image", "update", "snap", "--to", "master", "--yes", "--force", "--wait",
+    ]);
+    assert_eq!(sha(&d.uri_of("m")), m_now, "master restored");
+
+    let bitmap = d.data_dir().join("snap.bitmap");
+    assert!(bitmap.exists());
+    d.ok(&["image", "disable", "snap"]);
+    assert!(!bitmap.exists());
+    assert!(d
+        .json(&["image", "group", "list"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn kill_9_during_an_independent_copy_keeps_t0_and_the_copy_finishes() {
+    require_tool("nbdcopy");
+    let mut d = Daemon::start();
+    d.ok(&["volume", "create", "m", "--size", "64M"]);
+    d.export_nbd("m");
+    fill(&d, "m", 64 << 20, 3);
+    let t0 = sha(&d.uri_of("m"));
+    d.ok(&[
+        "image",
+        "enable",
+        "full",
+        "--master",
+        "m",
+        "--shadow",
+        "s",
+        "--mode",
+        "independent",
+        "--chunk-size",
+        "16K",
+        "--throttle-delay-ms",
+        "10",
+        "--throttle-unit",
+        "4",
+    ]);
+    d.export_nbd("s");
+    // Concurrent master writes while the copy runs, then kill -9.
+    let addr = d.addr_of("m");
+    let writer = std::thread::spawn(move || {
+        let mut c = NbdClient::connect(&addr, "m");
+        for i in 0..4000u64 {
+            let off = ((i * 104_729) % 16_384) * 4096;
+            if c.write(off, &[(i % 250) as u8 + 1; 4096], 0) != 0 {
+                break;
+            }
+            if i % 64 == 63 && c.flush() != 0 {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = d.json(&["image", "info", "full"]);
+    assert_eq!(
+        before["state"], "copying",
+        "the copy must still run at the kill: {before}"
+    );
+    d.kill9();
+    let _ = writer.join();
+    d.spawn();
+    let after = d.json(&["image", "info", "full"]);
+    assert_ne!(after["state"], "failed", "{after}");
+    d.ok(&[
+        "image",
+        "throttle",
+        "full",
+        "--delay-ms",
+        "0",
+        "--unit",
+        "0",
+    ]);
+    d.ok(&["image", "wait", "full", "--timeout", "120"]);
+    let done = d.json(&["image", "info", "full"]);
+    assert_eq!(
+        (done["state"].as_str(), done["chunks_to_copy"].as_u64()),
+        (Some("idle"), Some(0))
+    );
+    assert_eq!(
+        sha(&d.uri_of("s")),
+        t0,
+        "the shadow equals T0 after the crash"
+    );
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn ext4_dependent_shadow_mounts_with_exactly_the_files_of_t0() {
+    require_root();
+    for t in [
+        "nbdfuse",
+        "losetup",
+        "mkfs.ext4",
+        "mount",
+        "fusermount3",
+        "fsfreeze",
+    ] {
+        require_tool(t);
+    }
+    let d = Daemon::start();
+    d.ok(&["volume", "create", "fs", "--size", "128M"]);
+    let uri = d.export_nbd("fs");
+    let mnt = d.dir.path().join("mnt");
+    let mut master = NbdLoop::attach(&uri, &d.dir.path().join("fuse-m"), false);
+    sh(&format!("mkfs.ext4 -q -F {}", master.dev));
+    master.mount(&mnt, "rw");
+    for i in 0..12 {
+        write_random_file(&mnt.join(format!("file{i}")), 50_000 + i * 7001, i as u64);
+    }
+    let t0 = sh(&format!("cd {} && sha256sum file* | sort", mnt.display()));
+    // The user's procedure for a consistent image: freeze, establish, thaw.
+    sh(&format!("sync && fsfreeze -f {}", mnt.display()));
+    let out = d.cli(&[
+        "image",
+        "enable",
+        "snap",
+        "--master",
+        "fs",
+        "--shadow",
+        "fs-snap",
+        "--mode",
+        "dependent",
+    ]);
+    sh(&format!("fsfreeze -u {}", mnt.display()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Keep writing: new files, changed files, deleted files.
+    for i in 0..12 {
+        write_random_file(&mnt.join(format!("file{i}")), 60_000, 1000 + i as u64);
+    }
+    std::fs::remove_file(mnt.join("file3")).unwrap();
+    write_random_file(&mnt.join("later"), 300_000, 77);
+    sh("sync");
+    let snap_uri = d.export_nbd("fs-snap");
+    let mut shadow = NbdLoop::attach(&snap_uri, &d.dir.path().join("fuse-s"), true);
+    sh(&format!("fsck.ext4 -n -f {}", shadow.dev));
+    let smnt = d.dir.path().join("snap");
+    shadow.mount(&smnt, "ro,noload");
+    let seen = sh(&format!("cd {} && sha256sum file* | sort", smnt.display()));
+    assert_eq!(seen, t0, "the shadow shows exactly the files of T0");
+    assert!(!smnt.join("later").exists());
+    shadow.umount(&smnt);
+    master.umount(&mnt);
+}
+
+#[test]
+fn damaged_bitmap_volumes_are_refused_and_the_daemon_stays_up() {
+    let mut d = Daemon::start();
+    d.ok(&["volume", "create", "m", "--size", "8M"]);
+    type Damage = Box<dyn Fn(&std::path::Path)>;
+    let mut damage: Vec<(&str, Damage)> = vec![
+        (
+            "wrong magic",
+            Box::new(|p| {
+                let mut b = std::fs::read(p).unwrap();
+                b[0..8].copy_from_slice(b"NOTUMBRA");
+                b[4096..4104].copy_from_slice(b"NOTUMBRA");
+                std::fs::write(p, b).unwrap();
+            }),
+        ),
+        (
+            "checksum mismatch",
+            Box::new(|p| {
+                let mut b = std::fs::read(p).unwrap();
+                b[50] ^= 0x40;
+                b[4096 + 50] ^= 0x40;
+                std::fs::write(p, b).unwrap();
+            }),
+        ),
+        (
+            "truncated",
+            Box::new(|p| {
+                let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+                f.set_len(8192 + 100).unwrap();
+            }),
+        ),
+    ];
+    for (i, (want, f)) in damage.drain(..).enumerate() {
+        let set = format!("set{i}");
+        let shadow = format!("s{i}");
+        d.ok(&[
+            "image",
+            "enable",
+            &set,
+            "--master",
+            "m",
+            "--shadow",
+            &shadow,
+            "--mode",
+            "dependent",
+        ]);
+        assert_eq!(d.stop(), 0);
+        f(&d.data_dir().join(format!("{set}.bitmap")));
+        d.spawn();
+        let info = d.json(&["image", "info", &set]);
+        assert_eq!(info["state"], "offline", "{info}");
+        let err = info["error"].as_str().unwrap_or_default().to_owned();
+        assert!(err.contains(want) && err.contains(&set), "{want}: {err}");
+        // The daemon serves on, and the broken set can be removed.
+        d.ok(&["status"]);
+        d.ok(&["image", "disable", &set]);
+    }
+    assert_eq!(d.stop(), 0);
+}
