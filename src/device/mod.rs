@@ -119,6 +119,15 @@ pub trait BlockDevice: Send + Sync {
     fn latency_class(&self) -> LatencyClass {
         LatencyClass::Blocking
     }
+
+    /// Whether a write (or discard, write-zeroes) of this range may block
+    /// beyond the device's latency class: a layer with work to do first
+    /// (imaging's copy-on-write and bitmap commit) says so for the ranges
+    /// that need it, so a frontend runs only those off its inline path.
+    fn write_may_block(&self, offset: u64, len: u64) -> bool {
+        let _ = (offset, len);
+        self.latency_class() == LatencyClass::Blocking
+    }
 }
 
 /// See [`BlockDevice::latency_class`].
@@ -167,6 +176,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
     }
     fn latency_class(&self) -> LatencyClass {
         (**self).latency_class()
+    }
+    fn write_may_block(&self, offset: u64, len: u64) -> bool {
+        (**self).write_may_block(offset, len)
     }
 }
 

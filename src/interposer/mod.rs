@@ -270,6 +270,15 @@ impl BlockDevice for Volume {
             LatencyClass::Memory
         }
     }
+    fn write_may_block(&self, offset: u64, len: u64) -> bool {
+        // Only a layer that asks (imaging) makes this differ from the
+        // cached class; ask the stack only then.
+        if self.blocking.load(Ordering::Relaxed) {
+            return true;
+        }
+        let stack = self.stack.read();
+        !stack.services.is_empty() && stack.top.write_may_block(offset, len)
+    }
 }
 
 /// Held while a volume is quiesced: no request is in flight and none is

@@ -86,6 +86,9 @@ impl BlockDevice for PassthroughDevice {
     fn block_size_bytes(&self) -> u32 {
         self.lower.block_size_bytes()
     }
+    fn write_may_block(&self, offset: u64, len: u64) -> bool {
+        self.lower.write_may_block(offset, len)
+    }
     fn latency_class(&self) -> LatencyClass {
         self.lower.latency_class()
     }

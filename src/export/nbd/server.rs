@@ -662,9 +662,14 @@ impl Conn<'_> {
             if req.command == CMD_DISC {
                 break Stop::Disconnect;
             }
-            let may_block = self.volume.latency_class() == LatencyClass::Blocking
-                || req.command == CMD_FLUSH
-                || (req.flags & CMD_FLAG_FUA != 0 && req.command != CMD_READ);
+            let may_block = match req.command {
+                CMD_READ => self.volume.latency_class() == LatencyClass::Blocking,
+                CMD_FLUSH => true,
+                _ => {
+                    req.flags & CMD_FLAG_FUA != 0
+                        || self.volume.write_may_block(req.offset, req.length as u64)
+                }
+            };
             let mut buf = if may_block {
                 free.try_recv()
                     .unwrap_or_else(|_| AlignedBuf::new(64 * 1024))

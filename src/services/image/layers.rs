@@ -201,6 +201,10 @@ impl BlockDevice for MasterDevice {
     fn latency_class(&self) -> LatencyClass {
         self.lower.latency_class()
     }
+    fn write_may_block(&self, offset: u64, len: u64) -> bool {
+        self.lower.write_may_block(offset, len)
+            || self.sets.iter().any(|s| s.write_needs_work(offset, len))
+    }
 }
 
 struct ShadowDevice {

@@ -41,7 +41,9 @@ use std::time::Duration;
 /// Chunk locks are striped: chunk `c` uses stripe `c % LOCK_STRIPES`.
 const LOCK_STRIPES: u64 = 1024;
 /// The copy engine commits its progress every this many chunks.
-const ENGINE_COMMIT_CHUNKS: u64 = 64;
+const ENGINE_COMMIT_CHUNKS: u64 = 256;
+/// Longest run of consecutive pending chunks the engine copies in one I/O.
+const ENGINE_RUN_BYTES: u64 = 1 << 20;
 /// Bits per bitmap block written to the bitmap volume.
 const BITS_PER_BLOCK: u64 = BITMAP_BLOCK_BYTES * 8;
 
@@ -284,15 +286,6 @@ impl ImageSet {
         self.direction() == Direction::ToMaster && self.copy.get(c)
     }
 
-    /// Byte range of chunk `c` on the master (the last chunk may be short).
-    pub(super) fn chunk_range(&self, c: u64) -> (u64, usize) {
-        let start = c * self.chunk_bytes;
-        (
-            start,
-            (self.master_bytes - start).min(self.chunk_bytes) as usize,
-        )
-    }
-
     /// Chunks overlapping `[offset, offset + len)`, clipped to the master.
     pub(super) fn chunks_of(&self, offset: u64, len: u64) -> std::ops::Range<u64> {
         if len == 0 || offset >= self.master_bytes {
@@ -339,19 +332,28 @@ impl ImageSet {
     /// Change bits of chunk `c` with `f` and return the generation a writer
     /// must see durable before acknowledging.
     fn change(&self, c: u64, touched: &[Which], f: impl FnOnce()) -> u64 {
+        self.change_run(c, 1, touched, f)
+    }
+
+    /// [`Self::change`] for the `n` chunks from `first`.
+    fn change_run(&self, first: u64, n: u64, touched: &[Which], f: impl FnOnce()) -> u64 {
         let _gate = self.gate.read_recursive();
         let g = self.gen.fetch_add(1, Ordering::SeqCst) + 1;
-        // The word's generation is raised before any bit changes, so a
+        let last = first + n - 1;
+        // The words' generation is raised before any bit changes, so a
         // writer that sees the new bit also sees that it must wait for `g`.
-        self.word_gen[(c / 64) as usize].fetch_max(g, Ordering::SeqCst);
+        for w in first / 64..=last / 64 {
+            self.word_gen[w as usize].fetch_max(g, Ordering::SeqCst);
+        }
         f();
-        let block = (c / BITS_PER_BLOCK) as usize;
-        for w in touched {
-            match w {
-                Which::Diff => &self.diff_dirty[block],
-                Which::Copy => &self.copy_dirty[block],
+        for block in first / BITS_PER_BLOCK..=last / BITS_PER_BLOCK {
+            for w in touched {
+                match w {
+                    Which::Diff => &self.diff_dirty[block as usize],
+                    Which::Copy => &self.copy_dirty[block as usize],
+                }
+                .store(true, Ordering::SeqCst);
             }
-            .store(true, Ordering::SeqCst);
         }
         g
     }
@@ -528,37 +530,64 @@ impl ImageSet {
 
     // ----- moving chunks -----------------------------------------------
 
-    fn copy_chunk(&self, c: u64, from: &dyn BlockDevice, to: &dyn BlockDevice) -> Result<()> {
-        let (start, len) = self.chunk_range(c);
+    /// Copy the `n` chunks from `first` from one side's device to the other's.
+    fn copy_chunks(
+        &self,
+        first: u64,
+        n: u64,
+        from: &dyn BlockDevice,
+        to: &dyn BlockDevice,
+    ) -> Result<()> {
+        let (start, len) = self.run_range(first, n);
         let mut buf = AlignedBuf::new(len);
         buf.set_len(len);
         from.read(&mut buf, start)?;
         to.write(&buf, start, false)
     }
 
-    /// Save the master's point-in-time chunk `c` into the shadow.
-    /// Caller holds the chunk lock exclusively.
-    fn cow_to_shadow(&self, c: u64, master_lower: &dyn BlockDevice) -> Result<()> {
+    /// Byte range of the `n` chunks from `first` (the last may be short).
+    fn run_range(&self, first: u64, n: u64) -> (u64, usize) {
+        let start = first * self.chunk_bytes;
+        let end = ((first + n) * self.chunk_bytes).min(self.master_bytes);
+        (start, (end - start) as usize)
+    }
+
+    /// Save the master's point-in-time chunks into the shadow.
+    /// Caller holds the chunks' locks exclusively.
+    fn cow_to_shadow(&self, first: u64, n: u64, master_lower: &dyn BlockDevice) -> Result<()> {
         self.shadow
-            .with_lower(|shadow| self.copy_chunk(c, master_lower, shadow))?;
+            .with_lower(|shadow| self.copy_chunks(first, n, master_lower, shadow))?;
         self.shadow_dirty.store(true, Ordering::SeqCst);
         Ok(())
     }
 
-    /// Restore chunk `c` of the master from the shadow: first every other
-    /// set of the master saves its own point in time of `c`. Caller holds
-    /// the chunk lock exclusively.
-    fn restore_chunk(&self, c: u64, master_lower: &dyn BlockDevice) -> Result<()> {
-        let (start, len) = self.chunk_range(c);
+    /// Restore chunks of the master from the shadow: first every other set
+    /// of the master saves its own point in time of them. Caller holds the
+    /// chunks' locks exclusively.
+    fn restore_chunks(&self, first: u64, n: u64, master_lower: &dyn BlockDevice) -> Result<()> {
+        let (start, len) = self.run_range(first, n);
         for other in self.master.sets().iter() {
             if !std::ptr::eq(other.as_ref(), self) {
                 other.prepare_master_write(start, len as u64, master_lower)?;
             }
         }
         self.shadow
-            .with_lower(|shadow| self.copy_chunk(c, shadow, master_lower))?;
+            .with_lower(|shadow| self.copy_chunks(first, n, shadow, master_lower))?;
         self.master_dirty.store(true, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Would a master write to this range copy, commit or wait? (The
+    /// frontend's hint; the answer may be stale by the time the write runs,
+    /// which costs only where it runs, never correctness.)
+    pub(super) fn write_needs_work(&self, offset: u64, len: u64) -> bool {
+        !self.is_failed()
+            && self.chunks_of(offset, len).any(|c| {
+                self.restore_pending(c)
+                    || !self.shadow_holds(c)
+                    || !self.diff.get(c)
+                    || self.undurable(c).is_some()
+            })
     }
 
     /// Everything that must happen before a write to the master's
@@ -630,14 +659,14 @@ impl ImageSet {
     /// shadow), then mark it differing. Returns the generation to wait for.
     fn move_before_write(&self, c: u64, master_lower: &dyn BlockDevice) -> Result<Option<u64>> {
         if self.restore_pending(c) {
-            self.restore_chunk(c, master_lower)?;
+            self.restore_chunks(c, 1, master_lower)?;
             return Ok(Some(self.change(c, &[Which::Diff, Which::Copy], || {
                 self.copy.clear(c);
                 self.diff.set(c);
             })));
         }
         if !self.shadow_holds(c) {
-            self.cow_to_shadow(c, master_lower)?;
+            self.cow_to_shadow(c, 1, master_lower)?;
             return Ok(Some(self.change(c, &[Which::Diff, Which::Copy], || {
                 if self.kind == Kind::Independent {
                     self.copy.clear(c);
@@ -654,25 +683,42 @@ impl ImageSet {
         Ok(self.undurable(c))
     }
 
-    /// The copy engine's step for chunk `c`.
-    fn engine_copy(&self, c: u64) -> Result<()> {
-        let _l = self.lock(c).write();
-        if !self.copy.get(c) {
-            return Ok(());
+    /// The copy engine's step: copy the run of pending chunks that starts
+    /// at `c` (at most [`ENGINE_RUN_BYTES`]) in one read and one write.
+    /// Returns how many chunks it moved past.
+    fn engine_copy(&self, c: u64) -> Result<u64> {
+        let mut max = (ENGINE_RUN_BYTES / self.chunk_bytes).clamp(1, LOCK_STRIPES);
+        let t = self.throttle();
+        if t.unit > 0 {
+            // A throttled copy sleeps after every `unit` chunks exactly.
+            max = max.min(t.unit as u64);
+        }
+        let mut n = 1;
+        while n < max && c + n < self.chunks && self.copy.get(c + n) {
+            n += 1;
+        }
+        // Ascending order, distinct stripes (n <= LOCK_STRIPES): every other
+        // path holds at most one chunk lock of a set, so this cannot deadlock.
+        let _locks: Vec<_> = (c..c + n).map(|i| self.lock(i).write()).collect();
+        // A writer may have moved some of them while we waited.
+        let mut k = 0;
+        while k < n && self.copy.get(c + k) {
+            k += 1;
+        }
+        if k == 0 {
+            return Ok(1);
         }
         match self.direction() {
-            Direction::ToShadow => {
-                self.master.with_lower(|m| self.cow_to_shadow(c, m))?;
-            }
-            Direction::ToMaster => {
-                self.master.with_lower(|m| self.restore_chunk(c, m))?;
-            }
-            Direction::None => return Ok(()),
+            Direction::ToShadow => self.master.with_lower(|m| self.cow_to_shadow(c, k, m))?,
+            Direction::ToMaster => self.master.with_lower(|m| self.restore_chunks(c, k, m))?,
+            Direction::None => return Ok(n),
         }
-        self.change(c, &[Which::Copy], || {
-            self.copy.clear(c);
+        self.change_run(c, k, &[Which::Copy], || {
+            for i in c..c + k {
+                self.copy.clear(i);
+            }
         });
-        Ok(())
+        Ok(k)
     }
 
     // ----- reads ---------------------------------------------------------
@@ -850,12 +896,15 @@ impl ImageSet {
             if stop.load(Ordering::SeqCst) || self.is_failed() {
                 break;
             }
-            if let Err(e) = self.engine_copy(c) {
-                result = Err(format!("copying chunk {c}: {e}"));
-                break;
-            }
-            next = c + 1;
-            since_commit += 1;
+            let moved = match self.engine_copy(c) {
+                Ok(moved) => moved,
+                Err(e) => {
+                    result = Err(format!("copying from chunk {c}: {e}"));
+                    break;
+                }
+            };
+            next = c + moved;
+            since_commit += moved;
             if since_commit >= ENGINE_COMMIT_CHUNKS {
                 since_commit = 0;
                 if let Err(e) = self.commit_all() {
@@ -865,7 +914,7 @@ impl ImageSet {
             }
             let t = self.throttle();
             if t.unit > 0 {
-                since_sleep += 1;
+                since_sleep += moved as u32;
                 if since_sleep >= t.unit {
                     since_sleep = 0;
                     std::thread::sleep(Duration::from_millis(t.delay_ms as u64));
