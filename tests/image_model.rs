@@ -11,9 +11,7 @@ use std::time::Duration;
 use umbra::backend::MemoryBackend;
 use umbra::device::BlockDevice;
 use umbra::interposer::Volume;
-use umbra::services::image::{
-    bitmap_bytes_for, Direction, EnableOptions, ImageError, Imaging, Kind, Throttle,
-};
+use umbra::services::image::{bitmap_bytes_for, Direction, EnableOptions, Imaging, Kind, Throttle};
 
 const SIZE: u64 = 64 * 1024;
 const CHUNK: u32 = 4096;
@@ -24,7 +22,7 @@ enum Op {
     MasterWrite { off: u64, len: u64, seed: u8 },
     ShadowWrite { off: u64, len: u64, seed: u8 },
     MasterDiscard { off: u64, len: u64 },
-    Enable { independent: bool },
+    Enable { kind: u8 },
     Update { to_master: bool, full: bool },
     Abort,
     Disable { force: bool },
@@ -41,7 +39,7 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (range(), any::<u8>()).prop_map(|((off, len), seed)| Op::MasterWrite { off, len, seed }),
         4 => (range(), any::<u8>()).prop_map(|((off, len), seed)| Op::ShadowWrite { off, len, seed }),
         1 => range().prop_map(|(off, len)| Op::MasterDiscard { off, len }),
-        3 => any::<bool>().prop_map(|independent| Op::Enable { independent }),
+        3 => (0..3u8).prop_map(|kind| Op::Enable { kind }),
         3 => (any::<bool>(), any::<bool>()).prop_map(|(to_master, full)| Op::Update { to_master, full }),
         1 => Just(Op::Abort),
         1 => any::<bool>().prop_map(|force| Op::Disable { force }),
@@ -53,10 +51,26 @@ fn op() -> impl Strategy<Value = Op> {
 struct World {
     img: Imaging,
     master: Arc<Volume>,
+    /// The shadow of the current (or last) set: `s`, or the compact `c`.
     shadow: Arc<Volume>,
+    compact: bool,
     mb: Arc<dyn BlockDevice>,
     sb: Arc<dyn BlockDevice>,
+    /// The compact shadow's store (half the master) and the overflow
+    /// volume (a quarter): a compact set can run out of room.
+    cb: Arc<dyn BlockDevice>,
+    ob: Arc<dyn BlockDevice>,
     bitmap: Option<Arc<dyn BlockDevice>>,
+}
+
+const OVERFLOW: &str = "spill";
+
+fn shadow_volume(w: &World) -> Arc<Volume> {
+    if w.compact {
+        Arc::new(Volume::with_size("c", w.cb.clone(), String::new(), SIZE))
+    } else {
+        Arc::new(Volume::new("s", w.sb.clone(), String::new()))
+    }
 }
 
 struct Model {
@@ -86,8 +100,11 @@ fn restart(w: &mut World, clean: bool) {
         w.img.halt_all();
     }
     w.img = Imaging::default();
+    w.img
+        .overflow_add(OVERFLOW, w.ob.clone(), None)
+        .expect("overflow reopens");
     w.master = Arc::new(Volume::new("m", w.mb.clone(), String::new()));
-    w.shadow = Arc::new(Volume::new("s", w.sb.clone(), String::new()));
+    w.shadow = shadow_volume(w);
     if let Some(b) = &w.bitmap {
         w.img
             .open(SET, &w.master, &w.shadow, b.clone(), None)
@@ -102,6 +119,13 @@ fn pending(w: &World) -> (u64, Direction) {
     }
 }
 
+fn failed(w: &World) -> bool {
+    w.img
+        .info(SET)
+        .map(|i| i.state == "failed")
+        .unwrap_or(false)
+}
+
 fn wait(w: &World) {
     if let Ok(s) = w.img.get(SET) {
         assert!(s.wait(Duration::from_secs(30)), "copy did not finish");
@@ -113,12 +137,18 @@ fn run(ops: Vec<Op>) {
     let sb: Arc<dyn BlockDevice> = Arc::new(MemoryBackend::new(SIZE));
     mb.write(&fill(1, SIZE), 0, false).unwrap();
     sb.write(&fill(2, SIZE), 0, false).unwrap();
+    let ob: Arc<dyn BlockDevice> = Arc::new(MemoryBackend::new(4096 + SIZE / 4));
+    let img = Imaging::default();
+    img.overflow_add(OVERFLOW, ob.clone(), Some(CHUNK)).unwrap();
     let mut w = World {
-        img: Imaging::default(),
+        img,
         master: Arc::new(Volume::new("m", mb.clone(), String::new())),
         shadow: Arc::new(Volume::new("s", sb.clone(), String::new())),
+        compact: false,
         mb,
         sb,
+        cb: Arc::new(MemoryBackend::new(SIZE / 2)),
+        ob,
         bitmap: None,
     };
     let mut m = Model {
@@ -135,33 +165,46 @@ fn run(ops: Vec<Op>) {
             }
             Op::ShadowWrite { off, len, seed } => {
                 let d = fill(seed, len);
-                w.shadow.write(&d, off, false).unwrap();
-                if let Some(s) = &mut m.shadow {
-                    s[off as usize..(off + len) as usize].copy_from_slice(&d);
+                match w.shadow.write(&d, off, false) {
+                    Ok(()) => {
+                        if let Some(s) = &mut m.shadow {
+                            s[off as usize..(off + len) as usize].copy_from_slice(&d);
+                        }
+                    }
+                    // Only a compact shadow refuses a write: its set ran
+                    // out of room, or is gone and the write lies past the
+                    // smaller store.
+                    Err(e) => assert!(
+                        w.compact && (m.set.is_none() || failed(&w)),
+                        "step {step}: shadow write failed: {e}"
+                    ),
                 }
             }
             Op::MasterDiscard { off, len } => {
                 w.master.discard(off, len).unwrap();
                 m.master[off as usize..(off + len) as usize].fill(0);
             }
-            Op::Enable { independent } => {
-                let kind = if independent {
-                    Kind::Independent
-                } else {
-                    Kind::Dependent
-                };
+            Op::Enable { kind } => {
+                let kind = [Kind::Independent, Kind::Dependent, Kind::Compact][kind as usize];
                 let bitmap: Arc<dyn BlockDevice> =
-                    Arc::new(MemoryBackend::new(bitmap_bytes_for(SIZE, CHUNK)));
+                    Arc::new(MemoryBackend::new(bitmap_bytes_for(SIZE, CHUNK, kind)));
+                let candidate = if m.set.is_none() {
+                    w.compact = kind == Kind::Compact;
+                    shadow_volume(&w)
+                } else {
+                    w.shadow.clone()
+                };
                 let r = w.img.enable(
                     SET,
                     &w.master,
-                    &w.shadow,
+                    &candidate,
                     bitmap.clone(),
                     &EnableOptions {
                         kind,
                         chunk_bytes: CHUNK,
                         memory_bitmap: false,
                         throttle: Throttle::default(),
+                        overflow: (kind == Kind::Compact).then(|| OVERFLOW.to_string()),
                     },
                     None,
                 );
@@ -170,8 +213,9 @@ fn run(ops: Vec<Op>) {
                         m.set = Some(kind);
                         m.shadow = Some(m.master.clone());
                         w.bitmap = Some(bitmap);
+                        w.shadow = candidate;
                     }
-                    (Some(_), Err(ImageError::Conflict(_))) => {}
+                    (Some(_), Err(_)) => {}
                     (s, r) => panic!(
                         "step {step}: enable with set {s:?} gave {:?}",
                         r.map(|_| ())
@@ -188,13 +232,14 @@ fn run(ops: Vec<Op>) {
                 };
                 let r = w.img.update(&[SET.to_string()], to, full);
                 let refused = m.set.is_none()
+                    || failed(&w)
                     || (left > 0 && dir == Direction::ToMaster && !to_master)
                     || (left > 0 && dir == Direction::ToShadow && to_master);
                 match r {
                     Ok(()) => {
                         assert!(!refused, "step {step}: update should be refused");
                         if to_master {
-                            m.master = m.shadow.clone().expect("a set's shadow is defined");
+                            m.master = m.shadow.clone().expect("a live set's shadow is defined");
                         } else {
                             m.shadow = Some(m.master.clone());
                         }
@@ -207,14 +252,19 @@ fn run(ops: Vec<Op>) {
             }
             Op::Disable { force } => {
                 let (left, dir) = pending(&w);
+                // Forcing away an unfinished restore leaves the master's
+                // pending chunks unrestored by design; the model does not
+                // follow the master there.
+                let force = force && !(left > 0 && dir == Direction::ToMaster);
                 let r = w.img.disable(SET, force);
                 match m.set {
                     None => assert!(r.is_err()),
                     Some(kind) => {
-                        let refused = (left > 0 && dir == Direction::ToMaster)
-                            || (left > 0 && kind == Kind::Independent && !force);
+                        let refused =
+                            (left > 0 && dir == Direction::ToMaster && !(force && failed(&w)))
+                                || (left > 0 && kind == Kind::Independent && !force);
                         if r.is_ok() {
-                            if kind == Kind::Dependent || left > 0 {
+                            if kind != Kind::Independent || left > 0 {
                                 m.shadow = None;
                             }
                             m.set = None;
@@ -243,6 +293,11 @@ fn run(ops: Vec<Op>) {
                 };
                 let _ = w.img.set_throttle(SET, t);
             }
+        }
+        // A compact set that ran out of room is failed: its shadow is
+        // offline, the master unaffected.
+        if m.set == Some(Kind::Compact) && failed(&w) {
+            m.shadow = None;
         }
         assert!(
             read_all(w.master.as_ref()) == m.master,

@@ -19,7 +19,9 @@ now. Both volumes stay readable and writable; SHADOW is an ordinary volume you c
 Modes:\n  dependent    copy-on-write only: before a master chunk is first overwritten, its \
 point-in-time data is saved to the shadow; unchanged shadow chunks are read from the master.\n  \
 independent  also copies every chunk to the shadow in the background (see `image wait`); \
-once done the shadow stands alone.\n\n\
+once done the shadow stands alone.\n  \
+compact      dependent, with a shadow store smaller than the master (--shadow-size): saved \
+chunks are packed into it through an index, then into an --overflow volume.\n\n\
 SHADOW is created in the data dir at the master's size when no volume has that name. The \
 bitmap volume (one bit per chunk, two bitmaps) goes to DATA_DIR/SET.bitmap unless --bitmap \
 names a new file. For a consistent filesystem image, have the filesystem quiesced (fsfreeze) \
@@ -94,6 +96,71 @@ percent, bitmap volume, groups.\n\nExample:\n  umbra image info nightly --json"
     /// Group sets so that one update takes a single point in time across them
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Overflow volumes: shared spill space for compact shadows
+    #[command(subcommand)]
+    Overflow(OverflowCommand),
+}
+
+#[derive(Subcommand)]
+pub enum OverflowCommand {
+    /// Create an overflow volume
+    #[command(
+        long_about = "Create an overflow volume: space that compact shadows spill saved \
+chunks into once their own store is full. Several sets can share one. A set whose shadow and \
+overflow are both full goes to the failed state (its shadow offline) with an event; the \
+master keeps working.\n\nExamples:\n  umbra image overflow create spill --size 4G\n  \
+umbra image enable s1 --master db --shadow db-c --mode compact --shadow-size 1G --overflow spill"
+    )]
+    Create(OverflowCreate),
+    /// Let a compact set spill into an overflow volume
+    #[command(
+        long_about = "Attach an overflow volume to a compact set.\n\nExample:\n  umbra image overflow attach s1 spill"
+    )]
+    Attach(OverflowAttach),
+    /// Stop a compact set spilling (refused while its chunks live there)
+    #[command(
+        long_about = "Detach a compact set's overflow volume. Refused while chunks of the \
+set live there: refresh the shadow or disable the set first. When the last set leaves an \
+overflow volume, its space is free again.\n\nExample:\n  umbra image overflow detach s1"
+    )]
+    Detach(SetArg),
+    /// Capacity, use and sets of overflow volumes
+    #[command(
+        long_about = "Show overflow volumes: capacity and used chunks, attached sets.\n\nExample:\n  umbra image overflow info --json"
+    )]
+    Info(OverflowInfo),
+    /// Delete an overflow volume no set uses
+    #[command(
+        long_about = "Delete an overflow volume (and its file); refused while a set uses it.\n\nExample:\n  umbra image overflow remove spill"
+    )]
+    Remove(SetArg),
+}
+
+#[derive(Args)]
+pub struct OverflowCreate {
+    name: String,
+    /// Space for chunks, e.g. 4G
+    #[arg(long, value_parser = parse_size)]
+    size: u64,
+    /// Chunk size of the sets that will use it
+    #[arg(long, value_parser = parse_size, default_value = "32K")]
+    chunk_size: u64,
+    /// File to create [default: DATA_DIR/NAME.overflow]
+    #[arg(long)]
+    path: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct OverflowAttach {
+    set: String,
+    overflow: String,
+}
+
+#[derive(Args)]
+pub struct OverflowInfo {
+    name: Option<String>,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -122,6 +189,8 @@ Example:\n  umbra image group create db-all data-snap log-snap"
 pub enum Mode {
     Independent,
     Dependent,
+    /// Dependent, with a shadow smaller than the master (needs --shadow-size)
+    Compact,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -153,9 +222,13 @@ pub struct EnableArgs {
     /// (a new point in time) and any other set's shadow goes offline
     #[arg(long)]
     memory_bitmap: bool,
-    /// Size of a shadow volume created by this command [default: the master's size]
+    /// Size of a shadow volume created by this command [default: the master's
+    /// size]; for a compact set, the store for saved chunks
     #[arg(long, value_parser = parse_size)]
     shadow_size: Option<u64>,
+    /// A compact set's overflow volume (see `image overflow create`)
+    #[arg(long)]
+    overflow: Option<String>,
     /// Throttle the background copy from the start: sleep this many ms…
     #[arg(long, default_value_t = 0, requires = "throttle_unit")]
     throttle_delay_ms: u32,
@@ -254,7 +327,12 @@ pub fn run(socket: &Path, cmd: ImageCommand) -> Result<()> {
                     "name": a.set,
                     "master": a.master,
                     "shadow": a.shadow,
-                    "mode": match a.mode { Mode::Independent => "independent", Mode::Dependent => "dependent" },
+                    "mode": match a.mode {
+                        Mode::Independent => "independent",
+                        Mode::Dependent => "dependent",
+                        Mode::Compact => "compact",
+                    },
+                    "overflow": a.overflow,
                     "chunk_bytes": u32::try_from(a.chunk_size).unwrap_or(u32::MAX),
                     "bitmap": a.bitmap.as_deref().map(absolute).transpose()?,
                     "memory_bitmap": a.memory_bitmap,
@@ -361,6 +439,7 @@ pub fn run(socket: &Path, cmd: ImageCommand) -> Result<()> {
                 }
             }
         }
+        ImageCommand::Overflow(o) => overflow(socket, o)?,
         ImageCommand::Group(g) => match g {
             GroupCommand::Create(a) => {
                 call(
@@ -552,4 +631,75 @@ fn wait_for(socket: &Path, set: &str, timeout: Option<Duration>) -> Result<()> {
             }
         }
     }
+}
+
+fn overflow(socket: &Path, cmd: OverflowCommand) -> Result<()> {
+    match cmd {
+        OverflowCommand::Create(a) => {
+            let v = call(
+                socket,
+                "image.overflow.create",
+                json!({
+                    "name": a.name,
+                    "size_bytes": a.size,
+                    "chunk_bytes": u32::try_from(a.chunk_size).unwrap_or(u32::MAX),
+                    "path": a.path.as_deref().map(absolute).transpose()?,
+                }),
+            )?;
+            println!(
+                "overflow volume {} created: {} chunks on {}",
+                a.name,
+                s(&v["capacity_chunks"]),
+                s(&v["path"])
+            );
+        }
+        OverflowCommand::Attach(a) => {
+            call(
+                socket,
+                "image.overflow.attach",
+                json!({"set": a.set, "overflow": a.overflow}),
+            )?;
+            println!(
+                "image set {} spills into overflow volume {}",
+                a.set, a.overflow
+            );
+        }
+        OverflowCommand::Detach(a) => {
+            call(socket, "image.overflow.detach", json!({"name": a.name}))?;
+            println!("image set {} has no overflow volume", a.name);
+        }
+        OverflowCommand::Info(a) => {
+            let v = call(socket, "image.overflow.info", json!({"name": a.name}))?;
+            if a.json {
+                print_json(&v);
+                return Ok(());
+            }
+            let all = match v {
+                Value::Array(a) => a,
+                one => vec![one],
+            };
+            let rows = all
+                .iter()
+                .map(|o| {
+                    let sets: Vec<String> = o["sets"]
+                        .as_array()
+                        .map(|a| a.iter().map(s).collect())
+                        .unwrap_or_default();
+                    vec![
+                        s(&o["name"]),
+                        s(&o["state"]),
+                        format!("{} / {}", s(&o["used_chunks"]), s(&o["capacity_chunks"])),
+                        sets.join(" "),
+                        s(&o["path"]),
+                    ]
+                })
+                .collect();
+            table(&["OVERFLOW", "STATE", "USED", "SETS", "PATH"], rows);
+        }
+        OverflowCommand::Remove(a) => {
+            call(socket, "image.overflow.remove", json!({"name": a.name}))?;
+            println!("overflow volume {} removed", a.name);
+        }
+    }
+    Ok(())
 }

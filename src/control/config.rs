@@ -27,6 +27,16 @@ pub struct Config {
     pub images: Vec<ImageConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_groups: Vec<ImageGroupConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_overflows: Vec<OverflowConfig>,
+}
+
+/// An overflow volume compact image sets share.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OverflowConfig {
+    pub name: String,
+    pub path: PathBuf,
 }
 
 impl Default for Config {
@@ -37,6 +47,7 @@ impl Default for Config {
             exports: Vec::new(),
             images: Vec::new(),
             image_groups: Vec::new(),
+            image_overflows: Vec::new(),
         }
     }
 }
@@ -52,6 +63,10 @@ pub struct VolumeConfig {
     /// The read cache, when enabled (write-through).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheConfig>,
+    /// Size the volume presents when it differs from its backing file's
+    /// (a compact shadow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_size_bytes: Option<u64>,
 }
 
 /// An image set. Its state (bits, copy direction, throttle) lives in the
@@ -229,6 +244,7 @@ mod tests {
                 cache: Some(CacheConfig {
                     size_bytes: 1 << 20,
                 }),
+                virtual_size_bytes: None,
             }],
             exports: vec![ExportConfig {
                 volume: "a".into(),
@@ -248,6 +264,10 @@ mod tests {
             image_groups: vec![ImageGroupConfig {
                 name: "g".into(),
                 sets: vec!["snap".into()],
+            }],
+            image_overflows: vec![OverflowConfig {
+                name: "spill".into(),
+                path: "/tmp/spill.ovf".into(),
             }],
         };
         cfg.save(dir.path()).unwrap();

@@ -12,7 +12,7 @@ use super::config::{CacheConfig, Config, ConfigError, ExportConfig, ExportKind, 
 use super::events::EventBus;
 use super::{validate_name, SOCKET_FILE};
 use crate::backend::{EngineKind, FileBackend, FileOptions};
-use crate::device::{BlockDevice, SECTOR_SIZE_BYTES};
+use crate::device::{BlockDevice, Describe, SECTOR_SIZE_BYTES};
 use crate::export::nbd::{ListenAddr, NbdServer};
 use crate::interposer::Volume;
 use crate::services::cache::{CacheService, DEFAULT_CACHE_BYTES, MIN_CACHE_BYTES};
@@ -173,7 +173,10 @@ impl Daemon {
         for vc in &cfg.volumes {
             let entry = match FileBackend::open(&vc.path, vc.options) {
                 Ok(be) => {
-                    let volume = Arc::new(Volume::with_describe(&vc.name, be));
+                    let description = be.describe();
+                    let size = vc.virtual_size_bytes.unwrap_or(be.size_bytes());
+                    let volume =
+                        Arc::new(Volume::with_size(&vc.name, Arc::new(be), description, size));
                     let cache = vc
                         .cache
                         .and_then(|c| match attach_cache(&volume, c.size_bytes) {
@@ -334,13 +337,34 @@ impl Daemon {
         path: PathBuf,
         backend: FileBackend,
     ) -> Result<Value, OpError> {
+        self.add_volume_sized(st, name, path, backend, None)
+    }
+
+    /// [`Self::add_volume_locked`] with a presented size other than the
+    /// backend's (a compact shadow).
+    fn add_volume_sized(
+        &self,
+        st: &mut State,
+        name: &str,
+        path: PathBuf,
+        backend: FileBackend,
+        virtual_size_bytes: Option<u64>,
+    ) -> Result<Value, OpError> {
         let options = backend.options();
-        let volume = Arc::new(Volume::with_describe(name, backend));
+        let description = backend.describe();
+        let size = virtual_size_bytes.unwrap_or(backend.size_bytes());
+        let volume = Arc::new(Volume::with_size(
+            name,
+            Arc::new(backend),
+            description,
+            size,
+        ));
         st.config.volumes.push(VolumeConfig {
             name: name.to_owned(),
             path: path.clone(),
             options,
             cache: None,
+            virtual_size_bytes,
         });
         if let Err(e) = self.persist(st) {
             st.config.volumes.pop();

@@ -339,7 +339,7 @@ impl CrashClock {
         self.frozen.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Flushes seen so far (a run with `freeze_at = 0` counts them all).
+    /// Flushes issued so far, before and after the freeze.
     pub fn flushes(&self) -> u64 {
         self.flushes.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -399,10 +399,10 @@ impl BlockDevice for CrashDevice {
         use std::sync::atomic::Ordering;
         let cur = self.current.read();
         let mut durable = self.durable.lock();
+        let n = self.clock.flushes.fetch_add(1, Ordering::SeqCst) + 1;
         if self.clock.frozen() {
             return Ok(());
         }
-        let n = self.clock.flushes.fetch_add(1, Ordering::SeqCst) + 1;
         durable.copy_from_slice(&cur);
         if n == self.clock.freeze_at {
             self.clock.frozen.store(true, Ordering::SeqCst);

@@ -134,9 +134,23 @@ pub struct Volume {
 
 impl Volume {
     pub fn new(name: &str, backend: Arc<dyn BlockDevice>, description: String) -> Self {
+        let size = backend.size_bytes();
+        Self::with_size(name, backend, description, size)
+    }
+
+    /// A volume that presents `size_bytes` whatever its backend's size: a
+    /// compact shadow shows its master's size over a smaller store, through
+    /// the imaging layer that maps one to the other. Without that layer,
+    /// requests past the backend's end fail with EINVAL.
+    pub fn with_size(
+        name: &str,
+        backend: Arc<dyn BlockDevice>,
+        description: String,
+        size_bytes: u64,
+    ) -> Self {
         Volume {
             name: name.to_owned(),
-            size_bytes: backend.size_bytes(),
+            size_bytes,
             stack: RwLock::new(Stack {
                 top: backend.clone(),
                 services: Vec::new(),

@@ -8,7 +8,7 @@
 use super::{online_volume, parse, Daemon, State};
 use crate::backend::{EngineKind, FileBackend, FileOptions};
 use crate::control::admin::OpError;
-use crate::control::config::{ImageConfig, ImageGroupConfig, VolumeConfig};
+use crate::control::config::{ImageConfig, ImageGroupConfig, OverflowConfig, VolumeConfig};
 use crate::control::validate_name;
 use crate::device::BlockDevice;
 use crate::services::image::{
@@ -50,8 +50,22 @@ impl Daemon {
         Arc::new(move |kind: &str, set: &str, detail: String| events.publish(kind, set, detail))
     }
 
-    /// Reopen every configured set (at start, after the volumes).
+    /// Reopen every overflow volume, then every configured set (at start,
+    /// after the volumes).
     pub(super) fn restore_images(&self, st: &mut State) {
+        for oc in st.config.image_overflows.clone() {
+            let res = FileBackend::open(&oc.path, bitmap_options())
+                .map_err(|e| format!("overflow volume {}: {e}", oc.name))
+                .and_then(|dev| {
+                    self.imaging
+                        .overflow_add(&oc.name, Arc::new(dev), None)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = res {
+                log::error!("{e}");
+                st.image_errors.insert(format!("overflow:{}", oc.name), e);
+            }
+        }
         for ic in st.config.images.clone() {
             let res = (|| -> Result<(), OpError> {
                 let master = online_volume(st, &ic.master)?;
@@ -130,6 +144,64 @@ impl Daemon {
                 self.events.publish("image.group_removed", &a.name, "");
                 Ok(json!({"name": a.name}))
             }
+            "image.overflow.create" => self.overflow_create(parse(op, args)?),
+            "image.overflow.attach" => {
+                let a: OverflowAttachArgs = parse(op, args)?;
+                self.imaging.overflow_attach(&a.set, Some(&a.overflow))?;
+                self.events
+                    .publish("image.overflow_attached", &a.set, a.overflow.clone());
+                self.image_info(&a.set)
+            }
+            "image.overflow.detach" => {
+                let a: SetArgs = parse(op, args)?;
+                self.imaging.overflow_attach(&a.name, None)?;
+                self.events.publish("image.overflow_detached", &a.name, "");
+                self.image_info(&a.name)
+            }
+            "image.overflow.info" => {
+                let a: OptNameArgs = parse(op, args)?;
+                let st = self.state.lock();
+                let all: Vec<Value> = st
+                    .config
+                    .image_overflows
+                    .iter()
+                    .filter(|o| a.name.as_ref().is_none_or(|n| n == &o.name))
+                    .map(|o| self.overflow_json(&st, o))
+                    .collect();
+                match a.name {
+                    Some(n) => all
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| OpError::not_found(format!("no overflow volume named {n}"))),
+                    None => Ok(Value::Array(all)),
+                }
+            }
+            "image.overflow.remove" => {
+                let a: SetArgs = parse(op, args)?;
+                let mut st = self.state.lock();
+                let Some(pos) = st
+                    .config
+                    .image_overflows
+                    .iter()
+                    .position(|o| o.name == a.name)
+                else {
+                    return Err(OpError::not_found(format!(
+                        "no overflow volume named {}",
+                        a.name
+                    )));
+                };
+                if self.imaging.overflow_info(&a.name).is_ok() {
+                    self.imaging.overflow_remove(&a.name)?;
+                }
+                let oc = st.config.image_overflows.remove(pos);
+                if let Err(e) = self.persist(&st) {
+                    st.config.image_overflows.insert(pos, oc);
+                    return Err(e);
+                }
+                let _ = std::fs::remove_file(&oc.path);
+                self.events.publish("image.overflow_removed", &a.name, "");
+                Ok(json!({"name": a.name}))
+            }
             "image.group.list" => {
                 let st = self.state.lock();
                 Ok(serde_json::to_value(&st.config.image_groups).expect("groups serialise"))
@@ -162,8 +234,16 @@ impl Daemon {
             .filter(|g| g.sets.contains(&ic.name))
             .map(|g| g.name.as_str())
             .collect();
-        let mut v = match self.imaging.info(&ic.name) {
-            Ok(info) => serde_json::to_value(info).expect("info serialises"),
+        let mut v = match self.imaging.get(&ic.name) {
+            Ok(set) => {
+                let info = self.imaging.info(&ic.name).expect("registered");
+                let mut v = serde_json::to_value(info).expect("info serialises");
+                if set.kind() == Kind::Compact {
+                    v["overflow"] = json!(set.overflow_name());
+                    v["overflow_chunks"] = json!(set.overflow_chunks());
+                }
+                v
+            }
             Err(_) => json!({
                 "name": ic.name,
                 "master": ic.master,
@@ -192,13 +272,29 @@ impl Daemon {
         // The shadow is an existing volume, or created now at the master's
         // size next to it in the data dir.
         let created_shadow = !st.volumes.contains_key(&a.shadow);
+        let compact = a.mode == Kind::Compact;
+        if compact && !created_shadow {
+            return Err(OpError::invalid(format!(
+                "image set {}: a compact shadow is created by `image enable` (with --shadow-size); \
+                 volume {} already exists",
+                a.name, a.shadow
+            )));
+        }
+        if compact && a.shadow_size_bytes.is_none() {
+            return Err(OpError::invalid(format!(
+                "image set {}: a compact set needs --shadow-size (the space for saved chunks)",
+                a.name
+            )));
+        }
         if created_shadow {
             validate_name(&a.shadow).map_err(|e| OpError::invalid(format!("shadow: {e}")))?;
             let size = a.shadow_size_bytes.unwrap_or(master.size_bytes());
             let path = self.data_dir.join(format!("{}.img", a.shadow));
             let backend = FileBackend::create(&path, size, FileOptions::default())
                 .map_err(|e| OpError::failed(format!("shadow {}: {e}", a.shadow)))?;
-            if let Err(e) = self.add_volume_locked(&mut st, &a.shadow, path.clone(), backend) {
+            let shown = compact.then(|| master.size_bytes());
+            if let Err(e) = self.add_volume_sized(&mut st, &a.shadow, path.clone(), backend, shown)
+            {
                 let _ = std::fs::remove_file(&path);
                 return Err(e);
             }
@@ -228,7 +324,7 @@ impl Daemon {
         }
         let bitmap = match FileBackend::create(
             &bitmap_path,
-            bitmap_bytes_for(master.size_bytes(), chunk_bytes),
+            bitmap_bytes_for(master.size_bytes(), chunk_bytes, a.mode),
             bitmap_options(),
         ) {
             Ok(b) => b,
@@ -248,6 +344,7 @@ impl Daemon {
                 delay_ms: a.throttle_delay_ms,
                 unit: a.throttle_unit,
             },
+            overflow: a.overflow.clone(),
         };
         let t = std::time::Instant::now();
         let res = self.imaging.enable(
@@ -412,6 +509,10 @@ impl Daemon {
                 ic.shadow, ic.master
             ),
             Kind::Independent => format!("shadow {} is now an ordinary volume", ic.shadow),
+            Kind::Compact => format!(
+                "compact shadow {} no longer holds a point in time; its store is kept",
+                ic.shadow
+            ),
         };
         self.events.publish("image.disabled", &a.name, note.clone());
         Ok(json!({"name": a.name, "note": note}))
@@ -482,7 +583,106 @@ fn kind_str(k: Kind) -> &'static str {
     match k {
         Kind::Independent => "independent",
         Kind::Dependent => "dependent",
+        Kind::Compact => "compact dependent",
     }
+}
+
+impl Daemon {
+    fn overflow_json(&self, st: &State, oc: &OverflowConfig) -> Value {
+        match self.imaging.overflow_info(&oc.name) {
+            Ok((cap, used, sets)) => json!({
+                "name": oc.name,
+                "path": oc.path,
+                "state": "online",
+                "capacity_chunks": cap,
+                "used_chunks": used,
+                "sets": sets,
+            }),
+            Err(_) => json!({
+                "name": oc.name,
+                "path": oc.path,
+                "state": "offline",
+                "error": st.image_errors.get(&format!("overflow:{}", oc.name)),
+            }),
+        }
+    }
+
+    fn overflow_create(&self, a: OverflowCreateArgs) -> Result<Value, OpError> {
+        validate_name(&a.name).map_err(|e| OpError::invalid(format!("overflow volume: {e}")))?;
+        let chunk = a.chunk_bytes.unwrap_or(DEFAULT_CHUNK_BYTES);
+        let mut st = self.state.lock();
+        if st.config.image_overflows.iter().any(|o| o.name == a.name) {
+            return Err(OpError::new(
+                "exists",
+                format!("overflow volume {} already exists", a.name),
+            ));
+        }
+        let path = a
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(format!("{}.overflow", a.name)));
+        if !path.is_absolute() {
+            return Err(OpError::invalid(format!(
+                "overflow path {} must be absolute",
+                path.display()
+            )));
+        }
+        let dev = FileBackend::create(
+            &path,
+            crate::services::image::format::OVERFLOW_DATA_OFFSET + a.size_bytes,
+            bitmap_options(),
+        )
+        .map_err(|e| OpError::failed(format!("overflow volume {}: {e}", a.name)))?;
+        if let Err(e) = self
+            .imaging
+            .overflow_add(&a.name, Arc::new(dev), Some(chunk))
+        {
+            let _ = std::fs::remove_file(&path);
+            return Err(e.into());
+        }
+        let oc = OverflowConfig {
+            name: a.name.clone(),
+            path: path.clone(),
+        };
+        st.config.image_overflows.push(oc.clone());
+        if let Err(e) = self.persist(&st) {
+            st.config.image_overflows.pop();
+            let _ = self.imaging.overflow_remove(&a.name);
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        self.events.publish(
+            "image.overflow_created",
+            &a.name,
+            format!("{} bytes on {}", a.size_bytes, path.display()),
+        );
+        Ok(self.overflow_json(&st, &oc))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverflowCreateArgs {
+    name: String,
+    size_bytes: u64,
+    #[serde(default)]
+    chunk_bytes: Option<u32>,
+    #[serde(default)]
+    path: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverflowAttachArgs {
+    set: String,
+    overflow: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OptNameArgs {
+    #[serde(default)]
+    name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -512,6 +712,9 @@ struct EnableArgs {
     throttle_delay_ms: u32,
     #[serde(default)]
     throttle_unit: u32,
+    /// A compact set's overflow volume.
+    #[serde(default)]
+    overflow: Option<String>,
 }
 
 #[derive(Deserialize)]

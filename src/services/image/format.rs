@@ -2,14 +2,17 @@
 //! byte by byte; this module is the only code that reads or writes it.
 //!
 //! ```text
-//!   0       4096      8192            8192 + B        8192 + 2B
-//!   ┌────────┬────────┬───────────────┬───────────────┐
-//!   │ slot 0 │ slot 1 │ shadow bitmap │ copy bitmap   │
-//!   └────────┴────────┴───────────────┴───────────────┘
+//!   0       4096      8192            8192 + B        8192 + 2B       + I
+//!   ┌────────┬────────┬───────────────┬───────────────┬───────────────┐
+//!   │ slot 0 │ slot 1 │ shadow bitmap │ copy bitmap   │ chunk index   │
+//!   └────────┴────────┴───────────────┴───────────────┴───────────────┘
 //! ```
 //! Two header slots alternate by sequence number so a torn header write
 //! never loses the set: a reader takes the valid slot with the higher
-//! sequence. `B` is one bit per chunk rounded up to 4096 bytes.
+//! sequence. `B` is one bit per chunk rounded up to 4096 bytes. Only a
+//! compact set has the chunk index (`I`: 8 bytes per chunk, rounded up to
+//! 4096): where each saved master chunk lives in the small shadow or in
+//! the shared overflow volume.
 
 use std::fmt;
 
@@ -34,6 +37,10 @@ pub enum Kind {
     Independent,
     /// Copy-on-write only; unchanged shadow chunks are read from the master.
     Dependent,
+    /// Dependent, with a shadow smaller than the master: saved chunks are
+    /// packed into the shadow through a chunk index, then into an overflow
+    /// volume several sets share.
+    Compact,
 }
 
 /// Where a copy moves chunks.
@@ -96,6 +103,8 @@ pub struct Header {
     pub set: String,
     pub master: String,
     pub shadow: String,
+    /// The overflow volume a compact set spills into ("" for none).
+    pub overflow: String,
 }
 
 /// Why a bitmap volume was refused.
@@ -118,18 +127,34 @@ pub struct Layout {
     pub bitmap_bytes: u64,
     pub diff_offset: u64,
     pub copy_offset: u64,
+    /// 0 when the set has no chunk index.
+    pub index_offset: u64,
+    pub index_bytes: u64,
     pub total_bytes: u64,
 }
 
+/// Bytes of one chunk-index entry.
+pub const INDEX_ENTRY_BYTES: u64 = 8;
+/// Index entry bit: the chunk lives in the overflow volume.
+pub const INDEX_OVERFLOW: u64 = 1 << 63;
+
 impl Layout {
-    pub fn for_chunks(chunks: u64) -> Layout {
-        let bitmap_bytes =
-            chunks.div_ceil(8).div_ceil(BITMAP_BLOCK_BYTES).max(1) * BITMAP_BLOCK_BYTES;
+    pub fn for_chunks(chunks: u64, compact: bool) -> Layout {
+        let round = |b: u64| b.div_ceil(BITMAP_BLOCK_BYTES).max(1) * BITMAP_BLOCK_BYTES;
+        let bitmap_bytes = round(chunks.div_ceil(8));
+        let index_offset = BITMAPS_OFFSET + 2 * bitmap_bytes;
+        let index_bytes = if compact {
+            round(chunks * INDEX_ENTRY_BYTES)
+        } else {
+            0
+        };
         Layout {
             bitmap_bytes,
             diff_offset: BITMAPS_OFFSET,
             copy_offset: BITMAPS_OFFSET + bitmap_bytes,
-            total_bytes: BITMAPS_OFFSET + 2 * bitmap_bytes,
+            index_offset: if compact { index_offset } else { 0 },
+            index_bytes,
+            total_bytes: index_offset + index_bytes,
         }
     }
 }
@@ -175,7 +200,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 
 impl Header {
     pub fn layout(&self) -> Layout {
-        Layout::for_chunks(self.chunks)
+        Layout::for_chunks(self.chunks, self.kind == Kind::Compact)
     }
 
     /// The slot this header is written to.
@@ -193,6 +218,7 @@ impl Header {
         b[24] = match self.kind {
             Kind::Independent => 1,
             Kind::Dependent => 2,
+            Kind::Compact => 3,
         };
         b[25] = match self.state {
             HeaderState::Clean => 1,
@@ -226,6 +252,9 @@ impl Header {
         put_name(&mut b, 104, &self.set);
         put_name(&mut b, 168, &self.master);
         put_name(&mut b, 232, &self.shadow);
+        b[296..304].copy_from_slice(&layout.index_offset.to_le_bytes());
+        b[304..312].copy_from_slice(&layout.index_bytes.to_le_bytes());
+        put_name(&mut b, 312, &self.overflow);
         let crc = crc32c::crc32c(&b[..CRC_OFFSET]);
         b[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
         b
@@ -265,6 +294,7 @@ impl Header {
         let kind = match b[24] {
             1 => Kind::Independent,
             2 => Kind::Dependent,
+            3 => Kind::Compact,
             k => return bad(format!("unknown set type {k}")),
         };
         let state = match b[25] {
@@ -292,7 +322,7 @@ impl Header {
         if b[29..32]
             .iter()
             .chain(&b[44..48])
-            .chain(&b[296..CRC_OFFSET])
+            .chain(&b[376..CRC_OFFSET])
             .any(|&c| c != 0)
         {
             return bad("reserved header bytes are not zero");
@@ -316,6 +346,11 @@ impl Header {
             set: get_name(b, 104, "set")?,
             master: get_name(b, 168, "master")?,
             shadow: get_name(b, 232, "shadow")?,
+            overflow: if b[312..376].iter().all(|&c| c == 0) {
+                String::new()
+            } else {
+                get_name(b, 312, "overflow")?
+            },
         };
         validate_chunk_bytes(h.chunk_bytes)?;
         if h.master_bytes == 0 {
@@ -327,16 +362,36 @@ impl Header {
                 h.chunks, h.master_bytes, h.chunk_bytes
             ));
         }
-        if h.shadow_bytes < h.master_bytes {
+        if h.kind == Kind::Compact {
+            if h.shadow_bytes < h.chunk_bytes as u64 {
+                return bad(format!(
+                    "compact shadow size {} is smaller than one chunk",
+                    h.shadow_bytes
+                ));
+            }
+        } else if h.shadow_bytes < h.master_bytes {
             return bad(format!(
                 "shadow size {} is smaller than the master's {}",
                 h.shadow_bytes, h.master_bytes
             ));
         }
+        if h.kind != Kind::Compact && !h.overflow.is_empty() {
+            return bad("only a compact set has an overflow volume");
+        }
         let layout = h.layout();
-        if (u64_at(b, 72), u64_at(b, 80), u64_at(b, 88))
-            != (layout.diff_offset, layout.copy_offset, layout.bitmap_bytes)
-        {
+        if (
+            u64_at(b, 72),
+            u64_at(b, 80),
+            u64_at(b, 88),
+            u64_at(b, 296),
+            u64_at(b, 304),
+        ) != (
+            layout.diff_offset,
+            layout.copy_offset,
+            layout.bitmap_bytes,
+            layout.index_offset,
+            layout.index_bytes,
+        ) {
             return bad("bitmap offsets or sizes do not match the chunk count");
         }
         if device_bytes < layout.total_bytes {
@@ -364,6 +419,78 @@ impl Header {
     }
 }
 
+/// Magic of an overflow volume.
+pub const OVERFLOW_MAGIC: &[u8; 8] = b"UMBRAOVF";
+/// Chunks of an overflow volume start after its 4096-byte header.
+pub const OVERFLOW_DATA_OFFSET: u64 = HEADER_BYTES;
+
+/// The header of an overflow volume: the space compact sets spill into.
+/// ```text
+///   0  magic "UMBRAOVF"   8  version u32   12 chunk_bytes u32
+///   16 capacity_chunks u64  24 next_chunk u64  28.. name [64] at 32
+///   96..4092 zero         4092 crc32c of bytes 0..4092
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverflowHeader {
+    pub chunk_bytes: u32,
+    pub capacity_chunks: u64,
+    /// Chunks handed out so far; they are never reused while a set uses
+    /// the volume (the last set leaving resets it).
+    pub next_chunk: u64,
+    pub name: String,
+}
+
+impl OverflowHeader {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; HEADER_BYTES as usize];
+        b[0..8].copy_from_slice(OVERFLOW_MAGIC);
+        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&self.chunk_bytes.to_le_bytes());
+        b[16..24].copy_from_slice(&self.capacity_chunks.to_le_bytes());
+        b[24..32].copy_from_slice(&self.next_chunk.to_le_bytes());
+        put_name(&mut b, 32, &self.name);
+        let crc = crc32c::crc32c(&b[..CRC_OFFSET]);
+        b[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8], device_bytes: u64) -> Result<OverflowHeader, FormatError> {
+        if b.len() != HEADER_BYTES as usize || &b[0..8] != OVERFLOW_MAGIC {
+            return bad("wrong magic: not an umbra overflow volume");
+        }
+        let crc = crc32c::crc32c(&b[..CRC_OFFSET]);
+        if u32_at(b, CRC_OFFSET) != crc {
+            return bad("overflow header checksum mismatch");
+        }
+        if u32_at(b, 8) != VERSION {
+            return bad(format!("unsupported overflow version {}", u32_at(b, 8)));
+        }
+        if b[96..CRC_OFFSET].iter().any(|&c| c != 0) {
+            return bad("reserved overflow header bytes are not zero");
+        }
+        let h = OverflowHeader {
+            chunk_bytes: u32_at(b, 12),
+            capacity_chunks: u64_at(b, 16),
+            next_chunk: u64_at(b, 24),
+            name: get_name(b, 32, "overflow")?,
+        };
+        validate_chunk_bytes(h.chunk_bytes)?;
+        if h.next_chunk > h.capacity_chunks {
+            return bad(format!(
+                "overflow next chunk {} is past its capacity {}",
+                h.next_chunk, h.capacity_chunks
+            ));
+        }
+        let need = OVERFLOW_DATA_OFFSET + h.capacity_chunks * h.chunk_bytes as u64;
+        if device_bytes < need {
+            return bad(format!(
+                "overflow volume is truncated: {device_bytes} bytes, the header needs {need}"
+            ));
+        }
+        Ok(h)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,6 +515,7 @@ mod tests {
             set: "nightly".into(),
             master: "db".into(),
             shadow: "db-snap".into(),
+            overflow: String::new(),
         }
     }
 
@@ -409,6 +537,35 @@ mod tests {
         let mut torn = newer.encode();
         torn[100] ^= 1;
         assert_eq!(Header::pick(&torn, &h.encode(), total).unwrap().seq, 7);
+    }
+
+    #[test]
+    fn compact_header_and_overflow_header_round_trip() {
+        let mut h = sample();
+        h.kind = Kind::Compact;
+        h.shadow_bytes = 1 << 20;
+        h.overflow = "spill".into();
+        let total = h.layout().total_bytes;
+        assert!(h.layout().index_bytes >= h.chunks * 8);
+        assert_eq!(Header::decode(&h.encode(), total).unwrap(), h);
+        let o = OverflowHeader {
+            chunk_bytes: 32768,
+            capacity_chunks: 10,
+            next_chunk: 3,
+            name: "spill".into(),
+        };
+        let size = OVERFLOW_DATA_OFFSET + 10 * 32768;
+        assert_eq!(OverflowHeader::decode(&o.encode(), size).unwrap(), o);
+        assert!(OverflowHeader::decode(&o.encode(), size - 1)
+            .unwrap_err()
+            .0
+            .contains("truncated"));
+        let mut b = o.encode();
+        b[20] ^= 1;
+        assert!(OverflowHeader::decode(&b, size)
+            .unwrap_err()
+            .0
+            .contains("checksum"));
     }
 
     #[test]
@@ -440,7 +597,9 @@ mod tests {
         );
         assert!(reencode(&|b| b[64] ^= 1).contains("chunk count"));
         assert!(reencode(&|b| b[56..64].copy_from_slice(&1u64.to_le_bytes())).contains("smaller"));
-        assert!(reencode(&|b| b[300] = 1).contains("reserved"));
+        assert!(reencode(&|b| b[400] = 1).contains("reserved"));
+        assert!(reencode(&|b| b[300] = 1).contains("offsets"));
+        assert!(reencode(&|b| b[312] = b'o').contains("only a compact set"));
         assert!(reencode(&|b| b[104..168].fill(0)).contains("set name"));
         assert!(Header::decode(&h.encode(), total - 1)
             .unwrap_err()

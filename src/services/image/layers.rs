@@ -213,35 +213,52 @@ struct ShadowDevice {
 }
 
 impl ShadowDevice {
+    /// A compact shadow shows the master's size over its smaller store.
+    fn size(&self) -> u64 {
+        if self.set.is_compact() {
+            self.set.master_bytes
+        } else {
+            self.lower.size_bytes()
+        }
+    }
+
     fn prepare(&self, offset: u64, len: u64) -> Result<()> {
-        crate::device::check_range(offset, len, self.lower.size_bytes())?;
+        crate::device::check_range(offset, len, self.size())?;
         self.set.prepare_shadow_write(offset, len)
     }
 }
 
 impl BlockDevice for ShadowDevice {
     fn size_bytes(&self) -> u64 {
-        self.lower.size_bytes()
+        self.size()
     }
     fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        crate::device::check_range(offset, buf.len() as u64, self.lower.size_bytes())?;
+        crate::device::check_range(offset, buf.len() as u64, self.size())?;
         self.set.read_shadow(buf, offset, self.lower.as_ref())
     }
     fn write(&self, buf: &[u8], offset: u64, fua: bool) -> Result<()> {
         self.prepare(offset, buf.len() as u64)?;
-        self.lower.write(buf, offset, fua)
+        self.set.write_shadow_data(
+            Some(buf),
+            offset,
+            buf.len() as u64,
+            fua,
+            self.lower.as_ref(),
+        )
     }
     fn flush(&self) -> Result<()> {
         // Even offline: a quiesce (to disable the failed set) flushes.
-        self.lower.flush()
+        self.set.flush_shadow_data(self.lower.as_ref())
     }
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        self.prepare(offset, len)?;
-        self.lower.discard(offset, len)
+        // Through the chunk index like a write of zeroes; umbra's discard
+        // reads back as zeroes.
+        self.write_zeroes(offset, len, false)
     }
     fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
         self.prepare(offset, len)?;
-        self.lower.write_zeroes(offset, len, fua)
+        self.set
+            .write_shadow_data(None, offset, len, fua, self.lower.as_ref())
     }
     fn block_size_bytes(&self) -> u32 {
         self.lower.block_size_bytes()

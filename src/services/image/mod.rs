@@ -23,10 +23,12 @@
 mod bitmap;
 pub mod format;
 mod layers;
+mod overflow;
 mod set;
 
 pub use format::{Direction, Kind, DEFAULT_CHUNK_BYTES};
 pub use layers::{MASTER_LAYER, SHADOW_LAYER};
+pub use overflow::Overflow;
 pub use set::{ImageSet, Notifier, Throttle};
 
 use crate::device::BlockDevice;
@@ -67,6 +69,9 @@ pub struct EnableOptions {
     pub memory_bitmap: bool,
     /// Copy engine throttle from the start.
     pub throttle: Throttle,
+    /// A compact set's overflow volume (registered with
+    /// [`Imaging::overflow_add`]).
+    pub overflow: Option<String>,
 }
 
 impl Default for EnableOptions {
@@ -76,13 +81,14 @@ impl Default for EnableOptions {
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             memory_bitmap: false,
             throttle: Throttle::default(),
+            overflow: None,
         }
     }
 }
 
 /// Size the bitmap volume of a set over a `master_bytes` master needs.
-pub fn bitmap_bytes_for(master_bytes: u64, chunk_bytes: u32) -> u64 {
-    Layout::for_chunks(chunks_for(master_bytes, chunk_bytes)).total_bytes
+pub fn bitmap_bytes_for(master_bytes: u64, chunk_bytes: u32, kind: Kind) -> u64 {
+    Layout::for_chunks(chunks_for(master_bytes, chunk_bytes), kind == Kind::Compact).total_bytes
 }
 
 /// What `image info` shows.
@@ -151,9 +157,37 @@ pub struct Imaging {
 struct Registry {
     sets: BTreeMap<String, Arc<ImageSet>>,
     masters: HashMap<String, Arc<MasterSide>>,
+    overflows: BTreeMap<String, Arc<Overflow>>,
 }
 
 impl Registry {
+    fn overflow_for(&self, set: &str, name: &str, chunk_bytes: u32) -> IResult<Arc<Overflow>> {
+        let o = self.overflows.get(name).cloned().ok_or_else(|| {
+            ImageError::NotFound(format!(
+                "image set {set}: no overflow volume named {name}; see `umbra image overflow info`"
+            ))
+        })?;
+        if o.chunk_bytes() != chunk_bytes {
+            return Err(ImageError::Invalid(format!(
+                "image set {set}: overflow volume {name} has {}-byte chunks, the set {chunk_bytes}",
+                o.chunk_bytes()
+            )));
+        }
+        Ok(o)
+    }
+
+    /// An overflow volume no set uses any more is empty again.
+    fn reset_unused_overflows(&self) {
+        for (name, o) in &self.overflows {
+            let used = self.sets.values().any(|s| s.overflow_name() == *name);
+            if !used && o.usage().1 > 0 {
+                if let Err(e) = o.reset() {
+                    log::error!("overflow volume {name}: reset failed: {e}");
+                }
+            }
+        }
+    }
+
     /// Refuse a volume already playing a role that conflicts with `role`.
     fn check_role(&self, volume: &str, as_master: bool) -> IResult<()> {
         for s in self.sets.values() {
@@ -234,8 +268,27 @@ impl Imaging {
                 master.name()
             )));
         }
-        let (mb, sb) = (master.size_bytes(), shadow.size_bytes());
-        if sb < mb {
+        let (mb, sb) = (master.size_bytes(), shadow_store_bytes(shadow));
+        if opts.kind == Kind::Compact && sb < opts.chunk_bytes as u64 {
+            return Err(ImageError::Invalid(format!(
+                "image set {name}: compact shadow {} ({sb} bytes) cannot hold one {}-byte chunk",
+                shadow.name(),
+                opts.chunk_bytes
+            )));
+        }
+        if opts.kind == Kind::Compact && shadow.size_bytes() != mb {
+            return Err(ImageError::Invalid(format!(
+                "image set {name}: a compact shadow volume must present the master's size \
+                 ({mb} bytes), not {}",
+                shadow.size_bytes()
+            )));
+        }
+        if opts.kind != Kind::Compact && opts.overflow.is_some() {
+            return Err(ImageError::Invalid(format!(
+                "image set {name}: only a compact set takes an overflow volume"
+            )));
+        }
+        if opts.kind != Kind::Compact && sb < mb {
             return Err(ImageError::Invalid(format!(
                 "image set {name}: shadow {} ({sb} bytes) is smaller than master {} ({mb} bytes); \
                  a shadow must be at least the master's size",
@@ -244,7 +297,7 @@ impl Imaging {
             )));
         }
         let chunks = chunks_for(mb, opts.chunk_bytes);
-        let layout = Layout::for_chunks(chunks);
+        let layout = Layout::for_chunks(chunks, opts.kind == Kind::Compact);
         if bitmap.size_bytes() < layout.total_bytes {
             return Err(ImageError::Invalid(format!(
                 "image set {name}: bitmap volume has {} bytes, needs {}",
@@ -260,13 +313,17 @@ impl Imaging {
         }
         reg.check_role(master.name(), true)?;
         reg.check_role(shadow.name(), false)?;
+        let overflow = match &opts.overflow {
+            Some(o) => Some(reg.overflow_for(name, o, opts.chunk_bytes)?),
+            None => None,
+        };
         let header = Header {
             seq: 0,
             kind: opts.kind,
             state: HeaderState::Dirty,
             direction: match opts.kind {
                 Kind::Independent => Direction::ToShadow,
-                Kind::Dependent => Direction::None,
+                Kind::Dependent | Kind::Compact => Direction::None,
             },
             copy_active: opts.kind == Kind::Independent,
             copy_inverted: opts.kind == Kind::Independent,
@@ -285,6 +342,7 @@ impl Imaging {
             set: name.to_owned(),
             master: master.name().to_owned(),
             shadow: shadow.name().to_owned(),
+            overflow: opts.overflow.clone().unwrap_or_default(),
         };
         let write_header = || -> crate::device::Result<()> {
             bitmap.write(&vec![0u8; HEADER_BYTES as usize], HEADER_BYTES, false)?;
@@ -294,7 +352,7 @@ impl Imaging {
         write_header().map_err(|e| {
             ImageError::Failed(format!("image set {name}: writing the bitmap header: {e}"))
         })?;
-        let set = self.build(&mut reg, header, bitmap, master, shadow, notify);
+        let set = Self::build(&mut reg, header, bitmap, master, shadow, notify, overflow);
         if opts.kind == Kind::Independent {
             // Every chunk is pending: the bitmap on disk says so through
             // the inverted copy bitmap, with no bitmap write at all.
@@ -331,7 +389,8 @@ impl Imaging {
         if header.shadow != shadow.name() {
             return Err(mismatch("shadow", shadow.name(), &header.shadow));
         }
-        if header.master_bytes != master.size_bytes() || header.shadow_bytes != shadow.size_bytes()
+        if header.master_bytes != master.size_bytes()
+            || header.shadow_bytes != shadow_store_bytes(shadow)
         {
             return Err(ImageError::Failed(format!(
                 "image set {name}: volume sizes changed (bitmap says master {} and shadow {} bytes, \
@@ -350,10 +409,15 @@ impl Imaging {
         }
         reg.check_role(master.name(), true)?;
         reg.check_role(shadow.name(), false)?;
+        let overflow = if header.overflow.is_empty() {
+            None
+        } else {
+            Some(reg.overflow_for(name, &header.overflow, header.chunk_bytes)?)
+        };
         let crashed = header.state == HeaderState::Dirty;
         let memory = header.memory_bitmap;
         let independent_idle = header.kind == Kind::Independent && !header.copy_active;
-        let set = self.build(&mut reg, header, bitmap, master, shadow, notify);
+        let set = Self::build(&mut reg, header, bitmap, master, shadow, notify, overflow);
         let fail = |e: String| ImageError::Failed(format!("image set {name}: {e}"));
         set.load_bitmaps().map_err(&fail)?;
         set.redo_transition().map_err(|e| fail(e.to_string()))?;
@@ -371,20 +435,22 @@ impl Imaging {
         }
         set.mark_dirty().map_err(|e| fail(e.to_string()))?;
         self.attach(&mut reg, &set, master, shadow)?;
-        if set.header_snapshot().copy_active && set.pending() > 0 && !set.is_failed() {
+        let restoring = set.direction() == Direction::ToMaster;
+        if set.header_snapshot().copy_active && set.pending() > 0 && (restoring || !set.is_failed())
+        {
             set.start_engine();
         }
         Ok(set)
     }
 
     fn build(
-        &self,
         reg: &mut Registry,
         header: Header,
         store: Arc<dyn BlockDevice>,
         master: &Arc<Volume>,
         shadow: &Arc<Volume>,
         notify: Option<Notifier>,
+        overflow: Option<Arc<Overflow>>,
     ) -> Arc<ImageSet> {
         let master_side = reg
             .masters
@@ -399,6 +465,7 @@ impl Imaging {
             master_volume: Arc::downgrade(master),
             shadow_volume: Arc::downgrade(shadow),
             notify,
+            overflow,
         }));
         set.shadow.bind(&set);
         set
@@ -485,7 +552,9 @@ impl Imaging {
                 (Direction::ToShadow, Kind::Independent, false) => {
                     (Transition::Merge, Direction::ToShadow)
                 }
-                (Direction::ToShadow, Kind::Dependent, _) => (Transition::Clear, Direction::None),
+                (Direction::ToShadow, Kind::Dependent | Kind::Compact, _) => {
+                    (Transition::Clear, Direction::None)
+                }
                 (_, Kind::Independent, true) => (Transition::Fill, Direction::ToMaster),
                 (_, _, _) => (Transition::Merge, Direction::ToMaster),
             };
@@ -571,6 +640,96 @@ impl Imaging {
         };
         res.map_err(|e| ImageError::Failed(e.to_string()))?;
         reg.sets.remove(name);
+        reg.reset_unused_overflows();
+        Ok(())
+    }
+
+    /// Register an overflow volume: `create` formats `dev` in chunks of
+    /// that size, otherwise its header is read and validated.
+    pub fn overflow_add(
+        &self,
+        name: &str,
+        dev: Arc<dyn BlockDevice>,
+        create: Option<u32>,
+    ) -> IResult<Arc<Overflow>> {
+        let mut reg = self.inner.lock();
+        if reg.overflows.contains_key(name) {
+            return Err(ImageError::Conflict(format!(
+                "overflow volume {name} already exists"
+            )));
+        }
+        let o = match create {
+            Some(chunk) => Overflow::create(name, dev, chunk),
+            None => Overflow::open(name, dev),
+        }
+        .map_err(ImageError::Failed)?;
+        let o = Arc::new(o);
+        reg.overflows.insert(name.to_owned(), o.clone());
+        Ok(o)
+    }
+
+    /// Forget an overflow volume no set uses.
+    pub fn overflow_remove(&self, name: &str) -> IResult<()> {
+        let mut reg = self.inner.lock();
+        if !reg.overflows.contains_key(name) {
+            return Err(ImageError::NotFound(format!(
+                "no overflow volume named {name}"
+            )));
+        }
+        if let Some(s) = reg.sets.values().find(|s| s.overflow_name() == name) {
+            return Err(ImageError::Conflict(format!(
+                "overflow volume {name} is attached to image set {}",
+                s.name()
+            )));
+        }
+        reg.overflows.remove(name);
+        Ok(())
+    }
+
+    /// (capacity chunks, used chunks, sets attached) of an overflow volume.
+    pub fn overflow_info(&self, name: &str) -> IResult<(u64, u64, Vec<String>)> {
+        let reg = self.inner.lock();
+        let o = reg
+            .overflows
+            .get(name)
+            .ok_or_else(|| ImageError::NotFound(format!("no overflow volume named {name}")))?;
+        let (cap, used) = o.usage();
+        let sets = reg
+            .sets
+            .values()
+            .filter(|s| s.overflow_name() == name)
+            .map(|s| s.name().to_owned())
+            .collect();
+        Ok((cap, used, sets))
+    }
+
+    /// Attach (`Some`) or detach (`None`) a compact set's overflow volume.
+    /// Detaching is refused while chunks of the set live there.
+    pub fn overflow_attach(&self, set: &str, overflow: Option<&str>) -> IResult<()> {
+        let reg = self.inner.lock();
+        let s = reg.sets.get(set).cloned().ok_or_else(|| no_set(set))?;
+        if s.kind() != Kind::Compact {
+            return Err(ImageError::Invalid(format!(
+                "image set {set} is not compact; only compact sets use an overflow volume"
+            )));
+        }
+        let o = match overflow {
+            Some(name) => Some(reg.overflow_for(set, name, s.chunk_bytes() as u32)?),
+            None => {
+                let n = s.overflow_chunks();
+                if n > 0 {
+                    return Err(ImageError::Conflict(format!(
+                        "image set {set} keeps {n} chunks in overflow volume {}; refresh the shadow \
+                         (`umbra image update {set} --to shadow`) or disable the set first",
+                        s.overflow_name()
+                    )));
+                }
+                None
+            }
+        };
+        s.set_overflow(o)
+            .map_err(|e| ImageError::Failed(format!("image set {set}: {e}")))?;
+        reg.reset_unused_overflows();
         Ok(())
     }
 
@@ -675,6 +834,12 @@ pub fn read_header(dev: &dyn BlockDevice) -> std::result::Result<Header, String>
         .map_err(|e| format!("reading the header: {e}"))?;
     let (a, b) = slots.split_at(HEADER_BYTES as usize);
     Header::pick(a, b, size).map_err(|e| e.0)
+}
+
+/// Bytes the shadow volume really stores (a compact shadow volume shows
+/// the master's size over a smaller backend).
+fn shadow_store_bytes(shadow: &Volume) -> u64 {
+    shadow.backend().size_bytes()
 }
 
 fn no_set(name: &str) -> ImageError {

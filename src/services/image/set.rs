@@ -27,8 +27,12 @@
 //! nothing but two atomic loads per chunk.
 
 use super::bitmap::AtomicBitmap;
-use super::format::{Direction, Header, HeaderState, Kind, Layout, Transition, BITMAP_BLOCK_BYTES};
+use super::format::{
+    Direction, Header, HeaderState, Kind, Layout, Transition, BITMAP_BLOCK_BYTES,
+    INDEX_ENTRY_BYTES, INDEX_OVERFLOW,
+};
 use super::layers::{MasterSide, ShadowSide};
+use super::overflow::Overflow;
 use crate::buffer::AlignedBuf;
 use crate::device::{BlockDevice, DeviceError, Result};
 use crate::interposer::Volume;
@@ -55,6 +59,23 @@ pub type Notifier = Arc<dyn Fn(&str, &str, String) + Send + Sync>;
 enum Which {
     Diff,
     Copy,
+    /// The compact chunk index.
+    Index,
+}
+
+/// Index entries per bitmap-volume block.
+const INDEX_PER_BLOCK: u64 = BITMAP_BLOCK_BYTES / INDEX_ENTRY_BYTES;
+
+/// Where a compact set keeps its saved chunks: the shadow volume's own
+/// slots first, then an overflow volume.
+struct CompactMap {
+    /// Per master chunk: 0 = not saved; `slot + 1` in the shadow; with
+    /// [`INDEX_OVERFLOW`] set, in the overflow volume.
+    index: Box<[AtomicU64]>,
+    dirty: Box<[AtomicBool]>,
+    shadow_slots: u64,
+    next_slot: AtomicU64,
+    overflow: RwLock<Option<Arc<Overflow>>>,
 }
 
 #[derive(Default)]
@@ -86,6 +107,7 @@ pub struct ImageSet {
     pub(super) shadow_name: String,
     diff: AtomicBitmap,
     copy: AtomicBitmap,
+    compact: Option<CompactMap>,
     direction: AtomicU8,
     failed: AtomicBool,
     failure: Mutex<Option<String>>,
@@ -106,6 +128,8 @@ pub struct ImageSet {
     gate: RwLock<()>,
     commit: Mutex<CommitState>,
     commit_cv: Condvar,
+    /// A commit failed: no generation becomes durable any more.
+    commit_failed: AtomicBool,
     master_dirty: AtomicBool,
     shadow_dirty: AtomicBool,
 
@@ -149,12 +173,14 @@ pub(super) struct SetParts {
     pub master_volume: Weak<Volume>,
     pub shadow_volume: Weak<Volume>,
     pub notify: Option<Notifier>,
+    pub overflow: Option<Arc<Overflow>>,
 }
 
 impl ImageSet {
     pub(super) fn new(p: SetParts) -> ImageSet {
         let h = p.header;
-        let blocks = Layout::for_chunks(h.chunks).bitmap_bytes / BITMAP_BLOCK_BYTES;
+        let blocks =
+            Layout::for_chunks(h.chunks, h.kind == Kind::Compact).bitmap_bytes / BITMAP_BLOCK_BYTES;
         let flags = || (0..blocks).map(|_| AtomicBool::new(false)).collect();
         ImageSet {
             name: h.set.clone(),
@@ -166,6 +192,18 @@ impl ImageSet {
             shadow_name: h.shadow.clone(),
             diff: AtomicBitmap::new(h.chunks),
             copy: AtomicBitmap::new(h.chunks),
+            compact: (h.kind == Kind::Compact).then(|| {
+                let layout = Layout::for_chunks(h.chunks, true);
+                CompactMap {
+                    index: (0..h.chunks).map(|_| AtomicU64::new(0)).collect(),
+                    dirty: (0..layout.index_bytes / BITMAP_BLOCK_BYTES)
+                        .map(|_| AtomicBool::new(false))
+                        .collect(),
+                    shadow_slots: h.shadow_bytes / h.chunk_bytes as u64,
+                    next_slot: AtomicU64::new(0),
+                    overflow: RwLock::new(p.overflow.clone()),
+                }
+            }),
             direction: AtomicU8::new(dir_to_u8(h.direction)),
             failed: AtomicBool::new(h.state == HeaderState::Failed),
             failure: Mutex::new(
@@ -185,6 +223,7 @@ impl ImageSet {
             gate: RwLock::new(()),
             commit: Mutex::new(CommitState::default()),
             commit_cv: Condvar::new(),
+            commit_failed: AtomicBool::new(false),
             master_dirty: AtomicBool::new(false),
             shadow_dirty: AtomicBool::new(false),
             locks: (0..LOCK_STRIPES).map(|_| RwLock::new(())).collect(),
@@ -275,7 +314,7 @@ impl ImageSet {
     pub(super) fn shadow_holds(&self, c: u64) -> bool {
         match self.kind {
             Kind::Independent => !(self.direction() == Direction::ToShadow && self.copy.get(c)),
-            Kind::Dependent => {
+            Kind::Dependent | Kind::Compact => {
                 self.diff.get(c) || (self.direction() == Direction::ToMaster && self.copy.get(c))
             }
         }
@@ -351,8 +390,14 @@ impl ImageSet {
                 match w {
                     Which::Diff => &self.diff_dirty[block as usize],
                     Which::Copy => &self.copy_dirty[block as usize],
+                    Which::Index => continue,
                 }
                 .store(true, Ordering::SeqCst);
+            }
+        }
+        if let (Some(m), true) = (&self.compact, touched.contains(&Which::Index)) {
+            for block in first / INDEX_PER_BLOCK..=last / INDEX_PER_BLOCK {
+                m.dirty[block as usize].store(true, Ordering::SeqCst);
             }
         }
         g
@@ -372,7 +417,7 @@ impl ImageSet {
             if st.durable >= g {
                 return Ok(());
             }
-            if self.is_failed() {
+            if self.commit_failed.load(Ordering::SeqCst) {
                 return Err(self.offline_error());
             }
             if st.running {
@@ -388,6 +433,7 @@ impl ImageSet {
                     self.durable.store(st.durable, Ordering::SeqCst);
                 }
                 Err(e) => {
+                    self.commit_failed.store(true, Ordering::SeqCst);
                     self.fail(format!("bitmap commit failed: {e}"));
                 }
             }
@@ -410,9 +456,14 @@ impl ImageSet {
             let target = self.gen.load(Ordering::SeqCst);
             let mut blocks = Vec::new();
             if !self.memory_bitmap {
+                let index_dirty: &[AtomicBool] = match &self.compact {
+                    Some(m) => &m.dirty,
+                    None => &[],
+                };
                 for (which, flags) in [
-                    (Which::Diff, &self.diff_dirty),
-                    (Which::Copy, &self.copy_dirty),
+                    (Which::Diff, &self.diff_dirty[..]),
+                    (Which::Copy, &self.copy_dirty[..]),
+                    (Which::Index, index_dirty),
                 ] {
                     for (b, f) in flags.iter().enumerate() {
                         if f.swap(false, Ordering::SeqCst) {
@@ -431,6 +482,9 @@ impl ImageSet {
         }
         if self.shadow_dirty.swap(false, Ordering::SeqCst) {
             self.shadow.with_lower(|d| d.flush())?;
+            if let Some(o) = self.overflow() {
+                o.device().flush()?;
+            }
         }
         if !blocks.is_empty() {
             for (which, b, image) in &blocks {
@@ -443,10 +497,11 @@ impl ImageSet {
     }
 
     fn block_offset(&self, which: Which, block: usize) -> u64 {
-        let layout = Layout::for_chunks(self.chunks);
+        let layout = Layout::for_chunks(self.chunks, self.kind == Kind::Compact);
         let base = match which {
             Which::Diff => layout.diff_offset,
             Which::Copy => layout.copy_offset,
+            Which::Index => layout.index_offset,
         };
         base + block as u64 * BITMAP_BLOCK_BYTES
     }
@@ -456,6 +511,19 @@ impl ImageSet {
         let (bm, inverted) = match which {
             Which::Diff => (&self.diff, false),
             Which::Copy => (&self.copy, self.copy_inverted),
+            Which::Index => {
+                let m = self
+                    .compact
+                    .as_ref()
+                    .expect("only compact sets write an index");
+                let mut out = vec![0u8; BITMAP_BLOCK_BYTES as usize];
+                let first = block as u64 * INDEX_PER_BLOCK;
+                for i in 0..INDEX_PER_BLOCK.min(self.chunks.saturating_sub(first)) {
+                    let e = m.index[(first + i) as usize].load(Ordering::SeqCst);
+                    out[(i * 8) as usize..(i * 8 + 8) as usize].copy_from_slice(&e.to_le_bytes());
+                }
+                return out;
+            }
         };
         let words_per_block = (BITMAP_BLOCK_BYTES / 8) as usize;
         let mut out = vec![0u8; BITMAP_BLOCK_BYTES as usize];
@@ -473,7 +541,7 @@ impl ImageSet {
     /// Read both bitmaps back from the bitmap volume, validating that no
     /// bit past the last chunk is set.
     pub(super) fn load_bitmaps(&self) -> std::result::Result<(), String> {
-        let layout = Layout::for_chunks(self.chunks);
+        let layout = Layout::for_chunks(self.chunks, self.kind == Kind::Compact);
         for (which, bm, inverted) in [
             (Which::Diff, &self.diff, false),
             (Which::Copy, &self.copy, self.copy_inverted),
@@ -494,13 +562,44 @@ impl ImageSet {
                 ));
             }
         }
+        if let Some(m) = &self.compact {
+            let mut buf = vec![0u8; layout.index_bytes as usize];
+            self.store
+                .read(&mut buf, layout.index_offset)
+                .map_err(|e| format!("reading the chunk index: {e}"))?;
+            let overflow_chunks = self.overflow().map(|o| o.usage().0).unwrap_or(0);
+            let mut next = 0;
+            for c in 0..self.chunks as usize {
+                let e = u64::from_le_bytes(buf[c * 8..c * 8 + 8].try_into().expect("8"));
+                if e != 0 {
+                    let slot = (e & !INDEX_OVERFLOW) - 1;
+                    let ok = if e & INDEX_OVERFLOW != 0 {
+                        slot < overflow_chunks
+                    } else {
+                        next = next.max(slot + 1);
+                        slot < m.shadow_slots
+                    };
+                    if !ok {
+                        return Err(format!(
+                            "chunk index entry {c} points outside the shadow and overflow ({e:#x})"
+                        ));
+                    }
+                }
+                m.index[c].store(e, Ordering::SeqCst);
+            }
+            if buf[self.chunks as usize * 8..].iter().any(|&b| b != 0) {
+                return Err("chunk index has entries past the last chunk".into());
+            }
+            m.next_slot.store(next, Ordering::SeqCst);
+        }
         Ok(())
     }
 
     /// Write every bitmap block and flush (used at suspend, and after a
     /// whole-bitmap transition).
     pub(super) fn write_all_bitmaps(&self) -> Result<()> {
-        let blocks = Layout::for_chunks(self.chunks).bitmap_bytes / BITMAP_BLOCK_BYTES;
+        let blocks = Layout::for_chunks(self.chunks, self.kind == Kind::Compact).bitmap_bytes
+            / BITMAP_BLOCK_BYTES;
         let _gate = self.gate.write();
         for which in [Which::Diff, Which::Copy] {
             for b in 0..blocks as usize {
@@ -511,6 +610,14 @@ impl ImageSet {
         }
         for f in self.diff_dirty.iter().chain(self.copy_dirty.iter()) {
             f.store(false, Ordering::SeqCst);
+        }
+        if let Some(m) = &self.compact {
+            for b in 0..m.dirty.len() {
+                let image = self.block_image(Which::Index, b);
+                self.store
+                    .write(&image, self.block_offset(Which::Index, b), false)?;
+                m.dirty[b].store(false, Ordering::SeqCst);
+            }
         }
         self.store.flush()
     }
@@ -555,10 +662,176 @@ impl ImageSet {
     /// Save the master's point-in-time chunks into the shadow.
     /// Caller holds the chunks' locks exclusively.
     fn cow_to_shadow(&self, first: u64, n: u64, master_lower: &dyn BlockDevice) -> Result<()> {
-        self.shadow
-            .with_lower(|shadow| self.copy_chunks(first, n, master_lower, shadow))?;
+        if self.compact.is_some() {
+            for c in first..first + n {
+                self.alloc_slot(c)?;
+                let (start, len) = self.run_range(c, 1);
+                let mut buf = AlignedBuf::new(len);
+                buf.set_len(len);
+                master_lower.read(&mut buf, start)?;
+                self.on_shadow(c, start, |d, off| d.write(&buf, off, false))?;
+            }
+        } else {
+            self.shadow
+                .with_lower(|shadow| self.copy_chunks(first, n, master_lower, shadow))?;
+        }
         self.shadow_dirty.store(true, Ordering::SeqCst);
         Ok(())
+    }
+
+    fn overflow(&self) -> Option<Arc<Overflow>> {
+        self.compact
+            .as_ref()
+            .and_then(|m| m.overflow.read().clone())
+    }
+
+    /// Name of a compact set's overflow volume ("" without one).
+    pub fn overflow_name(&self) -> String {
+        self.overflow()
+            .map(|o| o.name().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// Change a compact set's overflow volume (the caller checked that no
+    /// chunk lives in the old one) and record it in the header.
+    pub(super) fn set_overflow(&self, o: Option<Arc<Overflow>>) -> Result<()> {
+        let m = self.compact.as_ref().expect("compact");
+        let name = o.as_ref().map(|o| o.name().to_owned()).unwrap_or_default();
+        self.write_header(|h| h.overflow = name)?;
+        *m.overflow.write() = o;
+        Ok(())
+    }
+
+    /// Chunks of a compact set kept in the overflow volume.
+    pub fn overflow_chunks(&self) -> u64 {
+        self.compact.as_ref().map_or(0, |m| {
+            m.index
+                .iter()
+                .filter(|e| e.load(Ordering::Relaxed) & INDEX_OVERFLOW != 0)
+                .count() as u64
+        })
+    }
+
+    /// Give compact chunk `c` a place: the next shadow slot, else an
+    /// overflow chunk. No room fails the set (visibly), never silently.
+    /// Caller holds the chunk lock; the entry becomes durable with the
+    /// chunk's bits.
+    fn alloc_slot(&self, c: u64) -> Result<()> {
+        let m = self.compact.as_ref().expect("compact");
+        if m.index[c as usize].load(Ordering::SeqCst) != 0 {
+            return Ok(());
+        }
+        let slot = m.next_slot.fetch_add(1, Ordering::SeqCst);
+        let entry = if slot < m.shadow_slots {
+            slot + 1
+        } else {
+            m.next_slot.store(m.shadow_slots, Ordering::SeqCst);
+            let Some(o) = self.overflow() else {
+                return Err(DeviceError::NoSpace(format!(
+                    "compact shadow {} is full ({} chunks) and image set {} has no overflow volume",
+                    self.shadow_name, m.shadow_slots, self.name
+                )));
+            };
+            match o.alloc()? {
+                Some(s) => (s + 1) | INDEX_OVERFLOW,
+                None => {
+                    return Err(DeviceError::NoSpace(format!(
+                        "compact shadow {} and overflow volume {} are full",
+                        self.shadow_name,
+                        o.name()
+                    )))
+                }
+            }
+        };
+        m.index[c as usize].store(entry, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Run `f(device, offset)` where the shadow keeps byte `pos` (inside
+    /// chunk `c`, or past the master's end) of its data.
+    fn on_shadow<T>(
+        &self,
+        c: u64,
+        pos: u64,
+        f: impl FnOnce(&dyn BlockDevice, u64) -> Result<T>,
+    ) -> Result<T> {
+        let Some(m) = &self.compact else {
+            return self.shadow.with_lower(|d| f(d, pos));
+        };
+        let e = m.index[c as usize].load(Ordering::SeqCst);
+        if e == 0 {
+            return Err(DeviceError::Failed {
+                reason: format!(
+                    "image set {}: chunk {c} has no place in the compact shadow",
+                    self.name
+                ),
+            });
+        }
+        let within = pos - c * self.chunk_bytes;
+        let slot = (e & !INDEX_OVERFLOW) - 1;
+        if e & INDEX_OVERFLOW != 0 {
+            let Some(o) = self.overflow() else {
+                return Err(DeviceError::Failed {
+                    reason: format!(
+                        "image set {}: chunk {c} is in a detached overflow volume",
+                        self.name
+                    ),
+                });
+            };
+            f(o.device(), o.offset(slot) + within)
+        } else {
+            self.shadow
+                .with_lower(|d| f(d, slot * self.chunk_bytes + within))
+        }
+    }
+
+    /// Write to the shadow's data (after `prepare_shadow_write`), through
+    /// the chunk index for a compact set. `buf` None writes zeroes.
+    pub(super) fn write_shadow_data(
+        &self,
+        buf: Option<&[u8]>,
+        offset: u64,
+        len: u64,
+        fua: bool,
+        lower: &dyn BlockDevice,
+    ) -> Result<()> {
+        if self.compact.is_none() {
+            return match buf {
+                Some(b) => lower.write(b, offset, fua),
+                None => lower.write_zeroes(offset, len, fua),
+            };
+        }
+        let zeroes;
+        let data = match buf {
+            Some(b) => b,
+            None => {
+                zeroes = vec![0u8; len as usize];
+                &zeroes
+            }
+        };
+        let end = offset + len;
+        let mut pos = offset;
+        while pos < end {
+            let c = pos / self.chunk_bytes;
+            let piece_end = ((c + 1) * self.chunk_bytes).min(end);
+            let piece = &data[(pos - offset) as usize..(piece_end - offset) as usize];
+            self.on_shadow(c, pos, |d, off| d.write(piece, off, fua))?;
+            pos = piece_end;
+        }
+        Ok(())
+    }
+
+    /// Flush the shadow's data (the shadow volume and any overflow).
+    pub(super) fn flush_shadow_data(&self, lower: &dyn BlockDevice) -> Result<()> {
+        lower.flush()?;
+        if let Some(o) = self.overflow() {
+            o.device().flush()?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn is_compact(&self) -> bool {
+        self.compact.is_some()
     }
 
     /// Restore chunks of the master from the shadow: first every other set
@@ -571,8 +844,18 @@ impl ImageSet {
                 other.prepare_master_write(start, len as u64, master_lower)?;
             }
         }
-        self.shadow
-            .with_lower(|shadow| self.copy_chunks(first, n, shadow, master_lower))?;
+        if self.compact.is_some() {
+            for c in first..first + n {
+                let (start, len) = self.run_range(c, 1);
+                let mut buf = AlignedBuf::new(len);
+                buf.set_len(len);
+                self.on_shadow(c, start, |d, off| d.read(&mut buf, off))?;
+                master_lower.write(&buf, start, false)?;
+            }
+        } else {
+            self.shadow
+                .with_lower(|shadow| self.copy_chunks(first, n, shadow, master_lower))?;
+        }
         self.master_dirty.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -598,12 +881,19 @@ impl ImageSet {
         len: u64,
         master_lower: &dyn BlockDevice,
     ) -> Result<()> {
-        if self.is_failed() {
-            return Ok(());
-        }
         let mut need = 0u64;
+        let mut restored = false;
         for c in self.chunks_of(offset, len) {
-            let g = if self.restore_pending(c) || !self.shadow_holds(c) {
+            let g = if self.restore_pending(c) {
+                // The master still reads this chunk from the shadow: it is
+                // restored first, even for a failed set, and a failure here
+                // fails the master write (acknowledging it would lose it).
+                let _l = self.lock(c).write();
+                restored = true;
+                self.move_before_write(c, master_lower)?
+            } else if self.is_failed() {
+                None
+            } else if !self.shadow_holds(c) {
                 let _l = self.lock(c).write();
                 self.move_before_write(c, master_lower)
                     .inspect_err(|e| self.fail(format!("copy-on-write of chunk {c}: {e}")))
@@ -617,10 +907,15 @@ impl ImageSet {
             };
             need = need.max(g.unwrap_or(0));
         }
-        if need > 0 && !self.is_failed() {
+        if need > 0 {
             // A commit failure takes the shadow offline; the master write
-            // itself goes on (the shadow is lost, not the master's data).
-            let _ = self.wait_durable(need);
+            // itself goes on (the shadow is lost, not the master's data)
+            // unless it needed a restore to be durable first.
+            if let Err(e) = self.wait_durable(need) {
+                if restored {
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     }
@@ -667,12 +962,16 @@ impl ImageSet {
         }
         if !self.shadow_holds(c) {
             self.cow_to_shadow(c, 1, master_lower)?;
-            return Ok(Some(self.change(c, &[Which::Diff, Which::Copy], || {
-                if self.kind == Kind::Independent {
-                    self.copy.clear(c);
-                }
-                self.diff.set(c);
-            })));
+            return Ok(Some(self.change(
+                c,
+                &[Which::Diff, Which::Copy, Which::Index],
+                || {
+                    if self.kind == Kind::Independent {
+                        self.copy.clear(c);
+                    }
+                    self.diff.set(c);
+                },
+            )));
         }
         // Another writer moved it while we waited for the lock.
         if !self.diff.get(c) {
@@ -734,7 +1033,7 @@ impl ImageSet {
             return Err(self.offline_error());
         }
         let range = self.chunks_of(offset, buf.len() as u64);
-        if range.clone().all(|c| self.shadow_holds(c)) {
+        if self.compact.is_none() && range.clone().all(|c| self.shadow_holds(c)) {
             return shadow_lower.read(buf, offset);
         }
         // Split at chunk boundaries; chunks the shadow does not hold are
@@ -750,12 +1049,14 @@ impl ImageSet {
                 end
             };
             let piece = &mut buf[(pos - offset) as usize..(piece_end - offset) as usize];
-            if c >= self.chunks || self.shadow_holds(c) {
+            if c >= self.chunks {
                 shadow_lower.read(piece, pos)?;
+            } else if self.shadow_holds(c) {
+                self.on_shadow(c, pos, |d, off| d.read(piece, off))?;
             } else {
                 let _l = self.lock(c).read();
                 if self.shadow_holds(c) {
-                    shadow_lower.read(piece, pos)?;
+                    self.on_shadow(c, pos, |d, off| d.read(piece, off))?;
                 } else {
                     self.master.with_lower(|m| m.read(piece, pos))?;
                 }
@@ -786,7 +1087,7 @@ impl ImageSet {
             let piece = &mut buf[(pos - offset) as usize..(piece_end - offset) as usize];
             let _l = self.lock(c).read();
             if self.restore_pending(c) {
-                self.shadow.with_lower(|s| s.read(piece, pos))?;
+                self.on_shadow(c, pos, |d, off| d.read(piece, off))?;
             } else {
                 master_lower.read(piece, pos)?;
             }
@@ -812,6 +1113,14 @@ impl ImageSet {
             Transition::Clear => {
                 self.copy.clear_all();
                 self.diff.clear_all();
+                // A refreshed compact shadow saves nothing yet: every slot
+                // is free again.
+                if let Some(m) = &self.compact {
+                    for e in m.index.iter() {
+                        e.store(0, Ordering::SeqCst);
+                    }
+                    m.next_slot.store(0, Ordering::SeqCst);
+                }
             }
         }
     }
@@ -893,7 +1202,9 @@ impl ImageSet {
         let mut since_sleep = 0u32;
         let mut result: std::result::Result<(), String> = Ok(());
         while let Some(c) = self.copy.next_set(next) {
-            if stop.load(Ordering::SeqCst) || self.is_failed() {
+            // A restore goes on for a failed set (the master depends on
+            // it); a copy to an offline shadow stops.
+            if stop.load(Ordering::SeqCst) || (self.is_failed() && dir != Direction::ToMaster) {
                 break;
             }
             let moved = match self.engine_copy(c) {

@@ -29,6 +29,7 @@ fn opts(kind: Kind) -> EnableOptions {
         chunk_bytes: CHUNK,
         memory_bitmap: false,
         throttle: Throttle::default(),
+        overflow: None,
     }
 }
 
@@ -48,7 +49,7 @@ fn fixture(size: u64, kind: Kind) -> Fixture {
     shadow
         .write(&pattern(99, 0, size as usize), 0, false)
         .unwrap();
-    let bitmap = mem(bitmap_bytes_for(size, CHUNK));
+    let bitmap = mem(bitmap_bytes_for(size, CHUNK, Kind::Dependent));
     let img = Imaging::default();
     img.enable("set", &master, &shadow, bitmap.clone(), &opts(kind), None)
         .unwrap();
@@ -124,7 +125,7 @@ fn restore_from_one_shadow_preserves_the_others() {
             "b",
             &f.master,
             &s2,
-            mem(bitmap_bytes_for(size, CHUNK)),
+            mem(bitmap_bytes_for(size, CHUNK, Kind::Dependent)),
             &opts(Kind::Dependent),
             None,
         )
@@ -158,7 +159,7 @@ fn conflicting_relationships_are_refused() {
     let f = fixture(1 << 20, Kind::Dependent);
     let other = vol_on("x", mem(1 << 20));
     let small = vol_on("tiny", mem(1 << 19));
-    let bm = || mem(bitmap_bytes_for(1 << 20, CHUNK));
+    let bm = || mem(bitmap_bytes_for(1 << 20, CHUNK, Kind::Dependent));
     let o = opts(Kind::Dependent);
     let err = |r: IResult<Arc<ImageSet>>| r.err().expect("refused").to_string();
     assert!(err(f.img.enable("set", &other, &small, bm(), &o, None)).contains("smaller"));
@@ -200,7 +201,7 @@ fn group_update_takes_one_point_in_time_across_sets() {
             &n,
             &m,
             &s,
-            mem(bitmap_bytes_for(size, CHUNK)),
+            mem(bitmap_bytes_for(size, CHUNK, Kind::Dependent)),
             &opts(Kind::Dependent),
             None,
         )
@@ -257,7 +258,7 @@ fn memory_bitmap_after_a_crash_takes_the_dependent_shadow_offline() {
     let size = 1 << 20;
     let master = vol_on("m", mem(size));
     let shadow = vol_on("s", mem(size));
-    let bitmap = mem(bitmap_bytes_for(size, CHUNK));
+    let bitmap = mem(bitmap_bytes_for(size, CHUNK, Kind::Dependent));
     let img = Imaging::default();
     let mut o = opts(Kind::Dependent);
     o.memory_bitmap = true;
@@ -316,7 +317,7 @@ fn bad_bitmap_volumes_are_refused_with_a_reason() {
 /// writes survived, and every differing chunk has its bit.
 #[test]
 fn crash_at_every_flush_keeps_the_invariants() {
-    for kind in [Kind::Dependent, Kind::Independent] {
+    for kind in [Kind::Dependent, Kind::Independent, Kind::Compact] {
         let mut n = 1;
         loop {
             let (flushes, frozen) = crash_run(kind, n);
@@ -334,17 +335,29 @@ fn crash_run(kind: Kind, freeze_at: u64) -> (u64, bool) {
     const SIZE: u64 = 128 << 10;
     let clock = CrashClock::new(freeze_at);
     let dev = |img: Vec<u8>| Arc::new(CrashDevice::new(img, clock.clone()));
-    let (md, sd, bd) = (
+    let compact = kind == Kind::Compact;
+    // A compact shadow stores half the chunks; the overflow the rest.
+    let store = if compact { SIZE / 2 } else { SIZE };
+    let overflow_bytes = 4096 + SIZE / 2;
+    let (md, sd, bd, od) = (
         dev(pattern(1, 0, SIZE as usize)),
-        dev(pattern(2, 0, SIZE as usize)),
-        dev(vec![0; bitmap_bytes_for(SIZE, CHUNK) as usize]),
+        dev(pattern(2, 0, store as usize)),
+        dev(vec![0; bitmap_bytes_for(SIZE, CHUNK, kind) as usize]),
+        dev(vec![0; overflow_bytes as usize]),
     );
     let master = vol_on("m", md.clone());
-    let shadow = vol_on("s", sd.clone());
+    let shadow = Arc::new(Volume::with_size("s", sd.clone(), String::new(), SIZE));
     let img = Imaging::default();
     let t0 = all(master.as_ref());
-    img.enable("set", &master, &shadow, bd.clone(), &opts(kind), None)
+    let mut o = opts(kind);
+    if compact {
+        img.overflow_add("spill", od.clone(), Some(CHUNK)).unwrap();
+        o.overflow = Some("spill".into());
+    }
+    img.enable("set", &master, &shadow, bd.clone(), &o, None)
         .unwrap();
+    // A crash before this point interrupts the establishment itself.
+    let established_at = clock.flushes();
     let set = img.get("set").unwrap();
     set.set_throttle(Throttle {
         delay_ms: 0,
@@ -372,7 +385,7 @@ fn crash_run(kind: Kind, freeze_at: u64) -> (u64, bool) {
                 since.iter_mut().for_each(|v| v.clear());
             }
         }
-        if i == 20 && kind == Kind::Dependent {
+        if i == 20 && kind != Kind::Independent {
             img.update(&["set".into()], Direction::ToShadow, false)
                 .unwrap();
             points.push(all(master.as_ref()));
@@ -384,12 +397,28 @@ fn crash_run(kind: Kind, freeze_at: u64) -> (u64, bool) {
     drop(set);
     // "Restart" on what the disks kept.
     let m2 = vol_on("m", Arc::new(MemoryBackend::from_bytes(md.durable_image())));
-    let s2 = vol_on("s", Arc::new(MemoryBackend::from_bytes(sd.durable_image())));
+    let s2 = Arc::new(Volume::with_size(
+        "s",
+        Arc::new(MemoryBackend::from_bytes(sd.durable_image())),
+        String::new(),
+        SIZE,
+    ));
     let b2: Arc<dyn BlockDevice> = Arc::new(MemoryBackend::from_bytes(bd.durable_image()));
     let img2 = Imaging::default();
-    let set2 = img2
-        .open("set", &m2, &s2, b2, None)
-        .unwrap_or_else(|e| panic!("{kind:?} N={freeze_at}: reopen failed: {e}"));
+    if compact {
+        img2.overflow_add(
+            "spill",
+            Arc::new(MemoryBackend::from_bytes(od.durable_image())),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("N={freeze_at}: overflow reopen: {e}"));
+    }
+    let set2 = match img2.open("set", &m2, &s2, b2, None) {
+        Ok(s) => s,
+        // Enable had not returned at the crash: no set is a valid outcome.
+        Err(_) if freeze_at < established_at => return (flushes, frozen),
+        Err(e) => panic!("{kind:?} N={freeze_at}: reopen failed: {e}"),
+    };
     assert!(set2.wait(Duration::from_secs(30)));
     let shadow_now = all(s2.as_ref());
     assert!(
@@ -412,4 +441,130 @@ fn crash_run(kind: Kind, freeze_at: u64) -> (u64, bool) {
         }
     }
     (flushes, frozen)
+}
+
+fn compact_fixture(master_bytes: u64, store: u64, overflow_chunks: Option<u64>) -> Fixture {
+    let master = vol_on("m", mem(master_bytes));
+    master
+        .write(&pattern(5, 0, master_bytes as usize), 0, false)
+        .unwrap();
+    let shadow = Arc::new(Volume::with_size(
+        "c",
+        mem(store),
+        String::new(),
+        master_bytes,
+    ));
+    let bitmap = mem(bitmap_bytes_for(master_bytes, CHUNK, Kind::Compact));
+    let img = Imaging::default();
+    let mut o = opts(Kind::Compact);
+    if let Some(n) = overflow_chunks {
+        img.overflow_add("spill", mem(4096 + n * CHUNK as u64), Some(CHUNK))
+            .unwrap();
+        o.overflow = Some("spill".into());
+    }
+    img.enable("set", &master, &shadow, bitmap.clone(), &o, None)
+        .unwrap();
+    Fixture {
+        img,
+        master,
+        shadow,
+        bitmap,
+    }
+}
+
+#[test]
+fn compact_shadow_fills_spills_over_then_fails_visibly() {
+    let size = 1 << 20;
+    // 4 chunks of store, 8 of overflow: the 13th saved chunk has no room.
+    let f = compact_fixture(size, 4 * CHUNK as u64, Some(8));
+    let t0 = all(f.master.as_ref());
+    assert_eq!(
+        f.shadow.size_bytes(),
+        size,
+        "a compact shadow shows the master's size"
+    );
+    for i in 0..12u64 {
+        f.master
+            .write(&[i as u8; 100], i * 3 * CHUNK as u64 + 7, false)
+            .unwrap();
+        assert_eq!(all(f.shadow.as_ref()), t0, "after saving chunk {i}");
+    }
+    let set = f.img.get("set").unwrap();
+    assert_eq!(set.overflow_chunks(), 8);
+    assert_eq!(f.img.overflow_info("spill").unwrap().1, 8);
+    // Shadow writes go through the index too.
+    f.shadow
+        .write(&[0xab; 3000], 3 * CHUNK as u64 + 100, false)
+        .unwrap();
+    let mut expect = t0.clone();
+    expect[3 * CHUNK as usize + 100..3 * CHUNK as usize + 3100].fill(0xab);
+    assert_eq!(all(f.shadow.as_ref()), expect);
+    assert!(!set.is_failed());
+    // No room for the next chunk: the set fails, the master carries on.
+    f.master
+        .write(&[0xee; 4096], 200 * CHUNK as u64, false)
+        .unwrap();
+    assert!(set.is_failed());
+    assert_eq!(
+        read(f.master.as_ref(), 200 * CHUNK as u64, 4096),
+        vec![0xee; 4096]
+    );
+    let info = f.img.info("set").unwrap();
+    assert_eq!(info.state, "failed");
+    assert!(info.error.unwrap().contains("full"));
+    let mut b = vec![0u8; 4096];
+    assert_eq!(f.shadow.read(&mut b, 0).unwrap_err().errno(), libc::EIO);
+    // Detaching the overflow is refused while chunks live there; after
+    // disable the overflow is empty again.
+    assert!(f.img.overflow_attach("set", None).is_err());
+    f.img.disable("set", false).unwrap();
+    assert_eq!(f.img.overflow_info("spill").unwrap().1, 0);
+}
+
+#[test]
+fn compact_shadow_restores_the_master_and_survives_a_restart() {
+    let size = 1 << 20;
+    let f = compact_fixture(size, 8 * CHUNK as u64, Some(16));
+    let t0 = all(f.master.as_ref());
+    for i in 0..20u64 {
+        f.master
+            .write(&[9; 4096], i * 11 * CHUNK as u64 % size, false)
+            .unwrap();
+    }
+    // Restart without a clean suspend: the index came back with the bits.
+    f.img.halt_all();
+    let ovf = f.img.get("set").unwrap();
+    assert_eq!(ovf.overflow_chunks(), 12);
+    let m2 = vol_on("m", f.master.backend().clone());
+    let s2 = Arc::new(Volume::with_size(
+        "c",
+        f.shadow.backend().clone(),
+        String::new(),
+        size,
+    ));
+    let img2 = Imaging::default();
+    // The overflow's bytes are in the first registry's device: reuse it.
+    let (cap, used, _) = f.img.overflow_info("spill").unwrap();
+    assert_eq!((cap, used), (16, 12));
+    let dev = {
+        let reg = f.img.inner.lock();
+        reg.overflows["spill"].device_arc()
+    };
+    img2.overflow_add("spill", dev, None).unwrap();
+    img2.open("set", &m2, &s2, f.bitmap.clone(), None).unwrap();
+    assert_eq!(all(s2.as_ref()), t0);
+    img2.update(&["set".into()], Direction::ToMaster, false)
+        .unwrap();
+    assert!(img2.get("set").unwrap().wait(Duration::from_secs(30)));
+    assert_eq!(
+        all(m2.as_ref()),
+        t0,
+        "master restored from the compact shadow"
+    );
+    // Refresh frees every slot.
+    img2.update(&["set".into()], Direction::ToShadow, false)
+        .unwrap();
+    assert_eq!(img2.get("set").unwrap().overflow_chunks(), 0);
+    img2.overflow_attach("set", None).unwrap();
+    assert_eq!(img2.overflow_info("spill").unwrap().1, 0);
 }
