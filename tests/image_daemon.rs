@@ -328,3 +328,72 @@ fn damaged_bitmap_volumes_are_refused_and_the_daemon_stays_up() {
     }
     assert_eq!(d.stop(), 0);
 }
+
+#[test]
+fn compact_shadow_with_an_overflow_volume_through_the_cli() {
+    require_tool("nbdcopy");
+    let mut d = Daemon::start();
+    d.ok(&["volume", "create", "m", "--size", "16M"]);
+    d.export_nbd("m");
+    fill(&d, "m", 16 << 20, 5);
+    let t0 = sha(&d.uri_of("m"));
+    d.ok(&["image", "overflow", "create", "spill", "--size", "1M"]);
+    let out = d.cli(&[
+        "image", "enable", "c", "--master", "m", "--shadow", "m-c", "--mode", "compact",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--shadow-size"));
+    d.ok(&[
+        "image",
+        "enable",
+        "c",
+        "--master",
+        "m",
+        "--shadow",
+        "m-c",
+        "--mode",
+        "compact",
+        "--shadow-size",
+        "1M",
+        "--overflow",
+        "spill",
+    ]);
+    d.export_nbd("m-c");
+    // The compact shadow shows the master's size and its T0 contents.
+    assert_eq!(sha(&d.uri_of("m-c")), t0);
+    // 32 KiB chunks: 32 fit the shadow, 32 the overflow. Touch 48.
+    let mut c = NbdClient::connect(&d.addr_of("m"), "m");
+    for i in 0..48u64 {
+        assert_eq!(c.write(i * 5 * 32768, &[7; 512], 0), 0);
+    }
+    assert_eq!(c.flush(), 0);
+    let info = d.json(&["image", "info", "c"]);
+    assert_eq!(
+        (info["state"].as_str(), info["overflow_chunks"].as_u64()),
+        (Some("idle"), Some(16)),
+        "{info}"
+    );
+    assert_eq!(sha(&d.uri_of("m-c")), t0);
+    let ovf = d.json(&["image", "overflow", "info", "spill"]);
+    assert_eq!(ovf["used_chunks"], 16, "{ovf}");
+    // The set comes back after a crash with its chunk index.
+    d.kill9();
+    d.spawn();
+    assert_eq!(sha(&d.uri_of("m-c")), t0, "after kill -9");
+    // Out of room: the set fails visibly, the master keeps working.
+    let mut c = NbdClient::connect(&d.addr_of("m"), "m");
+    for i in 48..80u64 {
+        assert_eq!(c.write(i * 5 * 32768 % (16 << 20), &[8; 512], 0), 0);
+    }
+    assert_eq!(c.flush(), 0);
+    let info = d.json(&["image", "info", "c"]);
+    assert_eq!(info["state"], "failed", "{info}");
+    assert!(info["error"].as_str().unwrap().contains("full"), "{info}");
+    let out = d.cli(&["image", "overflow", "detach", "c"]);
+    assert_eq!(out.status.code(), Some(1));
+    d.ok(&["image", "disable", "c"]);
+    let ovf = d.json(&["image", "overflow", "info", "spill"]);
+    assert_eq!(ovf["used_chunks"], 0, "space is free again: {ovf}");
+    d.ok(&["image", "overflow", "remove", "spill"]);
+    assert_eq!(d.stop(), 0);
+}
