@@ -38,9 +38,13 @@ uri_of() { "$UMBRA" export list --json | python3 -c "import json,sys; print([e['
 echo "== establish time (dependent shadow, sparse master)"
 for size in 1G 64G; do
   "$UMBRA" volume create "big$size" --size "$size" >/dev/null
-  us=$("$UMBRA" image enable "e$size" --master "big$size" --shadow "big$size-s" \
-       --mode dependent --json | field '["establish_us"]')
-  echo "  $size master: $(python3 -c "print($us/1000)") ms"
+  t0=$(date +%s%N)
+  out=$("$UMBRA" image enable "e$size" --master "big$size" --shadow "big$size-s" \
+       --mode dependent --json)
+  t1=$(date +%s%N)
+  us=$(field '["establish_us"]' <<<"$out")
+  echo "  $size master: $(python3 -c "print($us/1000)") ms in the daemon (quiesce, header, layers);" \
+       "$(python3 -c "print(round(($t1-$t0)/1e6, 2))") ms for the whole CLI command (bitmap file, shadow volume)"
   "$UMBRA" image disable "e$size" >/dev/null
   "$UMBRA" volume remove "big$size" >/dev/null
   "$UMBRA" volume remove "big$size-s" >/dev/null
@@ -48,7 +52,8 @@ for size in 1G 64G; do
 done
 
 IOS=${IOS:-30000}
-echo "== 4k randwrite QD32, $IOS writes at chunk-aligned offsets per run"
+REPEAT=${REPEAT:-3}
+echo "== 4k randwrite QD32, $IOS writes at chunk-aligned offsets per run, median of $REPEAT rounds"
 "$UMBRA" volume create w --size 2G >/dev/null
 fio --name=prep --filename="$WORK/data/w.img" --rw=write --bs=1M --size=2G \
     --ioengine=psync >/dev/null
@@ -60,15 +65,24 @@ fio_iops() {
       --output-format=json 2>/dev/null |
     python3 -c 'import json,sys; t=sys.stdin.read(); print(round(json.loads(t[t.index("{"):])["jobs"][0]["write"]["iops"]))'
 }
-base=$(fio_iops 1)
-"$UMBRA" image enable snap --master w --shadow w-snap --mode dependent >/dev/null
-first=$(fio_iops 2)
-cow=$("$UMBRA" image info snap --json | field '["chunks_differing"]')
-again=$(fio_iops 2)
-echo "  no shadow:               $base IOPS"
-echo "  first touch (COW):       $first IOPS ($(python3 -c "print(f'{$first/$base:.2f}')")x), $cow chunks copied on write"
-echo "  same chunks again:       $again IOPS ($(python3 -c "print(f'{$again/$base:.2f}')")x)"
-"$UMBRA" image disable snap >/dev/null
+base=(); first=(); again=()
+for r in $(seq "$REPEAT"); do
+  # Each round: no shadow; a fresh point in time (every chunk a first
+  # touch); the same offsets again (every chunk already saved).
+  base+=("$(fio_iops "$r")")
+  "$UMBRA" image enable snap --master w --shadow w-snap --mode dependent >/dev/null
+  first+=("$(fio_iops "$r")")
+  again+=("$(fio_iops "$r")")
+  "$UMBRA" image disable snap >/dev/null
+done
+python3 - "${base[*]}" "${first[*]}" "${again[*]}" <<'PY'
+import statistics as st, sys
+b, f, a = ([float(x) for x in arg.split()] for arg in sys.argv[1:4])
+mb, mf, ma = st.median(b), st.median(f), st.median(a)
+print(f"  no shadow:          {mb:.0f} IOPS   (rounds: {' '.join(f'{x:.0f}' for x in b)})")
+print(f"  first touch (COW):  {mf:.0f} IOPS   {mf/mb:.2f}x   (rounds: {' '.join(f'{x:.0f}' for x in f)})")
+print(f"  already copied:     {ma:.0f} IOPS   {ma/mb:.2f}x   (rounds: {' '.join(f'{x:.0f}' for x in a)})")
+PY
 
 echo "== independent set on a 2 GiB master: full copy, then update after 1% changed"
 "$UMBRA" volume create u --size 2G >/dev/null

@@ -147,6 +147,30 @@ pub struct ImageSet {
     notify: Option<Notifier>,
 }
 
+thread_local! {
+    /// Each thread's buffer for moving chunks (copy-on-write, the copy
+    /// engine): no allocation per copy.
+    static COPY_BUF: std::cell::RefCell<AlignedBuf> = std::cell::RefCell::new(AlignedBuf::new(0));
+}
+
+/// Run `f` on a `len`-byte page-aligned scratch buffer of this thread.
+fn with_copy_buf<T>(len: usize, f: impl FnOnce(&mut [u8]) -> Result<T>) -> Result<T> {
+    COPY_BUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.capacity() < len {
+                *buf = AlignedBuf::new(len);
+            }
+            buf.set_len(len);
+            f(&mut buf[..])
+        }
+        // Re-entered (never expected): a private buffer keeps it correct.
+        Err(_) => {
+            let mut buf = AlignedBuf::new(len);
+            f(&mut buf[..])
+        }
+    })
+}
+
 fn dir_to_u8(d: Direction) -> u8 {
     match d {
         Direction::None => 0,
@@ -646,10 +670,10 @@ impl ImageSet {
         to: &dyn BlockDevice,
     ) -> Result<()> {
         let (start, len) = self.run_range(first, n);
-        let mut buf = AlignedBuf::new(len);
-        buf.set_len(len);
-        from.read(&mut buf, start)?;
-        to.write(&buf, start, false)
+        with_copy_buf(len, |buf| {
+            from.read(buf, start)?;
+            to.write(buf, start, false)
+        })
     }
 
     /// Byte range of the `n` chunks from `first` (the last may be short).
@@ -666,10 +690,10 @@ impl ImageSet {
             for c in first..first + n {
                 self.alloc_slot(c)?;
                 let (start, len) = self.run_range(c, 1);
-                let mut buf = AlignedBuf::new(len);
-                buf.set_len(len);
-                master_lower.read(&mut buf, start)?;
-                self.on_shadow(c, start, |d, off| d.write(&buf, off, false))?;
+                with_copy_buf(len, |buf| {
+                    master_lower.read(buf, start)?;
+                    self.on_shadow(c, start, |d, off| d.write(buf, off, false))
+                })?;
             }
         } else {
             self.shadow
@@ -847,10 +871,10 @@ impl ImageSet {
         if self.compact.is_some() {
             for c in first..first + n {
                 let (start, len) = self.run_range(c, 1);
-                let mut buf = AlignedBuf::new(len);
-                buf.set_len(len);
-                self.on_shadow(c, start, |d, off| d.read(&mut buf, off))?;
-                master_lower.write(&buf, start, false)?;
+                with_copy_buf(len, |buf| {
+                    self.on_shadow(c, start, |d, off| d.read(buf, off))?;
+                    master_lower.write(buf, start, false)
+                })?;
             }
         } else {
             self.shadow
