@@ -350,14 +350,19 @@ impl CrashClock {
 pub struct CrashDevice {
     current: parking_lot::RwLock<Vec<u8>>,
     durable: parking_lot::Mutex<Vec<u8>>,
+    /// 4 KiB pages written since the last flush (a flush copies only them).
+    dirty: parking_lot::Mutex<std::collections::BTreeSet<usize>>,
     clock: Arc<CrashClock>,
 }
+
+const CRASH_PAGE: usize = 4096;
 
 impl CrashDevice {
     pub fn new(image: Vec<u8>, clock: Arc<CrashClock>) -> Self {
         CrashDevice {
             durable: parking_lot::Mutex::new(image.clone()),
             current: parking_lot::RwLock::new(image),
+            dirty: Default::default(),
             clock,
         }
     }
@@ -376,7 +381,10 @@ impl CrashDevice {
             None => cur[r.clone()].fill(0),
         }
         if fua && !self.clock.frozen() {
-            self.durable.lock()[r.clone()].copy_from_slice(&cur[r]);
+            self.durable.lock()[r.clone()].copy_from_slice(&cur[r.clone()]);
+        } else if len > 0 {
+            let mut dirty = self.dirty.lock();
+            dirty.extend(r.start / CRASH_PAGE..=(r.end - 1) / CRASH_PAGE);
         }
         Ok(())
     }
@@ -403,7 +411,10 @@ impl BlockDevice for CrashDevice {
         if self.clock.frozen() {
             return Ok(());
         }
-        durable.copy_from_slice(&cur);
+        for page in std::mem::take(&mut *self.dirty.lock()) {
+            let r = page * CRASH_PAGE..((page + 1) * CRASH_PAGE).min(cur.len());
+            durable[r.clone()].copy_from_slice(&cur[r]);
+        }
         if n == self.clock.freeze_at {
             self.clock.frozen.store(true, Ordering::SeqCst);
         }

@@ -23,10 +23,15 @@
 //! * A partial block at the end of a device whose size is not a multiple of
 //!   the block size is never cached; requests for it pass through.
 //!
-//! Not built yet (issue 6): write coalescing, and the write-back mode with
-//! its persistent safe store.
+//! * **Write-back** (optional, `writeback.rs`): below the read cache, a
+//!   layer that acknowledges writes once they are durable in a safe store
+//!   (`safestore.rs`, an append log replayed after a crash) and destages
+//!   them in the background, merging adjacent blocks into large writes
+//!   (write coalescing).
 
 pub mod s3fifo;
+pub mod safestore;
+pub mod writeback;
 
 use crate::device::{check_range, BlockDevice, LatencyClass, Result};
 use crate::interposer::Service;
@@ -78,6 +83,9 @@ struct Counters {
 #[derive(Debug, Clone, Serialize)]
 pub struct CacheStats {
     pub mode: &'static str,
+    /// Write-back only: dirty and destaged bytes, coalescing, cancellations.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub write_back: Option<writeback::WriteBackStats>,
     pub capacity_bytes: u64,
     pub cached_bytes: u64,
     /// Block reads served from the cache / from the device.
@@ -118,6 +126,7 @@ struct Shared {
 /// a volume's stack.
 pub struct CacheService {
     shared: Arc<Shared>,
+    write_back: Option<Arc<writeback::WriteBack>>,
 }
 
 thread_local! {
@@ -155,7 +164,34 @@ impl CacheService {
         if let Err(e) = spawned {
             log::warn!("cache: no read-ahead thread ({e}); reads still cached");
         }
-        CacheService { shared }
+        CacheService {
+            shared,
+            write_back: None,
+        }
+    }
+
+    /// A write-back cache over the safe store `wb` (created or replayed by
+    /// the caller).
+    pub fn with_write_back(capacity_bytes: u64, wb: Arc<writeback::WriteBack>) -> Self {
+        let mut c = Self::new(capacity_bytes);
+        c.write_back = Some(wb);
+        c
+    }
+
+    pub fn is_write_back(&self) -> bool {
+        self.write_back.is_some()
+    }
+
+    /// Stop the destage thread. With `drain`, everything dirty reaches the
+    /// volume first (the safe store is then empty); without, what is left
+    /// stays logged and is replayed at the next start.
+    pub fn shutdown(&self, drain: bool) -> Result<()> {
+        if let Some(wb) = &self.write_back {
+            let r = if drain { wb.drain() } else { Ok(()) };
+            wb.stop();
+            return r;
+        }
+        Ok(())
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -169,7 +205,12 @@ impl CacheService {
         let hits = c.read_hits.load(Ordering::Relaxed);
         let misses = c.read_misses.load(Ordering::Relaxed);
         CacheStats {
-            mode: "write-through",
+            mode: if self.write_back.is_some() {
+                "write-back"
+            } else {
+                "write-through"
+            },
+            write_back: self.write_back.as_ref().map(|wb| wb.stats()),
             capacity_bytes: self.shared.capacity_bytes,
             cached_bytes: cached_blocks as u64 * BS,
             read_hits: hits,
@@ -195,11 +236,31 @@ impl Service for CacheService {
         &self,
         lower: Arc<dyn BlockDevice>,
     ) -> std::result::Result<Arc<dyn BlockDevice>, String> {
+        let lower: Arc<dyn BlockDevice> = match &self.write_back {
+            Some(wb) => {
+                wb.set_lower(lower.clone());
+                Arc::new(writeback::WriteBackDevice {
+                    wb: wb.clone(),
+                    lower,
+                })
+            }
+            None => lower,
+        };
         Ok(Arc::new(CacheDevice {
             size_bytes: lower.size_bytes(),
             lower,
             shared: self.shared.clone(),
         }))
+    }
+
+    fn before_detach(&self) -> std::result::Result<(), String> {
+        // Disabling a write-back cache destages everything first.
+        match &self.write_back {
+            Some(wb) => wb
+                .drain()
+                .map_err(|e| format!("destaging before the cache is removed: {e}")),
+            None => Ok(()),
+        }
     }
 }
 
