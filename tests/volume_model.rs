@@ -10,7 +10,8 @@ use umbra::backend::{EngineKind, FileBackend, FileOptions, MemoryBackend};
 use umbra::device::BlockDevice;
 use umbra::interposer::passthrough::Passthrough;
 use umbra::interposer::Volume;
-use umbra::services::cache::CacheService;
+use umbra::services::cache::writeback::WriteBack;
+use umbra::services::cache::{safestore, CacheService};
 
 const SIZE: u64 = 256 * 1024;
 
@@ -40,7 +41,9 @@ enum Op {
         len: u64,
     },
     ToggleLayer,
-    ToggleCache,
+    ToggleCache {
+        write_back: bool,
+    },
 }
 
 fn range() -> impl Strategy<Value = (u64, u64)> {
@@ -62,14 +65,14 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (range(), any::<bool>()).prop_map(|((off, len), fua)| Op::WriteZeroes { off, len, fua }),
         1 => (1..4096u64).prop_map(|len| Op::OutOfRangeWrite { len }),
         1 => Just(Op::ToggleLayer),
-        1 => Just(Op::ToggleCache),
+        1 => any::<bool>().prop_map(|write_back| Op::ToggleCache { write_back }),
     ]
 }
 
 fn run(vol: &Volume, ops: &[Op]) -> Result<(), TestCaseError> {
     let mut model = vec![0u8; SIZE as usize];
     let mut layered = false;
-    let mut cached = false;
+    let mut cached: Option<Arc<CacheService>> = None;
     for op in ops {
         match *op {
             Op::Read { off, len } => {
@@ -111,18 +114,32 @@ fn run(vol: &Volume, ops: &[Op]) -> Result<(), TestCaseError> {
                 }
                 layered = !layered;
             }
-            Op::ToggleCache => {
-                if cached {
+            Op::ToggleCache { write_back } => {
+                if let Some(cache) = cached.take() {
+                    // A write-back cache destages everything here.
                     vol.detach("cache").unwrap();
+                    cache.shutdown(false).unwrap();
                 } else {
-                    // A tiny cache (two blocks per shard) so runs evict.
-                    let cache = Arc::new(CacheService::new(0));
+                    // A tiny cache (two blocks per shard) so runs evict;
+                    // write-back over a small safe store, so it wraps and
+                    // throttles.
+                    let cache = Arc::new(if write_back {
+                        let store = Arc::new(MemoryBackend::new(
+                            safestore::LOG_OFFSET + safestore::MIN_LOG_BYTES,
+                        ));
+                        CacheService::with_write_back(
+                            0,
+                            WriteBack::create(store, vol.size_bytes()).unwrap(),
+                        )
+                    } else {
+                        CacheService::new(0)
+                    });
                     vol.quiesce("enable cache")
                         .unwrap()
-                        .insert(0, cache)
+                        .insert(0, cache.clone())
                         .unwrap();
+                    cached = Some(cache);
                 }
-                cached = !cached;
             }
         }
     }

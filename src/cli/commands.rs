@@ -251,16 +251,33 @@ pub fn export(socket: &Path, cmd: ExportCommand) -> Result<()> {
 pub fn cache(socket: &Path, cmd: CacheCommand) -> Result<()> {
     match cmd {
         CacheCommand::Enable(a) => {
+            let write_back = a.mode == super::CacheMode::WriteBack;
+            let safe_store = a.safe_store.as_deref().map(absolute).transpose()?;
             call(
                 socket,
                 "cache.enable",
-                json!({"volume": a.volume, "size_bytes": a.size}),
+                json!({
+                    "volume": a.volume,
+                    "size_bytes": a.size,
+                    "mode": if write_back { "write-back" } else { "write-through" },
+                    "safe_store": safe_store,
+                    "safe_store_bytes": write_back.then_some(a.safe_store_size),
+                }),
             )?;
-            println!(
-                "cache enabled on {} ({}, write-through)",
-                a.volume,
-                human_bytes(a.size)
-            );
+            match safe_store {
+                Some(p) => println!(
+                    "cache enabled on {} ({}, write-back, safe store {} of {})",
+                    a.volume,
+                    human_bytes(a.size),
+                    p.display(),
+                    human_bytes(a.safe_store_size)
+                ),
+                None => println!(
+                    "cache enabled on {} ({}, write-through)",
+                    a.volume,
+                    human_bytes(a.size)
+                ),
+            }
         }
         CacheCommand::Disable(a) => {
             call(socket, "cache.disable", json!({"volume": a.volume}))?;
@@ -298,6 +315,20 @@ pub fn cache(socket: &Path, cmd: CacheCommand) -> Result<()> {
                         format!("{:.1}%", c["hit_ratio"].as_f64().unwrap_or(0.0) * 100.0),
                         s(&c["readahead_hits"]),
                         s(&c["invalidated_blocks"]),
+                        c["dirty_bytes"]
+                            .as_u64()
+                            .map(human_bytes)
+                            .unwrap_or("-".into()),
+                        c["destaged_bytes"]
+                            .as_u64()
+                            .map(human_bytes)
+                            .unwrap_or("-".into()),
+                        s(&c["writes_coalesced"]),
+                        s(&c["write_cancellations"]),
+                        match &c["failed"] {
+                            Value::String(f) => format!("failed: {f}"),
+                            _ => "ok".into(),
+                        },
                     ]
                 })
                 .collect();
@@ -311,6 +342,11 @@ pub fn cache(socket: &Path, cmd: CacheCommand) -> Result<()> {
                     "HIT%",
                     "RA-HITS",
                     "INVALIDATED",
+                    "DIRTY",
+                    "DESTAGED",
+                    "COALESCED",
+                    "CANCELLED",
+                    "STATE",
                 ],
                 rows,
             );

@@ -222,20 +222,30 @@ enum CacheCommand {
 while the volume stays exported. Write-through: a write reaches the volume's storage before \
 it is acknowledged, and drops the cached blocks it touches, so the cache never holds stale \
 data. The policy (S3-FIFO) keeps a hot set through one-pass scans; sequential reads trigger \
-read-ahead. (Write-back with a persistent safe store is not built yet.)\n\n\
-Examples:\n  umbra cache enable db\n  umbra cache enable db --size 1G"
+read-ahead.\n\n\
+--mode write-back acknowledges a write once it is durable in the safe store (an append log \
+with checksums, in FILE) and destages it to the volume in the background, merging adjacent \
+small writes into large ones. Flush and FUA keep their meaning (every acknowledged write is \
+already durable). After a crash the safe store is replayed at start; a corrupt one keeps the \
+volume offline rather than serve stale data. A full safe store slows writers down; a destage \
+error puts the cache in a failed state (writes fail, `cache stats` says why).\n\n\
+Examples:\n  umbra cache enable db\n  umbra cache enable db --size 1G\n  \
+umbra cache enable db --mode write-back --safe-store /fast/db.safe --safe-store-size 256M"
     )]
     Enable(CacheEnable),
     /// Remove a volume's cache, while it serves
     #[command(
-        long_about = "Remove the volume's cache while it stays exported (nothing is dirty \
-in a write-through cache, so this only drops memory).\n\nExample:\n  umbra cache disable db"
+        long_about = "Remove the volume's cache while it stays exported. A write-back cache \
+first destages every dirty block to the volume, then its safe store file is deleted.\n\n\
+Example:\n  umbra cache disable db"
     )]
     Disable(CacheVolume),
     /// Hits, misses, hit ratio, read-ahead and invalidations
     #[command(
         long_about = "Show cache statistics: block read hits and misses, hit ratio, \
-read-ahead blocks and hits, blocks invalidated by writes, cached and capacity bytes. \
+read-ahead blocks and hits, blocks invalidated by writes, cached and capacity bytes; in \
+write-back mode also dirty and destaged bytes, writes coalesced, write cancellations \
+(rewrites of dirty blocks), throttled writes and safe-store use. \
 Without a volume, every cached volume.\n\nExamples:\n  umbra cache stats\n  umbra cache stats db --json"
     )]
     Stats(CacheStats),
@@ -248,6 +258,20 @@ pub struct CacheEnable {
     /// Memory for cached blocks, e.g. 256M, 1G (at least 1M)
     #[arg(long, value_parser = parse_size, default_value = "256M")]
     size: u64,
+    #[arg(long, value_enum, default_value = "write-through")]
+    mode: CacheMode,
+    /// Write-back: the safe store file to create (on fast storage)
+    #[arg(long, required_if_eq("mode", "write-back"))]
+    safe_store: Option<PathBuf>,
+    /// Write-back: size of the safe store; dirty data is bounded by it
+    #[arg(long, value_parser = parse_size, default_value = "64M")]
+    safe_store_size: u64,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
+pub enum CacheMode {
+    WriteThrough,
+    WriteBack,
 }
 
 #[derive(Args)]

@@ -91,10 +91,13 @@ pub struct ImageGroupConfig {
     pub sets: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     pub size_bytes: u64,
+    /// Write-back: the safe store file (absent: write-through).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safe_store: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -243,6 +246,7 @@ mod tests {
                 options: FileOptions::default(),
                 cache: Some(CacheConfig {
                     size_bytes: 1 << 20,
+                    safe_store: Some("/tmp/a.safe".into()),
                 }),
                 virtual_size_bytes: None,
             }],

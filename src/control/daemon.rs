@@ -15,6 +15,7 @@ use crate::backend::{EngineKind, FileBackend, FileOptions};
 use crate::device::{BlockDevice, Describe, SECTOR_SIZE_BYTES};
 use crate::export::nbd::{ListenAddr, NbdServer};
 use crate::interposer::Volume;
+use crate::services::cache::writeback::WriteBack;
 use crate::services::cache::{CacheService, DEFAULT_CACHE_BYTES, MIN_CACHE_BYTES};
 use crate::services::image::Imaging;
 use nix::fcntl::{Flock, FlockArg};
@@ -177,23 +178,24 @@ impl Daemon {
                     let size = vc.virtual_size_bytes.unwrap_or(be.size_bytes());
                     let volume =
                         Arc::new(Volume::with_size(&vc.name, Arc::new(be), description, size));
-                    let cache = vc
-                        .cache
-                        .and_then(|c| match attach_cache(&volume, c.size_bytes) {
-                            Ok(cache) => Some(cache),
-                            Err(e) => {
-                                log::error!(
-                                    "volume {}: cache not restored: {}",
-                                    vc.name,
-                                    e.message
-                                );
-                                None
+                    match restore_cache(&volume, vc.cache.as_ref()) {
+                        Ok(cache) => VolumeEntry {
+                            volume: Some(volume),
+                            cache,
+                            error: None,
+                        },
+                        // A write-back store that cannot be replayed holds
+                        // acknowledged writes the backing file lacks:
+                        // serving the volume without them would serve stale
+                        // data, so it stays offline.
+                        Err(e) => {
+                            log::error!("volume {} is offline: {}", vc.name, e.message);
+                            VolumeEntry {
+                                volume: None,
+                                cache: None,
+                                error: Some(e.message),
                             }
-                        });
-                    VolumeEntry {
-                        volume: Some(volume),
-                        cache,
-                        error: None,
+                        }
                     }
                 }
                 Err(e) => {
@@ -544,19 +546,79 @@ impl Daemon {
                 ),
             ));
         }
-        let cache = attach_cache(&volume, size_bytes)?;
-        set_cache_config(&mut st, &a.volume, Some(CacheConfig { size_bytes }));
+        let write_back = match a.mode.as_deref().unwrap_or("write-through") {
+            "write-through" => {
+                if a.safe_store.is_some() {
+                    return Err(OpError::invalid(format!(
+                        "cache of volume {}: a safe store is for --mode write-back",
+                        a.volume
+                    )));
+                }
+                None
+            }
+            "write-back" => {
+                let Some(path) = a.safe_store.clone() else {
+                    return Err(OpError::invalid(format!(
+                        "cache of volume {}: write-back needs --safe-store FILE (a new file \
+                         that holds acknowledged writes until they are destaged)",
+                        a.volume
+                    )));
+                };
+                let path = absolute(&path)?;
+                let bytes = a.safe_store_bytes.unwrap_or(DEFAULT_SAFE_STORE_BYTES);
+                let dev = FileBackend::create_preallocated(&path, bytes, FileOptions::default())
+                    .map_err(|e| {
+                        OpError::failed(format!("cache of volume {}: safe store: {e}", a.volume))
+                    })?;
+                match WriteBack::create(Arc::new(dev), volume.size_bytes()) {
+                    Ok(wb) => Some((wb, path)),
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&path);
+                        return Err(OpError::invalid(format!(
+                            "cache of volume {}: safe store {}: {e}",
+                            a.volume,
+                            path.display()
+                        )));
+                    }
+                }
+            }
+            other => {
+                return Err(OpError::invalid(format!(
+                    "cache of volume {}: mode must be write-through or write-back, not {other:?}",
+                    a.volume
+                )))
+            }
+        };
+        let safe_store = write_back.as_ref().map(|(_, p)| p.clone());
+        let cache = match attach_cache(&volume, size_bytes, write_back.map(|(wb, _)| wb)) {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(p) = &safe_store {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(e);
+            }
+        };
+        let cfg = CacheConfig {
+            size_bytes,
+            safe_store: safe_store.clone(),
+        };
+        set_cache_config(&mut st, &a.volume, Some(cfg));
         if let Err(e) = self.persist(&st) {
             set_cache_config(&mut st, &a.volume, None);
             let _ = volume.detach("cache");
+            let _ = cache.shutdown(false);
+            if let Some(p) = &safe_store {
+                let _ = std::fs::remove_file(p);
+            }
             return Err(e);
         }
         st.volumes.get_mut(&a.volume).expect("online").cache = Some(cache);
-        self.events.publish(
-            "cache.enabled",
-            &a.volume,
-            format!("write-through, {size_bytes} bytes"),
-        );
+        let detail = match &safe_store {
+            Some(p) => format!("write-back, {size_bytes} bytes, safe store {}", p.display()),
+            None => format!("write-through, {size_bytes} bytes"),
+        };
+        self.events.publish("cache.enabled", &a.volume, detail);
         Ok(volume_json(&st, &a.volume))
     }
 
@@ -574,18 +636,24 @@ impl Daemon {
             .volumes
             .iter()
             .find(|v| v.name == a.volume)
-            .and_then(|v| v.cache);
+            .and_then(|v| v.cache.clone());
         set_cache_config(&mut st, &a.volume, None);
         if let Err(e) = self.persist(&st) {
             set_cache_config(&mut st, &a.volume, old);
             return Err(e);
         }
+        // Detaching a write-back cache destages everything first.
         if let Err(e) = volume.detach("cache") {
             set_cache_config(&mut st, &a.volume, old);
             let _ = self.persist(&st);
             return Err(OpError::failed(e.to_string()));
         }
-        st.volumes.get_mut(&a.volume).expect("online").cache = None;
+        if let Some(c) = st.volumes.get_mut(&a.volume).expect("online").cache.take() {
+            let _ = c.shutdown(false);
+        }
+        if let Some(p) = old.and_then(|c| c.safe_store) {
+            let _ = std::fs::remove_file(p);
+        }
         self.events.publish("cache.disabled", &a.volume, "");
         Ok(volume_json(&st, &a.volume))
     }
@@ -644,8 +712,15 @@ impl Daemon {
                 }
             }
         }
-        // No request reaches a volume now: write every image bit and
-        // mark the bitmap volumes clean.
+        // No request reaches a volume now: destage write-back caches,
+        // write every image bit and mark the bitmap volumes clean.
+        for (name, entry) in &st.volumes {
+            if let Some(c) = &entry.cache {
+                if let Err(e) = c.shutdown(true) {
+                    log::error!("volume {name}: write-back destage at shutdown: {e}; the safe store keeps the rest");
+                }
+            }
+        }
         self.imaging.suspend_all();
         if let Err(e) = st.config.save(&self.data_dir) {
             log::error!("persisting the configuration at shutdown: {e}");
@@ -726,7 +801,11 @@ fn volume_json(st: &State, name: &str) -> Value {
         "direct": cfg.map(|c| c.options.direct),
         "backend": entry.volume.as_ref().map(|v| v.description().to_owned()),
         "services": entry.volume.as_ref().map(|v| v.service_names()).unwrap_or_default(),
-        "cache": cfg.and_then(|c| c.cache).map(|c| json!({"mode": "write-through", "size_bytes": c.size_bytes})),
+        "cache": cfg.and_then(|c| c.cache.as_ref()).map(|c| json!({
+            "mode": if c.safe_store.is_some() { "write-back" } else { "write-through" },
+            "size_bytes": c.size_bytes,
+            "safe_store": c.safe_store,
+        })),
         "image": st.config.images.iter().filter_map(|i| {
             if i.master == name {
                 Some(json!({"set": i.name, "role": "master"}))
@@ -762,15 +841,63 @@ fn export_json(st: &State, ec: &ExportConfig) -> Value {
     })
 }
 
-/// Attach a write-through cache at the bottom of `volume`'s stack, so
-/// every other service's reads benefit.
-fn attach_cache(volume: &Volume, size_bytes: u64) -> Result<Arc<CacheService>, OpError> {
-    let cache = Arc::new(CacheService::new(size_bytes));
+/// Attach a cache at the bottom of `volume`'s stack, so every other
+/// service's reads benefit; write-back when `write_back` is given.
+fn attach_cache(
+    volume: &Volume,
+    size_bytes: u64,
+    write_back: Option<Arc<WriteBack>>,
+) -> Result<Arc<CacheService>, OpError> {
+    let cache = Arc::new(match write_back {
+        Some(wb) => CacheService::with_write_back(size_bytes, wb),
+        None => CacheService::new(size_bytes),
+    });
     volume
         .quiesce("enable cache")
         .and_then(|mut g| g.insert(0, cache.clone()))
         .map_err(|e| OpError::failed(e.to_string()))?;
     Ok(cache)
+}
+
+/// Default size of a write-back safe store.
+pub const DEFAULT_SAFE_STORE_BYTES: u64 = 64 << 20;
+
+/// Re-attach a volume's configured cache at start; a write-back cache
+/// replays its safe store first. An error means the volume must not serve.
+fn restore_cache(
+    volume: &Arc<Volume>,
+    cfg: Option<&CacheConfig>,
+) -> Result<Option<Arc<CacheService>>, OpError> {
+    let Some(c) = cfg else { return Ok(None) };
+    let write_back = match &c.safe_store {
+        None => None,
+        Some(path) => {
+            let dev = FileBackend::open(path, FileOptions::default()).map_err(|e| {
+                OpError::failed(format!("write-back safe store {}: {e}", path.display()))
+            })?;
+            let wb = WriteBack::open(Arc::new(dev), volume.size_bytes()).map_err(|e| {
+                OpError::failed(format!(
+                    "write-back safe store {} refused: {e}; the volume stays offline so that \
+                     no stale data is served",
+                    path.display()
+                ))
+            })?;
+            Some(wb)
+        }
+    };
+    let wb = write_back.is_some();
+    match attach_cache(volume, c.size_bytes, write_back) {
+        Ok(cache) => Ok(Some(cache)),
+        Err(e) if !wb => {
+            log::error!(
+                "volume {}: cache not restored: {}",
+                volume.name(),
+                e.message
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn set_cache_config(st: &mut State, name: &str, cache: Option<CacheConfig>) {
@@ -876,6 +1003,12 @@ struct CacheEnableArgs {
     volume: String,
     #[serde(default)]
     size_bytes: Option<u64>,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    safe_store: Option<PathBuf>,
+    #[serde(default)]
+    safe_store_bytes: Option<u64>,
 }
 
 #[derive(Deserialize)]

@@ -141,6 +141,34 @@ pub struct FileBackend {
 }
 
 impl FileBackend {
+    /// Like [`Self::create`], with every block allocated and written
+    /// (zeroes) up front: later overwrites and `fdatasync`s change no file
+    /// metadata (not even unwritten-extent conversion), which makes a log
+    /// that flushes after every append (the write-back safe store) several
+    /// times cheaper on ext4 and XFS.
+    pub fn create_preallocated(
+        path: &Path,
+        size_bytes: u64,
+        options: FileOptions,
+    ) -> Result<Self, OpenError> {
+        let be = Self::create(path, size_bytes, options)?;
+        let zeroes = AlignedBuf::new(1 << 20);
+        let mut off = 0;
+        let res = (|| -> Result<(), crate::device::DeviceError> {
+            while off < size_bytes {
+                let n = (size_bytes - off).min(zeroes.len() as u64) as usize;
+                be.write(&zeroes[..n], off, false)?;
+                off += n as u64;
+            }
+            be.flush()
+        })();
+        res.map_err(|e| OpenError::Open {
+            path: path.to_owned(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        Ok(be)
+    }
+
     /// Create a new sparse file of `size_bytes` and open it. Refuses to
     /// overwrite an existing file.
     pub fn create(path: &Path, size_bytes: u64, options: FileOptions) -> Result<Self, OpenError> {

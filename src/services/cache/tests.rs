@@ -180,6 +180,12 @@ fn sequential_reads_trigger_read_ahead_that_later_reads_hit() {
 
 #[test]
 fn enable_and_disable_under_concurrent_io_loses_nothing() {
+    for write_back in [false, true] {
+        enable_and_disable_under_concurrent_io(write_back);
+    }
+}
+
+fn enable_and_disable_under_concurrent_io(write_back: bool) {
     const THREADS: u64 = 4;
     const WRITES: u64 = 200;
     let v = Arc::new(Volume::new(
@@ -193,12 +199,23 @@ fn enable_and_disable_under_concurrent_io_loses_nothing() {
         std::thread::spawn(move || {
             let mut flips = 0;
             while !stop.load(Ordering::Relaxed) {
+                let cache = Arc::new(if write_back {
+                    let store = Arc::new(MemoryBackend::new(
+                        safestore::LOG_OFFSET + safestore::MIN_LOG_BYTES,
+                    ));
+                    let wb = writeback::WriteBack::create(store, v.size_bytes()).unwrap();
+                    CacheService::with_write_back(MIN_CACHE_BYTES, wb)
+                } else {
+                    CacheService::new(MIN_CACHE_BYTES)
+                });
                 v.quiesce("enable cache")
                     .unwrap()
-                    .insert(0, Arc::new(CacheService::new(MIN_CACHE_BYTES)))
+                    .insert(0, cache.clone())
                     .unwrap();
-                std::thread::yield_now();
+                std::thread::sleep(Duration::from_millis(2));
+                // Disabling a write-back cache destages it first.
                 v.detach("cache").unwrap();
+                cache.shutdown(false).unwrap();
                 flips += 1;
             }
             flips
