@@ -10,7 +10,8 @@
 //!   below first, then drop every cached block they touched. Dropping rather
 //!   than patching keeps cache and device identical even when two writers
 //!   race on one block (whichever reached the device last wins in both).
-//!   Flush and FUA pass straight through: nothing in the cache is dirty.
+//!   Flush and FUA pass straight through: nothing in the read cache is
+//!   dirty (the write-back layer below it keeps its own durability).
 //! * **Fills never go stale.** Each shard counts the writes that touched it.
 //!   A read miss notes the counts of its blocks' shards before reading the
 //!   device and inserts a block only if its shard saw no write meanwhile; a
