@@ -207,6 +207,14 @@ pub fn export(socket: &Path, cmd: ExportCommand) -> Result<()> {
             )?;
             println!("exported {} over NBD at {}", s(&v["volume"]), s(&v["uri"]));
         }
+        ExportCommand::Ublk(a) => {
+            let v = call(
+                socket,
+                "export.ublk",
+                json!({"volume": a.volume, "queues": a.queues, "depth": a.depth, "read_only": a.read_only}),
+            )?;
+            println!("{}", s(&v["device"]));
+        }
         ExportCommand::List(j) => {
             let v = call(socket, "export.list", json!({}))?;
             if j.json {
@@ -237,7 +245,11 @@ pub fn export(socket: &Path, cmd: ExportCommand) -> Result<()> {
             }
         }
         ExportCommand::Remove(a) => {
-            let v = call(socket, "export.remove", json!({"volume": a.volume}))?;
+            let v = call(
+                socket,
+                "export.remove",
+                json!({"volume": a.volume, "kind": a.kind}),
+            )?;
             println!(
                 "stopped exporting {} ({})",
                 s(&v["volume"]),

@@ -200,6 +200,17 @@ Then, for instance:\n  nbdinfo nbd://127.0.0.1:10809/db\n  \
 qemu-img convert -O raw disk.qcow2 nbd://127.0.0.1:10809/db"
     )]
     Nbd(ExportNbd),
+    /// Export a volume as a Linux block device /dev/ublkbN (needs ublk_drv)
+    #[command(
+        long_about = "Export a volume as a Linux block device through the kernel's ublk \
+driver (`modprobe ublk_drv`; Linux 6.x, run as root). Prints the device path. Flush and FUA \
+reach the volume's services, discard and write-zeroes are supported. The device survives a \
+crash of the daemon (user recovery): the restarted daemon re-attaches to the same \
+/dev/ublkbN, and mounted filesystems keep working. `export remove` stops and deletes it.\n\n\
+Examples:\n  umbra export ublk db\n  umbra export ublk db --queues 2 --depth 128\n  \
+mkfs.ext4 /dev/ublkb0 && mount /dev/ublkb0 /mnt"
+    )]
+    Ublk(ExportUblk),
     /// List exports
     #[command(
         long_about = "List exports with their address, URI, state and connected clients.\n\n\
@@ -305,6 +316,24 @@ pub struct ExportNbd {
 pub struct ExportRemove {
     /// Volume whose export to remove
     volume: String,
+    /// nbd or ublk, when the volume has both
+    #[arg(long)]
+    kind: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ExportUblk {
+    /// Volume to export
+    volume: String,
+    /// Queues (one thread and one io_uring each)
+    #[arg(long, default_value_t = 1)]
+    queues: u16,
+    /// Requests in flight per queue
+    #[arg(long, default_value_t = 64)]
+    depth: u16,
+    /// Refuse writes
+    #[arg(long)]
+    read_only: bool,
 }
 
 /// Parse a size with an optional binary unit: 4096, 64K, 512M, 1G, 2T,

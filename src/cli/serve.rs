@@ -91,7 +91,10 @@ fn print_banner(daemon: &Daemon, report: &umbra::control::daemon::StartReport) {
         println!(
             "  export {:<12} {}   ({})",
             e["volume"].as_str().unwrap_or("?"),
-            e["uri"].as_str().unwrap_or("?"),
+            e["uri"]
+                .as_str()
+                .or(e["device"].as_str())
+                .unwrap_or("(not serving)"),
             e["state"].as_str().unwrap_or("?"),
         );
     }

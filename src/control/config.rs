@@ -105,16 +105,26 @@ pub struct CacheConfig {
 pub struct ExportConfig {
     pub volume: String,
     pub kind: ExportKind,
-    /// `HOST:PORT` or `unix:PATH` (NBD).
+    /// NBD: `HOST:PORT` or `unix:PATH`; ublk: the device path it got.
     pub listen: String,
     #[serde(default)]
     pub read_only: bool,
+    /// ublk: queues and depth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<u16>,
+    /// ublk: the device id, so a restart after a crash re-attaches to the
+    /// same `/dev/ublkbN` (user recovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev_id: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum ExportKind {
     Nbd,
+    Ublk,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -255,6 +265,9 @@ mod tests {
                 kind: ExportKind::Nbd,
                 listen: "127.0.0.1:10809".into(),
                 read_only: false,
+                queues: None,
+                depth: None,
+                dev_id: None,
             }],
             images: vec![ImageConfig {
                 name: "snap".into(),

@@ -14,6 +14,7 @@ use super::{validate_name, SOCKET_FILE};
 use crate::backend::{EngineKind, FileBackend, FileOptions};
 use crate::device::{BlockDevice, Describe, SECTOR_SIZE_BYTES};
 use crate::export::nbd::{ListenAddr, NbdServer};
+use crate::export::ublk::{UblkExport, DEFAULT_DEPTH, DEFAULT_QUEUES};
 use crate::interposer::Volume;
 use crate::services::cache::writeback::WriteBack;
 use crate::services::cache::{CacheService, DEFAULT_CACHE_BYTES, MIN_CACHE_BYTES};
@@ -74,6 +75,10 @@ struct State {
     export_errors: HashMap<String, String>,
     /// Image sets that could not be restored, by set name.
     image_errors: HashMap<String, String>,
+    /// Running ublk exports, by volume name.
+    ublk: HashMap<String, UblkExport>,
+    /// The ublk control device, opened at the first ublk export.
+    ublk_control: Option<Arc<umbra_ublk::Control>>,
 }
 
 pub struct Daemon {
@@ -125,6 +130,8 @@ impl Daemon {
                 servers: HashMap::new(),
                 export_errors: HashMap::new(),
                 image_errors: HashMap::new(),
+                ublk: HashMap::new(),
+                ublk_control: None,
             }),
             events: Arc::new(EventBus::default()),
             imaging: Imaging::default(),
@@ -211,13 +218,31 @@ impl Daemon {
         }
         st.config = cfg.clone();
         self.restore_images(&mut st);
-        for ec in &cfg.exports {
+        for (i, ec) in cfg.exports.iter().enumerate() {
+            if ec.kind == ExportKind::Ublk {
+                match start_ublk(&mut st, ec) {
+                    Ok((path, id)) => {
+                        st.config.exports[i].listen = path;
+                        st.config.exports[i].dev_id = Some(id);
+                    }
+                    Err(e) => {
+                        log::error!("ublk export of {} not restored: {}", ec.volume, e.message);
+                        st.export_errors.insert(ec.volume.clone(), e.message);
+                    }
+                }
+                continue;
+            }
             if let Err(e) = start_export(&mut st, ec) {
                 log::error!("export of {} not restored: {}", ec.volume, e.message);
                 st.export_errors.insert(ec.volume.clone(), e.message);
             }
         }
-        st.config = cfg;
+        // ublk exports may have new device ids.
+        if st.config.exports != cfg.exports {
+            if let Err(e) = st.config.save(&self.data_dir) {
+                log::error!("persisting restored ublk exports: {e}");
+            }
+        }
     }
 
     fn create_default(&self, listen: &ListenAddr) -> Result<(), OpError> {
@@ -252,6 +277,7 @@ impl Daemon {
                     .ok_or_else(|| no_volume(&a.name))
             }
             "export.nbd" => self.export_nbd(parse(op, args)?),
+            "export.ublk" => self.export_ublk(parse(op, args)?),
             "export.list" => Ok(Value::Array(self.export_list())),
             "export.remove" => self.export_remove(parse(op, args)?),
             "cache.enable" => self.cache_enable(parse(op, args)?),
@@ -494,6 +520,9 @@ impl Daemon {
             kind: ExportKind::Nbd,
             listen,
             read_only: a.read_only,
+            queues: None,
+            depth: None,
+            dev_id: None,
         };
         // Record the bound address so a port-0 request keeps its port.
         ec.listen = start_export(&mut st, &ec)?;
@@ -509,10 +538,73 @@ impl Daemon {
         Ok(export_json(&st, &ec))
     }
 
-    fn export_remove(&self, a: NameOrVolume) -> Result<Value, OpError> {
+    fn export_ublk(&self, a: ExportUblkArgs) -> Result<Value, OpError> {
+        let mut st = self.state.lock();
+        if !st.volumes.contains_key(&a.volume) {
+            return Err(no_volume(&a.volume));
+        }
+        if st
+            .config
+            .exports
+            .iter()
+            .any(|e| e.volume == a.volume && e.kind == ExportKind::Ublk)
+        {
+            return Err(OpError::new(
+                "exists",
+                format!("volume {} is already exported over ublk", a.volume),
+            ));
+        }
+        let mut ec = ExportConfig {
+            volume: a.volume.clone(),
+            kind: ExportKind::Ublk,
+            listen: String::new(),
+            read_only: a.read_only,
+            queues: Some(a.queues.unwrap_or(DEFAULT_QUEUES)),
+            depth: Some(a.depth.unwrap_or(DEFAULT_DEPTH)),
+            dev_id: None,
+        };
+        let (path, id) = start_ublk(&mut st, &ec)?;
+        ec.listen = path.clone();
+        ec.dev_id = Some(id);
+        st.config.exports.push(ec.clone());
+        if let Err(e) = self.persist(&st) {
+            st.config.exports.pop();
+            stop_export(&mut st, &ec);
+            return Err(e);
+        }
+        st.export_errors.remove(&a.volume);
+        self.events
+            .publish("export.added", &a.volume, format!("ublk {path}"));
+        Ok(export_json(&st, &ec))
+    }
+
+    fn export_remove(&self, a: ExportRemoveArgs) -> Result<Value, OpError> {
         let name = a.volume;
         let mut st = self.state.lock();
-        let Some(pos) = st.config.exports.iter().position(|e| e.volume == name) else {
+        let kind = match a.kind.as_deref() {
+            None => None,
+            Some("nbd") => Some(ExportKind::Nbd),
+            Some("ublk") => Some(ExportKind::Ublk),
+            Some(k) => {
+                return Err(OpError::invalid(format!(
+                    "export kind must be nbd or ublk, not {k:?}"
+                )))
+            }
+        };
+        let matching: Vec<usize> = st
+            .config
+            .exports
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.volume == name && kind.is_none_or(|k| e.kind == k))
+            .map(|(i, _)| i)
+            .collect();
+        if matching.len() > 1 {
+            return Err(OpError::invalid(format!(
+                "volume {name} is exported over NBD and ublk; say which with --kind"
+            )));
+        }
+        let Some(&pos) = matching.first() else {
             return Err(OpError::not_found(format!("volume {name} is not exported")));
         };
         let ec = st.config.exports.remove(pos);
@@ -522,9 +614,10 @@ impl Daemon {
         }
         stop_export(&mut st, &ec);
         st.export_errors.remove(&name);
+        let kind = kind_name(ec.kind);
         self.events
-            .publish("export.removed", &name, format!("nbd {}", ec.listen));
-        Ok(json!({"volume": name, "kind": "nbd", "listen": ec.listen}))
+            .publish("export.removed", &name, format!("{kind} {}", ec.listen));
+        Ok(json!({"volume": name, "kind": kind, "listen": ec.listen}))
     }
 
     fn cache_enable(&self, a: CacheEnableArgs) -> Result<Value, OpError> {
@@ -704,6 +797,11 @@ impl Daemon {
         for (_, server) in st.servers.drain() {
             server.shutdown();
         }
+        for (name, u) in st.ublk.drain() {
+            if let Err(e) = u.stop() {
+                log::error!("ublk export of {name}: stop: {e}");
+            }
+        }
         for (name, entry) in &st.volumes {
             if let Some(v) = &entry.volume {
                 match v.close() {
@@ -755,7 +853,74 @@ fn start_export(st: &mut State, ec: &ExportConfig) -> Result<String, OpError> {
     Ok(server.local_addr().to_owned())
 }
 
+/// Start a ublk export: re-attach to the device a crashed daemon left in
+/// user recovery, or create a new one. Returns (device path, device id).
+fn start_ublk(st: &mut State, ec: &ExportConfig) -> Result<(String, u32), OpError> {
+    let volume = online_volume(st, &ec.volume)?;
+    let control = match &st.ublk_control {
+        Some(c) => c.clone(),
+        None => {
+            let c = Arc::new(umbra_ublk::Control::open().map_err(|e| {
+                OpError::failed(format!(
+                    "ublk export of {}: {}: {e} (is the ublk_drv module loaded? `modprobe ublk_drv`)",
+                    ec.volume,
+                    umbra_ublk::CONTROL_PATH
+                ))
+            })?);
+            st.ublk_control = Some(c.clone());
+            c
+        }
+    };
+    let mut recover = None;
+    if let Some(id) = ec.dev_id {
+        if let Ok(info) = control.dev_info(id) {
+            if info.state == crate::export::ublk::S_DEV_QUIESCED {
+                recover = Some(id);
+            } else {
+                // A device of ours that was not cleanly removed and cannot
+                // be recovered: remove it and start afresh.
+                log::warn!(
+                    "ublk device {id} (state {}) is stale; removing it",
+                    info.state
+                );
+                let _ = control.stop(id);
+                let _ = control.delete(id);
+            }
+        }
+    }
+    let u = UblkExport::start(
+        &control,
+        volume,
+        ec.read_only,
+        ec.queues.unwrap_or(DEFAULT_QUEUES),
+        ec.depth.unwrap_or(DEFAULT_DEPTH),
+        recover,
+    )
+    .map_err(|e| OpError::failed(format!("ublk export of {}: {e}", ec.volume)))?;
+    if recover.is_some() {
+        log::info!("ublk export of {}: re-attached to {}", ec.volume, u.path());
+    }
+    let r = (u.path().to_owned(), u.dev_id());
+    st.ublk.insert(ec.volume.clone(), u);
+    Ok(r)
+}
+
+fn kind_name(k: ExportKind) -> &'static str {
+    match k {
+        ExportKind::Nbd => "nbd",
+        ExportKind::Ublk => "ublk",
+    }
+}
+
 fn stop_export(st: &mut State, ec: &ExportConfig) {
+    if ec.kind == ExportKind::Ublk {
+        if let Some(u) = st.ublk.remove(&ec.volume) {
+            if let Err(e) = u.stop() {
+                log::error!("ublk export of {}: stop: {e}", ec.volume);
+            }
+        }
+        return;
+    }
     let Ok(addr) = ec.listen.parse::<ListenAddr>() else {
         return;
     };
@@ -789,7 +954,7 @@ fn volume_json(st: &State, name: &str) -> Value {
         .exports
         .iter()
         .filter(|e| e.volume == name)
-        .map(|e| format!("nbd {}", e.listen))
+        .map(|e| format!("{} {}", kind_name(e.kind), e.listen))
         .collect();
     json!({
         "name": name,
@@ -820,6 +985,21 @@ fn volume_json(st: &State, name: &str) -> Value {
 }
 
 fn export_json(st: &State, ec: &ExportConfig) -> Value {
+    if ec.kind == ExportKind::Ublk {
+        let running = st.ublk.get(&ec.volume);
+        return json!({
+            "volume": ec.volume,
+            "kind": "ublk",
+            "listen": ec.listen,
+            "device": running.map(|u| u.path().to_owned()),
+            "dev_id": ec.dev_id,
+            "queues": ec.queues,
+            "depth": ec.depth,
+            "read_only": ec.read_only,
+            "state": if running.is_some() { "serving" } else { "failed" },
+            "error": st.export_errors.get(&ec.volume),
+        });
+    }
     let addr = ec.listen.parse::<ListenAddr>().ok();
     let server = addr
         .as_ref()
@@ -1016,6 +1196,26 @@ struct CacheEnableArgs {
 struct CacheStatsArgs {
     #[serde(default)]
     volume: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportUblkArgs {
+    volume: String,
+    #[serde(default)]
+    queues: Option<u16>,
+    #[serde(default)]
+    depth: Option<u16>,
+    #[serde(default)]
+    read_only: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportRemoveArgs {
+    volume: String,
+    #[serde(default)]
+    kind: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -1,0 +1,112 @@
+//! The ublk export: a volume as `/dev/ublkbN`.
+//!
+//! The `umbra-ublk` crate runs the device (control commands, one thread and
+//! ring per queue); this module answers its requests from the volume's
+//! stack and maps errors to errnos. Flush and FUA reach the stack (the
+//! device is created with a volatile cache and FUA support); discard and
+//! write-zeroes are mapped; requests past the end fail with EINVAL in the
+//! volume's range check, unknown ops with EOPNOTSUPP.
+
+use crate::device::BlockDevice;
+use crate::interposer::Volume;
+use std::sync::Arc;
+use umbra_ublk::{Control, Device, Handler, Io, Options};
+
+pub use umbra_ublk::sys::{S_DEV_LIVE, S_DEV_QUIESCED};
+
+/// Default queues and depth of a ublk export.
+pub const DEFAULT_QUEUES: u16 = 1;
+pub const DEFAULT_DEPTH: u16 = 64;
+/// Largest request the device accepts.
+pub const MAX_IO_BYTES: u32 = 512 << 10;
+
+struct VolumeHandler {
+    volume: Arc<Volume>,
+    read_only: bool,
+}
+
+impl Handler for VolumeHandler {
+    fn handle(&self, io: Io<'_>) -> i32 {
+        let v = &self.volume;
+        let writes = matches!(
+            io,
+            Io::Write { .. } | Io::Discard { .. } | Io::WriteZeroes { .. }
+        );
+        if writes && self.read_only {
+            return -libc::EPERM;
+        }
+        let (res, done) = match io {
+            Io::Read { offset, buf } => {
+                let n = buf.len();
+                (v.read(buf, offset), n)
+            }
+            Io::Write { offset, buf, fua } => (v.write(buf, offset, fua), buf.len()),
+            Io::Flush => (v.flush(), 0),
+            Io::Discard { offset, len } => (v.discard(offset, len), 0),
+            Io::WriteZeroes { offset, len } => (v.write_zeroes(offset, len, false), 0),
+            Io::Unknown(op) => {
+                log::debug!("ublk export of {}: unknown op {op}", v.name());
+                return -libc::EOPNOTSUPP;
+            }
+        };
+        match res {
+            Ok(()) => done as i32,
+            Err(e) => {
+                log::debug!("ublk export of {}: {e}", v.name());
+                -e.errno()
+            }
+        }
+    }
+}
+
+/// A running ublk export.
+pub struct UblkExport {
+    device: Option<Device>,
+    path: String,
+    dev_id: u32,
+}
+
+impl UblkExport {
+    /// Create and start the device, or re-attach to `recover_id` when a
+    /// crashed daemon left it in user recovery.
+    pub fn start(
+        control: &Arc<Control>,
+        volume: Arc<Volume>,
+        read_only: bool,
+        queues: u16,
+        depth: u16,
+        recover_id: Option<u32>,
+    ) -> std::io::Result<UblkExport> {
+        let opts = Options {
+            size_bytes: volume.size_bytes(),
+            queues,
+            depth,
+            max_io_bytes: MAX_IO_BYTES,
+            recovery: true,
+            user_copy: true,
+        };
+        let handler = Arc::new(VolumeHandler { volume, read_only });
+        let device = Device::start(control.clone(), &opts, handler, recover_id)?;
+        Ok(UblkExport {
+            path: device.block_path(),
+            dev_id: device.dev_id(),
+            device: Some(device),
+        })
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn dev_id(&self) -> u32 {
+        self.dev_id
+    }
+
+    /// Stop and delete the device; in-flight requests complete first.
+    pub fn stop(mut self) -> std::io::Result<()> {
+        match self.device.take() {
+            Some(d) => d.stop_and_delete(),
+            None => Ok(()),
+        }
+    }
+}
