@@ -4,7 +4,7 @@
 # ublk). Prints "ok"/"FAIL" per check and a closing "N passed, M failed".
 set -u
 UMBRA=${UMBRA:-$PWD/target/release/umbra}
-W=$(mktemp -d /tmp/umbra-ublk.XXXXXX)
+W=$(mktemp -d "${TMPDIR:-/tmp}/umbra-ublk.XXXXXX")
 export UMBRA_DATA_DIR=$W/data UMBRA_SOCKET=$W/data/umbra.sock UMBRA_DEFAULT_LISTEN=127.0.0.1:0
 export RUST_LOG=warn
 pass=0; fail=0
@@ -89,6 +89,22 @@ check "export remove under load" "$UMBRA" export remove raw --kind ublk
 wait "$FIO" 2>/dev/null
 check "device gone after remove" sh -c "i=0; while test -e '$RDEV' && [ \$i -lt 50 ]; do sleep 0.1; i=\$((i+1)); done; ! test -e '$RDEV' || { ls -l /dev/ublk*; grep -i ublk '$W/daemon.log'; false; }"
 check "daemon still serves" "$UMBRA" status
+
+# 6. A clean restart brings the ublk export back (a new device), here in
+#    copy mode instead of USER_COPY.
+kill -TERM "$PID"; wait "$PID" 2>/dev/null
+check "clean shutdown" sh -c "! kill -0 $PID 2>/dev/null"
+export UMBRA_UBLK_COPY_MODE=1
+start_daemon
+DEV=$(dev_of fs)
+check "export back after a clean restart" test -b "$DEV"
+check "copy mode in use" sh -c "'$UMBRA' export list --json | grep -q '\"user_copy\": false'"
+check "files verify in copy mode" sh -c "mount '$DEV' '$W/mnt' && cd '$W/mnt' && sha256sum -c --quiet '$W/sums2' && test -s after"
+umount "$W/mnt" 2>/dev/null
+"$UMBRA" volume create raw2 --size 64M >/dev/null
+R2=$("$UMBRA" export ublk raw2 --depth 16 2>>"$W/export.err")
+check "fio verify in copy mode" fio --name=c --filename="$R2" --ioengine=io_uring --direct=1 \
+  --rw=randrw --bs=16k --size=32M --iodepth=8 --verify=crc32c --verify_fatal=1 --verify_state_save=0
 
 "$UMBRA" export remove fs --kind ublk >/dev/null 2>&1
 kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null

@@ -43,6 +43,14 @@ else
   depmod -b "$kdir" "$ver"
   work=$(mktemp -d /tmp/umbra-vm.XXXXXX)
   trap 'rm -rf "$work"' EXIT
+  # The guest sees this host's root read-only; its scratch space is a
+  # tmpfs mounted over a directory that does not hold the repository.
+  SCRATCH=""
+  for d in /run /mnt /media /srv /var/tmp /tmp; do
+    case "$ROOT/" in "$d"/*) continue ;; esac
+    [ -d "$d" ] && { SCRATCH=$d; break; }
+  done
+  [ -n "$SCRATCH" ] || { echo "vm-ublk: no directory for the guest's scratch tmpfs" >&2; exit 1; }
   init=$work/initramfs
   mkdir -p "$init"/{bin,proc,sys,dev,host,mods}
   cp "$(command -v busybox)" "$init/bin/busybox"
@@ -72,10 +80,9 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 host /host || echo 
 mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
 mount -t devtmpfs dev /host/dev
-mount -t tmpfs -o size=1500m tmp /host/tmp
-mount -t tmpfs tmp /host/run
+mount -t tmpfs -o size=1500m scratch /host$SCRATCH
 echo "vm-ublk: guest up, kernel \$(uname -r)"
-chroot /host /bin/sh -c "cd $ROOT && PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin sh $GUEST_SCRIPT" 2>&1
+chroot /host /bin/sh -c "cd $ROOT && TMPDIR=$SCRATCH PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin sh $GUEST_SCRIPT" 2>&1
 echo "vm-ublk: guest script exited"
 echo o > /proc/sysrq-trigger
 sleep 5

@@ -996,6 +996,7 @@ fn export_json(st: &State, ec: &ExportConfig) -> Value {
             "queues": ec.queues,
             "depth": ec.depth,
             "read_only": ec.read_only,
+            "user_copy": running.map(|u| u.user_copy()),
             "state": if running.is_some() { "serving" } else { "failed" },
             "error": st.export_errors.get(&ec.volume),
         });

@@ -17,6 +17,9 @@ pub use umbra_ublk::sys::{S_DEV_LIVE, S_DEV_QUIESCED};
 /// Default queues and depth of a ublk export.
 pub const DEFAULT_QUEUES: u16 = 1;
 pub const DEFAULT_DEPTH: u16 = 64;
+/// Set (to anything) to make new ublk devices use copy mode even where
+/// the kernel offers USER_COPY.
+pub const COPY_MODE_ENV: &str = "UMBRA_UBLK_COPY_MODE";
 /// Largest request the device accepts.
 pub const MAX_IO_BYTES: u32 = 512 << 10;
 
@@ -83,7 +86,9 @@ impl UblkExport {
             depth,
             max_io_bytes: MAX_IO_BYTES,
             recovery: true,
-            user_copy: true,
+            // USER_COPY where the kernel offers it; UMBRA_UBLK_COPY_MODE=1
+            // forces copy mode (the VM test runs both).
+            user_copy: std::env::var_os(COPY_MODE_ENV).is_none(),
         };
         let handler = Arc::new(VolumeHandler { volume, read_only });
         let device = Device::start(control.clone(), &opts, handler, recover_id)?;
@@ -100,6 +105,11 @@ impl UblkExport {
 
     pub fn dev_id(&self) -> u32 {
         self.dev_id
+    }
+
+    /// Whether data moves by USER_COPY (else copy mode).
+    pub fn user_copy(&self) -> bool {
+        self.device.as_ref().is_some_and(|d| d.user_copy())
     }
 
     /// Stop and delete the device; in-flight requests complete first.
