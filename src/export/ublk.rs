@@ -120,3 +120,75 @@ impl UblkExport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::MemoryBackend;
+
+    fn handler(read_only: bool) -> VolumeHandler {
+        VolumeHandler {
+            volume: Arc::new(Volume::new(
+                "u",
+                Arc::new(MemoryBackend::new(1 << 20)),
+                String::new(),
+            )),
+            read_only,
+        }
+    }
+
+    #[test]
+    fn requests_map_to_the_volume_and_errors_to_errnos() {
+        let h = handler(false);
+        assert_eq!(
+            h.handle(Io::Write {
+                offset: 4096,
+                buf: &[7u8; 4096],
+                fua: true
+            }),
+            4096
+        );
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(
+            h.handle(Io::Read {
+                offset: 4096,
+                buf: &mut buf
+            }),
+            4096
+        );
+        assert_eq!(buf, vec![7u8; 4096]);
+        assert_eq!(h.handle(Io::Flush), 0);
+        assert_eq!(
+            h.handle(Io::WriteZeroes {
+                offset: 4096,
+                len: 4096
+            }),
+            0
+        );
+        assert_eq!(
+            h.handle(Io::Discard {
+                offset: 0,
+                len: 8192
+            }),
+            0
+        );
+        // Past the end, and an op nobody knows: errors, not crashes.
+        assert_eq!(
+            h.handle(Io::Read {
+                offset: (1 << 20) - 512,
+                buf: &mut buf
+            }),
+            -libc::EINVAL
+        );
+        assert_eq!(h.handle(Io::Unknown(42)), -libc::EOPNOTSUPP);
+        let ro = handler(true);
+        assert_eq!(
+            ro.handle(Io::Write {
+                offset: 0,
+                buf: &[1u8; 512],
+                fua: false
+            }),
+            -libc::EPERM
+        );
+    }
+}
