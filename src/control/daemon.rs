@@ -214,6 +214,9 @@ impl Daemon {
                     }
                 }
             };
+            if let Some(c) = &entry.cache {
+                self.watch_cache(&vc.name, c);
+            }
             st.volumes.insert(vc.name.clone(), entry);
         }
         st.config = cfg.clone();
@@ -706,6 +709,7 @@ impl Daemon {
             }
             return Err(e);
         }
+        self.watch_cache(&a.volume, &cache);
         st.volumes.get_mut(&a.volume).expect("online").cache = Some(cache);
         let detail = match &safe_store {
             Some(p) => format!("write-back, {size_bytes} bytes, safe store {}", p.display()),
@@ -713,6 +717,19 @@ impl Daemon {
         };
         self.events.publish("cache.enabled", &a.volume, detail);
         Ok(volume_json(&st, &a.volume))
+    }
+
+    /// Publish a `cache.failed` event if the volume's write-back cache fails.
+    fn watch_cache(&self, volume: &str, cache: &CacheService) {
+        let events = self.events.clone();
+        let name = volume.to_owned();
+        cache.on_failure(Box::new(move |why: &str| {
+            events.publish(
+                "cache.failed",
+                &name,
+                format!("write-back cache failed: {why}; writes fail until it is disabled"),
+            )
+        }));
     }
 
     fn cache_disable(&self, a: NameOrVolume) -> Result<Value, OpError> {
@@ -970,6 +987,10 @@ fn volume_json(st: &State, name: &str) -> Value {
             "mode": if c.safe_store.is_some() { "write-back" } else { "write-through" },
             "size_bytes": c.size_bytes,
             "safe_store": c.safe_store,
+            "state": match entry.cache.as_ref().and_then(|c| c.stats().write_back).and_then(|w| w.failed) {
+                Some(f) => format!("failed: {f}"),
+                None => "ok".to_owned(),
+            },
         })),
         "image": st.config.images.iter().filter_map(|i| {
             if i.master == name {

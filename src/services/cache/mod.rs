@@ -183,6 +183,14 @@ impl CacheService {
         self.write_back.is_some()
     }
 
+    /// Be told when a write-back cache fails (a destage or safe-store
+    /// error); never called for write-through.
+    pub fn on_failure(&self, hook: writeback::FailureHook) {
+        if let Some(wb) = &self.write_back {
+            wb.on_failure(hook);
+        }
+    }
+
     /// Stop the destage thread. With `drain`, everything dirty reaches the
     /// volume first (the safe store is then empty); without, what is left
     /// stays logged and is replayed at the next start.

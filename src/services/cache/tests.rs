@@ -385,6 +385,9 @@ fn write_back_destage_error_fails_the_cache_visibly() {
         Arc::new(MemoryBackend::new(STORE_BYTES)),
         true,
     );
+    let told = Arc::new(parking_lot::Mutex::new(None::<String>));
+    let t = told.clone();
+    cache.on_failure(Box::new(move |why: &str| *t.lock() = Some(why.to_owned())));
     faulty.fail_writes.store(true, Ordering::SeqCst);
     v.write(&[1u8; 4096], 0, false).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -394,6 +397,7 @@ fn write_back_destage_error_fails_the_cache_visibly() {
     }
     let e = v.write(&[2u8; 4096], 4096, false).unwrap_err();
     assert_eq!(e.errno(), libc::EIO);
+    assert!(told.lock().as_deref().unwrap_or("").contains("destage"));
     // The acknowledged write is still readable.
     let mut b = vec![0u8; 4096];
     v.read(&mut b, 0).unwrap();

@@ -113,7 +113,12 @@ pub struct WriteBack {
     /// A discard or write-zeroes went to the volume directly since the
     /// last flush, which must therefore flush the volume.
     passthrough_dirty: AtomicBool,
+    /// Told once when the cache fails (the daemon publishes an event).
+    on_failure: Mutex<Option<FailureHook>>,
 }
+
+/// Called with the reason when the write-back cache fails.
+pub type FailureHook = Box<dyn Fn(&str) + Send + Sync>;
 
 impl WriteBack {
     /// Format `store` and start with an empty log.
@@ -195,6 +200,7 @@ impl WriteBack {
             stop: AtomicBool::new(false),
             thread: Mutex::new(None),
             passthrough_dirty: AtomicBool::new(false),
+            on_failure: Mutex::new(None),
         });
         let weak = Arc::downgrade(&wb);
         let handle = std::thread::Builder::new()
@@ -203,6 +209,25 @@ impl WriteBack {
             .expect("spawn the destage thread");
         *wb.thread.lock() = Some(handle);
         wb
+    }
+
+    /// Be told (once) when the cache fails.
+    pub fn on_failure(&self, hook: FailureHook) {
+        *self.on_failure.lock() = Some(hook);
+    }
+
+    fn failed(&self, why: String) {
+        let mut st = self.st.lock();
+        if st.failed.is_some() {
+            return;
+        }
+        log::error!("write-back cache: {why}");
+        st.failed = Some(why.clone());
+        self.cv.notify_all();
+        drop(st);
+        if let Some(h) = self.on_failure.lock().take() {
+            h(&why);
+        }
     }
 
     /// The device below the cache (set at every stack rebuild).
@@ -314,14 +339,13 @@ impl WriteBack {
                 }
                 Err(e) => {
                     let why = format!("writing the safe store: {e}");
-                    log::error!("write-back cache: {why}");
-                    st.failed = Some(why);
                     // These writers were never acknowledged.
                     for (t, _) in &group {
                         st.pending.retain(|(p, _)| p != t);
                     }
-                    self.cv.notify_all();
-                    return Err(Self::failed_error(st.failed.as_deref().unwrap_or("")));
+                    drop(st);
+                    self.failed(why.clone());
+                    return Err(Self::failed_error(&why));
                 }
             }
             self.cv.notify_all();
@@ -427,13 +451,7 @@ fn destage_loop(weak: Weak<WriteBack>) {
                 }
             }
             Err(e) => {
-                let mut st = wb.st.lock();
-                if st.failed.is_none() {
-                    log::error!("write-back cache: destage failed: {e}");
-                    st.failed = Some(format!("destage: {e}"));
-                }
-                wb.cv.notify_all();
-                drop(st);
+                wb.failed(format!("destage: {e}"));
                 // Stay alive for stats; do nothing more.
                 std::thread::sleep(Duration::from_millis(200));
             }
