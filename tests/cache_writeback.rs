@@ -5,31 +5,15 @@
 mod common;
 
 use common::nbd::NbdClient;
-use common::{require_tool, sh, write_random_file, Daemon};
+use common::{
+    block_data, decode_block, fio_load, require_tool, sh, write_random_file, Daemon, TRACK_BLOCK,
+};
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-const BLOCK: usize = 4096;
+const BLOCK: usize = TRACK_BLOCK;
 const TRACKED_BLOCKS: u64 = 2048;
-
-fn block_data(block: u64, version: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(BLOCK);
-    while v.len() < BLOCK {
-        v.extend_from_slice(&block.to_le_bytes());
-        v.extend_from_slice(&version.to_le_bytes());
-    }
-    v
-}
-
-fn decode(block: u64, data: &[u8]) -> Option<u64> {
-    if data.iter().all(|&b| b == 0) {
-        return Some(0);
-    }
-    let version = u64::from_le_bytes(data[8..16].try_into().unwrap());
-    (data == block_data(block, version).as_slice()).then_some(version)
-}
 
 fn sha(uri: &str) -> String {
     sh(&format!("nbdcopy '{uri}' - | sha256sum"))
@@ -105,23 +89,7 @@ fn kill_9_in_write_back_mode_loses_no_acknowledged_write() {
     ]);
     let uri = d.export_nbd("k");
     let addr = d.addr_of("k");
-    let mut fio = Command::new("fio")
-        .args([
-            "--name=load",
-            "--ioengine=nbd",
-            &format!("--uri={uri}"),
-            "--rw=randwrite",
-            "--bs=4k",
-            "--offset=16M",
-            "--size=48M",
-            "--iodepth=16",
-            "--time_based",
-            "--runtime=60",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut fio = fio_load(&uri, "16M", "48M", &[]);
     // The tracker never flushes: in write-back mode an acknowledged write
     // is durable by itself.
     let (tx, rx) = mpsc::channel::<(u64, u64)>();
@@ -166,8 +134,8 @@ fn kill_9_in_write_back_mode_loses_no_acknowledged_write() {
     let mut c = NbdClient::connect(&d.addr_of("k"), "k");
     for block in 0..TRACKED_BLOCKS {
         let data = c.read(block * BLOCK as u64, BLOCK).unwrap();
-        let found =
-            decode(block, &data).unwrap_or_else(|| panic!("block {block} holds data nobody wrote"));
+        let found = decode_block(block, &data)
+            .unwrap_or_else(|| panic!("block {block} holds data nobody wrote"));
         if let Some(&want) = acked.get(&block) {
             assert!(
                 found >= want,

@@ -7,33 +7,13 @@
 mod common;
 
 use common::nbd::NbdClient;
-use common::{require_tool, Daemon};
+use common::{block_data, decode_block, fio_load, require_tool, Daemon, TRACK_BLOCK};
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-const BLOCK: usize = 4096;
+const BLOCK: usize = TRACK_BLOCK;
 const TRACKED_BLOCKS: u64 = 2048; // the first 8 MiB; fio uses the rest
-
-/// Block contents: (block, version) repeated, so a torn or misplaced block
-/// is recognisable.
-fn block_data(block: u64, version: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(BLOCK);
-    while v.len() < BLOCK {
-        v.extend_from_slice(&block.to_le_bytes());
-        v.extend_from_slice(&version.to_le_bytes());
-    }
-    v
-}
-
-fn decode(block: u64, data: &[u8]) -> Option<u64> {
-    if data.iter().all(|&b| b == 0) {
-        return Some(0);
-    }
-    let version = u64::from_le_bytes(data[8..16].try_into().unwrap());
-    (data == block_data(block, version).as_slice()).then_some(version)
-}
 
 #[test]
 fn kill_9_under_load_loses_no_flushed_write() {
@@ -43,24 +23,7 @@ fn kill_9_under_load_loses_no_flushed_write() {
     let uri = d.export_nbd("k");
     let addr = d.addr_of("k");
 
-    let mut fio = Command::new("fio")
-        .args([
-            "--name=load",
-            "--ioengine=nbd",
-            &format!("--uri={uri}"),
-            "--rw=randwrite",
-            "--bs=4k",
-            "--offset=16M",
-            "--size=48M",
-            "--iodepth=16",
-            "--fsync=32",
-            "--time_based",
-            "--runtime=60",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut fio = fio_load(&uri, "16M", "48M", &["--fsync=32"]);
 
     // The tracker: sequential writes to a rotating set of blocks, a flush
     // every 16 writes. After each completed flush it reports the versions
@@ -117,8 +80,8 @@ fn kill_9_under_load_loses_no_flushed_write() {
     let mut c = NbdClient::connect(&d.addr_of("k"), "k");
     for block in 0..TRACKED_BLOCKS {
         let data = c.read(block * BLOCK as u64, BLOCK).unwrap();
-        let found =
-            decode(block, &data).unwrap_or_else(|| panic!("block {block} holds data nobody wrote"));
+        let found = decode_block(block, &data)
+            .unwrap_or_else(|| panic!("block {block} holds data nobody wrote"));
         if let Some(&want) = durable.get(&block) {
             assert!(
                 found >= want,

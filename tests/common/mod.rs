@@ -318,3 +318,50 @@ impl Drop for NbdLoop {
         }
     }
 }
+
+/// Versioned 4 KiB blocks for kill -9 tests: `(block, version)` repeated,
+/// so a torn, misplaced or invented block is recognisable.
+pub const TRACK_BLOCK: usize = 4096;
+
+pub fn block_data(block: u64, version: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(TRACK_BLOCK);
+    while v.len() < TRACK_BLOCK {
+        v.extend_from_slice(&block.to_le_bytes());
+        v.extend_from_slice(&version.to_le_bytes());
+    }
+    v
+}
+
+/// The version a block holds (0 for never written), or None if it holds
+/// anything nobody wrote.
+pub fn decode_block(block: u64, data: &[u8]) -> Option<u64> {
+    if data.iter().all(|&b| b == 0) {
+        return Some(0);
+    }
+    let version = u64::from_le_bytes(data[8..16].try_into().unwrap());
+    (data == block_data(block, version).as_slice()).then_some(version)
+}
+
+/// Start fio writing randomly over `[offset, offset + size)` of an NBD
+/// export for up to a minute (the test kills it sooner), with `extra` args.
+pub fn fio_load(uri: &str, offset: &str, size: &str, extra: &[&str]) -> Child {
+    let mut args = vec![
+        "--name=load".to_owned(),
+        "--ioengine=nbd".to_owned(),
+        format!("--uri={uri}"),
+        "--rw=randwrite".to_owned(),
+        "--bs=4k".to_owned(),
+        format!("--offset={offset}"),
+        format!("--size={size}"),
+        "--iodepth=16".to_owned(),
+        "--time_based".to_owned(),
+        "--runtime=60".to_owned(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Command::new("fio")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start fio")
+}
