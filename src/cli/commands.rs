@@ -48,6 +48,21 @@ pub(super) fn s(v: &Value) -> String {
     }
 }
 
+/// The strings of a JSON array (empty when it is not one).
+pub(super) fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| a.iter().map(s).collect())
+        .unwrap_or_default()
+}
+
+/// A reply that is one object or an array of them, as a list.
+pub(super) fn one_or_many(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) => a,
+        one => vec![one],
+    }
+}
+
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut x = n as f64;
@@ -89,10 +104,7 @@ pub(super) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
 }
 
 fn volume_row(v: &Value) -> Vec<String> {
-    let exports: Vec<String> = v["exports"]
-        .as_array()
-        .map(|a| a.iter().map(s).collect())
-        .unwrap_or_default();
+    let exports = strings(&v["exports"]);
     vec![
         s(&v["name"]),
         s(&v["state"]),
@@ -301,10 +313,7 @@ pub fn cache(socket: &Path, cmd: CacheCommand) -> Result<()> {
                 print_json(&v);
                 return Ok(());
             }
-            let all = match v {
-                Value::Array(a) => a,
-                one => vec![one],
-            };
+            let all = one_or_many(v);
             let rows = all
                 .iter()
                 .map(|c| {

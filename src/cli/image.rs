@@ -1,6 +1,6 @@
 //! `umbra image ...`: point-in-time copies.
 
-use super::commands::{absolute, call, human_bytes, print_json, s, table};
+use super::commands::{absolute, call, human_bytes, one_or_many, print_json, s, strings, table};
 use super::parse_size;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
@@ -464,10 +464,7 @@ pub fn run(socket: &Path, cmd: ImageCommand) -> Result<()> {
                         .unwrap_or_default()
                         .iter()
                         .map(|g| {
-                            let sets: Vec<String> = g["sets"]
-                                .as_array()
-                                .map(|a| a.iter().map(s).collect())
-                                .unwrap_or_default();
+                            let sets = strings(&g["sets"]);
                             vec![s(&g["name"]), sets.join(" ")]
                         })
                         .collect();
@@ -674,17 +671,11 @@ fn overflow(socket: &Path, cmd: OverflowCommand) -> Result<()> {
                 print_json(&v);
                 return Ok(());
             }
-            let all = match v {
-                Value::Array(a) => a,
-                one => vec![one],
-            };
+            let all = one_or_many(v);
             let rows = all
                 .iter()
                 .map(|o| {
-                    let sets: Vec<String> = o["sets"]
-                        .as_array()
-                        .map(|a| a.iter().map(s).collect())
-                        .unwrap_or_default();
+                    let sets = strings(&o["sets"]);
                     vec![
                         s(&o["name"]),
                         s(&o["state"]),

@@ -501,23 +501,7 @@ impl Daemon {
             .listen
             .unwrap_or_else(|| crate::export::nbd::DEFAULT_LISTEN.into());
         let mut st = self.state.lock();
-        if !st.volumes.contains_key(&a.volume) {
-            return Err(no_volume(&a.volume));
-        }
-        if st
-            .config
-            .exports
-            .iter()
-            .any(|e| e.volume == a.volume && e.kind == ExportKind::Nbd)
-        {
-            return Err(OpError::new(
-                "exists",
-                format!(
-                    "volume {} is already exported over NBD; see `umbra export list`",
-                    a.volume
-                ),
-            ));
-        }
+        ensure_exportable(&st, &a.volume, ExportKind::Nbd)?;
         let mut ec = ExportConfig {
             volume: a.volume.clone(),
             kind: ExportKind::Nbd,
@@ -529,34 +513,30 @@ impl Daemon {
         };
         // Record the bound address so a port-0 request keeps its port.
         ec.listen = start_export(&mut st, &ec)?;
+        self.commit_export(&mut st, ec)
+    }
+
+    /// Record a started export in the configuration (stopping it again if
+    /// that cannot be persisted), announce it, and describe it.
+    fn commit_export(&self, st: &mut State, ec: ExportConfig) -> Result<Value, OpError> {
         st.config.exports.push(ec.clone());
-        if let Err(e) = self.persist(&st) {
+        if let Err(e) = self.persist(st) {
             st.config.exports.pop();
-            stop_export(&mut st, &ec);
+            stop_export(st, &ec);
             return Err(e);
         }
-        st.export_errors.remove(&a.volume);
-        self.events
-            .publish("export.added", &a.volume, format!("nbd {}", ec.listen));
-        Ok(export_json(&st, &ec))
+        st.export_errors.remove(&ec.volume);
+        self.events.publish(
+            "export.added",
+            &ec.volume,
+            format!("{} {}", kind_name(ec.kind), ec.listen),
+        );
+        Ok(export_json(st, &ec))
     }
 
     fn export_ublk(&self, a: ExportUblkArgs) -> Result<Value, OpError> {
         let mut st = self.state.lock();
-        if !st.volumes.contains_key(&a.volume) {
-            return Err(no_volume(&a.volume));
-        }
-        if st
-            .config
-            .exports
-            .iter()
-            .any(|e| e.volume == a.volume && e.kind == ExportKind::Ublk)
-        {
-            return Err(OpError::new(
-                "exists",
-                format!("volume {} is already exported over ublk", a.volume),
-            ));
-        }
+        ensure_exportable(&st, &a.volume, ExportKind::Ublk)?;
         let mut ec = ExportConfig {
             volume: a.volume.clone(),
             kind: ExportKind::Ublk,
@@ -567,18 +547,9 @@ impl Daemon {
             dev_id: None,
         };
         let (path, id) = start_ublk(&mut st, &ec)?;
-        ec.listen = path.clone();
+        ec.listen = path;
         ec.dev_id = Some(id);
-        st.config.exports.push(ec.clone());
-        if let Err(e) = self.persist(&st) {
-            st.config.exports.pop();
-            stop_export(&mut st, &ec);
-            return Err(e);
-        }
-        st.export_errors.remove(&a.volume);
-        self.events
-            .publish("export.added", &a.volume, format!("ublk {path}"));
-        Ok(export_json(&st, &ec))
+        self.commit_export(&mut st, ec)
     }
 
     fn export_remove(&self, a: ExportRemoveArgs) -> Result<Value, OpError> {
@@ -920,6 +891,31 @@ fn start_ublk(st: &mut State, ec: &ExportConfig) -> Result<(String, u32), OpErro
     let r = (u.path().to_owned(), u.dev_id());
     st.ublk.insert(ec.volume.clone(), u);
     Ok(r)
+}
+
+/// The volume exists and has no export of this kind yet.
+fn ensure_exportable(st: &State, volume: &str, kind: ExportKind) -> Result<(), OpError> {
+    if !st.volumes.contains_key(volume) {
+        return Err(no_volume(volume));
+    }
+    if st
+        .config
+        .exports
+        .iter()
+        .any(|e| e.volume == volume && e.kind == kind)
+    {
+        return Err(OpError::new(
+            "exists",
+            format!(
+                "volume {volume} is already exported over {}; see `umbra export list`",
+                match kind {
+                    ExportKind::Nbd => "NBD",
+                    ExportKind::Ublk => "ublk",
+                }
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn kind_name(k: ExportKind) -> &'static str {

@@ -27,7 +27,6 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -207,7 +206,6 @@ pub struct Device {
     dev_id: u32,
     control: Arc<Control>,
     queues: Vec<JoinHandle<()>>,
-    stopping: Arc<AtomicBool>,
     user_copy: bool,
 }
 
@@ -301,19 +299,16 @@ impl Device {
                 return Err(e);
             }
         };
-        let stopping = Arc::new(AtomicBool::new(false));
         let mut queues = Vec::new();
         for q in 0..info.nr_hw_queues {
-            let (cdev, handler, stopping) = (cdev.clone(), handler.clone(), stopping.clone());
+            let (cdev, handler) = (cdev.clone(), handler.clone());
             let depth = info.queue_depth;
             let max_io = info.max_io_buf_bytes as usize;
             queues.push(
                 std::thread::Builder::new()
                     .name(format!("ublk{dev_id}-q{q}"))
                     .spawn(move || {
-                        if let Err(e) =
-                            serve_queue(&cdev, q, depth, max_io, user_copy, handler, &stopping)
-                        {
+                        if let Err(e) = serve_queue(&cdev, q, depth, max_io, user_copy, handler) {
                             log::error!("ublk{dev_id} queue {q}: {e}");
                         }
                     })?,
@@ -331,7 +326,6 @@ impl Device {
             dev_id,
             control,
             queues,
-            stopping,
             user_copy,
         };
         if let Err(e) = res {
@@ -356,7 +350,6 @@ impl Device {
     /// Stop the device (in-flight requests complete first), wait for the
     /// queue threads, delete it.
     pub fn stop_and_delete(mut self) -> io::Result<()> {
-        self.stopping.store(true, Ordering::SeqCst);
         let stop = self.control.stop(self.dev_id);
         for q in self.queues.drain(..) {
             let _ = q.join();
@@ -457,7 +450,6 @@ fn serve_queue(
     max_io: usize,
     user_copy: bool,
     handler: Arc<dyn Handler>,
-    _stopping: &AtomicBool,
 ) -> io::Result<()> {
     let descs = DescArea::map(cdev, q, depth)?;
     let mut ring = IoUring::<squeue::Entry, cqueue::Entry>::builder()

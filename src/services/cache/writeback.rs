@@ -74,7 +74,6 @@ struct State {
 
 #[derive(Default)]
 struct Counters {
-    batches_logged: AtomicU64,
     write_cancellations: AtomicU64,
     destaged_blocks: AtomicU64,
     destage_writes: AtomicU64,
@@ -387,25 +386,21 @@ impl WriteBack {
         }
     }
 
-    /// Copy the current contents of blocks `[first, first + n)` into `buf`
-    /// where they are dirty; returns which were (bit per block, in order).
-    fn read_dirty(&self, buf: &mut [u8], first: u64, n: usize) -> Vec<bool> {
+    /// The dirty blocks among `[first, first + n)`: (index in the range,
+    /// contents, `None` for zeroes). Shares the data (no copy under the
+    /// lock); empty when nothing is dirty.
+    fn dirty_in(&self, first: u64, n: usize) -> Vec<(usize, Option<Arc<Vec<u8>>>)> {
         let st = self.st.lock();
-        let mut hit = vec![false; n];
         if st.dirty.is_empty() {
-            return hit;
+            return Vec::new();
         }
-        for (i, h) in hit.iter_mut().enumerate() {
-            if let Some(d) = st.dirty.get(&(first + i as u64)) {
-                let out = &mut buf[i * BLOCK_BYTES as usize..(i + 1) * BLOCK_BYTES as usize];
-                match &d.data {
-                    Some(data) => out.copy_from_slice(data),
-                    None => out.fill(0),
-                }
-                *h = true;
-            }
-        }
-        hit
+        (0..n)
+            .filter_map(|i| {
+                st.dirty
+                    .get(&(first + i as u64))
+                    .map(|d| (i, d.data.clone()))
+            })
+            .collect()
     }
 }
 
@@ -431,7 +426,6 @@ fn apply(st: &mut State, seq: u64, entries: Vec<Entry>, counters: Option<&Counte
     if let Some(c) = counters {
         c.write_cancellations
             .fetch_add(cancelled, Ordering::Relaxed);
-        c.batches_logged.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -682,19 +676,16 @@ impl BlockDevice for WriteBackDevice {
         }
         let first = offset / BLOCK_BYTES;
         let n = buf.len() / BLOCK_BYTES as usize;
-        if self.wb.st.lock().dirty.is_empty() {
-            return self.lower.read(buf, offset);
-        }
         // Snapshot the dirty blocks first, then read the volume: a block
         // that was not dirty at the snapshot is current on the volume (a
         // dirty entry is removed only after it reached the volume).
-        let mut scratch = vec![0u8; buf.len()];
-        let hit = self.wb.read_dirty(&mut scratch, first, n);
+        let dirty = self.wb.dirty_in(first, n);
         self.lower.read(buf, offset)?;
-        for (i, h) in hit.iter().enumerate() {
-            if *h {
-                let r = i * BLOCK_BYTES as usize..(i + 1) * BLOCK_BYTES as usize;
-                buf[r.clone()].copy_from_slice(&scratch[r]);
+        for (i, data) in dirty {
+            let out = &mut buf[i * BLOCK_BYTES as usize..(i + 1) * BLOCK_BYTES as usize];
+            match data {
+                Some(d) => out.copy_from_slice(&d),
+                None => out.fill(0),
             }
         }
         Ok(())

@@ -161,6 +161,18 @@ struct Registry {
 }
 
 impl Registry {
+    /// A new set `name` of `master` and `shadow`: refuse a taken name and
+    /// volumes already in conflicting roles.
+    fn check_new_set(&self, name: &str, master: &str, shadow: &str) -> IResult<()> {
+        if self.sets.contains_key(name) {
+            return Err(ImageError::Conflict(format!(
+                "image set {name} already exists"
+            )));
+        }
+        self.check_role(master, true)?;
+        self.check_role(shadow, false)
+    }
+
     fn overflow_for(&self, set: &str, name: &str, chunk_bytes: u32) -> IResult<Arc<Overflow>> {
         let o = self.overflows.get(name).cloned().ok_or_else(|| {
             ImageError::NotFound(format!(
@@ -306,13 +318,7 @@ impl Imaging {
             )));
         }
         let mut reg = self.inner.lock();
-        if reg.sets.contains_key(name) {
-            return Err(ImageError::Conflict(format!(
-                "image set {name} already exists"
-            )));
-        }
-        reg.check_role(master.name(), true)?;
-        reg.check_role(shadow.name(), false)?;
+        reg.check_new_set(name, master.name(), shadow.name())?;
         let overflow = match &opts.overflow {
             Some(o) => Some(reg.overflow_for(name, o, opts.chunk_bytes)?),
             None => None,
@@ -402,13 +408,7 @@ impl Imaging {
             )));
         }
         let mut reg = self.inner.lock();
-        if reg.sets.contains_key(name) {
-            return Err(ImageError::Conflict(format!(
-                "image set {name} already exists"
-            )));
-        }
-        reg.check_role(master.name(), true)?;
-        reg.check_role(shadow.name(), false)?;
+        reg.check_new_set(name, master.name(), shadow.name())?;
         let overflow = if header.overflow.is_empty() {
             None
         } else {

@@ -922,12 +922,8 @@ impl ImageSet {
                 self.move_before_write(c, master_lower)
                     .inspect_err(|e| self.fail(format!("copy-on-write of chunk {c}: {e}")))
                     .unwrap_or(None)
-            } else if !self.diff.get(c) {
-                Some(self.change(c, &[Which::Diff], || {
-                    self.diff.set(c);
-                }))
             } else {
-                self.undurable(c)
+                self.mark_differing(c)
             };
             need = need.max(g.unwrap_or(0));
         }
@@ -958,12 +954,8 @@ impl ImageSet {
                     .inspect_err(|e| {
                         self.fail(format!("copy before shadow write, chunk {c}: {e}"))
                     })?
-            } else if !self.diff.get(c) {
-                Some(self.change(c, &[Which::Diff], || {
-                    self.diff.set(c);
-                }))
             } else {
-                self.undurable(c)
+                self.mark_differing(c)
             };
             need = need.max(g.unwrap_or(0));
         }
@@ -998,12 +990,19 @@ impl ImageSet {
             )));
         }
         // Another writer moved it while we waited for the lock.
+        Ok(self.mark_differing(c))
+    }
+
+    /// Chunk `c` is held by the side being written: make sure its shadow
+    /// bit is set. Returns the generation to wait for, if any.
+    fn mark_differing(&self, c: u64) -> Option<u64> {
         if !self.diff.get(c) {
-            return Ok(Some(self.change(c, &[Which::Diff], || {
+            Some(self.change(c, &[Which::Diff], || {
                 self.diff.set(c);
-            })));
+            }))
+        } else {
+            self.undurable(c)
         }
-        Ok(self.undurable(c))
     }
 
     /// The copy engine's step: copy the run of pending chunks that starts
