@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` for the life of a write and the code map.
 
 pub mod backend;
+pub mod bitmap;
 pub mod buffer;
 pub mod control;
 pub mod device;

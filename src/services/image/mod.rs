@@ -20,7 +20,6 @@
 //! that a volume plays one role only, and runs the operations (update,
 //! copy, abort, disable, groups) with the right quiesce.
 
-mod bitmap;
 pub mod format;
 mod layers;
 mod overflow;

@@ -26,7 +26,7 @@
 //! the bitmap volume. Writes to chunks whose bits are already durable pay
 //! nothing but two atomic loads per chunk.
 
-use super::bitmap::AtomicBitmap;
+use crate::bitmap::AtomicBitmap;
 use super::format::{
     Direction, Header, HeaderState, Kind, Layout, Transition, BITMAP_BLOCK_BYTES,
     INDEX_ENTRY_BYTES, INDEX_OVERFLOW,

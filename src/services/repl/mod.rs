@@ -1,8 +1,170 @@
-//! Replication to a remote peer (issue 4, under construction).
+//! Replication to a remote peer over TCP: sync, async and hybrid
+//! group-ordered mirroring (seed 001), SNDR's set lifecycle (seed 002) and
+//! PPRC's states and failure policy (seed 003).
 //!
-//! Built so far: the wire protocol's framing and the peers' mutual
-//! authentication (`wire.rs`, docs/replication-protocol.md). Not built yet:
-//! the primary and secondary layers, modes, scoreboards, resync, groups,
-//! the listener, the daemon operations and the CLI.
+//! ```text
+//!  primary volume stack            link (one per consistency group)        secondary volume stack
+//!  ... -> repl (PrimaryLayer) ---> queue -> sender ==TCP==> reader -> applier -> workers
+//!                      ^               acks <- receiver <==TCP== acks      |
+//!                      |                                                    v
+//!               scoreboard (bit per chunk)                  repl-secondary guard (clients: EPERM)
+//! ```
+//!
+//! * `wire.rs`: frames, WRITE/ACK payloads, the mutual HMAC handshake.
+//! * `scoreboard.rs`: the persistent out-of-sync bitmap.
+//! * `link.rs`: the primary side of a connection: ordering, queue, acks,
+//!   heartbeats, link loss.
+//! * `set.rs`: a primary set: its layer (the write path) and the resync.
+//! * `secondary.rs`: the guard layer and the ordered applier.
+//! * `peer.rs`: dialling, control requests, the listener.
+//!
+//! The daemon (`control/daemon/repl.rs`) owns configuration, volumes, the
+//! secondary's safety snapshot, and the operations that span both hosts.
 
+pub mod link;
+pub mod peer;
+pub mod proxy;
+pub mod scoreboard;
+pub mod secondary;
+pub mod set;
 pub mod wire;
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// DRBD closes an epoch after 2048 writes; so do we close a group.
+pub const MAX_GROUP_WRITES: u32 = 2048;
+
+/// Publishes an event: (kind, object, detail).
+pub type Notifier = Arc<dyn Fn(&str, &str, String) + Send + Sync>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Acknowledged after the local and the remote write.
+    Sync,
+    /// Acknowledged after the local write; the peer applies in order.
+    Async,
+    /// Acknowledged after the local write; the peer applies group by group.
+    Hybrid,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Sync => "sync",
+            Mode::Async => "async",
+            Mode::Hybrid => "hybrid",
+        }
+    }
+}
+
+/// What a set does when its peer is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerLoss {
+    /// Keep writing locally, record the chunks in the scoreboard.
+    #[default]
+    Log,
+    /// Fail writes with EIO until the peer is back and synced.
+    Fail,
+}
+
+/// What an async or hybrid writer does when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueFull {
+    #[default]
+    Block,
+    /// Drop the group to logging (the scoreboard takes over).
+    Log,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SetState {
+    Logging = 0,
+    Syncing = 1,
+    ReverseSyncing = 2,
+    Replicating = 3,
+    NeedSync = 4,
+    NeedReverseSync = 5,
+    Failed = 6,
+}
+
+impl SetState {
+    pub fn from_u8(v: u8) -> SetState {
+        match v {
+            0 => SetState::Logging,
+            1 => SetState::Syncing,
+            2 => SetState::ReverseSyncing,
+            3 => SetState::Replicating,
+            4 => SetState::NeedSync,
+            5 => SetState::NeedReverseSync,
+            _ => SetState::Failed,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SetState::Logging => "logging",
+            SetState::Syncing => "syncing",
+            SetState::ReverseSyncing => "reverse syncing",
+            SetState::Replicating => "replicating",
+            SetState::NeedSync => "need sync",
+            SetState::NeedReverseSync => "need reverse sync",
+            SetState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SetState> {
+        let s = s.replace(['_', '-'], " ");
+        (0..=6).map(SetState::from_u8).find(|x| x.as_str() == s)
+    }
+}
+
+/// This node's identity and its peers' secrets, shared by the listener
+/// and every dialler.
+#[derive(Default)]
+pub struct NodeCtx {
+    name: RwLock<String>,
+    secrets: RwLock<HashMap<String, Vec<u8>>>,
+    notify: RwLock<Option<Notifier>>,
+}
+
+impl NodeCtx {
+    pub fn name(&self) -> String {
+        self.name.read().clone()
+    }
+
+    pub fn set_name(&self, n: &str) {
+        *self.name.write() = n.to_owned();
+    }
+
+    pub fn secret(&self, peer: &str) -> Option<Vec<u8>> {
+        self.secrets.read().get(peer).cloned()
+    }
+
+    pub fn set_secret(&self, peer: &str, secret: Option<Vec<u8>>) {
+        let mut s = self.secrets.write();
+        match secret {
+            Some(v) => s.insert(peer.to_owned(), v),
+            None => s.remove(peer),
+        };
+    }
+
+    pub fn set_notifier(&self, n: Notifier) {
+        *self.notify.write() = Some(n);
+    }
+
+    pub fn notify(&self, kind: &str, object: &str, detail: String) {
+        if let Some(n) = self.notify.read().as_ref() {
+            n(kind, object, detail);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

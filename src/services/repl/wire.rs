@@ -39,6 +39,9 @@ pub enum FrameType {
     Bitmap = 13,
     Heartbeat = 14,
     Error = 15,
+    Control = 16,
+    Reply = 17,
+    Data = 18,
 }
 
 impl FrameType {
@@ -53,6 +56,9 @@ impl FrameType {
             13 => FrameType::Bitmap,
             14 => FrameType::Heartbeat,
             15 => FrameType::Error,
+            16 => FrameType::Control,
+            17 => FrameType::Reply,
+            18 => FrameType::Data,
             _ => return None,
         })
     }
@@ -81,18 +87,34 @@ pub struct Frame {
 
 /// Write one frame.
 pub fn write_frame(w: &mut impl Write, kind: FrameType, payload: &[u8]) -> Result<(), WireError> {
-    if payload.len() > MAX_PAYLOAD_BYTES as usize {
-        return malformed(format!("payload of {} bytes is too large", payload.len()));
+    write_frame_parts(w, kind, &[payload])
+}
+
+/// Write one frame whose payload is the concatenation of `parts` (a WRITE's
+/// fields and its data, without copying the data).
+pub fn write_frame_parts(
+    w: &mut impl Write,
+    kind: FrameType,
+    parts: &[&[u8]],
+) -> Result<(), WireError> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if len > MAX_PAYLOAD_BYTES as usize {
+        return malformed(format!("payload of {len} bytes is too large"));
     }
     let mut hdr = [0u8; HEADER_BYTES];
     hdr[0..4].copy_from_slice(MAGIC);
     hdr[4] = VERSION;
     hdr[5] = kind as u8;
-    hdr[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&hdr[..12]), payload);
+    hdr[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+    let mut crc = crc32c::crc32c(&hdr[..12]);
+    for p in parts {
+        crc = crc32c::crc32c_append(crc, p);
+    }
     hdr[12..16].copy_from_slice(&crc.to_le_bytes());
     w.write_all(&hdr)?;
-    w.write_all(payload)?;
+    for p in parts {
+        w.write_all(p)?;
+    }
     Ok(())
 }
 
@@ -126,6 +148,15 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame, WireError> {
     Ok(Frame { kind, payload })
 }
 
+/// WRITE flag: the data is durable on the peer before it acknowledges.
+pub const WRITE_FUA: u32 = 1;
+/// WRITE flag: the range reads as zeroes (no data bytes follow; a
+/// replicated discard or write-zeroes).
+pub const WRITE_ZEROES: u32 = 2;
+/// WRITE flag: a FLUSH, no data: everything applied before it is made
+/// durable (offset and length are 0).
+pub const WRITE_FLUSH: u32 = 4;
+
 /// A replicated write: `WRITE` frame payload (the data follows the fields).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteFrame {
@@ -133,54 +164,114 @@ pub struct WriteFrame {
     pub seq: u64,
     pub group: u64,
     pub offset: u64,
-    pub fua: bool,
+    pub len: u32,
+    pub flags: u32,
     pub data: Vec<u8>,
 }
 
-const WRITE_FIXED: usize = 36;
+pub const WRITE_FIXED: usize = 36;
+
+/// The fixed fields of a WRITE (the data is sent after them).
+pub fn write_fields(
+    set_id: u32,
+    seq: u64,
+    group: u64,
+    offset: u64,
+    len: u32,
+    flags: u32,
+) -> [u8; WRITE_FIXED] {
+    let mut p = [0u8; WRITE_FIXED];
+    p[0..4].copy_from_slice(&set_id.to_le_bytes());
+    p[4..12].copy_from_slice(&seq.to_le_bytes());
+    p[12..20].copy_from_slice(&group.to_le_bytes());
+    p[20..28].copy_from_slice(&offset.to_le_bytes());
+    p[28..32].copy_from_slice(&len.to_le_bytes());
+    p[32..36].copy_from_slice(&flags.to_le_bytes());
+    p
+}
 
 impl WriteFrame {
+    pub fn fua(&self) -> bool {
+        self.flags & WRITE_FUA != 0
+    }
+
     pub fn encode(&self) -> Vec<u8> {
-        let mut p = Vec::with_capacity(WRITE_FIXED + self.data.len());
-        p.extend_from_slice(&self.set_id.to_le_bytes());
-        p.extend_from_slice(&self.seq.to_le_bytes());
-        p.extend_from_slice(&self.group.to_le_bytes());
-        p.extend_from_slice(&self.offset.to_le_bytes());
-        p.extend_from_slice(&(self.data.len() as u32).to_le_bytes());
-        p.extend_from_slice(&(self.fua as u32).to_le_bytes());
+        let mut p = write_fields(
+            self.set_id,
+            self.seq,
+            self.group,
+            self.offset,
+            self.len,
+            self.flags,
+        )
+        .to_vec();
         p.extend_from_slice(&self.data);
         p
     }
 
-    pub fn decode(p: &[u8]) -> Result<WriteFrame, WireError> {
+    pub fn decode(mut p: Vec<u8>) -> Result<WriteFrame, WireError> {
         if p.len() < WRITE_FIXED {
             return malformed(format!("write frame of {} bytes is too short", p.len()));
         }
-        let u32_at = |i: usize| u32::from_le_bytes(p[i..i + 4].try_into().expect("4"));
-        let u64_at = |i: usize| u64::from_le_bytes(p[i..i + 8].try_into().expect("8"));
-        let len = u32_at(28) as usize;
-        let flags = u32_at(32);
-        if flags > 1 {
+        let u32_at = |p: &[u8], i: usize| u32::from_le_bytes(p[i..i + 4].try_into().expect("4"));
+        let u64_at = |p: &[u8], i: usize| u64::from_le_bytes(p[i..i + 8].try_into().expect("8"));
+        let len = u32_at(&p, 28);
+        let flags = u32_at(&p, 32);
+        let offset = u64_at(&p, 20);
+        if flags & !(WRITE_FUA | WRITE_ZEROES | WRITE_FLUSH) != 0 {
             return malformed(format!("unknown write flags {flags:#x}"));
         }
-        if p.len() != WRITE_FIXED + len {
-            return malformed(format!(
-                "write frame says {len} data bytes but carries {}",
-                p.len() - WRITE_FIXED
-            ));
+        let carried = p.len() - WRITE_FIXED;
+        if flags & WRITE_FLUSH != 0 {
+            if flags != WRITE_FLUSH || len != 0 || offset != 0 || carried != 0 {
+                return malformed("a flush carries no range, data or other flags");
+            }
+        } else {
+            let expect = if flags & WRITE_ZEROES != 0 { 0 } else { len as usize };
+            if carried != expect {
+                return malformed(format!(
+                    "write frame says {expect} data bytes but carries {carried}"
+                ));
+            }
+            if len == 0 || len % 512 != 0 || offset % 512 != 0 {
+                return malformed("write offset and length must be whole, non-empty sectors");
+            }
         }
-        if len == 0 || len % 512 != 0 || u64_at(20) % 512 != 0 {
-            return malformed("write offset and length must be whole, non-empty sectors");
-        }
-        Ok(WriteFrame {
-            set_id: u32_at(0),
-            seq: u64_at(4),
-            group: u64_at(12),
-            offset: u64_at(20),
-            fua: flags == 1,
-            data: p[WRITE_FIXED..].to_vec(),
-        })
+        let f = WriteFrame {
+            set_id: u32_at(&p, 0),
+            seq: u64_at(&p, 4),
+            group: u64_at(&p, 12),
+            offset,
+            len,
+            flags,
+            data: Vec::new(),
+        };
+        p.drain(..WRITE_FIXED);
+        Ok(WriteFrame { data: p, ..f })
     }
+}
+
+/// ACK flag: every write up to and including `seq` is applied (otherwise
+/// just the one write `seq`).
+pub const ACK_CUMULATIVE: u32 = 1;
+
+/// `ACK` payload: `seq (u64) | flags (u32)`.
+pub fn encode_ack(seq: u64, flags: u32) -> [u8; 12] {
+    let mut p = [0u8; 12];
+    p[0..8].copy_from_slice(&seq.to_le_bytes());
+    p[8..12].copy_from_slice(&flags.to_le_bytes());
+    p
+}
+
+pub fn decode_ack(p: &[u8]) -> Result<(u64, u32), WireError> {
+    if p.len() != 12 {
+        return malformed(format!("ack of {} bytes, expected 12", p.len()));
+    }
+    let flags = u32::from_le_bytes(p[8..12].try_into().expect("4"));
+    if flags & !ACK_CUMULATIVE != 0 {
+        return malformed(format!("unknown ack flags {flags:#x}"));
+    }
+    Ok((u64::from_le_bytes(p[0..8].try_into().expect("8")), flags))
 }
 
 // ----- authentication -----------------------------------------------------
@@ -250,6 +341,17 @@ pub fn handshake(
     own_name: &str,
     secret: &[u8],
 ) -> Result<String, WireError> {
+    handshake_with(s, role, own_name, &|_: &str| Some(secret.to_vec()))
+}
+
+/// [`handshake`] with the secret looked up by the peer's announced name
+/// (a secret per peer); an unknown peer is refused.
+pub fn handshake_with(
+    s: &mut (impl Read + Write),
+    role: Role,
+    own_name: &str,
+    secret_of: &dyn Fn(&str) -> Option<Vec<u8>>,
+) -> Result<String, WireError> {
     if own_name.is_empty() || own_name.len() > MAX_NAME_BYTES {
         return Err(WireError::Auth(format!("bad node name {own_name:?}")));
     }
@@ -268,6 +370,12 @@ pub fn handshake(
     if peer_nonce == own_nonce {
         return Err(WireError::Auth("peer echoed our nonce (reflection)".into()));
     }
+    let Some(secret) = secret_of(&peer_name) else {
+        return Err(WireError::Auth(format!(
+            "peer {peer_name} is not a configured peer of this node (`umbra repl peer add`)"
+        )));
+    };
+    let secret = secret.as_slice();
     let proof = mac(secret, role, own_name, &own_nonce, &peer_nonce)
         .finalize()
         .into_bytes();
@@ -305,14 +413,15 @@ mod tests {
             seq: 42,
             group: 3,
             offset: 4096,
-            fua: true,
+            len: 4096,
+            flags: WRITE_FUA,
             data: vec![0xab; 4096],
         };
         let mut buf = Vec::new();
         write_frame(&mut buf, FrameType::Write, &w.encode()).unwrap();
         let f = read_frame(&mut buf.as_slice()).unwrap();
         assert_eq!(f.kind, FrameType::Write);
-        assert_eq!(WriteFrame::decode(&f.payload).unwrap(), w);
+        assert_eq!(WriteFrame::decode(f.payload).unwrap(), w);
         // Flip every byte of the frame in turn: each is refused (or, for
         // the length field, runs out of input), never accepted.
         for i in 0..buf.len() {
@@ -325,12 +434,25 @@ mod tests {
         // Semantically bad writes inside a well-formed frame.
         let mut p = w.encode();
         p.truncate(p.len() - 1);
-        assert!(WriteFrame::decode(&p).is_err());
+        assert!(WriteFrame::decode(p).is_err());
         let odd = WriteFrame {
             offset: 100,
             ..w.clone()
         };
-        assert!(WriteFrame::decode(&odd.encode()).is_err());
+        assert!(WriteFrame::decode(odd.encode()).is_err());
+        let zero_with_data = WriteFrame {
+            flags: WRITE_ZEROES,
+            ..w.clone()
+        };
+        assert!(WriteFrame::decode(zero_with_data.encode()).is_err());
+        let flush_with_range = WriteFrame {
+            flags: WRITE_FLUSH,
+            data: vec![],
+            ..w.clone()
+        };
+        assert!(WriteFrame::decode(flush_with_range.encode()).is_err());
+        assert!(decode_ack(&encode_ack(5, 2)).is_err());
+        assert_eq!(decode_ack(&encode_ack(5, 1)).unwrap(), (5, 1));
     }
 
     fn pair(

@@ -1,7 +1,8 @@
-//! A fixed-size bitmap of atomic words: one bit per chunk. Readers test
+//! A fixed-size bitmap of atomic words: one bit per chunk (imaging's
+//! shadow and copy bitmaps, replication's scoreboard). Readers test
 //! bits without a lock (the I/O fast path); writers set and clear single
-//! bits with atomic read-modify-writes. Whole-bitmap rewrites (`update`,
-//! `copy`) happen only while both volumes of a set are quiesced.
+//! bits with atomic read-modify-writes. Whole-bitmap rewrites (imaging's
+//! `update` and `copy`) happen only while the volumes are quiesced.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

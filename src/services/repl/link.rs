@@ -1,0 +1,552 @@
+//! The primary's side of one replication connection: the ordered queue of
+//! replicated writes of one consistency group, the sender and receiver
+//! threads, heartbeats, and what happens when the link drops.
+//!
+//! Every replicated write gets its sequence number (and, in hybrid mode,
+//! its group number) under the queue lock, in the order it is sent; that
+//! lock is the one ordering point of the group (one short critical section
+//! per write). The sender writes queued items to the socket in batches; the
+//! receiver reads acknowledgements (cumulative in async and hybrid mode,
+//! per write in sync mode) and completes items: their scoreboard counts
+//! drop and sync-mode writers wake.
+//!
+//! When anything goes wrong (a socket error, a malformed frame, no frame
+//! from the peer within the timeout, an ERROR frame, a full queue under the
+//! drop-to-logging policy) the link goes down: every queued and unacked
+//! item completes as failed (its chunks become out of sync, so the next
+//! update sync resends them), sync writers wake with an error, and every
+//! set of the group drops to logging together.
+
+use super::set::ReplSet;
+use super::wire::{self, FrameType, WireError};
+use super::{Mode, NodeCtx, QueueFull, MAX_GROUP_WRITES};
+use parking_lot::{Condvar, Mutex, RwLock};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::io::{BufWriter, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How a sync-mode writer learns its write's fate.
+#[derive(Default)]
+pub struct Waiter {
+    /// 0 waiting, 1 acknowledged, 2 failed.
+    state: AtomicU8,
+}
+
+impl Waiter {
+    fn done(&self) -> Option<bool> {
+        match self.state.load(Ordering::SeqCst) {
+            0 => None,
+            1 => Some(true),
+            _ => Some(false),
+        }
+    }
+}
+
+/// One queued replicated operation.
+pub struct Item {
+    pub seq: u64,
+    pub group: u64,
+    pub set: Arc<ReplSet>,
+    pub offset: u64,
+    pub len: u32,
+    pub flags: u32,
+    pub data: Option<Arc<Vec<u8>>>,
+    pub waiter: Option<Arc<Waiter>>,
+    pub enqueued: Instant,
+    acked: bool,
+}
+
+struct Queue {
+    items: VecDeque<Item>,
+    /// Index of the first item not yet handed to the socket.
+    unsent: usize,
+    bytes: u64,
+    next_seq: u64,
+    group: u64,
+    group_writes: u32,
+    /// Connection generation the items belong to; `up` while connected.
+    epoch: u64,
+    up: bool,
+    down_reason: Option<String>,
+}
+
+pub struct QueueLimits {
+    pub bytes: u64,
+    pub items: usize,
+    pub on_full: QueueFull,
+}
+
+/// Counters `repl info` reports.
+#[derive(Default)]
+pub struct LinkStats {
+    pub sent_writes: AtomicU64,
+    pub acked_writes: AtomicU64,
+    pub acked_bytes: AtomicU64,
+    pub groups: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub blocked_writers: AtomicU64,
+}
+
+pub struct Link {
+    pub group: String,
+    pub peer_addr: String,
+    pub mode: Mode,
+    pub timeout: Duration,
+    ctx: Arc<NodeCtx>,
+    sets: RwLock<Vec<Arc<ReplSet>>>,
+    q: Mutex<Queue>,
+    cv_send: Condvar,
+    cv_space: Condvar,
+    cv_ack: Condvar,
+    /// Seed 001's "group in progress" flag: set when a write joins or
+    /// opens a group, cleared when any write completes locally, so a write
+    /// issued after another completed always lands in a later group.
+    group_open: AtomicBool,
+    limits: QueueLimits,
+    conn: Mutex<Option<TcpStream>>,
+    pub stats: LinkStats,
+    pub stop: AtomicBool,
+    pub peer_node: Mutex<Option<String>>,
+}
+
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
+const SEND_BATCH: usize = 128;
+
+#[derive(Debug, Clone)]
+pub struct Down(pub String);
+
+impl Link {
+    pub fn new(
+        ctx: Arc<NodeCtx>,
+        group: &str,
+        peer_addr: &str,
+        mode: Mode,
+        timeout: Duration,
+        limits: QueueLimits,
+    ) -> Link {
+        Link {
+            group: group.to_owned(),
+            peer_addr: peer_addr.to_owned(),
+            mode,
+            timeout,
+            ctx,
+            sets: RwLock::new(Vec::new()),
+            q: Mutex::new(Queue {
+                items: VecDeque::new(),
+                unsent: 0,
+                bytes: 0,
+                next_seq: 1,
+                group: 0,
+                group_writes: 0,
+                epoch: 0,
+                up: false,
+                down_reason: Some("not connected yet".into()),
+            }),
+            cv_send: Condvar::new(),
+            cv_space: Condvar::new(),
+            cv_ack: Condvar::new(),
+            group_open: AtomicBool::new(false),
+            limits,
+            conn: Mutex::new(None),
+            stats: LinkStats::default(),
+            stop: AtomicBool::new(false),
+            peer_node: Mutex::new(None),
+        }
+    }
+
+    pub fn sets(&self) -> Vec<Arc<ReplSet>> {
+        self.sets.read().clone()
+    }
+
+    pub fn add_set(&self, set: Arc<ReplSet>) {
+        self.sets.write().push(set);
+    }
+
+    pub fn remove_set(&self, name: &str) {
+        self.sets.write().retain(|s| s.name != name);
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.q.lock().up
+    }
+
+    pub fn down_reason(&self) -> Option<String> {
+        self.q.lock().down_reason.clone()
+    }
+
+    /// (queued items, queued bytes, seconds the oldest has waited).
+    pub fn lag(&self) -> (usize, u64, f64) {
+        let q = self.q.lock();
+        let age = q
+            .items
+            .front()
+            .map(|i| i.enqueued.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
+        (q.items.len(), q.bytes, age)
+    }
+
+    /// Groups still unacknowledged (hybrid).
+    pub fn groups_outstanding(&self) -> u64 {
+        let q = self.q.lock();
+        match (q.items.front(), q.items.back()) {
+            (Some(a), Some(b)) if self.mode == Mode::Hybrid => b.group - a.group + 1,
+            (Some(_), Some(_)) => q.items.len() as u64,
+            _ => 0,
+        }
+    }
+
+    /// Queue one replicated operation (a write of up to 4 MiB, zeroes, or a
+    /// flush) and return its sequence number. Blocks while the queue is
+    /// full under the blocking policy.
+    pub fn enqueue(
+        &self,
+        set: &Arc<ReplSet>,
+        offset: u64,
+        len: u32,
+        flags: u32,
+        data: Option<Arc<Vec<u8>>>,
+        waiter: Option<Arc<Waiter>>,
+    ) -> Result<u64, Down> {
+        let mut q = self.q.lock();
+        loop {
+            if !q.up {
+                return Err(Down(
+                    q.down_reason.clone().unwrap_or_else(|| "link down".into()),
+                ));
+            }
+            let full = self.mode != Mode::Sync
+                && !q.items.is_empty()
+                && (q.bytes + len as u64 > self.limits.bytes
+                    || q.items.len() >= self.limits.items);
+            if !full {
+                break;
+            }
+            match self.limits.on_full {
+                QueueFull::Block => {
+                    self.stats.blocked_writers.fetch_add(1, Ordering::Relaxed);
+                    self.cv_space.wait_for(&mut q, Duration::from_millis(100));
+                }
+                QueueFull::Log => {
+                    let epoch = q.epoch;
+                    drop(q);
+                    self.down(epoch, "the async queue is full (policy: drop to logging)");
+                    return Err(Down("async queue full".into()));
+                }
+            }
+        }
+        let seq = q.next_seq;
+        q.next_seq += 1;
+        let group = match self.mode {
+            Mode::Sync => 0,
+            Mode::Async => seq,
+            Mode::Hybrid => {
+                let was_open = self.group_open.swap(true, Ordering::SeqCst);
+                if !was_open || q.group_writes >= MAX_GROUP_WRITES || q.group == 0 {
+                    q.group += 1;
+                    q.group_writes = 0;
+                    self.stats.groups.fetch_add(1, Ordering::Relaxed);
+                }
+                q.group_writes += 1;
+                if flags & wire::WRITE_FLUSH != 0 {
+                    // A flush closes its group: the peer flushes after the
+                    // group and before the next one.
+                    self.group_open.store(false, Ordering::SeqCst);
+                }
+                q.group
+            }
+        };
+        q.bytes += len as u64;
+        q.items.push_back(Item {
+            seq,
+            group,
+            set: set.clone(),
+            offset,
+            len,
+            flags,
+            data,
+            waiter,
+            enqueued: Instant::now(),
+            acked: false,
+        });
+        drop(q);
+        self.cv_send.notify_one();
+        Ok(seq)
+    }
+
+    /// A write completed locally (seed 001: the next write opens a group).
+    #[inline]
+    pub fn local_complete(&self) {
+        if self.mode == Mode::Hybrid {
+            self.group_open.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Wait for a sync-mode item's acknowledgement. `false`: it failed.
+    pub fn wait(&self, w: &Waiter) -> bool {
+        let mut q = self.q.lock();
+        loop {
+            if let Some(ok) = w.done() {
+                return ok;
+            }
+            self.cv_ack.wait_for(&mut q, Duration::from_millis(100));
+        }
+    }
+
+    /// Wait until every queued item is acknowledged (or the link drops).
+    pub fn drain(&self) -> Result<(), Down> {
+        let mut q = self.q.lock();
+        loop {
+            if !q.up {
+                return Err(Down(q.down_reason.clone().unwrap_or_default()));
+            }
+            if q.items.is_empty() {
+                return Ok(());
+            }
+            self.cv_ack.wait_for(&mut q, Duration::from_millis(100));
+        }
+    }
+
+    /// Dial the peer, authenticate, open the link for this group's sets and
+    /// start the sender and receiver. Items queued from now on are sent.
+    pub fn connect(self: &Arc<Self>) -> Result<(), String> {
+        if self.is_up() {
+            return Ok(());
+        }
+        let sets = self.sets();
+        let names: Vec<Value> = sets
+            .iter()
+            .map(|s| json!({"id": s.id, "name": s.name, "size_bytes": s.size_bytes}))
+            .collect();
+        let (stream, peer) = super::peer::dial(&self.ctx, &self.peer_addr, self.timeout)?;
+        let mut s = &stream;
+        let req = json!({"op": "link", "group": self.group, "mode": self.mode, "sets": names});
+        super::peer::send_control(&mut s, &req).map_err(|e| e.to_string())?;
+        super::peer::read_reply(&mut s).map_err(|e| format!("peer refused the link: {e}"))?;
+        stream
+            .set_read_timeout(Some(self.timeout))
+            .map_err(|e| e.to_string())?;
+        let send_stream = stream.try_clone().map_err(|e| e.to_string())?;
+        let epoch = {
+            let mut q = self.q.lock();
+            q.epoch += 1;
+            q.up = true;
+            q.down_reason = None;
+            q.group = q.group.max(1);
+            q.epoch
+        };
+        *self.conn.lock() = Some(stream.try_clone().map_err(|e| e.to_string())?);
+        *self.peer_node.lock() = Some(peer);
+        self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name(format!("repl-send-{}", self.group))
+            .spawn(move || me.sender(epoch, send_stream))
+            .map_err(|e| e.to_string())?;
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name(format!("repl-recv-{}", self.group))
+            .spawn(move || me.receiver(epoch, stream))
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn sender(self: Arc<Self>, epoch: u64, stream: TcpStream) {
+        let mut w = BufWriter::with_capacity(1 << 20, stream);
+        let mut batch: Vec<(u32, u64, u64, u64, u32, u32, Option<Arc<Vec<u8>>>)> =
+            Vec::with_capacity(SEND_BATCH);
+        loop {
+            let mut heartbeat = false;
+            {
+                let mut q = self.q.lock();
+                loop {
+                    if q.epoch != epoch || !q.up {
+                        return;
+                    }
+                    if q.unsent < q.items.len() {
+                        break;
+                    }
+                    if self
+                        .cv_send
+                        .wait_for(&mut q, HEARTBEAT)
+                        .timed_out()
+                    {
+                        heartbeat = true;
+                        break;
+                    }
+                }
+                let end = (q.unsent + SEND_BATCH).min(q.items.len());
+                for i in q.unsent..end {
+                    let it = &q.items[i];
+                    batch.push((
+                        it.set.id,
+                        it.seq,
+                        it.group,
+                        it.offset,
+                        it.len,
+                        it.flags,
+                        it.data.clone(),
+                    ));
+                }
+                q.unsent = end;
+            }
+            let res = (|| -> Result<(), WireError> {
+                if heartbeat && batch.is_empty() {
+                    wire::write_frame(&mut w, FrameType::Heartbeat, &[])?;
+                }
+                for (set, seq, group, off, len, flags, data) in batch.drain(..) {
+                    let fields = wire::write_fields(set, seq, group, off, len, flags);
+                    let body: &[u8] = data.as_deref().map(|d| d.as_slice()).unwrap_or(&[]);
+                    wire::write_frame_parts(&mut w, FrameType::Write, &[&fields, body])?;
+                    self.stats.sent_writes.fetch_add(1, Ordering::Relaxed);
+                }
+                w.flush()?;
+                Ok(())
+            })();
+            if let Err(e) = res {
+                self.down(epoch, &format!("sending to {}: {e}", self.peer_addr));
+                return;
+            }
+        }
+    }
+
+    fn receiver(self: Arc<Self>, epoch: u64, mut stream: TcpStream) {
+        loop {
+            let f = match wire::read_frame(&mut stream) {
+                Ok(f) => f,
+                Err(WireError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    self.down(
+                        epoch,
+                        &format!(
+                            "no heartbeat from {} within {:.1}s",
+                            self.peer_addr,
+                            self.timeout.as_secs_f64()
+                        ),
+                    );
+                    return;
+                }
+                Err(e) => {
+                    self.down(epoch, &format!("from {}: {e}", self.peer_addr));
+                    return;
+                }
+            };
+            let res = match f.kind {
+                FrameType::Ack => wire::decode_ack(&f.payload)
+                    .map_err(|e| e.to_string())
+                    .and_then(|(seq, flags)| self.ack(epoch, seq, flags)),
+                FrameType::Heartbeat => Ok(()),
+                FrameType::Error => Err(format!(
+                    "peer reported: {}",
+                    String::from_utf8_lossy(&f.payload)
+                )),
+                other => Err(format!("malformed: unexpected {other:?} frame")),
+            };
+            if let Err(e) = res {
+                self.down(epoch, &e);
+                return;
+            }
+        }
+    }
+
+    fn ack(&self, epoch: u64, seq: u64, flags: u32) -> Result<(), String> {
+        let mut done = Vec::new();
+        {
+            let mut q = self.q.lock();
+            if q.epoch != epoch || !q.up {
+                return Ok(());
+            }
+            if flags & wire::ACK_CUMULATIVE != 0 {
+                if q.unsent > 0 && q.items[q.unsent - 1].seq < seq || q.unsent == 0 {
+                    if q.items.front().is_none_or(|i| i.seq > seq) {
+                        return Ok(()); // already acknowledged
+                    }
+                    return Err(format!("peer acknowledged write {seq}, never sent"));
+                }
+                while q.items.front().is_some_and(|i| i.seq <= seq) {
+                    let it = q.items.pop_front().expect("front");
+                    q.unsent -= 1;
+                    q.bytes -= it.len as u64;
+                    done.push(it);
+                }
+            } else {
+                let sent = q.unsent;
+                let idx = q.items.range(..sent).position(|i| i.seq == seq);
+                let Some(idx) = idx else {
+                    return Err(format!("peer acknowledged write {seq}, not outstanding"));
+                };
+                q.items[idx].acked = true;
+                while q.items.front().is_some_and(|i| i.acked) {
+                    let it = q.items.pop_front().expect("front");
+                    q.unsent -= 1;
+                    q.bytes -= it.len as u64;
+                    done.push(it);
+                }
+            }
+            for it in &done {
+                complete(it, true);
+            }
+        }
+        if !done.is_empty() {
+            let bytes: u64 = done.iter().map(|i| i.len as u64).sum();
+            self.stats
+                .acked_writes
+                .fetch_add(done.len() as u64, Ordering::Relaxed);
+            self.stats.acked_bytes.fetch_add(bytes, Ordering::Relaxed);
+            self.cv_ack.notify_all();
+            self.cv_space.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Take the link down (connection generation `epoch`): fail everything
+    /// outstanding, drop every set of the group to logging.
+    pub fn down(&self, epoch: u64, reason: &str) {
+        let items = {
+            let mut q = self.q.lock();
+            if q.epoch != epoch || !q.up {
+                return;
+            }
+            q.up = false;
+            q.down_reason = Some(reason.to_owned());
+            q.unsent = 0;
+            q.bytes = 0;
+            std::mem::take(&mut q.items)
+        };
+        if let Some(c) = self.conn.lock().take() {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        for it in &items {
+            complete(it, false);
+        }
+        self.cv_ack.notify_all();
+        self.cv_space.notify_all();
+        self.cv_send.notify_all();
+        log::warn!("replication link {} to {}: down: {reason}", self.group, self.peer_addr);
+        for s in self.sets() {
+            s.link_lost(reason);
+        }
+    }
+
+    /// Close the link on purpose (suspend, disable, swap, shutdown).
+    pub fn close(&self, reason: &str) {
+        let epoch = self.q.lock().epoch;
+        self.down(epoch, reason);
+    }
+}
+
+fn complete(it: &Item, ok: bool) {
+    if it.flags & wire::WRITE_FLUSH == 0 {
+        it.set.scoreboard.end(it.offset, it.len as u64, ok);
+    }
+    if let Some(w) = &it.waiter {
+        w.state.store(if ok { 1 } else { 2 }, Ordering::SeqCst);
+    }
+}

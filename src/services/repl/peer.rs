@@ -1,0 +1,259 @@
+//! Talking to a peer daemon: dialling (TCP + the mutual handshake), the
+//! CONTROL/REPLY exchange both sides use to manage sets from one host, and
+//! the replication listener that accepts peers.
+//!
+//! A CONTROL frame carries a JSON object with an `op`; the answer is one
+//! REPLY frame (`{"ok": true, ...}` or `{"ok": false, "error": "..."}`),
+//! followed by one DATA frame when the reply says `"data": true` (a
+//! bitmap, a chunk read for a reverse sync). The `link` op turns the
+//! connection into a data link (see `secondary.rs`).
+
+use super::wire::{self, FrameType, Role, WireError};
+use super::NodeCtx;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a handshake or a control request may take.
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the daemon does with peers' requests.
+pub trait PeerHandler: Send + Sync {
+    /// A control request from authenticated peer `peer`.
+    fn control(&self, peer: &str, req: &Value) -> Result<(Value, Option<Vec<u8>>), String>;
+    /// A data link: the handler answers the `link` request itself and then
+    /// serves the connection until it ends.
+    fn link(&self, peer: &str, req: &Value, stream: TcpStream);
+}
+
+/// Connect to `addr` and authenticate. Returns the stream and the peer's
+/// node name.
+pub fn dial(ctx: &NodeCtx, addr: &str, timeout: Duration) -> Result<(TcpStream, String), String> {
+    let sa = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("peer address {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("peer address {addr} resolves to nothing"))?;
+    let mut s = TcpStream::connect_timeout(&sa, timeout.min(Duration::from_secs(5)))
+        .map_err(|e| format!("connecting to peer {addr}: {e}"))?;
+    let _ = s.set_nodelay(true);
+    s.set_read_timeout(Some(timeout.max(Duration::from_secs(2))))
+        .map_err(|e| e.to_string())?;
+    let name = ctx.name();
+    let peer = wire::handshake_with(&mut s, Role::Dialer, &name, &|p: &str| ctx.secret(p))
+        .map_err(|e| format!("peer {addr}: {e}"))?;
+    Ok((s, peer))
+}
+
+pub fn send_control(w: &mut impl Write, req: &Value) -> Result<(), WireError> {
+    wire::write_frame(w, FrameType::Control, req.to_string().as_bytes())?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Read a REPLY; an `ok: false` reply is the peer's error message.
+pub fn read_reply(r: &mut impl Read) -> Result<Value, String> {
+    let f = wire::read_frame(r).map_err(|e| e.to_string())?;
+    if f.kind != FrameType::Reply {
+        return Err(format!("malformed: expected REPLY, got {:?}", f.kind));
+    }
+    let v: Value =
+        serde_json::from_slice(&f.payload).map_err(|e| format!("malformed reply: {e}"))?;
+    if v["ok"] != true {
+        return Err(v["error"].as_str().unwrap_or("peer refused").to_owned());
+    }
+    Ok(v)
+}
+
+/// One control request on a fresh connection.
+pub fn request(
+    ctx: &NodeCtx,
+    addr: &str,
+    req: &Value,
+) -> Result<(Value, Option<Vec<u8>>), String> {
+    let (mut s, _) = dial(ctx, addr, CONTROL_TIMEOUT)?;
+    send_control(&mut s, req).map_err(|e| format!("peer {addr}: {e}"))?;
+    let v = read_reply(&mut s).map_err(|e| format!("peer {addr}: {e}"))?;
+    let data = if v["data"] == true {
+        let f = wire::read_frame(&mut s).map_err(|e| format!("peer {addr}: {e}"))?;
+        if f.kind != FrameType::Data {
+            return Err(format!("peer {addr}: malformed: expected DATA"));
+        }
+        Some(f.payload)
+    } else {
+        None
+    };
+    Ok((v, data))
+}
+
+/// A session of several control requests on one connection (a reverse
+/// sync reads chunk after chunk).
+pub struct Session {
+    s: TcpStream,
+    addr: String,
+}
+
+impl Session {
+    pub fn open(ctx: &NodeCtx, addr: &str) -> Result<Session, String> {
+        let (s, _) = dial(ctx, addr, CONTROL_TIMEOUT)?;
+        Ok(Session {
+            s,
+            addr: addr.to_owned(),
+        })
+    }
+
+    pub fn call(&mut self, req: &Value) -> Result<(Value, Option<Vec<u8>>), String> {
+        let addr = &self.addr;
+        send_control(&mut self.s, req).map_err(|e| format!("peer {addr}: {e}"))?;
+        let v = read_reply(&mut self.s).map_err(|e| format!("peer {addr}: {e}"))?;
+        let data = if v["data"] == true {
+            let f = wire::read_frame(&mut self.s).map_err(|e| format!("peer {addr}: {e}"))?;
+            if f.kind != FrameType::Data {
+                return Err(format!("peer {addr}: malformed: expected DATA"));
+            }
+            Some(f.payload)
+        } else {
+            None
+        };
+        Ok((v, data))
+    }
+}
+
+/// The replication listener: accepts peers on its own address.
+pub struct Listener {
+    pub addr: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Listener {
+    pub fn start(
+        ctx: Arc<NodeCtx>,
+        addr: &str,
+        handler: Arc<dyn PeerHandler>,
+    ) -> Result<Listener, String> {
+        let l = TcpListener::bind(addr).map_err(|e| format!("replication listener {addr}: {e}"))?;
+        let bound = l.local_addr().map_err(|e| e.to_string())?.to_string();
+        l.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("repl-listen".into())
+            .spawn(move || {
+                while !stop2.load(Ordering::SeqCst) {
+                    match l.accept() {
+                        Ok((s, from)) => {
+                            let ctx = ctx.clone();
+                            let handler = handler.clone();
+                            let _ = std::thread::Builder::new()
+                                .name("repl-peer".into())
+                                .spawn(move || serve_peer(ctx, s, from.to_string(), handler));
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        Err(e) => {
+                            log::warn!("replication listener: accept: {e}");
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Listener {
+            addr: bound,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve_peer(ctx: Arc<NodeCtx>, mut s: TcpStream, from: String, handler: Arc<dyn PeerHandler>) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_nodelay(true);
+    let _ = s.set_read_timeout(Some(CONTROL_TIMEOUT));
+    let name = ctx.name();
+    let peer = match wire::handshake_with(&mut s, Role::Listener, &name, &|p: &str| ctx.secret(p))
+    {
+        Ok(p) => p,
+        Err(e) => {
+            log::warn!("replication: refused peer from {from}: {e}");
+            ctx.notify("repl.peer_refused", &from, e.to_string());
+            let _ = wire::write_frame(&mut s, FrameType::Error, e.to_string().as_bytes());
+            return;
+        }
+    };
+    loop {
+        let f = match wire::read_frame(&mut s) {
+            Ok(f) => f,
+            Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
+            Err(e) => {
+                log::warn!("replication: peer {peer} ({from}): {e}; connection dropped");
+                let _ = wire::write_frame(&mut s, FrameType::Error, e.to_string().as_bytes());
+                return;
+            }
+        };
+        if f.kind != FrameType::Control {
+            log::warn!("replication: peer {peer} sent {:?} before opening a link; dropped", f.kind);
+            let _ = wire::write_frame(&mut s, FrameType::Error, b"expected CONTROL");
+            return;
+        }
+        let req: Value = match serde_json::from_slice(&f.payload) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => {
+                let _ = reply(&mut s, Err("malformed control request (not a JSON object)".into()));
+                return;
+            }
+        };
+        if req["op"] == "link" {
+            handler.link(&peer, &req, s);
+            return;
+        }
+        let res = handler.control(&peer, &req);
+        if reply(&mut s, res).is_err() {
+            return;
+        }
+    }
+}
+
+/// Write a REPLY (and its DATA frame).
+pub fn reply(
+    s: &mut impl Write,
+    res: Result<(Value, Option<Vec<u8>>), String>,
+) -> Result<(), WireError> {
+    match res {
+        Ok((mut v, data)) => {
+            if !v.is_object() {
+                v = json!({"value": v});
+            }
+            v["ok"] = json!(true);
+            v["data"] = json!(data.is_some());
+            wire::write_frame(s, FrameType::Reply, v.to_string().as_bytes())?;
+            if let Some(d) = data {
+                wire::write_frame(s, FrameType::Data, &d)?;
+            }
+        }
+        Err(e) => {
+            let v = json!({"ok": false, "error": e});
+            wire::write_frame(s, FrameType::Reply, v.to_string().as_bytes())?;
+        }
+    }
+    s.flush()?;
+    Ok(())
+}

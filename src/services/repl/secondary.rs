@@ -1,0 +1,475 @@
+//! The secondary side: the guard layer that keeps clients from writing to
+//! a replication target, and the applier that serves a data link.
+//!
+//! Applying in order (async and hybrid mode): writes arrive in sequence
+//! order carrying group numbers that never decrease. The applier runs the
+//! writes of the current group concurrently on a few workers and holds
+//! every write of a later group until the current group is fully applied
+//! (and flushed when it carried a flush), then acknowledges everything up
+//! to the group's last write with one cumulative ACK. In async mode every
+//! write is its own group, so writes are applied one at a time. A cut at
+//! any moment (a crash of this daemon, a dropped link) leaves groups
+//! 1..k applied plus a subset of group k+1: a state the primary itself
+//! could have crashed in.
+//!
+//! Sync mode needs no ordering here (the primary acknowledges nothing
+//! before we did), so writes are applied as they come and acknowledged
+//! one by one.
+
+use super::wire::{self, FrameType, WireError, WriteFrame};
+use super::Mode;
+use crate::device::{BlockDevice, DeviceError, Result};
+use crate::interposer::Service;
+use crossbeam_channel::{select, Receiver, Sender};
+use parking_lot::{Mutex, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufReader, BufWriter, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Name of the guard layer in a secondary volume's stack.
+pub const SECONDARY_LAYER: &str = "repl-secondary";
+const WORKERS: usize = 4;
+
+/// The guard: reads pass, client writes are refused (EPERM). The applier
+/// writes below it.
+pub struct SecondaryGuard {
+    volume: String,
+    lower: RwLock<Option<Arc<dyn BlockDevice>>>,
+}
+
+impl SecondaryGuard {
+    pub fn new(volume: &str) -> Self {
+        SecondaryGuard {
+            volume: volume.to_owned(),
+            lower: RwLock::new(None),
+        }
+    }
+
+    pub fn with_lower<T>(&self, f: impl FnOnce(&dyn BlockDevice) -> Result<T>) -> Result<T> {
+        let g = self.lower.read_recursive();
+        match g.as_ref() {
+            Some(d) => f(d.as_ref()),
+            None => Err(DeviceError::Failed {
+                reason: format!("volume {} has no replication guard", self.volume),
+            }),
+        }
+    }
+}
+
+impl Service for SecondaryGuard {
+    fn name(&self) -> &str {
+        SECONDARY_LAYER
+    }
+
+    fn stack_on(
+        &self,
+        lower: Arc<dyn BlockDevice>,
+    ) -> std::result::Result<Arc<dyn BlockDevice>, String> {
+        *self.lower.write() = Some(lower.clone());
+        Ok(Arc::new(GuardDevice { lower }))
+    }
+}
+
+struct GuardDevice {
+    lower: Arc<dyn BlockDevice>,
+}
+
+impl BlockDevice for GuardDevice {
+    fn size_bytes(&self) -> u64 {
+        self.lower.size_bytes()
+    }
+    fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.lower.read(buf, offset)
+    }
+    fn write(&self, _buf: &[u8], _offset: u64, _fua: bool) -> Result<()> {
+        Err(DeviceError::ReadOnly)
+    }
+    fn flush(&self) -> Result<()> {
+        self.lower.flush()
+    }
+    fn discard(&self, _offset: u64, _len: u64) -> Result<()> {
+        Err(DeviceError::ReadOnly)
+    }
+    fn write_zeroes(&self, _offset: u64, _len: u64, _fua: bool) -> Result<()> {
+        Err(DeviceError::ReadOnly)
+    }
+    fn block_size_bytes(&self) -> u32 {
+        self.lower.block_size_bytes()
+    }
+    fn latency_class(&self) -> crate::device::LatencyClass {
+        self.lower.latency_class()
+    }
+    fn write_may_block(&self, _offset: u64, _len: u64) -> bool {
+        false
+    }
+}
+
+/// A secondary set: the target volume of a primary elsewhere.
+pub struct SecondarySet {
+    pub name: String,
+    pub volume: String,
+    pub size_bytes: u64,
+    pub guard: Arc<SecondaryGuard>,
+    /// The applier holds this shared per write; taking the safety snapshot
+    /// holds it exclusively, so no replicated write slips between the
+    /// snapshot's establish and its layer.
+    pub gate: RwLock<()>,
+    pub applied_writes: AtomicU64,
+    pub applied_bytes: AtomicU64,
+    pub last_seq: AtomicU64,
+    pub connected: AtomicBool,
+}
+
+impl SecondarySet {
+    pub fn new(name: &str, volume: &str, size_bytes: u64, guard: Arc<SecondaryGuard>) -> Self {
+        SecondarySet {
+            name: name.to_owned(),
+            volume: volume.to_owned(),
+            size_bytes,
+            guard,
+            gate: RwLock::new(()),
+            applied_writes: AtomicU64::new(0),
+            applied_bytes: AtomicU64::new(0),
+            last_seq: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+        }
+    }
+
+    fn apply(&self, w: &WriteFrame) -> Result<()> {
+        let _g = self.gate.read();
+        let r = self.guard.with_lower(|d| {
+            if w.flags & wire::WRITE_FLUSH != 0 {
+                d.flush()
+            } else if w.flags & wire::WRITE_ZEROES != 0 {
+                d.write_zeroes(w.offset, w.len as u64, w.fua())
+            } else {
+                d.write(&w.data, w.offset, w.fua())
+            }
+        });
+        if r.is_ok() && w.flags & wire::WRITE_FLUSH == 0 {
+            self.applied_writes.fetch_add(1, Ordering::Relaxed);
+            self.applied_bytes.fetch_add(w.len as u64, Ordering::Relaxed);
+        }
+        self.last_seq.fetch_max(w.seq, Ordering::Relaxed);
+        r
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        let _g = self.gate.read();
+        self.guard.with_lower(|d| d.flush())
+    }
+}
+
+/// Running data links by group, so a reconnect replaces the old link only
+/// after its applier has stopped (two appliers of one group never run).
+#[derive(Default)]
+pub struct LinkTable {
+    active: Mutex<HashMap<String, (TcpStream, Receiver<()>)>>,
+}
+
+impl LinkTable {
+    /// Stop the group's running link, if any, and wait for its applier.
+    pub fn replace(&self, group: &str, new: Option<(TcpStream, Receiver<()>)>) {
+        let old = {
+            let mut a = self.active.lock();
+            let old = a.remove(group);
+            if let Some(n) = new {
+                a.insert(group.to_owned(), n);
+            }
+            old
+        };
+        if let Some((s, done)) = old {
+            let _ = s.shutdown(Shutdown::Both);
+            let _ = done.recv_timeout(Duration::from_secs(60));
+        }
+    }
+
+    pub fn stop_all(&self) {
+        let all: Vec<String> = self.active.lock().keys().cloned().collect();
+        for g in all {
+            self.replace(&g, None);
+        }
+    }
+}
+
+type AckWriter = Arc<Mutex<BufWriter<TcpStream>>>;
+
+fn send(w: &AckWriter, kind: FrameType, payload: &[u8]) -> std::result::Result<(), WireError> {
+    let mut g = w.lock();
+    wire::write_frame(&mut *g, kind, payload)?;
+    g.flush()?;
+    Ok(())
+}
+
+/// Serve a data link until it ends. `sets[id]` is the set a WRITE's set
+/// id names. Returns why the link ended.
+pub fn serve_link(
+    stream: TcpStream,
+    sets: Vec<Option<Arc<SecondarySet>>>,
+    mode: Mode,
+    timeout: Duration,
+) -> String {
+    let _ = stream.set_read_timeout(Some(timeout));
+    let writer: AckWriter = match stream.try_clone() {
+        Ok(s) => Arc::new(Mutex::new(BufWriter::new(s))),
+        Err(e) => return e.to_string(),
+    };
+    for s in sets.iter().flatten() {
+        s.connected.store(true, Ordering::SeqCst);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    // Heartbeats from this side, so the primary notices a dead secondary.
+    let hb = {
+        let writer = writer.clone();
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("repl-heartbeat".into())
+            .spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(super::link::HEARTBEAT);
+                    if send(&writer, FrameType::Heartbeat, &[]).is_err() {
+                        return;
+                    }
+                }
+            })
+            .ok()
+    };
+    let (job_tx, job_rx) = crossbeam_channel::unbounded::<(Arc<SecondarySet>, WriteFrame)>();
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<(u64, std::result::Result<(), String>)>();
+    let mut workers = Vec::new();
+    for i in 0..WORKERS {
+        let job_rx = job_rx.clone();
+        let done_tx = done_tx.clone();
+        let writer = writer.clone();
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("repl-apply-{i}"))
+                .spawn(move || {
+                    for (set, w) in job_rx {
+                        let r = set.apply(&w).map_err(|e| {
+                            format!("set {}: applying write {}: {e}", set.name, w.seq)
+                        });
+                        if mode == Mode::Sync {
+                            // Acknowledged one by one, as soon as applied.
+                            match &r {
+                                Ok(()) => {
+                                    let _ = send(&writer, FrameType::Ack, &wire::encode_ack(w.seq, 0));
+                                }
+                                Err(e) => {
+                                    let _ = send(&writer, FrameType::Error, e.as_bytes());
+                                }
+                            }
+                        }
+                        let _ = done_tx.send((w.seq, r));
+                    }
+                })
+                .expect("spawn an apply worker"),
+        );
+    }
+    drop(done_tx);
+    let (in_tx, in_rx) = crossbeam_channel::bounded::<(Arc<SecondarySet>, WriteFrame)>(4096);
+    let ordered = mode != Mode::Sync;
+    let applier = {
+        let writer = writer.clone();
+        let job_tx = job_tx.clone();
+        let sets2: Vec<Arc<SecondarySet>> = sets.iter().flatten().cloned().collect();
+        let conn = stream.try_clone();
+        std::thread::Builder::new()
+            .name("repl-applier".into())
+            .spawn(move || {
+                let r = if ordered {
+                    apply_ordered(in_rx, job_tx, done_rx, &writer, &sets2)
+                } else {
+                    drop(job_tx);
+                    // Sync mode: workers acknowledge; just watch for errors.
+                    done_rx
+                        .into_iter()
+                        .find_map(|(_, r)| r.err())
+                        .map_or(Ok(()), Err)
+                };
+                if let Err(e) = &r {
+                    // Tell the primary, and end the reader's wait.
+                    let _ = send(&writer, FrameType::Error, e.as_bytes());
+                    if let Ok(c) = &conn {
+                        let _ = c.shutdown(Shutdown::Both);
+                    }
+                }
+                r
+            })
+            .expect("spawn the applier")
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, &stream);
+    let reason = loop {
+        let f = match wire::read_frame(&mut reader) {
+            Ok(f) => f,
+            Err(WireError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break format!("no heartbeat from the primary within {:.1}s", timeout.as_secs_f64());
+            }
+            Err(e) => break e.to_string(),
+        };
+        match f.kind {
+            FrameType::Heartbeat => continue,
+            FrameType::Write => {}
+            other => {
+                let m = format!("malformed: unexpected {other:?} frame on a data link");
+                let _ = send(&writer, FrameType::Error, m.as_bytes());
+                break m;
+            }
+        }
+        let w = match WriteFrame::decode(f.payload) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = send(&writer, FrameType::Error, e.to_string().as_bytes());
+                break e.to_string();
+            }
+        };
+        let Some(set) = sets.get(w.set_id as usize).and_then(|s| s.clone()) else {
+            let m = format!("malformed: write for unknown set id {}", w.set_id);
+            let _ = send(&writer, FrameType::Error, m.as_bytes());
+            break m;
+        };
+        if w.offset.checked_add(w.len as u64).is_none_or(|end| end > set.size_bytes) {
+            let m = format!(
+                "malformed: write [{}, +{}) past the end of set {} ({} bytes)",
+                w.offset, w.len, set.name, set.size_bytes
+            );
+            let _ = send(&writer, FrameType::Error, m.as_bytes());
+            break m;
+        }
+        let r = if ordered {
+            in_tx.send((set, w)).map_err(|_| ())
+        } else {
+            job_tx.send((set, w)).map_err(|_| ())
+        };
+        if r.is_err() {
+            break "the applier stopped".into();
+        }
+    };
+    // Stop: nothing more is dispatched; what workers hold completes.
+    drop(in_tx);
+    drop(job_tx);
+    let applied = applier.join().unwrap_or(Err("applier panicked".into()));
+    for w in workers {
+        let _ = w.join();
+    }
+    stop.store(true, Ordering::SeqCst);
+    let _ = stream.shutdown(Shutdown::Both);
+    if let Some(h) = hb {
+        let _ = h.join();
+    }
+    for s in sets.iter().flatten() {
+        s.connected.store(false, Ordering::SeqCst);
+    }
+    match applied {
+        Err(e) => e,
+        Ok(()) => reason,
+    }
+}
+
+/// The group-ordered applier (seed 001, backup side).
+fn apply_ordered(
+    in_rx: Receiver<(Arc<SecondarySet>, WriteFrame)>,
+    job_tx: Sender<(Arc<SecondarySet>, WriteFrame)>,
+    done_rx: Receiver<(u64, std::result::Result<(), String>)>,
+    writer: &AckWriter,
+    sets: &[Arc<SecondarySet>],
+) -> std::result::Result<(), String> {
+    let mut held: VecDeque<(Arc<SecondarySet>, WriteFrame)> = VecDeque::new();
+    let mut current: Option<u64> = None;
+    let mut outstanding = 0usize;
+    let mut last_seq = 0u64;
+    let mut acked = 0u64;
+    let mut needs_flush = false;
+    let mut input_open = true;
+    loop {
+        // Start what may start: writes of the current group go at once; a
+        // later group waits until the current one is applied.
+        loop {
+            let Some((_, w)) = held.front() else { break };
+            let g = w.group;
+            if current == Some(g) {
+                let (set, w) = held.pop_front().expect("front");
+                last_seq = last_seq.max(w.seq);
+                if w.flags & wire::WRITE_FLUSH != 0 {
+                    needs_flush = true;
+                    continue;
+                }
+                outstanding += 1;
+                job_tx.send((set, w)).map_err(|_| "workers stopped".to_string())?;
+                continue;
+            }
+            if outstanding > 0 {
+                break;
+            }
+            finish(writer, sets, &mut needs_flush, last_seq, &mut acked)?;
+            current = Some(g);
+        }
+        if outstanding == 0 && held.is_empty() {
+            // Everything received is applied: acknowledge it (the group may
+            // still grow; acknowledgements are by sequence, not by group).
+            if acked < last_seq || needs_flush {
+                finish(writer, sets, &mut needs_flush, last_seq, &mut acked)?;
+            }
+            if !input_open {
+                return Ok(());
+            }
+        }
+        if input_open {
+            select! {
+                recv(in_rx) -> m => match m {
+                    Ok(item) => held.push_back(item),
+                    Err(_) => {
+                        // The link ended: never start held writes (they
+                        // belong to a group whose predecessor may be
+                        // incomplete), finish what the workers hold.
+                        input_open = false;
+                        held.clear();
+                    }
+                },
+                recv(done_rx) -> m => {
+                    let (_, r) = m.map_err(|_| "workers stopped".to_string())?;
+                    outstanding -= 1;
+                    r?;
+                }
+            }
+        } else {
+            if outstanding == 0 {
+                return Ok(());
+            }
+            let (_, r) = done_rx.recv().map_err(|_| "workers stopped".to_string())?;
+            outstanding -= 1;
+            r?;
+        }
+    }
+}
+
+/// The current group is applied: flush when it carried a flush, then
+/// acknowledge everything up to `last_seq`.
+fn finish(
+    writer: &AckWriter,
+    sets: &[Arc<SecondarySet>],
+    needs_flush: &mut bool,
+    last_seq: u64,
+    acked: &mut u64,
+) -> std::result::Result<(), String> {
+    if *needs_flush {
+        for s in sets {
+            s.flush().map_err(|e| format!("set {}: flush: {e}", s.name))?;
+        }
+        *needs_flush = false;
+    }
+    if last_seq > *acked {
+        *acked = last_seq;
+        // The primary may be gone; the link's reader notices.
+        let _ = send(writer, FrameType::Ack, &wire::encode_ack(last_seq, wire::ACK_CUMULATIVE));
+    }
+    Ok(())
+}

@@ -1,0 +1,453 @@
+//! A primary replication set: its layer in the local volume's stack (the
+//! write path of every mode), its state, and the resync engine.
+//!
+//! Life of a replicated write (hybrid mode):
+//! 1. count the write pending on its chunks and make their scoreboard bits
+//!    durable (free when they already are);
+//! 2. queue it on the group's link: sequence and group numbers are taken
+//!    here, in send order;
+//! 3. write it to the local volume;
+//! 4. clear the group-in-progress flag (the next write opens a new group)
+//!    and acknowledge the application;
+//! 5. later the peer acknowledges the group and the chunks' counts drop.
+//!
+//! Sync mode waits for the peer's acknowledgement before step 4; async
+//! gives every write its own group, so the peer applies them one by one.
+
+use super::link::{Link, Waiter};
+use super::scoreboard::Scoreboard;
+use super::wire;
+use super::{Mode, Notifier, PeerLoss, SetState};
+use crate::device::{check_range, BlockDevice, DeviceError, Result};
+use crate::interposer::Service;
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Name of the primary layer in a volume's stack.
+pub const PRIMARY_LAYER: &str = "repl";
+/// Largest piece one WRITE frame carries.
+const PIECE_BYTES: u64 = 1 << 20;
+
+#[derive(Default)]
+pub struct SetStats {
+    pub writes: AtomicU64,
+    pub bytes: AtomicU64,
+    pub sync_total_bytes: AtomicU64,
+    pub sync_done_bytes: AtomicU64,
+    pub synced_chunks_total: AtomicU64,
+}
+
+pub struct ReplSet {
+    pub name: String,
+    pub id: u32,
+    pub volume: String,
+    pub remote_volume: String,
+    pub size_bytes: u64,
+    pub mode: Mode,
+    pub policy: PeerLoss,
+    pub autosync: bool,
+    pub scoreboard: Scoreboard,
+    state: AtomicU8,
+    /// The link dropped (not a suspend): under `fail`, writes fail.
+    peer_lost: AtomicBool,
+    /// Suspended by `repl log`: no autosync until the next `repl sync`.
+    pub suspended: AtomicBool,
+    link: Arc<Link>,
+    lower: RwLock<Option<Arc<dyn BlockDevice>>>,
+    /// Chunks a resync is reading right now; writers to them wait.
+    busy: Mutex<HashSet<u64>>,
+    busy_cv: Condvar,
+    busy_any: AtomicUsize,
+    pub stats: SetStats,
+    pub last_error: Mutex<Option<String>>,
+    notify: Option<Notifier>,
+}
+
+impl ReplSet {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: &str,
+        id: u32,
+        volume: &str,
+        remote_volume: &str,
+        size_bytes: u64,
+        mode: Mode,
+        policy: PeerLoss,
+        autosync: bool,
+        scoreboard: Scoreboard,
+        link: Arc<Link>,
+        state: SetState,
+        notify: Option<Notifier>,
+    ) -> ReplSet {
+        ReplSet {
+            name: name.to_owned(),
+            id,
+            volume: volume.to_owned(),
+            remote_volume: remote_volume.to_owned(),
+            size_bytes,
+            mode,
+            policy,
+            autosync,
+            scoreboard,
+            state: AtomicU8::new(state as u8),
+            peer_lost: AtomicBool::new(false),
+            suspended: AtomicBool::new(false),
+            link,
+            lower: RwLock::new(None),
+            busy: Mutex::new(HashSet::new()),
+            busy_cv: Condvar::new(),
+            busy_any: AtomicUsize::new(0),
+            stats: SetStats::default(),
+            last_error: Mutex::new(None),
+            notify,
+        }
+    }
+
+    pub fn link(&self) -> &Arc<Link> {
+        &self.link
+    }
+
+    pub fn state(&self) -> SetState {
+        SetState::from_u8(self.state.load(Ordering::SeqCst))
+    }
+
+    pub fn set_state(&self, s: SetState, why: &str) {
+        let old = self.state.swap(s as u8, Ordering::SeqCst);
+        if old != s as u8 {
+            log::info!("replication set {}: {} -> {} ({why})", self.name, SetState::from_u8(old).as_str(), s.as_str());
+            if let Some(n) = &self.notify {
+                n(&format!("repl.{}", s.as_str().replace(' ', "_")), &self.name, why.to_owned());
+            }
+        }
+    }
+
+    pub fn peer_lost(&self) -> bool {
+        self.peer_lost.load(Ordering::SeqCst)
+    }
+
+    pub fn set_peer_lost(&self, v: bool) {
+        self.peer_lost.store(v, Ordering::SeqCst);
+    }
+
+    /// The group's link dropped.
+    pub fn link_lost(&self, reason: &str) {
+        *self.last_error.lock() = Some(reason.to_owned());
+        match self.state() {
+            SetState::Replicating | SetState::Syncing => {
+                if !self.suspended.load(Ordering::SeqCst) {
+                    self.peer_lost.store(true, Ordering::SeqCst);
+                }
+                self.set_state(SetState::Logging, reason);
+            }
+            _ => {}
+        }
+    }
+
+    fn replicating(&self) -> bool {
+        matches!(self.state(), SetState::Replicating | SetState::Syncing)
+    }
+
+    pub fn with_lower<T>(&self, f: impl FnOnce(&dyn BlockDevice) -> Result<T>) -> Result<T> {
+        let g = self.lower.read_recursive();
+        match g.as_ref() {
+            Some(d) => f(d.as_ref()),
+            None => Err(DeviceError::Failed {
+                reason: format!("replication set {} has no layer", self.name),
+            }),
+        }
+    }
+
+    /// Count a write pending on its chunks, waiting while a resync holds
+    /// any of them, then make the scoreboard bits durable.
+    fn enter(&self, offset: u64, len: u64) -> Result<()> {
+        let chunks = self.scoreboard.chunk_range(offset, len);
+        loop {
+            self.scoreboard.count(chunks.clone());
+            if self.busy_any.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            let mut b = self.busy.lock();
+            if !chunks.clone().any(|c| b.contains(&c)) {
+                break;
+            }
+            self.scoreboard.uncount(chunks.clone());
+            self.busy_cv.wait_for(&mut b, Duration::from_millis(50));
+        }
+        self.scoreboard
+            .make_durable(chunks.clone())
+            .inspect_err(|_| self.scoreboard.uncount(chunks))
+    }
+
+    fn peer_lost_error(&self) -> DeviceError {
+        DeviceError::io(
+            0,
+            std::io::Error::other(format!(
+                "replication set {}: peer lost and the policy is fail",
+                self.name
+            )),
+        )
+    }
+
+    /// The common write path. `data` is `None` for zeroes (discard and
+    /// write-zeroes are replicated as zeroes, so both sides read alike).
+    fn replicated(
+        self: &Arc<Self>,
+        offset: u64,
+        len: u64,
+        data: Option<&[u8]>,
+        fua: bool,
+        local: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        if self.state() == SetState::Failed {
+            return Err(DeviceError::Failed {
+                reason: format!("replication set {} failed", self.name),
+            });
+        }
+        self.enter(offset, len)?;
+        if !self.replicating() {
+            if self.peer_lost() && self.policy == PeerLoss::Fail {
+                self.scoreboard.end(offset, len, true);
+                return Err(self.peer_lost_error());
+            }
+            let r = local();
+            self.scoreboard.end(offset, len, false);
+            return r;
+        }
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(len, Ordering::Relaxed);
+        let mut flags = if fua { wire::WRITE_FUA } else { 0 };
+        if data.is_none() {
+            flags |= wire::WRITE_ZEROES;
+        }
+        // Queue every piece; the scoreboard counts end per piece.
+        let mut waiters = Vec::new();
+        let mut queued = 0u64;
+        let mut failed = false;
+        while queued < len {
+            let n = (len - queued).min(PIECE_BYTES);
+            let piece = data.map(|d| Arc::new(d[queued as usize..(queued + n) as usize].to_vec()));
+            let w = (self.mode == Mode::Sync).then(|| Arc::new(Waiter::default()));
+            if queued > 0 {
+                self.scoreboard.count(self.scoreboard.chunk_range(offset + queued, n));
+            }
+            match self
+                .link
+                .enqueue(self, offset + queued, n as u32, flags, piece, w.clone())
+            {
+                Ok(_) => waiters.extend(w),
+                Err(_) => {
+                    self.scoreboard.end(offset + queued, n, false);
+                    failed = true;
+                }
+            }
+            queued += n;
+        }
+        // The first piece counted the whole range in `enter`; balance the
+        // chunks the pieces after it re-counted... each piece ends its own
+        // range, so undo the part of the first count beyond piece one.
+        if len > PIECE_BYTES {
+            let first = self.scoreboard.chunk_range(offset, PIECE_BYTES);
+            let all = self.scoreboard.chunk_range(offset, len);
+            self.scoreboard.uncount(first.end.min(all.end)..all.end);
+        }
+        if failed && self.policy == PeerLoss::Fail && self.mode == Mode::Sync {
+            return Err(self.peer_lost_error());
+        }
+        let r = local();
+        if r.is_err() {
+            for c in self.scoreboard.chunk_range(offset, len) {
+                self.scoreboard.set_oos(c);
+            }
+        }
+        self.link.local_complete();
+        let mut all_acked = true;
+        for w in &waiters {
+            all_acked &= self.link.wait(w);
+        }
+        if !all_acked && self.policy == PeerLoss::Fail {
+            return Err(self.peer_lost_error());
+        }
+        r
+    }
+
+    fn replicated_flush(self: &Arc<Self>, local: impl FnOnce() -> Result<()>) -> Result<()> {
+        local()?;
+        if !self.replicating() {
+            if self.peer_lost() && self.policy == PeerLoss::Fail {
+                return Err(self.peer_lost_error());
+            }
+            return Ok(());
+        }
+        let w = (self.mode == Mode::Sync).then(|| Arc::new(Waiter::default()));
+        let ok = match self.link.enqueue(self, 0, 0, wire::WRITE_FLUSH, None, w.clone()) {
+            Ok(_) => w.map(|w| self.link.wait(&w)).unwrap_or(true),
+            Err(_) => false,
+        };
+        if !ok && self.policy == PeerLoss::Fail {
+            return Err(self.peer_lost_error());
+        }
+        Ok(())
+    }
+
+    // ----- resync ---------------------------------------------------------
+
+    /// Copy every out-of-sync chunk to the peer over the link, while new
+    /// writes keep replicating. Returns the bytes sent. Stops (with an
+    /// error) when the set leaves `Syncing` or the link drops.
+    pub fn resync(self: &Arc<Self>) -> std::result::Result<u64, String> {
+        self.busy_any.fetch_add(1, Ordering::SeqCst);
+        let r = self.resync_passes();
+        self.busy_any.fetch_sub(1, Ordering::SeqCst);
+        self.busy_cv.notify_all();
+        r
+    }
+
+    fn resync_passes(self: &Arc<Self>) -> std::result::Result<u64, String> {
+        let chunk = self.scoreboard.chunk_bytes();
+        let mut sent = 0u64;
+        loop {
+            let mut any = false;
+            let mut c = 0;
+            while let Some(b) = self.scoreboard.next_oos(c) {
+                c = b + 1;
+                any = true;
+                if self.state() != SetState::Syncing {
+                    return Err(format!("set {} left syncing", self.name));
+                }
+                let off = b * chunk;
+                let len = chunk.min(self.size_bytes - off);
+                self.busy.lock().insert(b);
+                let r = self.sync_chunk(b, off, len);
+                self.busy.lock().remove(&b);
+                self.busy_cv.notify_all();
+                sent += r?;
+            }
+            if !any {
+                return Ok(sent);
+            }
+        }
+    }
+
+    fn sync_chunk(self: &Arc<Self>, c: u64, off: u64, len: u64) -> std::result::Result<u64, String> {
+        // Wait for writes already in flight to this chunk to be applied on
+        // the peer: then what we read is at least as new as anything they
+        // carry, and nothing sent later can be overtaken by them.
+        while self.scoreboard.pending(c) > 0 {
+            if !self.link.is_up() || self.state() != SetState::Syncing {
+                return Err(format!("set {}: link dropped during the sync", self.name));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if !self.scoreboard.take(c) {
+            return Ok(0);
+        }
+        let mut buf = vec![0u8; len as usize];
+        if let Err(e) = self.with_lower(|d| d.read(&mut buf, off)) {
+            self.scoreboard.set_oos(c);
+            return Err(format!("set {}: reading chunk {c}: {e}", self.name));
+        }
+        self.scoreboard.count(c..c + 1);
+        if let Err(e) = self
+            .link
+            .enqueue(self, off, len as u32, 0, Some(Arc::new(buf)), None)
+        {
+            self.scoreboard.end(off, len, false);
+            return Err(e.0);
+        }
+        self.stats.sync_done_bytes.fetch_add(len, Ordering::Relaxed);
+        self.stats.synced_chunks_total.fetch_add(1, Ordering::Relaxed);
+        Ok(len)
+    }
+}
+
+/// The primary layer: one per replicated volume.
+pub struct PrimaryLayer {
+    set: Arc<ReplSet>,
+}
+
+impl PrimaryLayer {
+    pub fn new(set: Arc<ReplSet>) -> Self {
+        PrimaryLayer { set }
+    }
+}
+
+impl Service for PrimaryLayer {
+    fn name(&self) -> &str {
+        PRIMARY_LAYER
+    }
+
+    fn stack_on(
+        &self,
+        lower: Arc<dyn BlockDevice>,
+    ) -> std::result::Result<Arc<dyn BlockDevice>, String> {
+        *self.set.lower.write() = Some(lower.clone());
+        Ok(Arc::new(PrimaryDevice {
+            lower,
+            set: self.set.clone(),
+        }))
+    }
+
+    fn sync_metadata(&self) -> Result<()> {
+        self.set.scoreboard.clean()
+    }
+}
+
+struct PrimaryDevice {
+    lower: Arc<dyn BlockDevice>,
+    set: Arc<ReplSet>,
+}
+
+impl BlockDevice for PrimaryDevice {
+    fn size_bytes(&self) -> u64 {
+        self.lower.size_bytes()
+    }
+
+    fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.lower.read(buf, offset)
+    }
+
+    fn write(&self, buf: &[u8], offset: u64, fua: bool) -> Result<()> {
+        check_range(offset, buf.len() as u64, self.size_bytes())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.set
+            .replicated(offset, buf.len() as u64, Some(buf), fua, || {
+                self.lower.write(buf, offset, fua)
+            })
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.set.replicated_flush(|| self.lower.flush())
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        check_range(offset, len, self.size_bytes())?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.set
+            .replicated(offset, len, None, false, || self.lower.discard(offset, len))
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
+        check_range(offset, len, self.size_bytes())?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.set.replicated(offset, len, None, fua, || {
+            self.lower.write_zeroes(offset, len, fua)
+        })
+    }
+
+    fn block_size_bytes(&self) -> u32 {
+        self.lower.block_size_bytes()
+    }
+
+    fn write_may_block(&self, _offset: u64, _len: u64) -> bool {
+        true
+    }
+}
