@@ -5,6 +5,7 @@
 
 mod commands;
 mod image;
+mod repl;
 mod serve;
 
 use clap::{Args, Parser, Subcommand};
@@ -65,6 +66,14 @@ Example:\n  umbra serve --data-dir /var/lib/umbra")]
     /// Point-in-time copies: shadows of a master volume, update, restore, groups
     #[command(subcommand)]
     Image(image::ImageCommand),
+
+    /// Remote mirroring: sync, async and hybrid replication sets, managed from the primary
+    #[command(subcommand)]
+    Repl(repl::ReplCommand),
+
+    /// Forward TCP with injected one-way delay (replication benchmarks)
+    #[command(hide = true)]
+    FaultProxy(repl::FaultProxyArgs),
 
     /// Show the daemon's state
     #[command(
@@ -369,6 +378,8 @@ pub fn main() -> i32 {
         Command::Export(c) => commands::export(&socket, c),
         Command::Cache(c) => commands::cache(&socket, c),
         Command::Image(c) => image::run(&socket, c),
+        Command::Repl(c) => repl::run(&socket, c),
+        Command::FaultProxy(a) => repl::fault_proxy(a),
         Command::Status(j) => commands::status(&socket, j.json),
         Command::Events(a) => commands::events(&socket, a),
     };

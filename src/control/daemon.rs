@@ -6,6 +6,7 @@
 //! undone so what runs always matches what a restart would restore.
 
 mod image;
+mod repl;
 
 use super::admin::OpError;
 use super::config::{CacheConfig, Config, ConfigError, ExportConfig, ExportKind, VolumeConfig};
@@ -86,6 +87,9 @@ pub struct Daemon {
     state: Mutex<State>,
     events: Arc<EventBus>,
     imaging: Imaging,
+    repl: repl::ReplRuntime,
+    /// This daemon, for threads it starts (replication sync and links).
+    weak: std::sync::OnceLock<std::sync::Weak<Daemon>>,
     stopping: AtomicBool,
     started: Instant,
     _lock: Flock<File>,
@@ -135,10 +139,13 @@ impl Daemon {
             }),
             events: Arc::new(EventBus::default()),
             imaging: Imaging::default(),
+            repl: repl::ReplRuntime::default(),
+            weak: std::sync::OnceLock::new(),
             stopping: AtomicBool::new(false),
             started: Instant::now(),
             _lock: lock,
         });
+        let _ = daemon.weak.set(Arc::downgrade(&daemon));
         match loaded {
             Some(cfg) => daemon.restore(cfg),
             None => daemon
@@ -221,6 +228,7 @@ impl Daemon {
         }
         st.config = cfg.clone();
         self.restore_images(&mut st);
+        self.restore_repl(&mut st);
         for (i, ec) in cfg.exports.iter().enumerate() {
             if ec.kind == ExportKind::Ublk {
                 match start_ublk(&mut st, ec) {
@@ -287,6 +295,7 @@ impl Daemon {
             "cache.disable" => self.cache_disable(parse(op, args)?),
             "cache.stats" => self.cache_stats(parse(op, args)?),
             _ if op.starts_with("image.") => self.handle_image(op, args),
+            _ if op.starts_with("repl.") => self.handle_repl(op, args),
             _ => Err(OpError::new(
                 "unknown_op",
                 format!("unknown operation {op:?}; see docs/admin-protocol.md"),
@@ -422,6 +431,20 @@ impl Daemon {
         let mut st = self.state.lock();
         if !st.volumes.contains_key(&a.name) {
             return Err(no_volume(&a.name));
+        }
+        if let Some(rs) = st
+            .config
+            .repl
+            .as_ref()
+            .and_then(|r| r.sets.iter().find(|s| s.volume == a.name))
+        {
+            return Err(OpError::new(
+                "busy",
+                format!(
+                    "volume {} is in replication set {}; `umbra repl disable {}` first",
+                    a.name, rs.name, rs.name
+                ),
+            ));
         }
         if let Some(ic) = st
             .config
@@ -790,6 +813,10 @@ impl Daemon {
                 log::error!("ublk export of {name}: stop: {e}");
             }
         }
+        // No client writes any more: let the peers catch up, close links.
+        drop(st);
+        self.shutdown_repl();
+        let st = self.state.lock();
         for (name, entry) in &st.volumes {
             if let Some(v) = &entry.volume {
                 match v.close() {

@@ -110,6 +110,8 @@ pub struct Link {
     conn: Mutex<Option<TcpStream>>,
     pub stats: LinkStats,
     pub stop: AtomicBool,
+    /// A sync of this group is running (one at a time).
+    pub syncing: AtomicBool,
     pub peer_node: Mutex<Option<String>>,
 }
 
@@ -154,6 +156,7 @@ impl Link {
             conn: Mutex::new(None),
             stats: LinkStats::default(),
             stop: AtomicBool::new(false),
+            syncing: AtomicBool::new(false),
             peer_node: Mutex::new(None),
         }
     }
@@ -308,6 +311,19 @@ impl Link {
             }
             self.cv_ack.wait_for(&mut q, Duration::from_millis(100));
         }
+    }
+
+    /// [`Self::drain`] for at most `limit`.
+    pub fn drain_for(&self, limit: Duration) -> Result<(), Down> {
+        let deadline = Instant::now() + limit;
+        let mut q = self.q.lock();
+        while q.up && !q.items.is_empty() {
+            if Instant::now() >= deadline {
+                return Err(Down("drain timed out".into()));
+            }
+            self.cv_ack.wait_for(&mut q, Duration::from_millis(50));
+        }
+        Ok(())
     }
 
     /// Dial the peer, authenticate, open the link for this group's sets and

@@ -1,0 +1,500 @@
+//! `umbra repl ...`: remote mirroring, managed from the primary's host.
+
+use super::commands::{absolute, call, human_bytes, print_json, s, table};
+use super::parse_size;
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Subcommand)]
+pub enum ReplCommand {
+    /// Name this node and start its replication listener
+    #[command(long_about = "Give this node its replication identity: a NAME peers know it by \
+(sent in the handshake) and the address of its replication listener (TCP, separate from NBD \
+exports). Run once on every host; persists across restarts.\n\n\
+Example:\n  umbra repl setup --node site-a --listen 0.0.0.0:7800")]
+    Setup(SetupArgs),
+    /// Trust a peer: the secret both nodes share
+    #[command(subcommand)]
+    Peer(PeerCommand),
+    /// Mirror a local volume to a peer's volume (sets up both sides)
+    #[command(long_about = "Create a replication set from this host, the primary: LOCAL is \
+mirrored to REMOTE on the peer whose replication listener is at --peer. The peer's side is \
+set up through the peer link (it must know this node, `repl peer add`, and REMOTE must exist \
+and be at least as large). From now on REMOTE refuses client writes.\n\n\
+Modes:\n  sync    a write completes once it is on both sides (FUA and flush pass through)\n  \
+async   a write completes locally; the peer applies writes one by one in order\n  \
+hybrid  a write completes locally; the peer applies writes in groups: concurrently inside \
+a group, group after group, so it always holds a state the primary could have crashed in\n\n\
+The set starts in logging with every chunk out of sync: run `repl sync` (or pass --no-sync \
+for volumes known to be identical, e.g. both freshly zeroed).\n\n\
+Examples:\n  umbra repl enable db --local db --peer site-b:7800 --remote db --mode hybrid\n  \
+umbra repl enable logs --local logs --peer site-b:7800 --remote logs --mode sync --on-peer-loss fail")]
+    Enable(EnableArgs),
+    /// Copy out-of-sync chunks to the peer (or back, --reverse); ends in replicating
+    #[command(long_about = "Start a resync while the set is logging. --update (default) copies \
+only chunks marked in the scoreboards; --full copies every chunk. New writes replicate while \
+the sync runs. Before anything reaches the secondary it takes a dependent snapshot of itself \
+(`SET-safety`, see `image list` there), so a consistent image exists while the resync makes \
+it inconsistent; the snapshot is dropped when the sync completes.\n\n\
+--reverse copies the peer's chunks back onto the local volume (failback). It is refused \
+while the local volume is exported read-write unless --force.\n\n\
+Examples:\n  umbra repl sync db --wait\n  umbra repl sync db --full\n  umbra repl sync db --reverse --wait")]
+    Sync(SyncArgs),
+    /// Suspend mirroring: writes are only recorded in the scoreboard
+    #[command(long_about = "Put the set (and its consistency group) in logging: the link is \
+closed, writes go on locally and their chunks are recorded. No autosync until the next \
+`repl sync`.\n\nExample:\n  umbra repl log db")]
+    Log(NameArgs),
+    /// Wait until a set reaches a state (default: replicating)
+    #[command(long_about = "Block until the set reaches STATE (replicating, logging, \
+syncing, need-sync, ...). Exits 1 on timeout or when the set fails.\n\n\
+Example:\n  umbra repl wait db --state replicating --timeout 600")]
+    Wait(WaitArgs),
+    /// Reverse the roles: the secondary becomes the primary (failover, failback)
+    #[command(long_about = "Swap roles while replicating: writes to the local volume stop, \
+everything acknowledged reaches the peer, then the peer becomes the primary and this volume \
+its secondary (client writes here are refused from now on). Swapping again fails back.\n\n\
+Example:\n  umbra repl swap db")]
+    Swap(NameArgs),
+    /// End a set on both sides (the scoreboard is deleted)
+    #[command(long_about = "Stop mirroring and forget the set on both hosts. The volumes \
+keep their data; the secondary takes writes again. --force ends this side even when the \
+peer cannot be reached.\n\nExample:\n  umbra repl disable db")]
+    Disable(DisableArgs),
+    /// List replication sets
+    List(JsonArg),
+    /// Show a set: state, lag, out-of-sync bytes, safety snapshot
+    #[command(long_about = "Show one set: role, state, mode, link, lag (bytes, writes, groups, \
+seconds), queue depth, out-of-sync bytes and percent synced, counters, the secondary's \
+safety snapshot.\n\nExample:\n  umbra repl info db --json")]
+    Info(NameArgs),
+    /// This node's name, listener and peers
+    Status(JsonArg),
+}
+
+#[derive(Subcommand)]
+pub enum PeerCommand {
+    /// Trust peer NAME with the secret in FILE (both nodes need the same secret)
+    #[command(long_about = "Add (or replace) a peer: NAME is the node name it announces \
+(`repl setup --node`), FILE holds the shared secret (at least 16 bytes; trailing whitespace \
+is ignored). Peers prove they know it with an HMAC-SHA256 challenge-response; anyone else is \
+refused and logged. The configuration stores the file's path, not the secret.\n\n\
+Example:\n  head -c 32 /dev/urandom | base64 > /etc/umbra/site-b.key\n  \
+umbra repl peer add site-b --secret-file /etc/umbra/site-b.key")]
+    Add(PeerAddArgs),
+    /// Forget a peer
+    Remove(NameOnly),
+}
+
+#[derive(Args)]
+pub struct SetupArgs {
+    /// This node's name
+    #[arg(long)]
+    node: String,
+    /// Replication listener address, HOST:PORT
+    #[arg(long)]
+    listen: Option<String>,
+}
+
+#[derive(Args)]
+pub struct PeerAddArgs {
+    name: String,
+    #[arg(long)]
+    secret_file: PathBuf,
+}
+
+#[derive(Args)]
+pub struct NameOnly {
+    name: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    Sync,
+    Async,
+    Hybrid,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LossArg {
+    Log,
+    Fail,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum FullArg {
+    Block,
+    Log,
+}
+
+#[derive(Args)]
+pub struct EnableArgs {
+    /// Set name
+    set: String,
+    /// The local (primary) volume
+    #[arg(long)]
+    local: String,
+    /// The peer's replication listener, HOST:PORT
+    #[arg(long)]
+    peer: String,
+    /// The peer's volume (the secondary)
+    #[arg(long)]
+    remote: String,
+    #[arg(long, value_enum)]
+    mode: ModeArg,
+    /// Consistency group: sets in a group share one write order, drop to logging together and sync together
+    #[arg(long)]
+    group: Option<String>,
+    /// The volumes are known identical: start replicating at once
+    #[arg(long)]
+    no_sync: bool,
+    /// Do not start an update sync by itself when the peer comes back
+    #[arg(long)]
+    no_autosync: bool,
+    /// When the peer is lost: keep writing and log (default), or fail writes with EIO
+    #[arg(long, value_enum)]
+    on_peer_loss: Option<LossArg>,
+    /// Peer timeout: no frame for this long and the link is down (e.g. 10s, 500ms)
+    #[arg(long, value_parser = parse_duration_ms)]
+    timeout: Option<u64>,
+    /// Async/hybrid queue limit in bytes (default 64M)
+    #[arg(long, value_parser = parse_size)]
+    queue_bytes: Option<u64>,
+    /// Async/hybrid queue limit in writes (default 16384)
+    #[arg(long)]
+    queue_items: Option<usize>,
+    /// When the queue is full: block writers (default) or drop to logging
+    #[arg(long, value_enum)]
+    on_queue_full: Option<FullArg>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct SyncArgs {
+    set: String,
+    /// Copy every chunk
+    #[arg(long, conflicts_with = "update")]
+    full: bool,
+    /// Copy only the changed chunks (the default)
+    #[arg(long)]
+    update: bool,
+    /// Copy from the peer to this host
+    #[arg(long)]
+    reverse: bool,
+    /// Reverse sync even though the local volume is exported read-write
+    #[arg(long)]
+    force: bool,
+    /// Wait until the set is replicating
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this many seconds
+    #[arg(long, default_value_t = 3600)]
+    timeout: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct NameArgs {
+    set: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct WaitArgs {
+    set: String,
+    /// The state to wait for
+    #[arg(long, default_value = "replicating")]
+    state: String,
+    /// Seconds
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct DisableArgs {
+    set: String,
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+pub struct JsonArg {
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mul) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000)
+    } else {
+        (t, 1000)
+    };
+    num.parse::<u64>()
+        .map(|n| n * mul)
+        .map_err(|_| format!("{s:?} is not a duration like 10s or 500ms"))
+}
+
+fn mode_str(m: ModeArg) -> &'static str {
+    match m {
+        ModeArg::Sync => "sync",
+        ModeArg::Async => "async",
+        ModeArg::Hybrid => "hybrid",
+    }
+}
+
+fn print_info(v: &Value) {
+    let rows = [
+        ("set", s(&v["name"])),
+        ("role", s(&v["role"])),
+        ("state", s(&v["state"])),
+        ("mode", s(&v["mode"])),
+        ("volume", s(&v["volume"])),
+        ("peer", format!("{} ({}) volume {}", s(&v["peer"]), s(&v["peer_node"]), s(&v["remote_volume"]))),
+        ("group", s(&v["group"])),
+        ("link", s(&v["link"])),
+        ("on peer loss", s(&v["on_peer_loss"])),
+    ];
+    for (k, val) in rows {
+        println!("{k:<16}{val}");
+    }
+    if v["role"] == "primary" {
+        println!(
+            "{:<16}{} in {} writes, {} groups, oldest {:.3}s",
+            "lag",
+            human_bytes(v["lag_bytes"].as_u64().unwrap_or(0)),
+            s(&v["lag_writes"]),
+            s(&v["lag_groups"]),
+            v["lag_seconds"].as_f64().unwrap_or(0.0)
+        );
+        println!(
+            "{:<16}{} ({}% synced)",
+            "out of sync",
+            human_bytes(v["out_of_sync_bytes"].as_u64().unwrap_or(0)),
+            s(&v["percent_synced"])
+        );
+        println!("{:<16}{}", "writes", s(&v["writes"]));
+        if !v["last_error"].is_null() {
+            println!("{:<16}{}", "last error", s(&v["last_error"]));
+        }
+    } else {
+        println!("{:<16}{}", "applied writes", s(&v["applied_writes"]));
+    }
+    println!("{:<16}{}", "safety snapshot", s(&v["safety_snapshot"]));
+}
+
+fn wait(socket: &Path, set: &str, state: &str, timeout: u64) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let v = call(
+            socket,
+            "repl.wait",
+            json!({"name": set, "state": state, "timeout_ms": left.as_millis().min(60_000) as u64}),
+        )?;
+        if v["reached"] == true {
+            return Ok(v);
+        }
+        if v["state"] == "failed" {
+            bail!("replication set {set} failed: {}", s(&v["last_error"]));
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "replication set {set} is {} after {timeout}s, not {state} ({}% synced{})",
+                s(&v["state"]),
+                s(&v["percent_synced"]),
+                v["last_error"].as_str().map(|e| format!("; last error: {e}")).unwrap_or_default()
+            );
+        }
+    }
+}
+
+pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
+    match cmd {
+        ReplCommand::Setup(a) => {
+            let v = call(socket, "repl.setup", json!({"node": a.node, "listen": a.listen}))?;
+            println!("node {} listening for peers on {}", s(&v["node"]), s(&v["listen"]));
+        }
+        ReplCommand::Peer(PeerCommand::Add(a)) => {
+            call(
+                socket,
+                "repl.peer.add",
+                json!({"name": a.name, "secret_file": absolute(&a.secret_file)?}),
+            )?;
+            println!("peer {} trusted", a.name);
+        }
+        ReplCommand::Peer(PeerCommand::Remove(a)) => {
+            call(socket, "repl.peer.remove", json!({"name": a.name}))?;
+            println!("peer {} removed", a.name);
+        }
+        ReplCommand::Enable(a) => {
+            let v = call(
+                socket,
+                "repl.enable",
+                json!({
+                    "name": a.set, "local": a.local, "peer": a.peer, "remote": a.remote,
+                    "mode": mode_str(a.mode), "group": a.group, "no_sync": a.no_sync,
+                    "no_autosync": a.no_autosync,
+                    "on_peer_loss": a.on_peer_loss.map(|l| match l { LossArg::Log => "log", LossArg::Fail => "fail" }),
+                    "timeout_ms": a.timeout, "queue_bytes": a.queue_bytes, "queue_items": a.queue_items,
+                    "on_queue_full": a.on_queue_full.map(|f| match f { FullArg::Block => "block", FullArg::Log => "log" }),
+                }),
+            )?;
+            if a.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "replication set {} enabled: {} -> {} on {} ({}), {}",
+                    a.set,
+                    a.local,
+                    a.remote,
+                    a.peer,
+                    mode_str(a.mode),
+                    s(&v["state"])
+                );
+                if !a.no_sync {
+                    println!("next: umbra repl sync {} --wait", a.set);
+                }
+            }
+        }
+        ReplCommand::Sync(a) => {
+            let mut v = call(
+                socket,
+                "repl.sync",
+                json!({"name": a.set, "full": a.full, "reverse": a.reverse, "force": a.force}),
+            )?;
+            if a.wait {
+                v = wait(socket, &a.set, "replicating", a.timeout)?;
+            }
+            if a.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "replication set {}: {} ({} to sync)",
+                    a.set,
+                    s(&v["state"]),
+                    human_bytes(v["sync_total_bytes"].as_u64().unwrap_or(0))
+                );
+            }
+        }
+        ReplCommand::Log(a) => {
+            let v = call(socket, "repl.log", json!({"name": a.set}))?;
+            if a.json {
+                print_json(&v);
+            } else {
+                println!("replication set {}: {}", a.set, s(&v["state"]));
+            }
+        }
+        ReplCommand::Wait(a) => {
+            let v = wait(socket, &a.set, &a.state, a.timeout)?;
+            if a.json {
+                print_json(&v);
+            } else {
+                println!("replication set {}: {}", a.set, s(&v["state"]));
+            }
+        }
+        ReplCommand::Swap(a) => {
+            let v = call(socket, "repl.swap", json!({"name": a.set}))?;
+            if a.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "replication set {}: this node is now the {} (peer {})",
+                    a.set,
+                    s(&v["role"]),
+                    s(&v["peer"])
+                );
+            }
+        }
+        ReplCommand::Disable(a) => {
+            let v = call(socket, "repl.disable", json!({"name": a.set, "force": a.force}))?;
+            println!("replication set {} disabled", a.set);
+            if let Some(n) = v["note"].as_str().filter(|n| !n.is_empty()) {
+                println!("note: {n}");
+            }
+        }
+        ReplCommand::List(a) => {
+            let v = call(socket, "repl.list", json!({}))?;
+            if a.json {
+                print_json(&v);
+            } else {
+                let rows = v
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|x| {
+                        vec![
+                            s(&x["name"]),
+                            s(&x["role"]),
+                            s(&x["state"]),
+                            s(&x["mode"]),
+                            s(&x["volume"]),
+                            format!("{}:{}", s(&x["peer"]), s(&x["remote_volume"])),
+                            x["out_of_sync_bytes"].as_u64().map(human_bytes).unwrap_or("-".into()),
+                            x["lag_bytes"].as_u64().map(human_bytes).unwrap_or("-".into()),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["SET", "ROLE", "STATE", "MODE", "VOLUME", "PEER", "OUT-OF-SYNC", "LAG"],
+                    rows,
+                );
+            }
+        }
+        ReplCommand::Info(a) => {
+            let v = call(socket, "repl.info", json!({"name": a.set}))?;
+            if a.json {
+                print_json(&v);
+            } else {
+                print_info(&v);
+            }
+        }
+        ReplCommand::Status(a) => {
+            let v = call(socket, "repl.status", json!({}))?;
+            if a.json {
+                print_json(&v);
+            } else {
+                println!("node    {}", s(&v["node"]));
+                println!("listen  {}", s(&v["listen"]));
+                for p in v["peers"].as_array().cloned().unwrap_or_default() {
+                    println!("peer    {} ({})", s(&p["name"]), s(&p["secret_file"]));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `umbra fault-proxy`: forward TCP with injected delay (benchmarks).
+#[derive(Args)]
+pub struct FaultProxyArgs {
+    /// Listen address, HOST:PORT
+    #[arg(long)]
+    listen: String,
+    /// Forward to HOST:PORT
+    #[arg(long)]
+    to: String,
+    /// One-way delay in microseconds, each direction
+    #[arg(long, default_value_t = 0)]
+    delay_us: u64,
+}
+
+pub fn fault_proxy(a: FaultProxyArgs) -> Result<()> {
+    let p = umbra::services::repl::proxy::FaultProxy::start(&a.listen, &a.to)?;
+    p.set_delay(Duration::from_micros(a.delay_us));
+    println!("forwarding {} -> {} with {} µs one-way delay", p.addr, a.to, a.delay_us);
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
