@@ -11,16 +11,19 @@ use std::time::{Duration, Instant};
 #[derive(Subcommand)]
 pub enum ReplCommand {
     /// Name this node and start its replication listener
-    #[command(long_about = "Give this node its replication identity: a NAME peers know it by \
+    #[command(
+        long_about = "Give this node its replication identity: a NAME peers know it by \
 (sent in the handshake) and the address of its replication listener (TCP, separate from NBD \
 exports). Run once on every host; persists across restarts.\n\n\
-Example:\n  umbra repl setup --node site-a --listen 0.0.0.0:7800")]
+Example:\n  umbra repl setup --node site-a --listen 0.0.0.0:7800"
+    )]
     Setup(SetupArgs),
     /// Trust a peer: the secret both nodes share
     #[command(subcommand)]
     Peer(PeerCommand),
     /// Mirror a local volume to a peer's volume (sets up both sides)
-    #[command(long_about = "Create a replication set from this host, the primary: LOCAL is \
+    #[command(
+        long_about = "Create a replication set from this host, the primary: LOCAL is \
 mirrored to REMOTE on the peer whose replication listener is at --peer. The peer's side is \
 set up through the peer link (it must know this node, `repl peer add`, and REMOTE must exist \
 and be at least as large). From now on REMOTE refuses client writes.\n\n\
@@ -31,45 +34,58 @@ a group, group after group, so it always holds a state the primary could have cr
 The set starts in logging with every chunk out of sync: run `repl sync` (or pass --no-sync \
 for volumes known to be identical, e.g. both freshly zeroed).\n\n\
 Examples:\n  umbra repl enable db --local db --peer site-b:7800 --remote db --mode hybrid\n  \
-umbra repl enable logs --local logs --peer site-b:7800 --remote logs --mode sync --on-peer-loss fail")]
+umbra repl enable logs --local logs --peer site-b:7800 --remote logs --mode sync --on-peer-loss fail"
+    )]
     Enable(EnableArgs),
     /// Copy out-of-sync chunks to the peer (or back, --reverse); ends in replicating
-    #[command(long_about = "Start a resync while the set is logging. --update (default) copies \
+    #[command(
+        long_about = "Start a resync while the set is logging. --update (default) copies \
 only chunks marked in the scoreboards; --full copies every chunk. New writes replicate while \
 the sync runs. Before anything reaches the secondary it takes a dependent snapshot of itself \
 (`SET-safety`, see `image list` there), so a consistent image exists while the resync makes \
 it inconsistent; the snapshot is dropped when the sync completes.\n\n\
 --reverse copies the peer's chunks back onto the local volume (failback). It is refused \
 while the local volume is exported read-write unless --force.\n\n\
-Examples:\n  umbra repl sync db --wait\n  umbra repl sync db --full\n  umbra repl sync db --reverse --wait")]
+Examples:\n  umbra repl sync db --wait\n  umbra repl sync db --full\n  umbra repl sync db --reverse --wait"
+    )]
     Sync(SyncArgs),
     /// Suspend mirroring: writes are only recorded in the scoreboard
-    #[command(long_about = "Put the set (and its consistency group) in logging: the link is \
+    #[command(
+        long_about = "Put the set (and its consistency group) in logging: the link is \
 closed, writes go on locally and their chunks are recorded. No autosync until the next \
-`repl sync`.\n\nExample:\n  umbra repl log db")]
+`repl sync`.\n\nExample:\n  umbra repl log db"
+    )]
     Log(NameArgs),
     /// Wait until a set reaches a state (default: replicating)
-    #[command(long_about = "Block until the set reaches STATE (replicating, logging, \
+    #[command(
+        long_about = "Block until the set reaches STATE (replicating, logging, \
 syncing, need-sync, ...). Exits 1 on timeout or when the set fails.\n\n\
-Example:\n  umbra repl wait db --state replicating --timeout 600")]
+Example:\n  umbra repl wait db --state replicating --timeout 600"
+    )]
     Wait(WaitArgs),
     /// Reverse the roles: the secondary becomes the primary (failover, failback)
-    #[command(long_about = "Swap roles while replicating: writes to the local volume stop, \
+    #[command(
+        long_about = "Swap roles while replicating: writes to the local volume stop, \
 everything acknowledged reaches the peer, then the peer becomes the primary and this volume \
 its secondary (client writes here are refused from now on). Swapping again fails back.\n\n\
-Example:\n  umbra repl swap db")]
+Example:\n  umbra repl swap db"
+    )]
     Swap(NameArgs),
     /// End a set on both sides (the scoreboard is deleted)
-    #[command(long_about = "Stop mirroring and forget the set on both hosts. The volumes \
+    #[command(
+        long_about = "Stop mirroring and forget the set on both hosts. The volumes \
 keep their data; the secondary takes writes again. --force ends this side even when the \
-peer cannot be reached.\n\nExample:\n  umbra repl disable db")]
+peer cannot be reached.\n\nExample:\n  umbra repl disable db"
+    )]
     Disable(DisableArgs),
     /// List replication sets
     List(JsonArg),
     /// Show a set: state, lag, out-of-sync bytes, safety snapshot
-    #[command(long_about = "Show one set: role, state, mode, link, lag (bytes, writes, groups, \
+    #[command(
+        long_about = "Show one set: role, state, mode, link, lag (bytes, writes, groups, \
 seconds), queue depth, out-of-sync bytes and percent synced, counters, the secondary's \
-safety snapshot.\n\nExample:\n  umbra repl info db --json")]
+safety snapshot.\n\nExample:\n  umbra repl info db --json"
+    )]
     Info(NameArgs),
     /// This node's name, listener and peers
     Status(JsonArg),
@@ -78,12 +94,14 @@ safety snapshot.\n\nExample:\n  umbra repl info db --json")]
 #[derive(Subcommand)]
 pub enum PeerCommand {
     /// Trust peer NAME with the secret in FILE (both nodes need the same secret)
-    #[command(long_about = "Add (or replace) a peer: NAME is the node name it announces \
+    #[command(
+        long_about = "Add (or replace) a peer: NAME is the node name it announces \
 (`repl setup --node`), FILE holds the shared secret (at least 16 bytes; trailing whitespace \
 is ignored). Peers prove they know it with an HMAC-SHA256 challenge-response; anyone else is \
 refused and logged. The configuration stores the file's path, not the secret.\n\n\
 Example:\n  head -c 32 /dev/urandom | base64 > /etc/umbra/site-b.key\n  \
-umbra repl peer add site-b --secret-file /etc/umbra/site-b.key")]
+umbra repl peer add site-b --secret-file /etc/umbra/site-b.key"
+    )]
     Add(PeerAddArgs),
     /// Forget a peer
     Remove(NameOnly),
@@ -260,7 +278,15 @@ fn print_info(v: &Value) {
         ("state", s(&v["state"])),
         ("mode", s(&v["mode"])),
         ("volume", s(&v["volume"])),
-        ("peer", format!("{} ({}) volume {}", s(&v["peer"]), s(&v["peer_node"]), s(&v["remote_volume"]))),
+        (
+            "peer",
+            format!(
+                "{} ({}) volume {}",
+                s(&v["peer"]),
+                s(&v["peer_node"]),
+                s(&v["remote_volume"])
+            ),
+        ),
         ("group", s(&v["group"])),
         ("link", s(&v["link"])),
         ("on peer loss", s(&v["on_peer_loss"])),
@@ -313,7 +339,10 @@ fn wait(socket: &Path, set: &str, state: &str, timeout: u64) -> Result<Value> {
                 "replication set {set} is {} after {timeout}s, not {state} ({}% synced{})",
                 s(&v["state"]),
                 s(&v["percent_synced"]),
-                v["last_error"].as_str().map(|e| format!("; last error: {e}")).unwrap_or_default()
+                v["last_error"]
+                    .as_str()
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
             );
         }
     }
@@ -322,8 +351,16 @@ fn wait(socket: &Path, set: &str, state: &str, timeout: u64) -> Result<Value> {
 pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
     match cmd {
         ReplCommand::Setup(a) => {
-            let v = call(socket, "repl.setup", json!({"node": a.node, "listen": a.listen}))?;
-            println!("node {} listening for peers on {}", s(&v["node"]), s(&v["listen"]));
+            let v = call(
+                socket,
+                "repl.setup",
+                json!({"node": a.node, "listen": a.listen}),
+            )?;
+            println!(
+                "node {} listening for peers on {}",
+                s(&v["node"]),
+                s(&v["listen"])
+            );
         }
         ReplCommand::Peer(PeerCommand::Add(a)) => {
             call(
@@ -417,7 +454,11 @@ pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
             }
         }
         ReplCommand::Disable(a) => {
-            let v = call(socket, "repl.disable", json!({"name": a.set, "force": a.force}))?;
+            let v = call(
+                socket,
+                "repl.disable",
+                json!({"name": a.set, "force": a.force}),
+            )?;
             println!("replication set {} disabled", a.set);
             if let Some(n) = v["note"].as_str().filter(|n| !n.is_empty()) {
                 println!("note: {n}");
@@ -441,13 +482,28 @@ pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
                             s(&x["mode"]),
                             s(&x["volume"]),
                             format!("{}:{}", s(&x["peer"]), s(&x["remote_volume"])),
-                            x["out_of_sync_bytes"].as_u64().map(human_bytes).unwrap_or("-".into()),
-                            x["lag_bytes"].as_u64().map(human_bytes).unwrap_or("-".into()),
+                            x["out_of_sync_bytes"]
+                                .as_u64()
+                                .map(human_bytes)
+                                .unwrap_or("-".into()),
+                            x["lag_bytes"]
+                                .as_u64()
+                                .map(human_bytes)
+                                .unwrap_or("-".into()),
                         ]
                     })
                     .collect();
                 table(
-                    &["SET", "ROLE", "STATE", "MODE", "VOLUME", "PEER", "OUT-OF-SYNC", "LAG"],
+                    &[
+                        "SET",
+                        "ROLE",
+                        "STATE",
+                        "MODE",
+                        "VOLUME",
+                        "PEER",
+                        "OUT-OF-SYNC",
+                        "LAG",
+                    ],
                     rows,
                 );
             }
@@ -493,7 +549,10 @@ pub struct FaultProxyArgs {
 pub fn fault_proxy(a: FaultProxyArgs) -> Result<()> {
     let p = umbra::services::repl::proxy::FaultProxy::start(&a.listen, &a.to)?;
     p.set_delay(Duration::from_micros(a.delay_us));
-    println!("forwarding {} -> {} with {} µs one-way delay", p.addr, a.to, a.delay_us);
+    println!(
+        "forwarding {} -> {} with {} µs one-way delay",
+        p.addr, a.to, a.delay_us
+    );
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }

@@ -359,6 +359,15 @@ mod tests {
                 name: "spill".into(),
                 path: "/tmp/spill.ovf".into(),
             }],
+            repl: Some(ReplConfig {
+                node: "site-a".into(),
+                listen: Some("127.0.0.1:7800".into()),
+                peers: vec![PeerConfig {
+                    name: "site-b".into(),
+                    secret_file: "/etc/umbra/b.key".into(),
+                }],
+                sets: vec![],
+            }),
         };
         cfg.save(dir.path()).unwrap();
         assert_eq!(Config::load(dir.path()).unwrap(), Some(cfg.clone()));

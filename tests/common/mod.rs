@@ -40,6 +40,8 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     pub stdout: Vec<String>,
+    /// Run inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
 }
 
 impl Daemon {
@@ -51,6 +53,20 @@ impl Daemon {
             dir,
             child: None,
             stdout: Vec::new(),
+            netns: None,
+        };
+        d.spawn();
+        d
+    }
+
+    /// [`Daemon::start`] inside network namespace `ns`.
+    pub fn start_in_netns(ns: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut d = Daemon {
+            dir,
+            child: None,
+            stdout: Vec::new(),
+            netns: Some(ns.to_owned()),
         };
         d.spawn();
         d
@@ -68,7 +84,15 @@ impl Daemon {
     /// socket is bound by then).
     pub fn spawn(&mut self) {
         let _ = std::fs::remove_file(self.socket());
-        let mut child = Command::new(UMBRA)
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, UMBRA]);
+                c
+            }
+            None => Command::new(UMBRA),
+        };
+        let mut child = cmd
             .arg("serve")
             .env("UMBRA_DATA_DIR", self.data_dir())
             .env("UMBRA_DEFAULT_LISTEN", "127.0.0.1:0")

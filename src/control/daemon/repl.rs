@@ -189,8 +189,15 @@ impl Daemon {
             "repl.disable" => self.repl_disable(parse(op, args)?),
             "repl.list" => {
                 let st = self.state.lock();
-                let sets = st.config.repl.as_ref().map(|r| r.sets.clone()).unwrap_or_default();
-                Ok(Value::Array(sets.iter().map(|c| self.set_json(c)).collect()))
+                let sets = st
+                    .config
+                    .repl
+                    .as_ref()
+                    .map(|r| r.sets.clone())
+                    .unwrap_or_default();
+                Ok(Value::Array(
+                    sets.iter().map(|c| self.set_json(c)).collect(),
+                ))
             }
             "repl.info" => {
                 let a: NameArg = parse(op, args)?;
@@ -306,13 +313,23 @@ impl Daemon {
     ) -> Result<Arc<ReplSet>, OpError> {
         let volume = online_volume(st, &c.volume)?;
         let size = volume.size_bytes();
-        let path = c.scoreboard.clone().ok_or_else(|| failed("no scoreboard path"))?;
+        let path = c
+            .scoreboard
+            .clone()
+            .ok_or_else(|| failed("no scoreboard path"))?;
         let sb = if create {
             let chunk = scoreboard::chunk_bytes_for(size);
-            let dev = FileBackend::create(&path, scoreboard::file_bytes_for(size, chunk), sb_options())
-                .map_err(|e| failed(format!("replication set {}: scoreboard: {e}", c.name)))?;
-            Scoreboard::create(Arc::new(dev), &c.name, size, chunk, initial != Some(SetState::Replicating))
-                .map_err(failed)?
+            let dev =
+                FileBackend::create(&path, scoreboard::file_bytes_for(size, chunk), sb_options())
+                    .map_err(|e| failed(format!("replication set {}: scoreboard: {e}", c.name)))?;
+            Scoreboard::create(
+                Arc::new(dev),
+                &c.name,
+                size,
+                chunk,
+                initial != Some(SetState::Replicating),
+            )
+            .map_err(failed)?
         } else {
             let dev = FileBackend::open(&path, sb_options())
                 .map_err(|e| failed(format!("replication set {}: scoreboard: {e}", c.name)))?;
@@ -374,7 +391,10 @@ impl Daemon {
             .attach(Arc::new(PrimaryLayer::new(set.clone())))
             .map_err(|e| failed(e.to_string()))?;
         link.add_set(set.clone());
-        self.rt().primaries.lock().insert(c.name.clone(), set.clone());
+        self.rt()
+            .primaries
+            .lock()
+            .insert(c.name.clone(), set.clone());
         Ok(set)
     }
 
@@ -384,6 +404,9 @@ impl Daemon {
             .name(format!("repl-mgr-{}", link.group))
             .spawn(move || {
                 let mut last_clean = Instant::now();
+                // Autosync retries back off from 250 ms to 5 s.
+                let mut backoff = Duration::from_millis(250);
+                let mut next_try = Instant::now();
                 while !link.stop.load(Ordering::SeqCst) {
                     std::thread::sleep(Duration::from_millis(250));
                     let Some(d) = weak.upgrade() else { return };
@@ -399,7 +422,12 @@ impl Daemon {
                                 && !s.suspended.load(Ordering::SeqCst)
                                 && matches!(s.state(), SetState::Logging | SetState::NeedSync)
                         });
-                    if want {
+                    if link.is_up() {
+                        backoff = Duration::from_millis(250);
+                    }
+                    if want && Instant::now() >= next_try {
+                        next_try = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
                         d.start_sync(&link, false);
                     }
                     if last_clean.elapsed() > Duration::from_secs(1) {
@@ -433,7 +461,10 @@ impl Daemon {
         if let Some(o) = rc.sets.iter().find(|s| s.volume == a.local) {
             return Err(OpError::new(
                 "busy",
-                format!("volume {} is already in replication set {}", a.local, o.name),
+                format!(
+                    "volume {} is already in replication set {}",
+                    a.local, o.name
+                ),
             ));
         }
         let volume = online_volume(&st, &a.local)?;
@@ -443,7 +474,11 @@ impl Daemon {
             .lock()
             .as_ref()
             .map(|l| l.addr.clone())
-            .ok_or_else(|| OpError::invalid("this node has no replication listener; `umbra repl setup --listen HOST:PORT`"))?;
+            .ok_or_else(|| {
+                OpError::invalid(
+                    "this node has no replication listener; `umbra repl setup --listen HOST:PORT`",
+                )
+            })?;
         let c = ReplSetConfig {
             name: a.name.clone(),
             role: ReplRole::Primary,
@@ -486,10 +521,21 @@ impl Daemon {
         .map_err(|e| failed(format!("replication set {}: {e}", a.name)))?;
         let mut c = c;
         c.peer_node = reply["node"].as_str().unwrap_or_default().to_owned();
-        let initial = if a.no_sync { SetState::Replicating } else { SetState::Logging };
+        let initial = if a.no_sync {
+            SetState::Replicating
+        } else {
+            SetState::Logging
+        };
         let undo_remote = |why: &str| {
-            log::warn!("replication set {}: undoing the secondary side: {why}", a.name);
-            let _ = peer::request(&self.rt().ctx, &a.peer, &json!({"op": "disable", "set": a.name}));
+            log::warn!(
+                "replication set {}: undoing the secondary side: {why}",
+                a.name
+            );
+            let _ = peer::request(
+                &self.rt().ctx,
+                &a.peer,
+                &json!({"op": "disable", "set": a.name}),
+            );
         };
         let set = match self.open_primary(&mut st, &c, true, Some(initial)) {
             Ok(s) => s,
@@ -513,13 +559,22 @@ impl Daemon {
                 *set.last_error.lock() = Some(e.clone());
                 log::warn!("replication set {}: {e}; autosync will retry", a.name);
             } else {
-                set.set_state(SetState::Replicating, "enabled with --no-sync (volumes declared identical)");
+                set.set_state(
+                    SetState::Replicating,
+                    "enabled with --no-sync (volumes declared identical)",
+                );
             }
         }
         self.events.publish(
             "repl.enabled",
             &a.name,
-            format!("{} -> {}:{} ({})", a.local, a.peer, a.remote, a.mode.as_str()),
+            format!(
+                "{} -> {}:{} ({})",
+                a.local,
+                a.peer,
+                a.remote,
+                a.mode.as_str()
+            ),
         );
         self.set_info(&a.name)
     }
@@ -608,6 +663,12 @@ impl Daemon {
                 s.scoreboard.mark_all().map_err(|e| failed(e.to_string()))?;
             }
         }
+        for s in &sets {
+            s.stats
+                .sync_total_bytes
+                .store(s.scoreboard.oos_bytes(), Ordering::SeqCst);
+            s.stats.sync_done_bytes.store(0, Ordering::SeqCst);
+        }
         if a.reverse {
             self.start_reverse_sync(&link);
         } else {
@@ -652,7 +713,9 @@ impl Daemon {
         let fail = |why: String, state: SetState| {
             for s in &sets {
                 *s.last_error.lock() = Some(why.clone());
-                if s.state() != SetState::Logging || state != SetState::Logging {
+                // Never downgrade: a set whose sync was interrupted stays
+                // `need sync` until a sync completes.
+                if !(state == SetState::Logging && s.state() == SetState::NeedSync) {
                     s.set_state(state, &why);
                 }
                 if !s.suspended.load(Ordering::SeqCst) {
@@ -665,11 +728,18 @@ impl Daemon {
         // 1. The secondary protects itself (safety snapshot) and tells us
         //    which chunks it changed on its own (after a swap).
         for s in &sets {
-            match peer::request(ctx, &link.peer_addr, &json!({"op": "sync_begin", "set": s.name})) {
+            match peer::request(
+                ctx,
+                &link.peer_addr,
+                &json!({"op": "sync_begin", "set": s.name}),
+            ) {
                 Ok((_, bits)) => {
                     if let Some(bits) = bits {
                         if let Err(e) = s.scoreboard.merge(&bits) {
-                            return fail(format!("set {}: peer bitmap: {e}", s.name), SetState::Logging);
+                            return fail(
+                                format!("set {}: peer bitmap: {e}", s.name),
+                                SetState::Logging,
+                            );
                         }
                     }
                 }
@@ -687,9 +757,14 @@ impl Daemon {
         }
         for s in &sets {
             s.set_peer_lost(false);
-            s.stats.sync_total_bytes.store(s.scoreboard.oos_bytes(), Ordering::SeqCst);
+            s.stats
+                .sync_total_bytes
+                .store(s.scoreboard.oos_bytes(), Ordering::SeqCst);
             s.stats.sync_done_bytes.store(0, Ordering::SeqCst);
-            s.set_state(SetState::Syncing, if full { "full sync" } else { "update sync" });
+            s.set_state(
+                SetState::Syncing,
+                if full { "full sync" } else { "update sync" },
+            );
         }
         // 3. Copy the out-of-sync chunks, then wait for the last acks.
         for s in &sets {
@@ -702,7 +777,10 @@ impl Daemon {
         }
         for s in &sets {
             if s.scoreboard.oos_chunks() > 0 {
-                return fail("chunks went out of sync during the sync".into(), SetState::NeedSync);
+                return fail(
+                    "chunks went out of sync during the sync".into(),
+                    SetState::NeedSync,
+                );
             }
             let _ = s.scoreboard.clean();
             s.set_state(SetState::Replicating, "sync complete");
@@ -710,8 +788,15 @@ impl Daemon {
         }
         // 4. The secondary is consistent again: drop its safety snapshot.
         for s in &sets {
-            if let Err(e) = peer::request(ctx, &link.peer_addr, &json!({"op": "sync_end", "set": s.name})) {
-                log::warn!("replication set {}: dropping the safety snapshot: {e}", s.name);
+            if let Err(e) = peer::request(
+                ctx,
+                &link.peer_addr,
+                &json!({"op": "sync_end", "set": s.name}),
+            ) {
+                log::warn!(
+                    "replication set {}: dropping the safety snapshot: {e}",
+                    s.name
+                );
             }
         }
     }
@@ -749,7 +834,9 @@ impl Daemon {
             if let Some(bits) = bits {
                 s.scoreboard.merge(&bits)?;
             }
-            s.stats.sync_total_bytes.store(s.scoreboard.oos_bytes(), Ordering::SeqCst);
+            s.stats
+                .sync_total_bytes
+                .store(s.scoreboard.oos_bytes(), Ordering::SeqCst);
             s.stats.sync_done_bytes.store(0, Ordering::SeqCst);
             let chunk = s.scoreboard.chunk_bytes();
             let mut c = 0;
@@ -757,10 +844,14 @@ impl Daemon {
                 c = b + 1;
                 let off = b * chunk;
                 let len = chunk.min(s.size_bytes - off);
-                let (_, data) = session.call(&json!({"op": "read", "set": s.name, "offset": off, "len": len}))?;
+                let (_, data) = session
+                    .call(&json!({"op": "read", "set": s.name, "offset": off, "len": len}))?;
                 let data = data.ok_or("peer sent no data")?;
                 if data.len() as u64 != len {
-                    return Err(format!("peer sent {} bytes for a {len}-byte chunk", data.len()));
+                    return Err(format!(
+                        "peer sent {} bytes for a {len}-byte chunk",
+                        data.len()
+                    ));
                 }
                 s.with_lower(|d| d.write(&data, off, false))
                     .map_err(|e| format!("set {}: writing chunk {b}: {e}", s.name))?;
@@ -801,7 +892,8 @@ impl Daemon {
                 .ok_or_else(|| OpError::invalid(format!("unknown state {s:?}")))?,
             None => SetState::Replicating,
         };
-        let deadline = Instant::now() + Duration::from_millis(a.timeout_ms.unwrap_or(MAX_WAIT_MS).min(MAX_WAIT_MS));
+        let deadline = Instant::now()
+            + Duration::from_millis(a.timeout_ms.unwrap_or(MAX_WAIT_MS).min(MAX_WAIT_MS));
         loop {
             let set = self
                 .rt()
@@ -811,7 +903,8 @@ impl Daemon {
                 .cloned()
                 .ok_or_else(|| no_set(&a.name))?;
             let st = set.state();
-            let reached = st == want && !(want == SetState::Logging && set.link().syncing.load(Ordering::SeqCst));
+            let reached = st == want
+                && !(want == SetState::Logging && set.link().syncing.load(Ordering::SeqCst));
             if reached || Instant::now() >= deadline || st == SetState::Failed {
                 let mut v = self.set_info(&a.name)?;
                 v["reached"] = json!(reached);
@@ -836,7 +929,13 @@ impl Daemon {
             }
         }
         let link = sets[0].link().clone();
-        let listen = self.rt().listener.lock().as_ref().map(|l| l.addr.clone()).unwrap_or_default();
+        let listen = self
+            .rt()
+            .listener
+            .lock()
+            .as_ref()
+            .map(|l| l.addr.clone())
+            .unwrap_or_default();
         let mut st = self.state.lock();
         let vols: Vec<_> = sets
             .iter()
@@ -847,7 +946,8 @@ impl Daemon {
         // acknowledged reaches the peer before the roles change.
         let mut guards = crate::interposer::quiesce_many(&refs, "repl swap")
             .map_err(|e| failed(e.to_string()))?;
-        link.drain().map_err(|e| failed(format!("the peer did not acknowledge everything: {}", e.0)))?;
+        link.drain()
+            .map_err(|e| failed(format!("the peer did not acknowledge everything: {}", e.0)))?;
         for s in &sets {
             if s.scoreboard.oos_chunks() > 0 {
                 return Err(failed(format!("set {} has out-of-sync chunks", s.name)));
@@ -859,14 +959,20 @@ impl Daemon {
         }
         link.close("swapping roles");
         let names: Vec<String> = sets.iter().map(|s| s.name.clone()).collect();
-        if let Err(e) = peer::request(&self.rt().ctx, &link.peer_addr, &json!({"op": "swap", "sets": names, "primary": listen})) {
+        if let Err(e) = peer::request(
+            &self.rt().ctx,
+            &link.peer_addr,
+            &json!({"op": "swap", "sets": names, "primary": listen}),
+        ) {
             link.stop.store(false, Ordering::SeqCst);
             for s in &sets {
                 s.suspended.store(false, Ordering::SeqCst);
                 s.set_peer_lost(true);
             }
             self.spawn_link_manager(link.clone());
-            return Err(failed(format!("swap refused by the peer: {e}; this side stays primary (autosync reconnects)")));
+            return Err(failed(format!(
+                "swap refused by the peer: {e}; this side stays primary (autosync reconnects)"
+            )));
         }
         // We are the secondary now.
         let before = st.config.clone();
@@ -895,7 +1001,11 @@ impl Daemon {
             return Err(e);
         }
         drop(st);
-        self.events.publish("repl.swapped", &a.name, format!("this node is now the secondary of {}", link.peer_addr));
+        self.events.publish(
+            "repl.swapped",
+            &a.name,
+            format!("this node is now the secondary of {}", link.peer_addr),
+        );
         self.set_info(&a.name)
     }
 
@@ -912,7 +1022,11 @@ impl Daemon {
         }
         let mut note = String::new();
         if c.role == ReplRole::Primary {
-            if let Err(e) = peer::request(&self.rt().ctx, &c.peer, &json!({"op": "disable", "set": a.name})) {
+            if let Err(e) = peer::request(
+                &self.rt().ctx,
+                &c.peer,
+                &json!({"op": "disable", "set": a.name}),
+            ) {
                 if !a.force {
                     return Err(failed(format!(
                         "replication set {}: the peer did not disable its side: {e}; retry, or --force to disable this side only",
@@ -937,14 +1051,28 @@ impl Daemon {
 
     // ----- secondary side -----------------------------------------------
 
-    fn open_secondary(&self, st: &mut State, c: &ReplSetConfig) -> Result<Arc<SecondarySet>, OpError> {
+    fn open_secondary(
+        &self,
+        st: &mut State,
+        c: &ReplSetConfig,
+    ) -> Result<Arc<SecondarySet>, OpError> {
         let volume = online_volume(st, &c.volume)?;
         let guard = Arc::new(SecondaryGuard::new(&c.volume));
         if !volume.service_names().iter().any(|n| n == SECONDARY_LAYER) {
-            volume.attach(guard.clone()).map_err(|e| failed(e.to_string()))?;
+            volume
+                .attach(guard.clone())
+                .map_err(|e| failed(e.to_string()))?;
         }
-        let set = Arc::new(SecondarySet::new(&c.name, &c.volume, volume.size_bytes(), guard));
-        self.rt().secondaries.lock().insert(c.name.clone(), set.clone());
+        let set = Arc::new(SecondarySet::new(
+            &c.name,
+            &c.volume,
+            volume.size_bytes(),
+            guard,
+        ));
+        self.rt()
+            .secondaries
+            .lock()
+            .insert(c.name.clone(), set.clone());
         Ok(set)
     }
 
@@ -964,7 +1092,11 @@ impl Daemon {
         let _ = self.handle("image.disable", &json!({"name": snap, "force": true}));
         let path = {
             let st = self.state.lock();
-            st.config.volumes.iter().find(|v| v.name == snap).map(|v| v.path.clone())
+            st.config
+                .volumes
+                .iter()
+                .find(|v| v.name == snap)
+                .map(|v| v.path.clone())
         };
         let _ = self.handle("volume.remove", &json!({"name": snap, "force": true}));
         if let Some(p) = path {
@@ -978,7 +1110,12 @@ impl Daemon {
             .lock()
             .get(name)
             .cloned()
-            .ok_or_else(|| format!("no secondary set named {name} on node {}", self.rt().ctx.name()))
+            .ok_or_else(|| {
+                format!(
+                    "no secondary set named {name} on node {}",
+                    self.rt().ctx.name()
+                )
+            })
     }
 
     /// A control request from an authenticated peer.
@@ -989,7 +1126,9 @@ impl Daemon {
             "create" => {
                 let r: CreateReq = serde_json::from_value(req.clone())
                     .map_err(|e| format!("malformed create request: {e}"))?;
-                self.peer_create(peer, r).map(|v| (v, None)).map_err(|e| e.message)
+                self.peer_create(peer, r)
+                    .map(|v| (v, None))
+                    .map_err(|e| e.message)
             }
             "disable" => {
                 let c = {
@@ -997,13 +1136,20 @@ impl Daemon {
                     set_config(&st, &set).map_err(|e| e.message)?.clone()
                 };
                 if c.role != ReplRole::Secondary {
-                    return Err(format!("set {set} is not a secondary on node {}", self.rt().ctx.name()));
+                    return Err(format!(
+                        "set {set} is not a secondary on node {}",
+                        self.rt().ctx.name()
+                    ));
                 }
                 self.drop_secondary(&c);
                 let mut st = self.state.lock();
-                repl_config(&mut st).map_err(|e| e.message)?.sets.retain(|s| s.name != set);
+                repl_config(&mut st)
+                    .map_err(|e| e.message)?
+                    .sets
+                    .retain(|s| s.name != set);
                 self.persist(&st).map_err(|e| e.message)?;
-                self.events.publish("repl.disabled", &set, format!("by primary {peer}"));
+                self.events
+                    .publish("repl.disabled", &set, format!("by primary {peer}"));
                 Ok((json!({}), None))
             }
             "sync_begin" => {
@@ -1015,7 +1161,11 @@ impl Daemon {
                 let snap = {
                     let mut st = self.state.lock();
                     let rc = repl_config(&mut st).map_err(|e| e.message)?;
-                    let c = rc.sets.iter_mut().find(|c| c.name == set).ok_or("no such set")?;
+                    let c = rc
+                        .sets
+                        .iter_mut()
+                        .find(|c| c.name == set)
+                        .ok_or("no such set")?;
                     let snap = c.safety_snapshot.take();
                     self.persist(&st).map_err(|e| e.message)?;
                     snap
@@ -1035,7 +1185,10 @@ impl Daemon {
                 let s = self.secondary(&set)?;
                 let off = req["offset"].as_u64().ok_or("read: no offset")?;
                 let len = req["len"].as_u64().ok_or("read: no len")?;
-                if len == 0 || len > 4 << 20 || off.checked_add(len).is_none_or(|e| e > s.size_bytes) {
+                if len == 0
+                    || len > 4 << 20
+                    || off.checked_add(len).is_none_or(|e| e > s.size_bytes)
+                {
                     return Err(format!("read [{off}, +{len}) outside set {set}"));
                 }
                 let mut buf = vec![0u8; len as usize];
@@ -1044,7 +1197,10 @@ impl Daemon {
                     .map_err(|e| e.to_string())?;
                 Ok((json!({}), Some(buf)))
             }
-            "swap" => self.peer_swap(peer, req).map(|v| (v, None)).map_err(|e| e.message),
+            "swap" => self
+                .peer_swap(peer, req)
+                .map(|v| (v, None))
+                .map_err(|e| e.message),
             other => Err(format!("unknown peer request {other:?}")),
         }
     }
@@ -1054,12 +1210,22 @@ impl Daemon {
         let mut st = self.state.lock();
         let rc = repl_config(&mut st)?.clone();
         if rc.sets.iter().any(|s| s.name == r.set) {
-            return Err(OpError::new("exists", format!("node {}: replication set {} already exists", rc.node, r.set)));
+            return Err(OpError::new(
+                "exists",
+                format!("node {}: replication set {} already exists", rc.node, r.set),
+            ));
         }
         if let Some(o) = rc.sets.iter().find(|s| s.volume == r.volume) {
-            return Err(OpError::new("busy", format!("node {}: volume {} is already in replication set {}", rc.node, r.volume, o.name)));
+            return Err(OpError::new(
+                "busy",
+                format!(
+                    "node {}: volume {} is already in replication set {}",
+                    rc.node, r.volume, o.name
+                ),
+            ));
         }
-        let volume = online_volume(&st, &r.volume).map_err(|e| OpError::invalid(format!("node {}: {}", rc.node, e.message)))?;
+        let volume = online_volume(&st, &r.volume)
+            .map_err(|e| OpError::invalid(format!("node {}: {}", rc.node, e.message)))?;
         if volume.size_bytes() < r.size_bytes {
             return Err(OpError::invalid(format!(
                 "node {}: volume {} has {} bytes, smaller than the primary's {}",
@@ -1070,7 +1236,10 @@ impl Daemon {
             )));
         }
         if st.config.images.iter().any(|i| i.shadow == r.volume) {
-            return Err(OpError::new("busy", format!("node {}: volume {} is an image shadow", rc.node, r.volume)));
+            return Err(OpError::new(
+                "busy",
+                format!("node {}: volume {} is an image shadow", rc.node, r.volume),
+            ));
         }
         let c = ReplSetConfig {
             name: r.set.clone(),
@@ -1099,7 +1268,11 @@ impl Daemon {
             self.drop_secondary(&c);
             return Err(e);
         }
-        self.events.publish("repl.enabled", &r.set, format!("secondary of {peer} ({})", r.mode.as_str()));
+        self.events.publish(
+            "repl.enabled",
+            &r.set,
+            format!("secondary of {peer} ({})", r.mode.as_str()),
+        );
         Ok(json!({"node": rc.node}))
     }
 
@@ -1116,7 +1289,14 @@ impl Daemon {
         }
         let _pause = s.gate.write();
         // A leftover from a crash between enable and persist.
-        if self.state.lock().config.images.iter().any(|i| i.name == snap) {
+        if self
+            .state
+            .lock()
+            .config
+            .images
+            .iter()
+            .any(|i| i.name == snap)
+        {
             self.drop_safety(&snap);
         }
         self.handle(
@@ -1128,16 +1308,24 @@ impl Daemon {
         {
             let st = self.state.lock();
             let vol = online_volume(&st, &s.volume)?;
-            let mut g = vol.quiesce("repl safety snapshot").map_err(|e| failed(e.to_string()))?;
-            g.remove(SECONDARY_LAYER).map_err(|e| failed(e.to_string()))?;
+            let mut g = vol
+                .quiesce("repl safety snapshot")
+                .map_err(|e| failed(e.to_string()))?;
+            g.remove(SECONDARY_LAYER)
+                .map_err(|e| failed(e.to_string()))?;
             g.push(s.guard.clone()).map_err(|e| failed(e.to_string()))?;
         }
         let mut st = self.state.lock();
-        if let Some(c) = repl_config(&mut st)?.sets.iter_mut().find(|c| c.name == s.name) {
+        if let Some(c) = repl_config(&mut st)?
+            .sets
+            .iter_mut()
+            .find(|c| c.name == s.name)
+        {
             c.safety_snapshot = Some(snap.clone());
         }
         self.persist(&st)?;
-        self.events.publish("repl.safety_taken", &s.name, snap.clone());
+        self.events
+            .publish("repl.safety_taken", &s.name, snap.clone());
         Ok(snap)
     }
 
@@ -1153,7 +1341,10 @@ impl Daemon {
                 return Err(OpError::invalid(format!("set {n} is not a secondary here")));
             }
             if c.safety_snapshot.is_some() {
-                return Err(OpError::new("busy", format!("set {n} is in the middle of a sync")));
+                return Err(OpError::new(
+                    "busy",
+                    format!("set {n} is in the middle of a sync"),
+                ));
             }
             cfgs.push(c);
         }
@@ -1164,7 +1355,8 @@ impl Daemon {
         let mut opened = Vec::new();
         for c in &mut cfgs {
             let vol = online_volume(&st, &c.volume)?;
-            vol.detach(SECONDARY_LAYER).map_err(|e| failed(e.to_string()))?;
+            vol.detach(SECONDARY_LAYER)
+                .map_err(|e| failed(e.to_string()))?;
             self.rt().secondaries.lock().remove(&c.name);
             c.role = ReplRole::Primary;
             c.peer = primary_addr.clone();
@@ -1190,14 +1382,19 @@ impl Daemon {
         for s in &opened {
             s.set_peer_lost(true);
         }
-        self.events.publish("repl.swapped", &names.join(","), format!("this node is now the primary; secondary {peer}"));
+        self.events.publish(
+            "repl.swapped",
+            &names.join(","),
+            format!("this node is now the primary; secondary {peer}"),
+        );
         Ok(json!({}))
     }
 
     fn serve_peer_link(&self, peer: &str, req: &Value, mut stream: TcpStream) {
         let r: Result<(String, Mode, Vec<Option<Arc<SecondarySet>>>, Duration), String> = (|| {
             let group = req["group"].as_str().ok_or("link: no group")?.to_owned();
-            let mode: Mode = serde_json::from_value(req["mode"].clone()).map_err(|e| format!("link: mode: {e}"))?;
+            let mode: Mode = serde_json::from_value(req["mode"].clone())
+                .map_err(|e| format!("link: mode: {e}"))?;
             let list = req["sets"].as_array().ok_or("link: no sets")?;
             let mut sets: Vec<Option<Arc<SecondarySet>>> = Vec::new();
             let st = self.state.lock();
@@ -1210,12 +1407,18 @@ impl Daemon {
                 }
                 let c = set_config(&st, name).map_err(|e| e.message)?;
                 if c.role != ReplRole::Secondary || c.mode != mode {
-                    return Err(format!("set {name} is not a {} secondary here", mode.as_str()));
+                    return Err(format!(
+                        "set {name} is not a {} secondary here",
+                        mode.as_str()
+                    ));
                 }
                 timeout = c.timeout_ms;
                 let s = self.secondary(name)?;
                 if e["size_bytes"].as_u64().is_some_and(|sz| sz > s.size_bytes) {
-                    return Err(format!("set {name}: the primary is larger than volume {}", s.volume));
+                    return Err(format!(
+                        "set {name}: the primary is larger than volume {}",
+                        s.volume
+                    ));
                 }
                 if sets.len() <= id {
                     sets.resize(id + 1, None);
@@ -1223,7 +1426,8 @@ impl Daemon {
                 sets[id] = Some(s);
             }
             Ok((group, mode, sets, Duration::from_millis(timeout)))
-        })();
+        })(
+        );
         let (group, mode, sets, timeout) = match r {
             Ok(x) => x,
             Err(e) => {
@@ -1233,14 +1437,20 @@ impl Daemon {
             }
         };
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-        let Ok(handle) = stream.try_clone() else { return };
+        let Ok(handle) = stream.try_clone() else {
+            return;
+        };
         // A reconnect replaces the group's old link after its applier stops.
         self.rt().table.replace(&group, Some((handle, done_rx)));
         if peer::reply(&mut stream, Ok((json!({}), None))).is_err() {
             return;
         }
-        log::info!("replication: link {group} from {peer} up ({})", mode.as_str());
-        self.events.publish("repl.link_up", &group, format!("from {peer}"));
+        log::info!(
+            "replication: link {group} from {peer} up ({})",
+            mode.as_str()
+        );
+        self.events
+            .publish("repl.link_up", &group, format!("from {peer}"));
         let why = serve_link(stream, sets, mode, timeout);
         log::info!("replication: link {group} from {peer} ended: {why}");
         self.events.publish("repl.link_down", &group, why);
@@ -1281,13 +1491,17 @@ impl Daemon {
                 v["lag_seconds"] = json!(age);
                 v["queue_depth"] = json!(items);
                 v["out_of_sync_bytes"] = json!(s.scoreboard.oos_bytes());
-                v["percent_synced"] = json!(((chunks - oos.min(chunks)) as f64 * 100.0 / chunks as f64 * 100.0).round() / 100.0);
+                v["percent_synced"] = json!(
+                    ((chunks - oos.min(chunks)) as f64 * 100.0 / chunks as f64 * 100.0).round()
+                        / 100.0
+                );
                 v["chunk_bytes"] = json!(s.scoreboard.chunk_bytes());
                 v["writes"] = json!(s.stats.writes.load(Ordering::Relaxed));
                 v["bytes"] = json!(s.stats.bytes.load(Ordering::Relaxed));
                 v["sync_total_bytes"] = json!(s.stats.sync_total_bytes.load(Ordering::Relaxed));
                 v["sync_done_bytes"] = json!(s.stats.sync_done_bytes.load(Ordering::Relaxed));
-                v["synced_chunks_total"] = json!(s.stats.synced_chunks_total.load(Ordering::Relaxed));
+                v["synced_chunks_total"] =
+                    json!(s.stats.synced_chunks_total.load(Ordering::Relaxed));
                 v["groups_sent"] = json!(link.stats.groups.load(Ordering::Relaxed));
                 v["acked_writes"] = json!(link.stats.acked_writes.load(Ordering::Relaxed));
                 v["connects"] = json!(link.stats.reconnects.load(Ordering::Relaxed));
@@ -1298,8 +1512,16 @@ impl Daemon {
                 let s = self.rt().secondaries.lock().get(&c.name).cloned();
                 match s {
                     Some(s) => {
-                        v["state"] = json!(if c.safety_snapshot.is_some() { "sync target" } else { "target" });
-                        v["link"] = json!(if s.connected.load(Ordering::SeqCst) { "up" } else { "down" });
+                        v["state"] = json!(if c.safety_snapshot.is_some() {
+                            "sync target"
+                        } else {
+                            "target"
+                        });
+                        v["link"] = json!(if s.connected.load(Ordering::SeqCst) {
+                            "up"
+                        } else {
+                            "down"
+                        });
                         v["applied_writes"] = json!(s.applied_writes.load(Ordering::Relaxed));
                         v["applied_bytes"] = json!(s.applied_bytes.load(Ordering::Relaxed));
                         v["last_seq"] = json!(s.last_seq.load(Ordering::Relaxed));

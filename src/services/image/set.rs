@@ -26,13 +26,13 @@
 //! the bitmap volume. Writes to chunks whose bits are already durable pay
 //! nothing but two atomic loads per chunk.
 
-use crate::bitmap::AtomicBitmap;
 use super::format::{
     Direction, Header, HeaderState, Kind, Layout, Transition, BITMAP_BLOCK_BYTES,
     INDEX_ENTRY_BYTES, INDEX_OVERFLOW,
 };
 use super::layers::{MasterSide, ShadowSide};
 use super::overflow::Overflow;
+use crate::bitmap::AtomicBitmap;
 use crate::buffer::AlignedBuf;
 use crate::device::{BlockDevice, DeviceError, Result};
 use crate::interposer::Volume;

@@ -204,7 +204,10 @@ impl Link {
 
     /// Queue one replicated operation (a write of up to 4 MiB, zeroes, or a
     /// flush) and return its sequence number. Blocks while the queue is
-    /// full under the blocking policy.
+    /// full under the blocking policy. `isolate`: in hybrid mode the item
+    /// gets a group of its own (a resync copy must apply after every
+    /// write queued before it).
+    #[allow(clippy::too_many_arguments)]
     pub fn enqueue(
         &self,
         set: &Arc<ReplSet>,
@@ -213,6 +216,7 @@ impl Link {
         flags: u32,
         data: Option<Arc<Vec<u8>>>,
         waiter: Option<Arc<Waiter>>,
+        isolate: bool,
     ) -> Result<u64, Down> {
         let mut q = self.q.lock();
         loop {
@@ -223,8 +227,7 @@ impl Link {
             }
             let full = self.mode != Mode::Sync
                 && !q.items.is_empty()
-                && (q.bytes + len as u64 > self.limits.bytes
-                    || q.items.len() >= self.limits.items);
+                && (q.bytes + len as u64 > self.limits.bytes || q.items.len() >= self.limits.items);
             if !full {
                 break;
             }
@@ -247,14 +250,14 @@ impl Link {
             Mode::Sync => 0,
             Mode::Async => seq,
             Mode::Hybrid => {
-                let was_open = self.group_open.swap(true, Ordering::SeqCst);
+                let was_open = self.group_open.swap(true, Ordering::SeqCst) && !isolate;
                 if !was_open || q.group_writes >= MAX_GROUP_WRITES || q.group == 0 {
                     q.group += 1;
                     q.group_writes = 0;
                     self.stats.groups.fetch_add(1, Ordering::Relaxed);
                 }
                 q.group_writes += 1;
-                if flags & wire::WRITE_FLUSH != 0 {
+                if flags & wire::WRITE_FLUSH != 0 || isolate {
                     // A flush closes its group: the peer flushes after the
                     // group and before the next one.
                     self.group_open.store(false, Ordering::SeqCst);
@@ -385,11 +388,7 @@ impl Link {
                     if q.unsent < q.items.len() {
                         break;
                     }
-                    if self
-                        .cv_send
-                        .wait_for(&mut q, HEARTBEAT)
-                        .timed_out()
-                    {
+                    if self.cv_send.wait_for(&mut q, HEARTBEAT).timed_out() {
                         heartbeat = true;
                         break;
                     }
@@ -545,7 +544,11 @@ impl Link {
         self.cv_ack.notify_all();
         self.cv_space.notify_all();
         self.cv_send.notify_all();
-        log::warn!("replication link {} to {}: down: {reason}", self.group, self.peer_addr);
+        log::warn!(
+            "replication link {} to {}: down: {reason}",
+            self.group,
+            self.peer_addr
+        );
         for s in self.sets() {
             s.link_lost(reason);
         }

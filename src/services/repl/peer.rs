@@ -69,11 +69,7 @@ pub fn read_reply(r: &mut impl Read) -> Result<Value, String> {
 }
 
 /// One control request on a fresh connection.
-pub fn request(
-    ctx: &NodeCtx,
-    addr: &str,
-    req: &Value,
-) -> Result<(Value, Option<Vec<u8>>), String> {
+pub fn request(ctx: &NodeCtx, addr: &str, req: &Value) -> Result<(Value, Option<Vec<u8>>), String> {
     let (mut s, _) = dial(ctx, addr, CONTROL_TIMEOUT)?;
     send_control(&mut s, req).map_err(|e| format!("peer {addr}: {e}"))?;
     let v = read_reply(&mut s).map_err(|e| format!("peer {addr}: {e}"))?;
@@ -189,8 +185,7 @@ fn serve_peer(ctx: Arc<NodeCtx>, mut s: TcpStream, from: String, handler: Arc<dy
     let _ = s.set_nodelay(true);
     let _ = s.set_read_timeout(Some(CONTROL_TIMEOUT));
     let name = ctx.name();
-    let peer = match wire::handshake_with(&mut s, Role::Listener, &name, &|p: &str| ctx.secret(p))
-    {
+    let peer = match wire::handshake_with(&mut s, Role::Listener, &name, &|p: &str| ctx.secret(p)) {
         Ok(p) => p,
         Err(e) => {
             log::warn!("replication: refused peer from {from}: {e}");
@@ -210,14 +205,20 @@ fn serve_peer(ctx: Arc<NodeCtx>, mut s: TcpStream, from: String, handler: Arc<dy
             }
         };
         if f.kind != FrameType::Control {
-            log::warn!("replication: peer {peer} sent {:?} before opening a link; dropped", f.kind);
+            log::warn!(
+                "replication: peer {peer} sent {:?} before opening a link; dropped",
+                f.kind
+            );
             let _ = wire::write_frame(&mut s, FrameType::Error, b"expected CONTROL");
             return;
         }
         let req: Value = match serde_json::from_slice(&f.payload) {
             Ok(v @ Value::Object(_)) => v,
             _ => {
-                let _ = reply(&mut s, Err("malformed control request (not a JSON object)".into()));
+                let _ = reply(
+                    &mut s,
+                    Err("malformed control request (not a JSON object)".into()),
+                );
                 return;
             }
         };

@@ -179,7 +179,11 @@ impl Scoreboard {
     }
 
     /// Open an existing scoreboard: every bit set on disk is out of sync.
-    pub fn open(dev: Arc<dyn BlockDevice>, set: &str, volume_bytes: u64) -> Result<Scoreboard, String> {
+    pub fn open(
+        dev: Arc<dyn BlockDevice>,
+        set: &str,
+        volume_bytes: u64,
+    ) -> Result<Scoreboard, String> {
         let why = |m: String| format!("scoreboard of set {set}: {m}");
         if dev.size_bytes() < HEADER_BYTES {
             return Err(why("file is truncated".into()));
@@ -433,12 +437,14 @@ impl Scoreboard {
             let pages: Vec<u64> = (0..self.pages())
                 .filter(|&p| self.page_gen[p as usize].load(Ordering::SeqCst) > from)
                 .collect();
-            let snaps: Vec<(u64, Vec<u8>)> = pages.iter().map(|&p| (p, self.page_bytes(p))).collect();
+            let snaps: Vec<(u64, Vec<u8>)> =
+                pages.iter().map(|&p| (p, self.page_bytes(p))).collect();
             (target, snaps)
         };
         let res = (|| {
             for (p, bytes) in &pages {
-                self.dev.write(bytes, HEADER_BYTES + p * PAGE_BYTES, false)?;
+                self.dev
+                    .write(bytes, HEADER_BYTES + p * PAGE_BYTES, false)?;
             }
             self.dev.flush()
         })();
@@ -540,7 +546,8 @@ mod tests {
                 }
             }
             let image = crash.durable_image();
-            let re = Scoreboard::open(Arc::new(MemoryBackend::from_bytes(image)), "s", vol).unwrap();
+            let re =
+                Scoreboard::open(Arc::new(MemoryBackend::from_bytes(image)), "s", vol).unwrap();
             for c in must {
                 assert!(re.is_oos(c), "crash at flush {n}: chunk {c} lost its bit");
             }

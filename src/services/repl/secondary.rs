@@ -151,7 +151,8 @@ impl SecondarySet {
         });
         if r.is_ok() && w.flags & wire::WRITE_FLUSH == 0 {
             self.applied_writes.fetch_add(1, Ordering::Relaxed);
-            self.applied_bytes.fetch_add(w.len as u64, Ordering::Relaxed);
+            self.applied_bytes
+                .fetch_add(w.len as u64, Ordering::Relaxed);
         }
         self.last_seq.fetch_max(w.seq, Ordering::Relaxed);
         r
@@ -238,7 +239,8 @@ pub fn serve_link(
             .ok()
     };
     let (job_tx, job_rx) = crossbeam_channel::unbounded::<(Arc<SecondarySet>, WriteFrame)>();
-    let (done_tx, done_rx) = crossbeam_channel::unbounded::<(u64, std::result::Result<(), String>)>();
+    let (done_tx, done_rx) =
+        crossbeam_channel::unbounded::<(u64, std::result::Result<(), String>)>();
     let mut workers = Vec::new();
     for i in 0..WORKERS {
         let job_rx = job_rx.clone();
@@ -256,7 +258,8 @@ pub fn serve_link(
                             // Acknowledged one by one, as soon as applied.
                             match &r {
                                 Ok(()) => {
-                                    let _ = send(&writer, FrameType::Ack, &wire::encode_ack(w.seq, 0));
+                                    let _ =
+                                        send(&writer, FrameType::Ack, &wire::encode_ack(w.seq, 0));
                                 }
                                 Err(e) => {
                                     let _ = send(&writer, FrameType::Error, e.as_bytes());
@@ -311,7 +314,10 @@ pub fn serve_link(
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                break format!("no heartbeat from the primary within {:.1}s", timeout.as_secs_f64());
+                break format!(
+                    "no heartbeat from the primary within {:.1}s",
+                    timeout.as_secs_f64()
+                );
             }
             Err(e) => break e.to_string(),
         };
@@ -336,7 +342,10 @@ pub fn serve_link(
             let _ = send(&writer, FrameType::Error, m.as_bytes());
             break m;
         };
-        if w.offset.checked_add(w.len as u64).is_none_or(|end| end > set.size_bytes) {
+        if w.offset
+            .checked_add(w.len as u64)
+            .is_none_or(|end| end > set.size_bytes)
+        {
             let m = format!(
                 "malformed: write [{}, +{}) past the end of set {} ({} bytes)",
                 w.offset, w.len, set.name, set.size_bytes
@@ -403,7 +412,9 @@ fn apply_ordered(
                     continue;
                 }
                 outstanding += 1;
-                job_tx.send((set, w)).map_err(|_| "workers stopped".to_string())?;
+                job_tx
+                    .send((set, w))
+                    .map_err(|_| "workers stopped".to_string())?;
                 continue;
             }
             if outstanding > 0 {
@@ -462,14 +473,19 @@ fn finish(
 ) -> std::result::Result<(), String> {
     if *needs_flush {
         for s in sets {
-            s.flush().map_err(|e| format!("set {}: flush: {e}", s.name))?;
+            s.flush()
+                .map_err(|e| format!("set {}: flush: {e}", s.name))?;
         }
         *needs_flush = false;
     }
     if last_seq > *acked {
         *acked = last_seq;
         // The primary may be gone; the link's reader notices.
-        let _ = send(writer, FrameType::Ack, &wire::encode_ack(last_seq, wire::ACK_CUMULATIVE));
+        let _ = send(
+            writer,
+            FrameType::Ack,
+            &wire::encode_ack(last_seq, wire::ACK_CUMULATIVE),
+        );
     }
     Ok(())
 }

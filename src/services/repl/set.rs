@@ -57,6 +57,9 @@ pub struct ReplSet {
     pub suspended: AtomicBool,
     link: Arc<Link>,
     lower: RwLock<Option<Arc<dyn BlockDevice>>>,
+    /// Local writes in progress per chunk (a resync reads a chunk only
+    /// when none is).
+    inflight: Box<[std::sync::atomic::AtomicU32]>,
     /// Chunks a resync is reading right now; writers to them wait.
     busy: Mutex<HashSet<u64>>,
     busy_cv: Condvar,
@@ -82,6 +85,7 @@ impl ReplSet {
         state: SetState,
         notify: Option<Notifier>,
     ) -> ReplSet {
+        let chunks = scoreboard.chunks();
         ReplSet {
             name: name.to_owned(),
             id,
@@ -97,6 +101,9 @@ impl ReplSet {
             suspended: AtomicBool::new(false),
             link,
             lower: RwLock::new(None),
+            inflight: (0..chunks)
+                .map(|_| std::sync::atomic::AtomicU32::new(0))
+                .collect(),
             busy: Mutex::new(HashSet::new()),
             busy_cv: Condvar::new(),
             busy_any: AtomicUsize::new(0),
@@ -117,9 +124,18 @@ impl ReplSet {
     pub fn set_state(&self, s: SetState, why: &str) {
         let old = self.state.swap(s as u8, Ordering::SeqCst);
         if old != s as u8 {
-            log::info!("replication set {}: {} -> {} ({why})", self.name, SetState::from_u8(old).as_str(), s.as_str());
+            log::info!(
+                "replication set {}: {} -> {} ({why})",
+                self.name,
+                SetState::from_u8(old).as_str(),
+                s.as_str()
+            );
             if let Some(n) = &self.notify {
-                n(&format!("repl.{}", s.as_str().replace(' ', "_")), &self.name, why.to_owned());
+                n(
+                    &format!("repl.{}", s.as_str().replace(' ', "_")),
+                    &self.name,
+                    why.to_owned(),
+                );
             }
         }
     }
@@ -135,15 +151,16 @@ impl ReplSet {
     /// The group's link dropped.
     pub fn link_lost(&self, reason: &str) {
         *self.last_error.lock() = Some(reason.to_owned());
-        match self.state() {
-            SetState::Replicating | SetState::Syncing => {
-                if !self.suspended.load(Ordering::SeqCst) {
-                    self.peer_lost.store(true, Ordering::SeqCst);
-                }
-                self.set_state(SetState::Logging, reason);
-            }
-            _ => {}
+        let next = match self.state() {
+            SetState::Replicating => SetState::Logging,
+            // A sync that stops halfway leaves the peer inconsistent.
+            SetState::Syncing => SetState::NeedSync,
+            _ => return,
+        };
+        if !self.suspended.load(Ordering::SeqCst) {
+            self.peer_lost.store(true, Ordering::SeqCst);
         }
+        self.set_state(next, reason);
     }
 
     fn replicating(&self) -> bool {
@@ -166,6 +183,7 @@ impl ReplSet {
         let chunks = self.scoreboard.chunk_range(offset, len);
         loop {
             self.scoreboard.count(chunks.clone());
+            self.count_inflight(chunks.clone(), true);
             if self.busy_any.load(Ordering::SeqCst) == 0 {
                 break;
             }
@@ -174,11 +192,25 @@ impl ReplSet {
                 break;
             }
             self.scoreboard.uncount(chunks.clone());
+            self.count_inflight(chunks.clone(), false);
             self.busy_cv.wait_for(&mut b, Duration::from_millis(50));
         }
         self.scoreboard
             .make_durable(chunks.clone())
-            .inspect_err(|_| self.scoreboard.uncount(chunks))
+            .inspect_err(|_| {
+                self.scoreboard.uncount(chunks.clone());
+                self.count_inflight(chunks, false);
+            })
+    }
+
+    fn count_inflight(&self, chunks: std::ops::Range<u64>, up: bool) {
+        for c in chunks {
+            if up {
+                self.inflight[c as usize].fetch_add(1, Ordering::SeqCst);
+            } else {
+                self.inflight[c as usize].fetch_sub(1, Ordering::SeqCst);
+            }
+        }
     }
 
     fn peer_lost_error(&self) -> DeviceError {
@@ -207,13 +239,16 @@ impl ReplSet {
             });
         }
         self.enter(offset, len)?;
+        let chunks = self.scoreboard.chunk_range(offset, len);
         if !self.replicating() {
             if self.peer_lost() && self.policy == PeerLoss::Fail {
                 self.scoreboard.end(offset, len, true);
+                self.count_inflight(chunks, false);
                 return Err(self.peer_lost_error());
             }
             let r = local();
             self.scoreboard.end(offset, len, false);
+            self.count_inflight(chunks, false);
             return r;
         }
         self.stats.writes.fetch_add(1, Ordering::Relaxed);
@@ -231,12 +266,18 @@ impl ReplSet {
             let piece = data.map(|d| Arc::new(d[queued as usize..(queued + n) as usize].to_vec()));
             let w = (self.mode == Mode::Sync).then(|| Arc::new(Waiter::default()));
             if queued > 0 {
-                self.scoreboard.count(self.scoreboard.chunk_range(offset + queued, n));
+                self.scoreboard
+                    .count(self.scoreboard.chunk_range(offset + queued, n));
             }
-            match self
-                .link
-                .enqueue(self, offset + queued, n as u32, flags, piece, w.clone())
-            {
+            match self.link.enqueue(
+                self,
+                offset + queued,
+                n as u32,
+                flags,
+                piece,
+                w.clone(),
+                false,
+            ) {
                 Ok(_) => waiters.extend(w),
                 Err(_) => {
                     self.scoreboard.end(offset + queued, n, false);
@@ -254,9 +295,11 @@ impl ReplSet {
             self.scoreboard.uncount(first.end.min(all.end)..all.end);
         }
         if failed && self.policy == PeerLoss::Fail && self.mode == Mode::Sync {
+            self.count_inflight(chunks, false);
             return Err(self.peer_lost_error());
         }
         let r = local();
+        self.count_inflight(chunks.clone(), false);
         if r.is_err() {
             for c in self.scoreboard.chunk_range(offset, len) {
                 self.scoreboard.set_oos(c);
@@ -282,7 +325,10 @@ impl ReplSet {
             return Ok(());
         }
         let w = (self.mode == Mode::Sync).then(|| Arc::new(Waiter::default()));
-        let ok = match self.link.enqueue(self, 0, 0, wire::WRITE_FLUSH, None, w.clone()) {
+        let ok = match self
+            .link
+            .enqueue(self, 0, 0, wire::WRITE_FLUSH, None, w.clone(), false)
+        {
             Ok(_) => w.map(|w| self.link.wait(&w)).unwrap_or(true),
             Err(_) => false,
         };
@@ -331,11 +377,26 @@ impl ReplSet {
         }
     }
 
-    fn sync_chunk(self: &Arc<Self>, c: u64, off: u64, len: u64) -> std::result::Result<u64, String> {
-        // Wait for writes already in flight to this chunk to be applied on
-        // the peer: then what we read is at least as new as anything they
-        // carry, and nothing sent later can be overtaken by them.
-        while self.scoreboard.pending(c) > 0 {
+    fn sync_chunk(
+        self: &Arc<Self>,
+        c: u64,
+        off: u64,
+        len: u64,
+    ) -> std::result::Result<u64, String> {
+        // Wait until no local write to this chunk is in progress (new ones
+        // wait for us): what we read is then at least as new as every
+        // write queued before us. The peer applies our copy after them:
+        // in async mode writes apply one by one, in hybrid mode our copy
+        // gets a group of its own. In sync mode the peer applies writes
+        // concurrently, so there we wait until they are acknowledged.
+        let busy = |s: &Self| {
+            if s.mode == Mode::Sync {
+                s.scoreboard.pending(c) > 0
+            } else {
+                s.inflight[c as usize].load(Ordering::SeqCst) > 0
+            }
+        };
+        while busy(self) {
             if !self.link.is_up() || self.state() != SetState::Syncing {
                 return Err(format!("set {}: link dropped during the sync", self.name));
             }
@@ -352,13 +413,15 @@ impl ReplSet {
         self.scoreboard.count(c..c + 1);
         if let Err(e) = self
             .link
-            .enqueue(self, off, len as u32, 0, Some(Arc::new(buf)), None)
+            .enqueue(self, off, len as u32, 0, Some(Arc::new(buf)), None, true)
         {
             self.scoreboard.end(off, len, false);
             return Err(e.0);
         }
         self.stats.sync_done_bytes.fetch_add(len, Ordering::Relaxed);
-        self.stats.synced_chunks_total.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .synced_chunks_total
+            .fetch_add(1, Ordering::Relaxed);
         Ok(len)
     }
 }

@@ -70,7 +70,12 @@ impl PeerHandler for TestSecondary {
     fn link(&self, _peer: &str, req: &Value, mut stream: TcpStream) {
         let mode: Mode = serde_json::from_value(req["mode"].clone()).unwrap();
         let _ = peer::reply(&mut stream, Ok((json!({}), None)));
-        serve_link(stream, vec![Some(self.set.clone())], mode, Duration::from_secs(5));
+        serve_link(
+            stream,
+            vec![Some(self.set.clone())],
+            mode,
+            Duration::from_secs(5),
+        );
     }
 }
 
@@ -113,15 +118,32 @@ fn pair(mode: Mode, secondary_dev: Arc<dyn BlockDevice>, addr_via: Option<&str>)
             on_full: QueueFull::Block,
         },
     ));
-    let sb_dev: Arc<dyn BlockDevice> = Arc::new(MemoryBackend::new(file_bytes_for(size, 4096 * 16)));
+    let sb_dev: Arc<dyn BlockDevice> =
+        Arc::new(MemoryBackend::new(file_bytes_for(size, 4096 * 16)));
     let sb = Scoreboard::create(sb_dev, "set", size, 4096 * 16, false).unwrap();
     let set = Arc::new(ReplSet::new(
-        "set", 0, "p", "s", size, mode, PeerLoss::Log, true, sb, link.clone(),
-        SetState::Logging, None,
+        "set",
+        0,
+        "p",
+        "s",
+        size,
+        mode,
+        PeerLoss::Log,
+        true,
+        sb,
+        link.clone(),
+        SetState::Logging,
+        None,
     ));
     link.add_set(set.clone());
-    let primary = Arc::new(Volume::new("p", Arc::new(MemoryBackend::new(size)), "test".into()));
-    primary.attach(Arc::new(PrimaryLayer::new(set.clone()))).unwrap();
+    let primary = Arc::new(Volume::new(
+        "p",
+        Arc::new(MemoryBackend::new(size)),
+        "test".into(),
+    ));
+    primary
+        .attach(Arc::new(PrimaryLayer::new(set.clone())))
+        .unwrap();
     link.connect().unwrap();
     set.set_state(SetState::Replicating, "test");
     Pair {
@@ -188,7 +210,8 @@ fn write_order_fidelity(mode: Mode, cuts: u64) {
                         return;
                     }
                     let pred = done.load(Ordering::SeqCst);
-                    vol.write(&block(seq, pred), seq * BLOCK as u64, false).unwrap();
+                    vol.write(&block(seq, pred), seq * BLOCK as u64, false)
+                        .unwrap();
                     if (seq + t) % 50 == 0 {
                         vol.flush().unwrap();
                     }
@@ -199,7 +222,10 @@ fn write_order_fidelity(mode: Mode, cuts: u64) {
         let _ = p.set.link().drain();
         let image = dev.image.lock().clone();
         if let Some(image) = image {
-            max_present = max_present.max(check_order(&image, &format!("{mode:?} cut {cut} at write {cut_at}")));
+            max_present = max_present.max(check_order(
+                &image,
+                &format!("{mode:?} cut {cut} at write {cut_at}"),
+            ));
         }
     }
     assert!(max_present > 10, "the cuts caught writes on the secondary");
@@ -247,7 +273,9 @@ fn every_mode_mirrors_and_a_link_fault_resyncs_to_identical() {
         p.set.link().close("test: link cut");
         assert_eq!(p.set.state(), SetState::Logging);
         for i in 0..50u64 {
-            p.primary.write(&vec![0xee; 4096], i * 65536 * 3 % size, false).unwrap();
+            p.primary
+                .write(&vec![0xee; 4096], i * 65536 * 3 % size, false)
+                .unwrap();
         }
         assert!(p.set.scoreboard.oos_chunks() > 0);
         p.set.link().connect().unwrap();
@@ -255,7 +283,10 @@ fn every_mode_mirrors_and_a_link_fault_resyncs_to_identical() {
         let sent = p.set.resync().unwrap();
         p.set.link().drain().unwrap();
         p.set.set_state(SetState::Replicating, "test");
-        assert!(sent <= 50 * 65536, "the update sync moved only changed chunks ({sent})");
+        assert!(
+            sent <= 50 * 65536,
+            "the update sync moved only changed chunks ({sent})"
+        );
         p.primary.read(&mut a, 0).unwrap();
         p.secondary_vol.read(&mut b, 0).unwrap();
         assert!(a == b, "{mode:?}: secondary differs after the update sync");

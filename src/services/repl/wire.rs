@@ -227,7 +227,11 @@ impl WriteFrame {
                 return malformed("a flush carries no range, data or other flags");
             }
         } else {
-            let expect = if flags & WRITE_ZEROES != 0 { 0 } else { len as usize };
+            let expect = if flags & WRITE_ZEROES != 0 {
+                0
+            } else {
+                len as usize
+            };
             if carried != expect {
                 return malformed(format!(
                     "write frame says {expect} data bytes but carries {carried}"

@@ -1,0 +1,580 @@
+//! Replication through two real daemons driven by the CLI only: on
+//! loopback (with the fault proxy between them) and in two network
+//! namespaces joined by veth. Data is compared with nbdcopy checksums.
+
+mod common;
+
+use common::nbd::NbdClient;
+use common::{fio_load, require_root, require_tool, sh, write_random_file, Daemon};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use umbra::services::repl::proxy::{Fault, FaultProxy};
+
+fn sha(uri: &str) -> String {
+    sh(&format!("nbdcopy '{uri}' - | sha256sum"))
+}
+
+fn fill(d: &Daemon, volume: &str, bytes: usize, seed: u64) {
+    let src = d.dir.path().join(format!("fill-{volume}-{seed}.raw"));
+    write_random_file(&src, bytes, seed);
+    sh(&format!("nbdcopy {} '{}'", src.display(), d.uri_of(volume)));
+    std::fs::remove_file(src).unwrap();
+}
+
+/// A daemon with a replication identity and a listener on loopback.
+fn node(name: &str, secret: &str, peer: &str) -> (Daemon, String) {
+    let d = Daemon::start();
+    let key = d.dir.path().join("peer.key");
+    std::fs::write(&key, format!("{secret}\n")).unwrap();
+    d.ok(&["repl", "setup", "--node", name, "--listen", "127.0.0.1:0"]);
+    d.ok(&[
+        "repl",
+        "peer",
+        "add",
+        peer,
+        "--secret-file",
+        key.to_str().unwrap(),
+    ]);
+    let addr = d.json(&["repl", "status"])["listen"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (d, addr)
+}
+
+fn info(d: &Daemon, set: &str) -> Value {
+    d.json(&["repl", "info", set])
+}
+
+/// Wait until the set is replicating with nothing in flight.
+fn settle(d: &Daemon, set: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = info(d, set);
+        if v["state"] == "replicating" && v["lag_writes"] == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "set {set} did not settle: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_state(d: &Daemon, set: &str, state: &str, secs: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let v = info(d, set);
+        if v["state"] == state {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "set {set} never reached {state}: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Overwrite `n` scattered 4 KiB blocks through NBD, flushed.
+fn scribble(addr: &str, volume: &str, n: u64, seed: u8) {
+    let mut c = NbdClient::connect(addr, volume);
+    for i in 0..n {
+        let off = ((i * 7919 + seed as u64 * 31) % 8192) * 4096;
+        assert_eq!(c.write(off, &[seed; 4096], 0), 0);
+    }
+    assert_eq!(c.flush(), 0);
+    c.disconnect();
+}
+
+#[test]
+fn repl_lifecycle_group_safety_snapshot_swap_and_restart() {
+    require_tool("nbdcopy");
+    let (a, a_addr) = node("site-a", "correct horse battery staple", "site-b");
+    let (b, b_addr) = node("site-b", "correct horse battery staple", "site-a");
+    let proxy = FaultProxy::start("127.0.0.1:0", &b_addr).unwrap();
+    for v in ["v1", "v2"] {
+        a.ok(&["volume", "create", v, "--size", "32M"]);
+        b.ok(&["volume", "create", v, "--size", "32M"]);
+        a.export_nbd(v);
+        b.export_nbd(v);
+        fill(&a, v, 32 << 20, v.len() as u64 + 1);
+    }
+    // Refusals with clear errors.
+    let e = a.cli(&[
+        "repl",
+        "enable",
+        "x",
+        "--local",
+        "v1",
+        "--peer",
+        &proxy.addr,
+        "--remote",
+        "nope",
+        "--mode",
+        "hybrid",
+    ]);
+    assert!(!e.status.success());
+    assert!(String::from_utf8_lossy(&e.stderr).contains("nope"), "{e:?}");
+    for v in ["v1", "v2"] {
+        a.ok(&[
+            "repl",
+            "enable",
+            v,
+            "--local",
+            v,
+            "--peer",
+            &proxy.addr,
+            "--remote",
+            v,
+            "--mode",
+            "hybrid",
+            "--group",
+            "g",
+            "--timeout",
+            "2s",
+        ]);
+    }
+    assert_eq!(info(&a, "v1")["state"], "logging");
+    assert_eq!(info(&b, "v1")["role"], "secondary");
+    // The secondary refuses client writes (EPERM).
+    let mut c = NbdClient::connect(&b.addr_of("v1"), "v1");
+    assert_eq!(c.write(0, &[1; 4096], 0), libc::EPERM as u32);
+    c.disconnect();
+    // Full initial sync of the group, then replication of new writes.
+    a.ok(&["repl", "sync", "v1", "--wait", "--timeout", "120"]);
+    settle(&a, "v2");
+    for v in ["v1", "v2"] {
+        assert_eq!(
+            sha(&a.uri_of(v)),
+            sha(&b.uri_of(v)),
+            "{v} after the initial sync"
+        );
+    }
+    scribble(&a.addr_of("v1"), "v1", 500, 7);
+    settle(&a, "v1");
+    assert_eq!(sha(&a.uri_of("v1")), sha(&b.uri_of("v1")));
+    assert_eq!(
+        b.json(&["image", "list"]).as_array().unwrap().len(),
+        0,
+        "safety snapshot dropped after the sync"
+    );
+
+    // `repl log` on one set suspends the whole group; writes are logged.
+    a.ok(&["repl", "log", "v1"]);
+    assert_eq!(info(&a, "v2")["state"], "logging");
+    let before = sha(&b.uri_of("v1"));
+    fill(&a, "v1", 32 << 20, 99);
+    assert!(info(&a, "v1")["out_of_sync_bytes"].as_u64().unwrap() > 16 << 20);
+    // An update sync that the network cuts halfway: the secondary's
+    // safety snapshot still holds its consistent pre-sync image.
+    proxy.set_delay(Duration::from_millis(30));
+    a.ok(&["repl", "sync", "v1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while info(&a, "v1")["sync_done_bytes"].as_u64().unwrap_or(0) < 1 << 20 {
+        assert!(Instant::now() < deadline, "sync made no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proxy.set_fault(Fault::Partition);
+    proxy.drop_connections();
+    wait_state(&a, "v1", "need sync", 30);
+    let snaps = b.json(&["image", "list"]);
+    let snap = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["master"] == "v1")
+        .expect("safety snapshot on the secondary");
+    let snap_vol = snap["shadow"].as_str().unwrap().to_owned();
+    b.export_nbd(&snap_vol);
+    assert_eq!(
+        sha(&b.uri_of(&snap_vol)),
+        before,
+        "the safety snapshot is the pre-sync image"
+    );
+    b.ok(&["export", "remove", &snap_vol]);
+    // The network heals: autosync finishes the job by itself.
+    proxy.set_delay(Duration::ZERO);
+    proxy.set_fault(Fault::Pass);
+    wait_state(&a, "v1", "replicating", 60);
+    settle(&a, "v1");
+    assert_eq!(sha(&a.uri_of("v1")), sha(&b.uri_of("v1")));
+    assert_eq!(b.json(&["image", "list"]).as_array().unwrap().len(), 0);
+
+    // Swap roles: B becomes the primary, A refuses writes; then back.
+    a.ok(&["repl", "swap", "v1"]);
+    assert_eq!(info(&a, "v1")["role"], "secondary");
+    assert_eq!(info(&b, "v2")["role"], "primary");
+    wait_state(&b, "v1", "replicating", 30);
+    scribble(&b.addr_of("v2"), "v2", 300, 9);
+    settle(&b, "v2");
+    let mut c = NbdClient::connect(&a.addr_of("v2"), "v2");
+    assert_eq!(c.write(0, &[1; 4096], 0), libc::EPERM as u32);
+    c.disconnect();
+    assert_eq!(sha(&a.uri_of("v2")), sha(&b.uri_of("v2")));
+    b.ok(&["repl", "swap", "v2"]);
+    wait_state(&a, "v1", "replicating", 30);
+
+    // Both daemons restart cleanly; the sets come back and reconnect.
+    let (mut a, mut b) = (a, b);
+    b.stop();
+    a.stop();
+    b.spawn();
+    a.spawn();
+    wait_state(&a, "v1", "replicating", 60);
+    scribble(&a.addr_of("v1"), "v1", 100, 3);
+    settle(&a, "v1");
+    assert_eq!(sha(&a.uri_of("v1")), sha(&b.uri_of("v1")));
+    let _ = a_addr;
+    a.ok(&["repl", "disable", "v1"]);
+    a.ok(&["repl", "disable", "v2"]);
+    assert_eq!(b.json(&["repl", "list"]).as_array().unwrap().len(), 0);
+    let mut c = NbdClient::connect(&b.addr_of("v1"), "v1");
+    assert_eq!(
+        c.write(0, &[1; 4096], 0),
+        0,
+        "a former secondary takes writes"
+    );
+    c.disconnect();
+    proxy.stop();
+}
+
+#[test]
+fn link_faults_through_the_proxy_end_byte_identical() {
+    require_tool("nbdcopy");
+    require_tool("fio");
+    let (a, _) = node("a", "0123456789abcdef0123", "b");
+    let (b, b_addr) = node("b", "0123456789abcdef0123", "a");
+    let proxy = FaultProxy::start("127.0.0.1:0", &b_addr).unwrap();
+    a.ok(&["volume", "create", "v", "--size", "64M"]);
+    b.ok(&["volume", "create", "v", "--size", "64M"]);
+    let uri = a.export_nbd("v");
+    b.export_nbd("v");
+    a.ok(&[
+        "repl",
+        "enable",
+        "s",
+        "--local",
+        "v",
+        "--peer",
+        &proxy.addr,
+        "--remote",
+        "v",
+        "--mode",
+        "hybrid",
+        "--no-sync",
+        "--timeout",
+        "1500ms",
+    ]);
+    wait_state(&a, "s", "replicating", 10);
+    let mut fio = fio_load(&uri, "0", "64M", &[]);
+    let faults: [(&str, Box<dyn Fn()>); 4] = [
+        ("drop", Box::new(|| proxy.drop_connections())),
+        ("stall", Box::new(|| proxy.set_fault(Fault::Stall))),
+        (
+            "partition",
+            Box::new(|| {
+                proxy.set_fault(Fault::Partition);
+                proxy.drop_connections();
+            }),
+        ),
+        (
+            "delay",
+            Box::new(|| proxy.set_delay(Duration::from_millis(5))),
+        ),
+    ];
+    for (what, fault) in faults.iter() {
+        std::thread::sleep(Duration::from_millis(700));
+        let connects = info(&a, "s")["connects"].as_u64().unwrap();
+        fault();
+        // Longer than the peer timeout: a stall is noticed too.
+        std::thread::sleep(Duration::from_millis(2500));
+        if *what != "delay" {
+            let v = info(&a, "s");
+            assert!(
+                v["state"] != "replicating" || v["connects"].as_u64().unwrap() > connects,
+                "{what}: the link loss was noticed: {v}"
+            );
+        }
+        proxy.set_fault(Fault::Pass);
+        proxy.set_delay(Duration::ZERO);
+        wait_state(&a, "s", "replicating", 60);
+    }
+    let _ = fio.kill();
+    let _ = fio.wait();
+    settle(&a, "s");
+    assert_eq!(
+        sha(&uri),
+        sha(&b.uri_of("v")),
+        "byte-identical after the faults"
+    );
+    assert!(info(&a, "s")["connects"].as_u64().unwrap() >= 4);
+    proxy.stop();
+}
+
+#[test]
+fn kill9_of_the_primary_under_load_needs_only_an_update_sync() {
+    require_tool("nbdcopy");
+    require_tool("fio");
+    let (mut a, _) = node("a", "kill-nine-secret-value", "b");
+    let (b, b_addr) = node("b", "kill-nine-secret-value", "a");
+    a.ok(&["volume", "create", "v", "--size", "64M"]);
+    b.ok(&["volume", "create", "v", "--size", "64M"]);
+    let uri = a.export_nbd("v");
+    b.export_nbd("v");
+    a.ok(&[
+        "repl",
+        "enable",
+        "s",
+        "--local",
+        "v",
+        "--peer",
+        &b_addr,
+        "--remote",
+        "v",
+        "--mode",
+        "async",
+        "--no-sync",
+    ]);
+    wait_state(&a, "s", "replicating", 10);
+    // fio writes into the first 4 MiB only: at most 64 of 1024 chunks.
+    let mut fio = fio_load(&uri, "0", "4M", &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    a.kill9();
+    let _ = fio.kill();
+    let _ = fio.wait();
+    a.spawn();
+    // Autosync: an update sync moves only the chunks the scoreboard holds.
+    wait_state(&a, "s", "replicating", 60);
+    settle(&a, "s");
+    let v = info(&a, "s");
+    let moved = v["synced_chunks_total"].as_u64().unwrap();
+    assert!(
+        moved <= 64,
+        "the update sync moved {moved} chunks, not only the changed ones"
+    );
+    assert_eq!(sha(&a.uri_of("v")), sha(&b.uri_of("v")));
+}
+
+#[test]
+fn sync_mode_without_peer_fails_writes_or_logs_by_policy() {
+    let (a, _) = node("a", "sync-mode-secret-0000", "b");
+    let (mut b, b_addr) = node("b", "sync-mode-secret-0000", "a");
+    for v in ["f", "l"] {
+        a.ok(&["volume", "create", v, "--size", "16M"]);
+        b.ok(&["volume", "create", v, "--size", "16M"]);
+        a.export_nbd(v);
+    }
+    a.ok(&[
+        "repl",
+        "enable",
+        "f",
+        "--local",
+        "f",
+        "--peer",
+        &b_addr,
+        "--remote",
+        "f",
+        "--mode",
+        "sync",
+        "--no-sync",
+        "--on-peer-loss",
+        "fail",
+        "--timeout",
+        "2s",
+    ]);
+    a.ok(&[
+        "repl",
+        "enable",
+        "l",
+        "--local",
+        "l",
+        "--peer",
+        &b_addr,
+        "--remote",
+        "l",
+        "--mode",
+        "sync",
+        "--no-sync",
+        "--timeout",
+        "2s",
+    ]);
+    let mut cf = NbdClient::connect(&a.addr_of("f"), "f");
+    let mut cl = NbdClient::connect(&a.addr_of("l"), "l");
+    assert_eq!(cf.write(0, &[1; 4096], 1), 0);
+    assert_eq!(cl.write(0, &[1; 4096], 1), 0);
+    b.kill9();
+    let t = Instant::now();
+    let mut err = 0;
+    while err == 0 && t.elapsed() < Duration::from_secs(15) {
+        err = cf.write(4096, &[2; 4096], 0);
+    }
+    assert_eq!(err, libc::EIO as u32, "policy fail: EIO");
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "EIO within the timeout ({:?})",
+        t.elapsed()
+    );
+    for i in 0..20u64 {
+        assert_eq!(
+            cl.write(i * 65536, &[3; 4096], 0),
+            0,
+            "policy log: writes go on"
+        );
+    }
+    let v = info(&a, "l");
+    assert_eq!(v["state"], "logging");
+    assert!(
+        v["out_of_sync_bytes"].as_u64().unwrap() >= 20 * 65536,
+        "{v}"
+    );
+    // The peer returns: both resync by themselves; writes work again.
+    b.spawn();
+    wait_state(&a, "f", "replicating", 60);
+    wait_state(&a, "l", "replicating", 60);
+    assert_eq!(cf.write(4096, &[4; 4096], 0), 0);
+    settle(&a, "l");
+    assert_eq!(info(&a, "l")["out_of_sync_bytes"], 0);
+}
+
+#[test]
+fn bad_peers_are_refused_and_the_daemon_stays_up() {
+    use std::io::{Read, Write};
+    use umbra::services::repl::wire::{self, FrameType};
+    let (mut b, b_addr) = node("b", "the-right-secret-123", "a");
+    let (c, _) = node("a", "a-wrong-secret-12345", "b");
+    c.ok(&["volume", "create", "v", "--size", "1M"]);
+    b.ok(&["volume", "create", "v", "--size", "1M"]);
+    let out = c.cli(&[
+        "repl", "enable", "s", "--local", "v", "--peer", &b_addr, "--remote", "v", "--mode", "sync",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("secret") || err.contains("refused"), "{err}");
+    // An unknown node name.
+    let (u, _) = node("stranger", "the-right-secret-123", "b");
+    u.ok(&["volume", "create", "v", "--size", "1M"]);
+    let out = u.cli(&[
+        "repl", "enable", "s", "--local", "v", "--peer", &b_addr, "--remote", "v", "--mode", "sync",
+    ]);
+    assert!(!out.status.success());
+    // Garbage bytes, a frame with a future version, a bad checksum.
+    let mut hello_v9 = Vec::new();
+    wire::write_frame(&mut hello_v9, FrameType::Hello, &[9, 9, 1, b'x']).unwrap();
+    hello_v9[4] = 9;
+    let mut bad_crc = Vec::new();
+    wire::write_frame(&mut bad_crc, FrameType::Hello, &[1, 1, 1, b'x']).unwrap();
+    bad_crc[12] ^= 0xff;
+    for junk in [
+        b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+        vec![0u8; 4096],
+        hello_v9,
+        bad_crc,
+    ] {
+        let mut s = std::net::TcpStream::connect(&b_addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(&junk);
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf); // the daemon closes the connection
+    }
+    assert!(b.alive(), "the daemon survived bad peers");
+    assert_eq!(
+        b.json(&["repl", "list"]).as_array().unwrap().len(),
+        0,
+        "nothing was created"
+    );
+    b.ok(&["status"]);
+}
+
+/// Two daemons in two network namespaces joined by a veth pair, managed
+/// with the CLI only (their admin sockets are files, reachable from here).
+#[test]
+fn two_hosts_in_network_namespaces() {
+    require_root();
+    require_tool("ip");
+    require_tool("nbdcopy");
+    let tag = std::process::id() % 100_000;
+    let (na, nb) = (format!("umA{tag}"), format!("umB{tag}"));
+    let cleanup = |na: &str, nb: &str| {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", na])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", nb])
+            .status();
+    };
+    cleanup(&na, &nb);
+    sh(&format!(
+        "ip netns add {na} && ip netns add {nb} && \
+         ip link add va{tag} netns {na} type veth peer name vb{tag} netns {nb} && \
+         ip -n {na} addr add 10.77.0.1/24 dev va{tag} && ip -n {nb} addr add 10.77.0.2/24 dev vb{tag} && \
+         ip -n {na} link set va{tag} up && ip -n {nb} link set vb{tag} up && \
+         ip -n {na} link set lo up && ip -n {nb} link set lo up && echo ok"
+    ));
+    let _guard = scopeguard(move || cleanup(&na.clone(), &nb.clone()));
+    let ns_a = format!("umA{tag}");
+    let ns_b = format!("umB{tag}");
+    let a = Daemon::start_in_netns(&ns_a);
+    let b = Daemon::start_in_netns(&ns_b);
+    let key = a.dir.path().join("k");
+    std::fs::write(&key, "namespace-secret-0123456789").unwrap();
+    a.ok(&["repl", "setup", "--node", "a", "--listen", "10.77.0.1:7800"]);
+    b.ok(&["repl", "setup", "--node", "b", "--listen", "10.77.0.2:7800"]);
+    a.ok(&[
+        "repl",
+        "peer",
+        "add",
+        "b",
+        "--secret-file",
+        key.to_str().unwrap(),
+    ]);
+    b.ok(&[
+        "repl",
+        "peer",
+        "add",
+        "a",
+        "--secret-file",
+        key.to_str().unwrap(),
+    ]);
+    a.ok(&["volume", "create", "v", "--size", "16M"]);
+    b.ok(&["volume", "create", "v", "--size", "16M"]);
+    a.ok(&["export", "nbd", "v", "--listen", "127.0.0.1:10809"]);
+    b.ok(&["export", "nbd", "v", "--listen", "127.0.0.1:10809"]);
+    let src = a.dir.path().join("src.raw");
+    write_random_file(&src, 16 << 20, 42);
+    sh(&format!(
+        "ip netns exec {ns_a} nbdcopy {} nbd://127.0.0.1:10809/v",
+        src.display()
+    ));
+    a.ok(&[
+        "repl",
+        "enable",
+        "s",
+        "--local",
+        "v",
+        "--peer",
+        "10.77.0.2:7800",
+        "--remote",
+        "v",
+        "--mode",
+        "hybrid",
+    ]);
+    a.ok(&["repl", "sync", "s", "--wait", "--timeout", "120"]);
+    settle(&a, "s");
+    let sa = sh(&format!(
+        "ip netns exec {ns_a} nbdcopy nbd://127.0.0.1:10809/v - | sha256sum"
+    ));
+    let sb = sh(&format!(
+        "ip netns exec {ns_b} nbdcopy nbd://127.0.0.1:10809/v - | sha256sum"
+    ));
+    assert_eq!(sa, sb);
+    assert_eq!(sa, sh(&format!("sha256sum < {}", src.display())));
+}
+
+struct Guard<F: FnMut()>(F);
+impl<F: FnMut()> Drop for Guard<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+fn scopeguard<F: FnMut()>(f: F) -> Guard<F> {
+    Guard(f)
+}
