@@ -237,6 +237,9 @@ fn repl_lifecycle_group_safety_snapshot_swap_and_restart() {
     proxy.stop();
 }
 
+/// A named fault to inject through the proxy.
+type Injected<'a> = (&'static str, Box<dyn Fn() + 'a>);
+
 #[test]
 fn link_faults_through_the_proxy_end_byte_identical() {
     require_tool("nbdcopy");
@@ -266,7 +269,7 @@ fn link_faults_through_the_proxy_end_byte_identical() {
     ]);
     wait_state(&a, "s", "replicating", 10);
     let mut fio = fio_load(&uri, "0", "64M", &[]);
-    let faults: [(&str, Box<dyn Fn()>); 4] = [
+    let faults: [Injected; 4] = [
         ("drop", Box::new(|| proxy.drop_connections())),
         ("stall", Box::new(|| proxy.set_fault(Fault::Stall))),
         (

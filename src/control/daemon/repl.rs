@@ -1391,7 +1391,7 @@ impl Daemon {
     }
 
     fn serve_peer_link(&self, peer: &str, req: &Value, mut stream: TcpStream) {
-        let r: Result<(String, Mode, Vec<Option<Arc<SecondarySet>>>, Duration), String> = (|| {
+        let r: Result<LinkRequest, String> = (|| {
             let group = req["group"].as_str().ok_or("link: no group")?.to_owned();
             let mode: Mode = serde_json::from_value(req["mode"].clone())
                 .map_err(|e| format!("link: mode: {e}"))?;
@@ -1426,8 +1426,7 @@ impl Daemon {
                 sets[id] = Some(s);
             }
             Ok((group, mode, sets, Duration::from_millis(timeout)))
-        })(
-        );
+        })();
         let (group, mode, sets, timeout) = match r {
             Ok(x) => x,
             Err(e) => {
@@ -1645,3 +1644,6 @@ struct CreateReq {
     #[serde(default)]
     timeout_ms: Option<u64>,
 }
+
+/// A validated `link` request: group, mode, sets by id, peer timeout.
+type LinkRequest = (String, Mode, Vec<Option<Arc<SecondarySet>>>, Duration);

@@ -115,6 +115,10 @@ pub struct Link {
     pub peer_node: Mutex<Option<String>>,
 }
 
+/// What the sender copies out of an item: set id, seq, group, offset,
+/// length, flags, data.
+type Outgoing = (u32, u64, u64, u64, u32, u32, Option<Arc<Vec<u8>>>);
+
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
 const SEND_BATCH: usize = 128;
 
@@ -375,8 +379,7 @@ impl Link {
 
     fn sender(self: Arc<Self>, epoch: u64, stream: TcpStream) {
         let mut w = BufWriter::with_capacity(1 << 20, stream);
-        let mut batch: Vec<(u32, u64, u64, u64, u32, u32, Option<Arc<Vec<u8>>>)> =
-            Vec::with_capacity(SEND_BATCH);
+        let mut batch: Vec<Outgoing> = Vec::with_capacity(SEND_BATCH);
         loop {
             let mut heartbeat = false;
             {

@@ -15,6 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Bytes read from one side, with when they were read.
+type Chunk = (Instant, Vec<u8>);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// Forward everything (after the configured delay).
@@ -115,8 +118,7 @@ impl FaultProxy {
         let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
             return;
         };
-        let (tx, rx): (Sender<(Instant, Vec<u8>)>, Receiver<(Instant, Vec<u8>)>) =
-            crossbeam_channel::unbounded();
+        let (tx, rx): (Sender<Chunk>, Receiver<Chunk>) = crossbeam_channel::unbounded();
         let me = self.clone();
         let _ = std::thread::Builder::new()
             .name("fault-proxy-rd".into())

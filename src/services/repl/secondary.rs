@@ -401,8 +401,7 @@ fn apply_ordered(
     loop {
         // Start what may start: writes of the current group go at once; a
         // later group waits until the current one is applied.
-        loop {
-            let Some((_, w)) = held.front() else { break };
+        while let Some((_, w)) = held.front() {
             let g = w.group;
             if current == Some(g) {
                 let (set, w) = held.pop_front().expect("front");
