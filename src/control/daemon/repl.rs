@@ -910,7 +910,7 @@ impl Daemon {
                 v["reached"] = json!(reached);
                 return Ok(v);
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 

@@ -133,23 +133,21 @@ impl Listener {
     ) -> Result<Listener, String> {
         let l = TcpListener::bind(addr).map_err(|e| format!("replication listener {addr}: {e}"))?;
         let bound = l.local_addr().map_err(|e| e.to_string())?.to_string();
-        l.set_nonblocking(true).map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("repl-listen".into())
             .spawn(move || {
+                // Blocking accept; `stop` wakes it with a connection of its own.
                 while !stop2.load(Ordering::SeqCst) {
                     match l.accept() {
+                        Ok(_) if stop2.load(Ordering::SeqCst) => return,
                         Ok((s, from)) => {
                             let ctx = ctx.clone();
                             let handler = handler.clone();
                             let _ = std::thread::Builder::new()
                                 .name("repl-peer".into())
                                 .spawn(move || serve_peer(ctx, s, from.to_string(), handler));
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(50));
                         }
                         Err(e) => {
                             log::warn!("replication listener: accept: {e}");
@@ -169,6 +167,14 @@ impl Listener {
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
+            let wake = self
+                .addr
+                .replace("0.0.0.0", "127.0.0.1")
+                .replace("[::]", "[::1]");
+            let _ = TcpStream::connect_timeout(
+                &wake.parse().expect("a bound socket address"),
+                Duration::from_secs(1),
+            );
             let _ = t.join();
         }
     }

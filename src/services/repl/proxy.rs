@@ -109,7 +109,7 @@ impl FaultProxy {
                     self.pump(&client, &server);
                     self.pump(&server, &client);
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
         }
     }

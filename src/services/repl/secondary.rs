@@ -399,34 +399,51 @@ fn apply_ordered(
     let mut needs_flush = false;
     let mut input_open = true;
     loop {
-        // Start what may start: writes of the current group go at once; a
-        // later group waits until the current one is applied.
+        if input_open {
+            while let Ok(item) = in_rx.try_recv() {
+                held.push_back(item);
+            }
+        }
+        // Start what may start: writes of the current group go at once
+        // (all but one to the workers, the last applied right here, which
+        // spares a thread hand-off for one-write groups); a later group
+        // waits until the current one is applied.
         while let Some((_, w)) = held.front() {
             let g = w.group;
             if current == Some(g) {
-                let (set, w) = held.pop_front().expect("front");
-                last_seq = last_seq.max(w.seq);
-                if w.flags & wire::WRITE_FLUSH != 0 {
-                    needs_flush = true;
-                    continue;
+                let mut run = Vec::new();
+                while held.front().is_some_and(|(_, w)| w.group == g) {
+                    let (set, w) = held.pop_front().expect("front");
+                    last_seq = last_seq.max(w.seq);
+                    if w.flags & wire::WRITE_FLUSH != 0 {
+                        needs_flush = true;
+                    } else {
+                        run.push((set, w));
+                    }
                 }
-                outstanding += 1;
-                job_tx
-                    .send((set, w))
-                    .map_err(|_| "workers stopped".to_string())?;
+                if let Some((set, w)) = run.pop() {
+                    for item in run {
+                        outstanding += 1;
+                        job_tx
+                            .send(item)
+                            .map_err(|_| "workers stopped".to_string())?;
+                    }
+                    set.apply(&w)
+                        .map_err(|e| format!("set {}: applying write {}: {e}", set.name, w.seq))?;
+                }
                 continue;
             }
             if outstanding > 0 {
                 break;
             }
-            finish(writer, sets, &mut needs_flush, last_seq, &mut acked)?;
+            finish(writer, sets, &mut needs_flush, last_seq, &mut acked, false)?;
             current = Some(g);
         }
         if outstanding == 0 && held.is_empty() {
             // Everything received is applied: acknowledge it (the group may
             // still grow; acknowledgements are by sequence, not by group).
             if acked < last_seq || needs_flush {
-                finish(writer, sets, &mut needs_flush, last_seq, &mut acked)?;
+                finish(writer, sets, &mut needs_flush, last_seq, &mut acked, true)?;
             }
             if !input_open {
                 return Ok(());
@@ -461,14 +478,20 @@ fn apply_ordered(
     }
 }
 
+/// Acknowledge at least every this many writes while more are queued.
+const ACK_EVERY: u64 = 256;
+
 /// The current group is applied: flush when it carried a flush, then
-/// acknowledge everything up to `last_seq`.
+/// acknowledge everything up to `last_seq` (at once when `now`, else only
+/// every `ACK_EVERY` writes: while writes keep arriving one cumulative ACK
+/// covers many groups).
 fn finish(
     writer: &AckWriter,
     sets: &[Arc<SecondarySet>],
     needs_flush: &mut bool,
     last_seq: u64,
     acked: &mut u64,
+    now: bool,
 ) -> std::result::Result<(), String> {
     if *needs_flush {
         for s in sets {
@@ -477,7 +500,7 @@ fn finish(
         }
         *needs_flush = false;
     }
-    if last_seq > *acked {
+    if last_seq > *acked && (now || last_seq - *acked >= ACK_EVERY) {
         *acked = last_seq;
         // The primary may be gone; the link's reader notices.
         let _ = send(

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Replication benchmark, two daemons on loopback in one run:
+#  1. 4 KiB random writes at QD32 through the primary's NBD export (fio's
+#     nbd engine), RUNTIME seconds each: unreplicated, then sync, async and
+#     hybrid sets, each with 0 ms and 1 ms one-way delay injected by
+#     `umbra fault-proxy` between the daemons; IOPS, p50/p99 completion
+#     latency, ratios to unreplicated;
+#  2. an update sync after 1% of a 4 GiB volume changed (as 64 KiB chunks),
+#     next to sending the same bytes over a plain loopback TCP socket.
+#
+#   tools/bench-repl.sh
+#   RUNTIME=10 BENCH_DIR=/var/tmp tools/bench-repl.sh
+set -euo pipefail
+
+BENCH_DIR=${BENCH_DIR:-/dev/shm}
+RUNTIME=${RUNTIME:-5}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mktemp -d "$BENCH_DIR/umbra-repl-bench.XXXXXX")
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -n "${KEEP_LOGS:-}" ] && cp "$WORK"/*.log "$KEEP_LOGS"/
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+command -v fio >/dev/null || { echo "bench-repl: fio is not installed" >&2; exit 1; }
+
+cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+UMBRA=$ROOT/target/release/umbra
+start() { # name
+  UMBRA_DATA_DIR=$WORK/$1 UMBRA_DEFAULT_LISTEN=127.0.0.1:0 RUST_LOG=${RUST_LOG:-warn} \
+    "$UMBRA" serve >/dev/null 2>"$WORK/$1.log" &
+  PIDS+=($!)
+  for _ in $(seq 100); do [ -S "$WORK/$1/umbra.sock" ] && break; sleep 0.1; done
+}
+A() { UMBRA_SOCKET=$WORK/a/umbra.sock "$UMBRA" "$@"; }
+B() { UMBRA_SOCKET=$WORK/b/umbra.sock "$UMBRA" "$@"; }
+field() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
+uri_of() { A export list --json | python3 -c "import json,sys; print([e['uri'] for e in json.load(sys.stdin) if e['volume']=='$1'][0])"; }
+
+start a; start b
+head -c 32 /dev/urandom | base64 >"$WORK/key"
+A repl setup --node a --listen 127.0.0.1:0 >/dev/null
+B repl setup --node b --listen 127.0.0.1:0 >/dev/null
+A repl peer add b --secret-file "$WORK/key" >/dev/null
+B repl peer add a --secret-file "$WORK/key" >/dev/null
+B_ADDR=$(B repl status --json | field '["listen"]')
+PROXY_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$UMBRA" fault-proxy --listen "127.0.0.1:$PROXY_PORT" --to "$B_ADDR" --delay-us 1000 >/dev/null &
+PIDS+=($!)
+sleep 0.3
+
+run_fio() { # uri -> "iops p50_us p99_us"
+  fio --name=b --ioengine=nbd --uri="$1" --rw=randwrite --bs=4k --iodepth=32 \
+      --size=256M --time_based --runtime="$RUNTIME" --ramp_time=1 --output-format=json 2>/dev/null |
+    python3 -c '
+import json,sys
+t=sys.stdin.read(); w=json.loads(t[t.index("{"):])["jobs"][0]["write"]
+p=w["clat_ns"]["percentile"]
+print(round(w["iops"]), round(p["50.000000"]/1000), round(p["99.000000"]/1000))'
+}
+
+if [ "${ONLY:-}" != sync ]; then
+echo "== 4k randwrite QD32, ${RUNTIME}s per run (IOPS, p50/p99 latency in µs)"
+n=0
+RESULTS=$WORK/results
+: >"$RESULTS"
+for mode in none sync async hybrid; do
+  for delay in 0 1; do
+    [ "$mode" = none ] && [ "$delay" = 1 ] && continue
+    n=$((n + 1)); v="v$n"
+    A volume create "$v" --size 256M >/dev/null
+    B volume create "$v" --size 256M >/dev/null
+    A export nbd "$v" --listen 127.0.0.1:0 >/dev/null
+    if [ "$mode" != none ]; then
+      peer=$B_ADDR; [ "$delay" = 1 ] && peer=127.0.0.1:$PROXY_PORT
+      A repl enable "$v" --local "$v" --peer "$peer" --remote "$v" --mode "$mode" --no-sync >/dev/null
+      A repl wait "$v" --timeout 30 >/dev/null
+    fi
+    read -r iops p50 p99 <<<"$(run_fio "$(uri_of "$v")")"
+    echo "$mode $delay $iops $p50 $p99" >>"$RESULTS"
+    printf "  %-7s %sms  %7s IOPS  p50 %6s µs  p99 %7s µs\n" "$mode" "$delay" "$iops" "$p50" "$p99"
+    [ "$mode" != none ] && A repl disable "$v" >/dev/null
+  done
+done
+python3 - "$RESULTS" <<'PY'
+import sys
+r = {}
+for line in open(sys.argv[1]):
+    m, d, iops, p50, p99 = line.split()
+    r[(m, int(d))] = (int(iops), int(p50), int(p99))
+base = r[("none", 0)][0]
+for m in ("sync", "async", "hybrid"):
+    for d in (0, 1):
+        print(f"  {m:7} {d}ms: {r[(m, d)][0] / base:.2f}x unreplicated IOPS")
+h, a, s = r[("hybrid", 1)][1], r[("async", 1)][1], r[("sync", 1)][1]
+print(f"  at 1 ms: hybrid p50 {h} µs = {h / a:.2f}x async's, sync's is {s / h:.1f}x hybrid's")
+PY
+fi
+
+echo "== update sync after 1% of a 4 GiB volume changed"
+A volume create big --size 4G >/dev/null
+B volume create big --size 4G >/dev/null
+A export nbd big --listen 127.0.0.1:0 >/dev/null
+A repl enable big --local big --peer "$B_ADDR" --remote big --mode hybrid --no-sync >/dev/null
+A repl wait big --timeout 30 >/dev/null
+A repl log big >/dev/null
+CHUNKS=$((4096 * 16 / 100))  # 1% of 65536 chunks of 64 KiB
+fio --name=c --ioengine=nbd --uri="$(uri_of big)" --rw=randwrite --bs=64k --iodepth=16 \
+    --size=4G --number_ios="$CHUNKS" --norandommap=0 --randrepeat=0 >/dev/null 2>&1
+oos=$(A repl info big --json | field '["out_of_sync_bytes"]')
+t0=$(date +%s%N)
+A repl sync big --wait --timeout 600 >/dev/null
+t1=$(date +%s%N)
+moved=$(A repl info big --json | field '["sync_done_bytes"]')
+sync_ms=$(python3 -c "print(round(($t1-$t0)/1e6, 1))")
+send_ms=$(python3 - "$oos" <<'PY'
+import socket, sys, threading, time
+n = int(sys.argv[1]); buf = b"\0" * (1 << 20)
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+def sink():
+    c, _ = srv.accept(); got = 0
+    while got < n:
+        d = c.recv(1 << 20)
+        if not d: break
+        got += len(d)
+    c.sendall(b"k")
+t = threading.Thread(target=sink); t.start()
+s = socket.create_connection(srv.getsockname()); t0 = time.time(); left = n
+while left > 0:
+    k = min(left, len(buf)); s.sendall(buf[:k]); left -= k
+s.recv(1); t1 = time.time(); t.join()
+print(round((t1 - t0) * 1000, 1))
+PY
+)
+echo "  out of sync: $oos bytes; the sync moved $moved bytes in $sync_ms ms (CLI to replicating)"
+echo "  sending $oos bytes over a loopback socket: $send_ms ms; ratio $(python3 -c "print(round($sync_ms/$send_ms, 2))")x"
