@@ -246,8 +246,13 @@ impl ReplSet {
                 self.count_inflight(chunks, false);
                 return Err(self.peer_lost_error());
             }
+            // Out of sync before the data changes: a resync that starts
+            // meanwhile waits for this write and then copies the chunk.
+            for c in chunks.clone() {
+                self.scoreboard.set_oos(c);
+            }
             let r = local();
-            self.scoreboard.end(offset, len, false);
+            self.scoreboard.end(offset, len, true);
             self.count_inflight(chunks, false);
             return r;
         }
