@@ -298,6 +298,17 @@ impl Scoreboard {
         Ok(())
     }
 
+    /// Whether every chunk of the range has its bit durable already (a
+    /// write there waits for no metadata commit).
+    pub fn is_durable(&self, offset: u64, len: u64) -> bool {
+        let durable = self.durable_gen.load(Ordering::SeqCst);
+        self.chunk_range(offset, len).all(|c| {
+            self.disk.get(c)
+                && self.page_gen[(c / 64 / WORDS_PER_PAGE) as usize].load(Ordering::SeqCst)
+                    <= durable
+        })
+    }
+
     /// The write ended: acknowledged by the peer (`in_sync`) or not (the
     /// chunk is now out of sync).
     pub fn end(&self, offset: u64, len: u64, in_sync: bool) {

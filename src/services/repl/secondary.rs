@@ -20,9 +20,9 @@ use super::wire::{self, FrameType, WireError, WriteFrame};
 use super::Mode;
 use crate::device::{BlockDevice, DeviceError, Result};
 use crate::interposer::Service;
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -273,39 +273,31 @@ pub fn serve_link(
         );
     }
     drop(done_tx);
-    let (in_tx, in_rx) = crossbeam_channel::bounded::<(Arc<SecondarySet>, WriteFrame)>(4096);
-    let ordered = mode != Mode::Sync;
-    let applier = {
-        let writer = writer.clone();
-        let job_tx = job_tx.clone();
-        let sets2: Vec<Arc<SecondarySet>> = sets.iter().flatten().cloned().collect();
-        let conn = stream.try_clone();
-        std::thread::Builder::new()
-            .name("repl-applier".into())
-            .spawn(move || {
-                let r = if ordered {
-                    apply_ordered(in_rx, job_tx, done_rx, &writer, &sets2)
-                } else {
-                    drop(job_tx);
-                    // Sync mode: workers acknowledge; just watch for errors.
-                    done_rx
-                        .into_iter()
-                        .find_map(|(_, r)| r.err())
-                        .map_or(Ok(()), Err)
-                };
-                if let Err(e) = &r {
-                    // Tell the primary, and end the reader's wait.
-                    let _ = send(&writer, FrameType::Error, e.as_bytes());
-                    if let Ok(c) = &conn {
-                        let _ = c.shutdown(Shutdown::Both);
-                    }
-                }
-                r
-            })
-            .expect("spawn the applier")
+    let sets_all: Vec<Arc<SecondarySet>> = sets.iter().flatten().cloned().collect();
+    let mut ordered = Ordered {
+        job_tx: &job_tx,
+        done_rx: &done_rx,
+        writer: &writer,
+        sets: &sets_all,
+        current: None,
+        outstanding: 0,
+        last_seq: 0,
+        acked: 0,
+        needs_flush: false,
+        // Async: every write is its own group; nothing to overlap.
+        inline_only: mode == Mode::Async,
     };
+    let is_ordered = mode != Mode::Sync;
     let mut reader = BufReader::with_capacity(1 << 20, &stream);
     let reason = loop {
+        // About to wait for the socket: finish and acknowledge what was
+        // received, or the primary would wait for us while we wait for it.
+        if is_ordered && reader.buffer().is_empty() {
+            if let Err(e) = ordered.idle() {
+                let _ = send(&writer, FrameType::Error, e.as_bytes());
+                break e;
+            }
+        }
         let f = match wire::read_frame(&mut reader) {
             Ok(f) => f,
             Err(WireError::Io(e))
@@ -353,19 +345,28 @@ pub fn serve_link(
             let _ = send(&writer, FrameType::Error, m.as_bytes());
             break m;
         }
-        let r = if ordered {
-            in_tx.send((set, w)).map_err(|_| ())
+        let r = if is_ordered {
+            let more = !reader.buffer().is_empty();
+            ordered.write(set, w, more)
         } else {
-            job_tx.send((set, w)).map_err(|_| ())
+            job_tx
+                .send((set, w))
+                .map_err(|_| "the workers stopped".to_string())
+                .and_then(|()| reap(&done_rx, &mut 0))
         };
-        if r.is_err() {
-            break "the applier stopped".into();
+        if let Err(e) = r {
+            let _ = send(&writer, FrameType::Error, e.as_bytes());
+            break e;
         }
     };
-    // Stop: nothing more is dispatched; what workers hold completes.
-    drop(in_tx);
+    // Stop: nothing more is dispatched (later groups were never read);
+    // what the workers hold completes.
+    let applied = if is_ordered {
+        ordered.wait_all()
+    } else {
+        Ok(())
+    };
     drop(job_tx);
-    let applied = applier.join().unwrap_or(Err("applier panicked".into()));
     for w in workers {
         let _ = w.join();
     }
@@ -383,99 +384,101 @@ pub fn serve_link(
     }
 }
 
-/// The group-ordered applier (seed 001, backup side).
-fn apply_ordered(
-    in_rx: Receiver<(Arc<SecondarySet>, WriteFrame)>,
-    job_tx: Sender<(Arc<SecondarySet>, WriteFrame)>,
-    done_rx: Receiver<(u64, std::result::Result<(), String>)>,
-    writer: &AckWriter,
-    sets: &[Arc<SecondarySet>],
-) -> std::result::Result<(), String> {
-    let mut held: VecDeque<(Arc<SecondarySet>, WriteFrame)> = VecDeque::new();
-    let mut current: Option<u64> = None;
-    let mut outstanding = 0usize;
-    let mut last_seq = 0u64;
-    let mut acked = 0u64;
-    let mut needs_flush = false;
-    let mut input_open = true;
-    loop {
-        if input_open {
-            while let Ok(item) = in_rx.try_recv() {
-                held.push_back(item);
-            }
+/// The group-ordered applier (seed 001, backup side), run by the link's
+/// reader thread: a write of the current group is applied at once (by a
+/// worker when more frames are already buffered, so a group's writes
+/// overlap; by the reader otherwise); the first write of a later group is
+/// only applied after every write of the current group completed (and the
+/// volume was flushed when the group carried a flush). Frames after it are
+/// not even read meanwhile.
+struct Ordered<'a> {
+    job_tx: &'a Sender<(Arc<SecondarySet>, WriteFrame)>,
+    done_rx: &'a Receiver<(u64, std::result::Result<(), String>)>,
+    writer: &'a AckWriter,
+    sets: &'a [Arc<SecondarySet>],
+    current: Option<u64>,
+    outstanding: usize,
+    last_seq: u64,
+    acked: u64,
+    needs_flush: bool,
+    inline_only: bool,
+}
+
+impl Ordered<'_> {
+    fn write(
+        &mut self,
+        set: Arc<SecondarySet>,
+        w: WriteFrame,
+        more_buffered: bool,
+    ) -> std::result::Result<(), String> {
+        if self.current != Some(w.group) {
+            self.wait_all()?;
+            finish(
+                self.writer,
+                self.sets,
+                &mut self.needs_flush,
+                self.last_seq,
+                &mut self.acked,
+                false,
+            )?;
+            self.current = Some(w.group);
         }
-        // Start what may start: writes of the current group go at once
-        // (all but one to the workers, the last applied right here, which
-        // spares a thread hand-off for one-write groups); a later group
-        // waits until the current one is applied.
-        while let Some((_, w)) = held.front() {
-            let g = w.group;
-            if current == Some(g) {
-                let mut run = Vec::new();
-                while held.front().is_some_and(|(_, w)| w.group == g) {
-                    let (set, w) = held.pop_front().expect("front");
-                    last_seq = last_seq.max(w.seq);
-                    if w.flags & wire::WRITE_FLUSH != 0 {
-                        needs_flush = true;
-                    } else {
-                        run.push((set, w));
-                    }
-                }
-                if let Some((set, w)) = run.pop() {
-                    for item in run {
-                        outstanding += 1;
-                        job_tx
-                            .send(item)
-                            .map_err(|_| "workers stopped".to_string())?;
-                    }
-                    set.apply(&w)
-                        .map_err(|e| format!("set {}: applying write {}: {e}", set.name, w.seq))?;
-                }
-                continue;
-            }
-            if outstanding > 0 {
-                break;
-            }
-            finish(writer, sets, &mut needs_flush, last_seq, &mut acked, false)?;
-            current = Some(g);
+        self.last_seq = self.last_seq.max(w.seq);
+        if w.flags & wire::WRITE_FLUSH != 0 {
+            self.needs_flush = true;
+            return Ok(());
         }
-        if outstanding == 0 && held.is_empty() {
-            // Everything received is applied: acknowledge it (the group may
-            // still grow; acknowledgements are by sequence, not by group).
-            if acked < last_seq || needs_flush {
-                finish(writer, sets, &mut needs_flush, last_seq, &mut acked, true)?;
-            }
-            if !input_open {
-                return Ok(());
-            }
-        }
-        if input_open {
-            select! {
-                recv(in_rx) -> m => match m {
-                    Ok(item) => held.push_back(item),
-                    Err(_) => {
-                        // The link ended: never start held writes (they
-                        // belong to a group whose predecessor may be
-                        // incomplete), finish what the workers hold.
-                        input_open = false;
-                        held.clear();
-                    }
-                },
-                recv(done_rx) -> m => {
-                    let (_, r) = m.map_err(|_| "workers stopped".to_string())?;
-                    outstanding -= 1;
-                    r?;
-                }
-            }
+        if !self.inline_only && more_buffered && self.outstanding < WORKERS {
+            self.outstanding += 1;
+            self.job_tx
+                .send((set, w))
+                .map_err(|_| "the workers stopped".to_string())?;
         } else {
-            if outstanding == 0 {
-                return Ok(());
-            }
-            let (_, r) = done_rx.recv().map_err(|_| "workers stopped".to_string())?;
-            outstanding -= 1;
+            set.apply(&w)
+                .map_err(|e| format!("set {}: applying write {}: {e}", set.name, w.seq))?;
+        }
+        reap(self.done_rx, &mut self.outstanding)
+    }
+
+    fn wait_all(&mut self) -> std::result::Result<(), String> {
+        while self.outstanding > 0 {
+            let (_, r) = self
+                .done_rx
+                .recv()
+                .map_err(|_| "the workers stopped".to_string())?;
+            self.outstanding -= 1;
             r?;
         }
+        Ok(())
     }
+
+    /// Nothing more is buffered: complete and acknowledge everything.
+    fn idle(&mut self) -> std::result::Result<(), String> {
+        self.wait_all()?;
+        if self.acked < self.last_seq || self.needs_flush {
+            finish(
+                self.writer,
+                self.sets,
+                &mut self.needs_flush,
+                self.last_seq,
+                &mut self.acked,
+                true,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Collect finished worker results without waiting; the first error wins.
+fn reap(
+    done_rx: &Receiver<(u64, std::result::Result<(), String>)>,
+    outstanding: &mut usize,
+) -> std::result::Result<(), String> {
+    while let Ok((_, r)) = done_rx.try_recv() {
+        *outstanding = outstanding.saturating_sub(1);
+        r?;
+    }
+    Ok(())
 }
 
 /// Acknowledge at least every this many writes while more are queued.

@@ -515,7 +515,20 @@ impl BlockDevice for PrimaryDevice {
         self.lower.block_size_bytes()
     }
 
-    fn write_may_block(&self, _offset: u64, _len: u64) -> bool {
-        true
+    /// Sync mode waits for the peer, and a cold chunk for a scoreboard
+    /// commit; an async or hybrid write to a hot chunk only queues (a full
+    /// queue blocks the caller, which is the back-pressure we want).
+    fn write_may_block(&self, offset: u64, len: u64) -> bool {
+        self.set.mode == Mode::Sync
+            || !self.set.scoreboard.is_durable(offset, len.max(1))
+            || self.lower.write_may_block(offset, len)
+    }
+
+    fn latency_class(&self) -> crate::device::LatencyClass {
+        if self.set.mode == Mode::Sync {
+            crate::device::LatencyClass::Blocking
+        } else {
+            self.lower.latency_class()
+        }
     }
 }
