@@ -29,11 +29,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How a sync-mode writer learns its write's fate.
-#[derive(Default)]
+/// How a sync-mode writer learns its write's fate: the completion stores
+/// the outcome and unparks exactly this thread (no condition variable
+/// shared by every waiter, so an ACK wakes one writer, not all of them).
 pub struct Waiter {
     /// 0 waiting, 1 acknowledged, 2 failed.
     state: AtomicU8,
+    thread: std::thread::Thread,
+}
+
+impl Default for Waiter {
+    fn default() -> Self {
+        Waiter {
+            state: AtomicU8::new(0),
+            thread: std::thread::current(),
+        }
+    }
 }
 
 impl Waiter {
@@ -295,14 +306,14 @@ impl Link {
         }
     }
 
-    /// Wait for a sync-mode item's acknowledgement. `false`: it failed.
+    /// Wait for a sync-mode item's acknowledgement (the waiter was made on
+    /// this thread). `false`: it failed.
     pub fn wait(&self, w: &Waiter) -> bool {
-        let mut q = self.q.lock();
         loop {
             if let Some(ok) = w.done() {
                 return ok;
             }
-            self.cv_ack.wait_for(&mut q, Duration::from_millis(100));
+            std::thread::park_timeout(Duration::from_millis(100));
         }
     }
 
@@ -570,5 +581,6 @@ fn complete(it: &Item, ok: bool) {
     }
     if let Some(w) = &it.waiter {
         w.state.store(if ok { 1 } else { 2 }, Ordering::SeqCst);
+        w.thread.unpark();
     }
 }

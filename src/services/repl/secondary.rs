@@ -346,8 +346,9 @@ pub fn serve_link(
             break m;
         }
         let r = if is_ordered {
-            let more = !reader.buffer().is_empty();
-            ordered.write(set, w, more)
+            let next = wire::peek_write_group(reader.buffer());
+            let same_group_follows = next == Some(w.group);
+            ordered.write(set, w, same_group_follows)
         } else {
             job_tx
                 .send((set, w))
@@ -386,8 +387,9 @@ pub fn serve_link(
 
 /// The group-ordered applier (seed 001, backup side), run by the link's
 /// reader thread: a write of the current group is applied at once (by a
-/// worker when more frames are already buffered, so a group's writes
-/// overlap; by the reader otherwise); the first write of a later group is
+/// worker when the next buffered frame is a write of the same group, so a
+/// group's writes overlap; by the reader otherwise, which costs no thread
+/// hop for the many groups of one write); the first write of a later group is
 /// only applied after every write of the current group completed (and the
 /// volume was flushed when the group carried a flush). Frames after it are
 /// not even read meanwhile.
@@ -409,7 +411,7 @@ impl Ordered<'_> {
         &mut self,
         set: Arc<SecondarySet>,
         w: WriteFrame,
-        more_buffered: bool,
+        same_group_follows: bool,
     ) -> std::result::Result<(), String> {
         if self.current != Some(w.group) {
             self.wait_all()?;
@@ -428,7 +430,7 @@ impl Ordered<'_> {
             self.needs_flush = true;
             return Ok(());
         }
-        if !self.inline_only && more_buffered && self.outstanding < WORKERS {
+        if !self.inline_only && same_group_follows && self.outstanding < WORKERS {
             self.outstanding += 1;
             self.job_tx
                 .send((set, w))

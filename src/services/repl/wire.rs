@@ -255,6 +255,17 @@ impl WriteFrame {
     }
 }
 
+/// The group number of the WRITE frame at the start of `buf`, if a whole
+/// header and the WRITE fields are there (the applier peeks at what it
+/// has buffered; the frame is still fully checked when it is read).
+pub fn peek_write_group(buf: &[u8]) -> Option<u64> {
+    if buf.len() < HEADER_BYTES + 20 || &buf[0..4] != MAGIC || buf[5] != FrameType::Write as u8 {
+        return None;
+    }
+    let at = HEADER_BYTES + 12;
+    Some(u64::from_le_bytes(buf[at..at + 8].try_into().expect("8")))
+}
+
 /// ACK flag: every write up to and including `seq` is applied (otherwise
 /// just the one write `seq`).
 pub const ACK_CUMULATIVE: u32 = 1;
