@@ -119,13 +119,16 @@ pub struct SetupArgs {
 
 #[derive(Args)]
 pub struct PeerAddArgs {
+    /// The peer's node name (its `repl setup --node`)
     name: String,
+    /// File holding the shared secret
     #[arg(long)]
     secret_file: PathBuf,
 }
 
 #[derive(Args)]
 pub struct NameOnly {
+    /// Peer name
     name: String,
 }
 
@@ -187,12 +190,14 @@ pub struct EnableArgs {
     /// When the queue is full: block writers (default) or drop to logging
     #[arg(long, value_enum)]
     on_queue_full: Option<FullArg>,
+    /// Print machine-readable JSON
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Args)]
 pub struct SyncArgs {
+    /// Set name (its whole consistency group syncs)
     set: String,
     /// Copy every chunk
     #[arg(long, conflicts_with = "update")]
@@ -212,19 +217,23 @@ pub struct SyncArgs {
     /// With --wait: give up after this many seconds
     #[arg(long, default_value_t = 3600)]
     timeout: u64,
+    /// Print machine-readable JSON
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Args)]
 pub struct NameArgs {
+    /// Set name
     set: String,
+    /// Print machine-readable JSON
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Args)]
 pub struct WaitArgs {
+    /// Set name
     set: String,
     /// The state to wait for
     #[arg(long, default_value = "replicating")]
@@ -232,19 +241,23 @@ pub struct WaitArgs {
     /// Seconds
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Print machine-readable JSON
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Args)]
 pub struct DisableArgs {
+    /// Set name
     set: String,
+    /// End this side even when the peer cannot be reached
     #[arg(long)]
     force: bool,
 }
 
 #[derive(Args)]
 pub struct JsonArg {
+    /// Print machine-readable JSON
     #[arg(long)]
     json: bool,
 }
