@@ -590,3 +590,40 @@ impl<F: FnMut()> Drop for Guard<F> {
 fn scopeguard<F: FnMut()>(f: F) -> Guard<F> {
     Guard(f)
 }
+
+/// Failback from the secondary's data: while logging, the primary's volume
+/// is overwritten by mistake; a reverse update sync copies the changed
+/// chunks back from the peer, then replication resumes.
+#[test]
+fn reverse_sync_restores_the_primary_from_the_peer() {
+    require_tool("nbdcopy");
+    let (a, _) = node("a", "reverse-sync-secret-01", "b");
+    let (b, b_addr) = node("b", "reverse-sync-secret-01", "a");
+    a.ok(&["volume", "create", "v", "--size", "32M"]);
+    b.ok(&["volume", "create", "v", "--size", "32M"]);
+    let uri = a.export_nbd("v");
+    b.export_nbd("v");
+    fill(&a, "v", 32 << 20, 5);
+    a.ok(&["repl", "enable", "s", "--local", "v", "--peer", &b_addr, "--remote", "v", "--mode", "async"]);
+    a.ok(&["repl", "sync", "s", "--wait", "--timeout", "120"]);
+    settle(&a, "s");
+    let good = sha(&b.uri_of("v"));
+    assert_eq!(sha(&uri), good);
+    a.ok(&["repl", "log", "s"]);
+    scribble(&a.addr_of("v"), "v", 200, 0xbd);
+    assert_ne!(sha(&uri), good);
+    let oos = info(&a, "s")["out_of_sync_bytes"].as_u64().unwrap();
+    assert!(oos > 0);
+    // Refused while the volume is exported read-write, unless --force.
+    let out = a.cli(&["repl", "sync", "s", "--reverse"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exported read-write"));
+    a.ok(&["repl", "sync", "s", "--reverse", "--force", "--wait", "--timeout", "120"]);
+    let v = info(&a, "s");
+    assert_eq!(v["state"], "replicating");
+    assert_eq!(v["sync_done_bytes"].as_u64().unwrap(), oos, "only the changed chunks came back");
+    assert_eq!(sha(&uri), good, "the primary holds the peer's data again");
+    scribble(&a.addr_of("v"), "v", 50, 0x11);
+    settle(&a, "s");
+    assert_eq!(sha(&uri), sha(&b.uri_of("v")));
+}
