@@ -604,7 +604,10 @@ fn reverse_sync_restores_the_primary_from_the_peer() {
     let uri = a.export_nbd("v");
     b.export_nbd("v");
     fill(&a, "v", 32 << 20, 5);
-    a.ok(&["repl", "enable", "s", "--local", "v", "--peer", &b_addr, "--remote", "v", "--mode", "async"]);
+    a.ok(&[
+        "repl", "enable", "s", "--local", "v", "--peer", &b_addr, "--remote", "v", "--mode",
+        "async",
+    ]);
     a.ok(&["repl", "sync", "s", "--wait", "--timeout", "120"]);
     settle(&a, "s");
     let good = sha(&b.uri_of("v"));
@@ -618,12 +621,79 @@ fn reverse_sync_restores_the_primary_from_the_peer() {
     let out = a.cli(&["repl", "sync", "s", "--reverse"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("exported read-write"));
-    a.ok(&["repl", "sync", "s", "--reverse", "--force", "--wait", "--timeout", "120"]);
+    a.ok(&[
+        "repl",
+        "sync",
+        "s",
+        "--reverse",
+        "--force",
+        "--wait",
+        "--timeout",
+        "120",
+    ]);
     let v = info(&a, "s");
     assert_eq!(v["state"], "replicating");
-    assert_eq!(v["sync_done_bytes"].as_u64().unwrap(), oos, "only the changed chunks came back");
+    assert_eq!(
+        v["sync_done_bytes"].as_u64().unwrap(),
+        oos,
+        "only the changed chunks came back"
+    );
     assert_eq!(sha(&uri), good, "the primary holds the peer's data again");
     scribble(&a.addr_of("v"), "v", 50, 0x11);
     settle(&a, "s");
     assert_eq!(sha(&uri), sha(&b.uri_of("v")));
+}
+
+/// Failover with the primary gone (`repl swap --force` on the secondary),
+/// then the old primary comes back, is demoted the same way, and the new
+/// primary's autosync makes both identical.
+#[test]
+fn failover_after_the_primary_dies_and_the_old_primary_rejoins() {
+    require_tool("nbdcopy");
+    let (mut a, _) = node("a", "failover-secret-000001", "b");
+    let (b, b_addr) = node("b", "failover-secret-000001", "a");
+    a.ok(&["volume", "create", "v", "--size", "32M"]);
+    b.ok(&["volume", "create", "v", "--size", "32M"]);
+    a.export_nbd("v");
+    b.export_nbd("v");
+    a.ok(&[
+        "repl",
+        "enable",
+        "s",
+        "--local",
+        "v",
+        "--peer",
+        &b_addr,
+        "--remote",
+        "v",
+        "--mode",
+        "hybrid",
+        "--no-sync",
+        "--timeout",
+        "2s",
+    ]);
+    wait_state(&a, "s", "replicating", 10);
+    scribble(&a.addr_of("v"), "v", 200, 1);
+    settle(&a, "s");
+    a.kill9();
+    // Failover: the secondary takes over and serves writes.
+    let out = b.cli(&["repl", "swap", "s"]);
+    assert!(!out.status.success(), "a plain swap needs the primary");
+    b.ok(&["repl", "swap", "s", "--force"]);
+    let v = info(&b, "s");
+    assert_eq!(v["role"], "primary");
+    scribble(&b.addr_of("v"), "v", 150, 2);
+    assert!(info(&b, "s")["out_of_sync_bytes"].as_u64().unwrap() > 0);
+    // The old primary returns still believing it is primary; the new one
+    // refuses its link. Demote it: it becomes the secondary.
+    a.spawn();
+    assert_eq!(info(&a, "s")["role"], "primary");
+    a.ok(&["repl", "swap", "s", "--force"]);
+    assert_eq!(info(&a, "s")["role"], "secondary");
+    wait_state(&b, "s", "replicating", 60);
+    settle(&b, "s");
+    assert_eq!(sha(&a.uri_of("v")), sha(&b.uri_of("v")));
+    let mut c = NbdClient::connect(&a.addr_of("v"), "v");
+    assert_eq!(c.write(0, &[1; 4096], 0), libc::EPERM as u32);
+    c.disconnect();
 }

@@ -68,9 +68,15 @@ Example:\n  umbra repl wait db --state replicating --timeout 600"
         long_about = "Swap roles while replicating: writes to the local volume stop, \
 everything acknowledged reaches the peer, then the peer becomes the primary and this volume \
 its secondary (client writes here are refused from now on). Swapping again fails back.\n\n\
-Example:\n  umbra repl swap db"
+--force acts on this side alone, for when the peer cannot take part. Run on the secondary \
+when the primary is gone (failover): this node becomes the primary and records every write. \
+When the old primary comes back, run `repl swap --force` there too: it becomes the secondary \
+and hands its own unreplicated chunks to the new primary, whose autosync then makes both \
+identical (the old primary's last writes that never reached the peer are overwritten). \
+Refused on a secondary in the middle of a resync (restore its safety snapshot first).\n\n\
+Examples:\n  umbra repl swap db\n  umbra repl swap db --force     # on the secondary, primary lost"
     )]
-    Swap(NameArgs),
+    Swap(SwapArgs),
     /// End a set on both sides (the scoreboard is deleted)
     #[command(
         long_about = "Stop mirroring and forget the set on both hosts. The volumes \
@@ -226,6 +232,18 @@ pub struct SyncArgs {
 pub struct NameArgs {
     /// Set name
     set: String,
+    /// Print machine-readable JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct SwapArgs {
+    /// Set name
+    set: String,
+    /// Act on this side only (the peer is unreachable or was failed over)
+    #[arg(long)]
+    force: bool,
     /// Print machine-readable JSON
     #[arg(long)]
     json: bool,
@@ -454,7 +472,11 @@ pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
             }
         }
         ReplCommand::Swap(a) => {
-            let v = call(socket, "repl.swap", json!({"name": a.set}))?;
+            let v = call(
+                socket,
+                "repl.swap",
+                json!({"name": a.set, "force": a.force}),
+            )?;
             if a.json {
                 print_json(&v);
             } else {

@@ -185,7 +185,14 @@ impl Daemon {
             "repl.sync" => self.repl_sync(parse(op, args)?),
             "repl.log" => self.repl_log(parse(op, args)?),
             "repl.wait" => self.repl_wait(parse(op, args)?),
-            "repl.swap" => self.repl_swap(parse(op, args)?),
+            "repl.swap" => {
+                let a: SwapArgs = parse(op, args)?;
+                if a.force {
+                    self.repl_takeover(&a.name)
+                } else {
+                    self.repl_swap(NameArg { name: a.name })
+                }
+            }
             "repl.disable" => self.repl_disable(parse(op, args)?),
             "repl.list" => {
                 let st = self.state.lock();
@@ -1009,6 +1016,119 @@ impl Daemon {
         self.set_info(&a.name)
     }
 
+    /// `repl swap --force`, for when the peer cannot take part. On a
+    /// secondary (failover, the primary is gone): become the primary,
+    /// recording every write from now on; autosync reaches the old primary
+    /// once it is demoted. On a primary (the old one, back after a
+    /// failover): become the secondary of the peer, keeping the
+    /// scoreboard's bits so the new primary's next sync also rewrites the
+    /// chunks only this side had.
+    fn repl_takeover(&self, name: &str) -> Result<Value, OpError> {
+        let c = {
+            let st = self.state.lock();
+            set_config(&st, name)?.clone()
+        };
+        match c.role {
+            ReplRole::Secondary => {
+                if let Some(snap) = &c.safety_snapshot {
+                    return Err(OpError::new(
+                        "busy",
+                        format!(
+                            "replication set {name}: this volume is in the middle of a resync and inconsistent; \
+                             its last consistent image is the image set {snap} \
+                             (`umbra image update {snap} --to master`, then `umbra image disable {snap}`) before taking over"
+                        ),
+                    ));
+                }
+                self.rt().table.replace(&link_key(&c), None);
+                let mut st = self.state.lock();
+                let before = st.config.clone();
+                let vol = online_volume(&st, &c.volume)?;
+                vol.detach(SECONDARY_LAYER)
+                    .map_err(|e| failed(e.to_string()))?;
+                self.rt().secondaries.lock().remove(name);
+                let mut nc = c.clone();
+                nc.role = ReplRole::Primary;
+                nc.suspended = false;
+                let path = self.data_dir.join(format!("{name}.scoreboard"));
+                let _ = std::fs::remove_file(&path);
+                nc.scoreboard = Some(path);
+                let set = self.open_primary(&mut st, &nc, true, Some(SetState::Replicating))?;
+                set.set_peer_lost(true);
+                if let Some(x) = repl_config(&mut st)?
+                    .sets
+                    .iter_mut()
+                    .find(|x| x.name == name)
+                {
+                    *x = nc;
+                }
+                if let Err(e) = self.persist(&st) {
+                    st.config = before;
+                    return Err(e);
+                }
+                drop(st);
+                self.events.publish(
+                    "repl.takeover",
+                    name,
+                    format!("this node is now the primary; {} is to be demoted", c.peer),
+                );
+            }
+            ReplRole::Primary => {
+                let set = self.rt().primaries.lock().get(name).cloned();
+                if let Some(set) = &set {
+                    let link = set.link().clone();
+                    link.stop.store(true, Ordering::SeqCst);
+                    set.suspended.store(true, Ordering::SeqCst);
+                    link.close("demoted by `repl swap --force`");
+                    let _ = set.scoreboard.clean();
+                }
+                let mut st = self.state.lock();
+                let before = st.config.clone();
+                self.drop_primary(&st, &c);
+                let mut nc = c.clone();
+                nc.role = ReplRole::Secondary;
+                nc.suspended = false;
+                self.open_secondary(&mut st, &nc)?;
+                if let Some(x) = repl_config(&mut st)?
+                    .sets
+                    .iter_mut()
+                    .find(|x| x.name == name)
+                {
+                    *x = nc;
+                }
+                if let Err(e) = self.persist(&st) {
+                    st.config = before;
+                    return Err(e);
+                }
+                drop(st);
+                self.events.publish(
+                    "repl.demoted",
+                    name,
+                    format!("this node is now the secondary of {}", c.peer),
+                );
+            }
+        }
+        self.set_info(name)
+    }
+
+    /// The out-of-sync bits a demoted former primary kept, if any.
+    fn leftover_bits(&self, set: &str) -> Result<Option<Vec<u8>>, String> {
+        let (path, volume) = {
+            let st = self.state.lock();
+            let c = set_config(&st, set).map_err(|e| e.message)?;
+            match (&c.scoreboard, c.role) {
+                (Some(p), ReplRole::Secondary) => (p.clone(), c.volume.clone()),
+                _ => return Ok(None),
+            }
+        };
+        let size = self.secondary(set)?.size_bytes;
+        let dev = FileBackend::open(&path, sb_options())
+            .map_err(|e| format!("set {set}: leftover scoreboard: {e}"))?;
+        let sb = Scoreboard::open(Arc::new(dev), set, size)?;
+        let _ = volume;
+        Ok(Some(sb.oos_words()))
+    }
+
     fn repl_disable(&self, a: DisableArgs) -> Result<Value, OpError> {
         let c = {
             let st = self.state.lock();
@@ -1155,10 +1275,10 @@ impl Daemon {
             "sync_begin" => {
                 let s = self.secondary(&set)?;
                 let snap = self.take_safety(&s).map_err(|e| e.message)?;
-                Ok((json!({"safety_snapshot": snap}), None))
+                Ok((json!({"safety_snapshot": snap}), self.leftover_bits(&set)?))
             }
             "sync_end" => {
-                let snap = {
+                let (snap, leftover) = {
                     let mut st = self.state.lock();
                     let rc = repl_config(&mut st).map_err(|e| e.message)?;
                     let c = rc
@@ -1167,20 +1287,29 @@ impl Daemon {
                         .find(|c| c.name == set)
                         .ok_or("no such set")?;
                     let snap = c.safety_snapshot.take();
+                    // The peer merged our leftover bits and synced them.
+                    let leftover = if c.role == ReplRole::Secondary {
+                        c.scoreboard.take()
+                    } else {
+                        None
+                    };
                     self.persist(&st).map_err(|e| e.message)?;
-                    snap
+                    (snap, leftover)
                 };
+                if let Some(p) = leftover {
+                    let _ = std::fs::remove_file(p);
+                }
                 if let Some(snap) = snap {
                     self.drop_safety(&snap);
                     self.events.publish("repl.safety_dropped", &set, snap);
                 }
                 Ok((json!({}), None))
             }
-            "bitmap" | "bitmap_clear" => {
-                // A secondary changes nothing on its own; a demoted former
-                // primary has no scoreboard either (swap needs sync).
-                Ok((json!({}), None))
-            }
+            // A secondary changes nothing on its own; a former primary
+            // demoted by `repl swap --force` hands over the chunks it wrote
+            // that its peer may lack.
+            "bitmap" => Ok((json!({}), self.leftover_bits(&set)?)),
+            "bitmap_clear" => Ok((json!({}), None)),
             "read" => {
                 let s = self.secondary(&set)?;
                 let off = req["offset"].as_u64().ok_or("read: no offset")?;
@@ -1558,6 +1687,14 @@ fn set_config<'a>(st: &'a State, name: &str) -> Result<&'a ReplSetConfig, OpErro
 #[serde(deny_unknown_fields)]
 struct NameArg {
     name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwapArgs {
+    name: String,
+    #[serde(default)]
+    force: bool,
 }
 
 #[derive(Deserialize)]

@@ -302,7 +302,11 @@ impl Scoreboard {
     /// write there waits for no metadata commit).
     pub fn is_durable(&self, offset: u64, len: u64) -> bool {
         let durable = self.durable_gen.load(Ordering::SeqCst);
-        self.chunk_range(offset, len).all(|c| {
+        let r = self.chunk_range(offset, len);
+        if r.end > self.chunks() {
+            return false;
+        }
+        r.into_iter().all(|c| {
             self.disk.get(c)
                 && self.page_gen[(c / 64 / WORDS_PER_PAGE) as usize].load(Ordering::SeqCst)
                     <= durable

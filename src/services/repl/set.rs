@@ -519,6 +519,9 @@ impl BlockDevice for PrimaryDevice {
     /// commit; an async or hybrid write to a hot chunk only queues (a full
     /// queue blocks the caller, which is the back-pressure we want).
     fn write_may_block(&self, offset: u64, len: u64) -> bool {
+        if check_range(offset, len, self.size_bytes()).is_err() {
+            return false; // refused at once with EINVAL
+        }
         self.set.mode == Mode::Sync
             || !self.set.scoreboard.is_durable(offset, len.max(1))
             || self.lower.write_may_block(offset, len)

@@ -263,6 +263,13 @@ fn every_mode_mirrors_and_a_link_fault_resyncs_to_identical() {
         p.primary.read(&mut a, 0).unwrap();
         p.secondary_vol.read(&mut b, 0).unwrap();
         assert!(a == b, "{mode:?}: secondary differs after replication");
+        // Requests past the end are refused, not a panic (the NBD frontend
+        // asks `write_may_block` before anything checks the range).
+        let _ = p.primary.write_may_block(size + (1 << 20), 4096);
+        assert!(matches!(
+            p.primary.write(&[0; 4096], size, false),
+            Err(DeviceError::OutOfRange { .. })
+        ));
         // Clients cannot write to the secondary.
         assert!(matches!(
             p.secondary_vol.write(&[1; 512], 0, false),
