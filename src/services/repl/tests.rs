@@ -90,10 +90,11 @@ struct Pair {
     primary: Arc<Volume>,
     set: Arc<ReplSet>,
     secondary_vol: Arc<Volume>,
+    proxy: Option<Arc<proxy::FaultProxy>>,
     _listener: Listener,
 }
 
-fn pair(mode: Mode, secondary_dev: Arc<dyn BlockDevice>, addr_via: Option<&str>) -> Pair {
+fn pair(mode: Mode, secondary_dev: Arc<dyn BlockDevice>, via_proxy: Option<QueueLimits>) -> Pair {
     let size = secondary_dev.size_bytes();
     let guard = Arc::new(SecondaryGuard::new("s"));
     let secondary_vol = Arc::new(Volume::new("s", secondary_dev, "test".into()));
@@ -105,18 +106,25 @@ fn pair(mode: Mode, secondary_dev: Arc<dyn BlockDevice>, addr_via: Option<&str>)
         Arc::new(TestSecondary { set: sset }),
     )
     .unwrap();
-    let target = addr_via.map(str::to_owned).unwrap_or(listener.addr.clone());
+    // With limits given, the link goes through a fault proxy.
+    let proxy = via_proxy
+        .is_some()
+        .then(|| proxy::FaultProxy::start("127.0.0.1:0", &listener.addr).unwrap());
+    let target = proxy
+        .as_ref()
+        .map(|p| p.addr.clone())
+        .unwrap_or(listener.addr.clone());
     let link = Arc::new(Link::new(
         ctx("a", "b"),
         "set",
         &target,
         mode,
         Duration::from_secs(2),
-        QueueLimits {
+        via_proxy.unwrap_or(QueueLimits {
             bytes: 8 << 20,
             items: 1024,
             on_full: QueueFull::Block,
-        },
+        }),
     ));
     let sb_dev: Arc<dyn BlockDevice> =
         Arc::new(MemoryBackend::new(file_bytes_for(size, 4096 * 16)));
@@ -150,6 +158,7 @@ fn pair(mode: Mode, secondary_dev: Arc<dyn BlockDevice>, addr_via: Option<&str>)
         primary,
         set,
         secondary_vol,
+        proxy,
         _listener: listener,
     }
 }
@@ -297,5 +306,63 @@ fn every_mode_mirrors_and_a_link_fault_resyncs_to_identical() {
         p.primary.read(&mut a, 0).unwrap();
         p.secondary_vol.read(&mut b, 0).unwrap();
         assert!(a == b, "{mode:?}: secondary differs after the update sync");
+    }
+}
+
+#[test]
+fn a_full_queue_blocks_writers_or_drops_to_logging_by_policy() {
+    for on_full in [QueueFull::Log, QueueFull::Block] {
+        let size = 4u64 << 20;
+        let limits = QueueLimits {
+            bytes: 64 << 10,
+            items: 8,
+            on_full,
+        };
+        let p = pair(
+            Mode::Async,
+            Arc::new(MemoryBackend::new(size)),
+            Some(limits),
+        );
+        let proxy = p.proxy.clone().unwrap();
+        // A stalled network: nothing is acknowledged, the queue fills.
+        proxy.set_fault(proxy::Fault::Stall);
+        let done = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let (vol, done) = (p.primary.clone(), done.clone());
+            std::thread::spawn(move || {
+                for i in 0..20u64 {
+                    vol.write(&[7; 4096], i * 65536, false).unwrap();
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        match on_full {
+            QueueFull::Log => {
+                writer.join().unwrap();
+                assert_eq!(done.load(Ordering::SeqCst), 20, "writers never block");
+                assert_eq!(
+                    p.set.state(),
+                    SetState::Logging,
+                    "a full queue drops to logging"
+                );
+                assert!(p.set.scoreboard.oos_chunks() >= 8);
+            }
+            QueueFull::Block => {
+                let n = done.load(Ordering::SeqCst);
+                assert!(n < 20, "writers wait while the queue is full ({n} done)");
+                assert!(p.set.link().stats.blocked_writers.load(Ordering::SeqCst) > 0);
+                assert_eq!(p.set.state(), SetState::Replicating);
+                proxy.set_fault(proxy::Fault::Pass);
+                writer.join().unwrap();
+                p.set.link().drain().unwrap();
+                let mut a = vec![0u8; size as usize];
+                let mut b = vec![0u8; size as usize];
+                p.primary.read(&mut a, 0).unwrap();
+                p.secondary_vol.read(&mut b, 0).unwrap();
+                assert!(a == b, "everything arrived once the network moved again");
+            }
+        }
+        proxy.stop();
     }
 }
