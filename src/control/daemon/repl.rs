@@ -1016,6 +1016,43 @@ impl Daemon {
         self.set_info(&a.name)
     }
 
+    /// Turn secondary set `c` into a primary replicating to `c.peer`: the
+    /// guard leaves the volume, a fresh (clean) scoreboard records every
+    /// write from now on. `c` is updated; the caller stores it.
+    fn promote(&self, st: &mut State, c: &mut ReplSetConfig) -> Result<Arc<ReplSet>, OpError> {
+        online_volume(st, &c.volume)?
+            .detach(SECONDARY_LAYER)
+            .map_err(|e| failed(e.to_string()))?;
+        self.rt().secondaries.lock().remove(&c.name);
+        c.role = ReplRole::Primary;
+        c.suspended = false;
+        let path = self.data_dir.join(format!("{}.scoreboard", c.name));
+        let _ = std::fs::remove_file(&path);
+        c.scoreboard = Some(path);
+        self.open_primary(st, c, true, Some(SetState::Replicating))
+    }
+
+    /// Put `changed` in place of the sets of the same names and persist;
+    /// when persisting fails the configuration goes back to `before`.
+    fn store_sets(
+        &self,
+        st: &mut State,
+        changed: &[ReplSetConfig],
+        before: crate::control::config::Config,
+    ) -> Result<(), OpError> {
+        let rc = repl_config(st)?;
+        for c in changed {
+            if let Some(x) = rc.sets.iter_mut().find(|x| x.name == c.name) {
+                *x = c.clone();
+            }
+        }
+        let r = self.persist(st);
+        if r.is_err() {
+            st.config = before;
+        }
+        r
+    }
+
     /// `repl swap --force`, for when the peer cannot take part. On a
     /// secondary (failover, the primary is gone): become the primary,
     /// recording every write from now on; autosync reaches the old primary
@@ -1043,29 +1080,10 @@ impl Daemon {
                 self.rt().table.replace(&link_key(&c), None);
                 let mut st = self.state.lock();
                 let before = st.config.clone();
-                let vol = online_volume(&st, &c.volume)?;
-                vol.detach(SECONDARY_LAYER)
-                    .map_err(|e| failed(e.to_string()))?;
-                self.rt().secondaries.lock().remove(name);
                 let mut nc = c.clone();
-                nc.role = ReplRole::Primary;
-                nc.suspended = false;
-                let path = self.data_dir.join(format!("{name}.scoreboard"));
-                let _ = std::fs::remove_file(&path);
-                nc.scoreboard = Some(path);
-                let set = self.open_primary(&mut st, &nc, true, Some(SetState::Replicating))?;
+                let set = self.promote(&mut st, &mut nc)?;
                 set.set_peer_lost(true);
-                if let Some(x) = repl_config(&mut st)?
-                    .sets
-                    .iter_mut()
-                    .find(|x| x.name == name)
-                {
-                    *x = nc;
-                }
-                if let Err(e) = self.persist(&st) {
-                    st.config = before;
-                    return Err(e);
-                }
+                self.store_sets(&mut st, &[nc], before)?;
                 drop(st);
                 self.events.publish(
                     "repl.takeover",
@@ -1089,17 +1107,7 @@ impl Daemon {
                 nc.role = ReplRole::Secondary;
                 nc.suspended = false;
                 self.open_secondary(&mut st, &nc)?;
-                if let Some(x) = repl_config(&mut st)?
-                    .sets
-                    .iter_mut()
-                    .find(|x| x.name == name)
-                {
-                    *x = nc;
-                }
-                if let Err(e) = self.persist(&st) {
-                    st.config = before;
-                    return Err(e);
-                }
+                self.store_sets(&mut st, &[nc], before)?;
                 drop(st);
                 self.events.publish(
                     "repl.demoted",
@@ -1113,11 +1121,11 @@ impl Daemon {
 
     /// The out-of-sync bits a demoted former primary kept, if any.
     fn leftover_bits(&self, set: &str) -> Result<Option<Vec<u8>>, String> {
-        let (path, volume) = {
+        let path = {
             let st = self.state.lock();
             let c = set_config(&st, set).map_err(|e| e.message)?;
             match (&c.scoreboard, c.role) {
-                (Some(p), ReplRole::Secondary) => (p.clone(), c.volume.clone()),
+                (Some(p), ReplRole::Secondary) => p.clone(),
                 _ => return Ok(None),
             }
         };
@@ -1125,7 +1133,6 @@ impl Daemon {
         let dev = FileBackend::open(&path, sb_options())
             .map_err(|e| format!("set {set}: leftover scoreboard: {e}"))?;
         let sb = Scoreboard::open(Arc::new(dev), set, size)?;
-        let _ = volume;
         Ok(Some(sb.oos_words()))
     }
 
@@ -1483,28 +1490,11 @@ impl Daemon {
         let before = st.config.clone();
         let mut opened = Vec::new();
         for c in &mut cfgs {
-            let vol = online_volume(&st, &c.volume)?;
-            vol.detach(SECONDARY_LAYER)
-                .map_err(|e| failed(e.to_string()))?;
-            self.rt().secondaries.lock().remove(&c.name);
-            c.role = ReplRole::Primary;
             c.peer = primary_addr.clone();
             c.peer_node = peer.to_owned();
-            c.scoreboard = Some(self.data_dir.join(format!("{}.scoreboard", c.name)));
-            let _ = std::fs::remove_file(c.scoreboard.as_ref().expect("set"));
-            let set = self.open_primary(&mut st, c, true, Some(SetState::Replicating))?;
-            opened.push(set);
+            opened.push(self.promote(&mut st, c)?);
         }
-        let rc = repl_config(&mut st)?;
-        for c in &cfgs {
-            if let Some(x) = rc.sets.iter_mut().find(|x| x.name == c.name) {
-                *x = c.clone();
-            }
-        }
-        if let Err(e) = self.persist(&st) {
-            st.config = before;
-            return Err(e);
-        }
+        self.store_sets(&mut st, &cfgs, before)?;
         drop(st);
         // Connect back to the old primary (now our secondary) once it has
         // switched; until then autosync retries.
