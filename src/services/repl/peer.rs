@@ -70,19 +70,7 @@ pub fn read_reply(r: &mut impl Read) -> Result<Value, String> {
 
 /// One control request on a fresh connection.
 pub fn request(ctx: &NodeCtx, addr: &str, req: &Value) -> Result<(Value, Option<Vec<u8>>), String> {
-    let (mut s, _) = dial(ctx, addr, CONTROL_TIMEOUT)?;
-    send_control(&mut s, req).map_err(|e| format!("peer {addr}: {e}"))?;
-    let v = read_reply(&mut s).map_err(|e| format!("peer {addr}: {e}"))?;
-    let data = if v["data"] == true {
-        let f = wire::read_frame(&mut s).map_err(|e| format!("peer {addr}: {e}"))?;
-        if f.kind != FrameType::Data {
-            return Err(format!("peer {addr}: malformed: expected DATA"));
-        }
-        Some(f.payload)
-    } else {
-        None
-    };
-    Ok((v, data))
+    Session::open(ctx, addr)?.call(req)
 }
 
 /// A session of several control requests on one connection (a reverse
