@@ -281,6 +281,12 @@ impl Scoreboard {
     /// Make the chunks' disk bits durable (the caller counted them pending
     /// first, so `clean` cannot clear them meanwhile).
     pub fn make_durable(&self, chunks: std::ops::Range<u64>) -> Result<()> {
+        self.make_durable_each(chunks)
+    }
+
+    /// Set the disk bit of every chunk `chunks` yields, then wait for one
+    /// commit covering them all.
+    fn make_durable_each(&self, chunks: impl Iterator<Item = u64>) -> Result<()> {
         let mut need = 0;
         for c in chunks {
             let p = (c / 64 / WORDS_PER_PAGE) as usize;
@@ -363,13 +369,14 @@ impl Scoreboard {
         self.make_durable_all().map_err(|e| e.to_string())
     }
 
+    /// Make every out-of-sync chunk's disk bit durable, in one commit.
     fn make_durable_all(&self) -> Result<()> {
-        let mut c = 0;
-        while let Some(b) = self.oos.next_set(c) {
-            self.make_durable(b..b + 1)?;
-            c = b + 1;
-        }
-        Ok(())
+        let mut next = 0;
+        self.make_durable_each(std::iter::from_fn(|| {
+            let b = self.oos.next_set(next)?;
+            next = b + 1;
+            Some(b)
+        }))
     }
 
     /// The out-of-sync bits in on-disk word form (for the peer).
