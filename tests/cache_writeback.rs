@@ -6,7 +6,8 @@ mod common;
 
 use common::nbd::NbdClient;
 use common::{
-    block_data, decode_block, fio_load, require_tool, sh, write_random_file, Daemon, TRACK_BLOCK,
+    block_data, decode_block, fio_load, require_tool, sh, sha, write_random_file, Daemon,
+    TRACK_BLOCK,
 };
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -14,10 +15,6 @@ use std::time::Duration;
 
 const BLOCK: usize = TRACK_BLOCK;
 const TRACKED_BLOCKS: u64 = 2048;
-
-fn sha(uri: &str) -> String {
-    sh(&format!("nbdcopy '{uri}' - | sha256sum"))
-}
 
 #[test]
 fn write_back_lifecycle_coalesces_and_survives_restart_and_disable() {

@@ -6,30 +6,10 @@
 mod common;
 
 use common::nbd::NbdClient;
-use common::{require_root, require_tool, sh, write_random_file, Daemon, NbdLoop};
+use common::{
+    fill, require_root, require_tool, scribble, sh, sha, write_random_file, Daemon, NbdLoop,
+};
 use std::time::Duration;
-
-fn sha(uri: &str) -> String {
-    sh(&format!("nbdcopy '{uri}' - | sha256sum"))
-}
-
-fn fill(d: &Daemon, volume: &str, bytes: usize, seed: u64) {
-    let src = d.dir.path().join(format!("fill-{volume}-{seed}.raw"));
-    write_random_file(&src, bytes, seed);
-    sh(&format!("nbdcopy {} '{}'", src.display(), d.uri_of(volume)));
-    std::fs::remove_file(src).unwrap();
-}
-
-/// Overwrite `n` scattered 4 KiB blocks of `volume` through NBD, flushed.
-fn scribble(d: &Daemon, volume: &str, n: u64, seed: u8) {
-    let mut c = NbdClient::connect(&d.addr_of(volume), volume);
-    for i in 0..n {
-        let off = ((i * 7919 + seed as u64 * 31) % 8192) * 4096;
-        assert_eq!(c.write(off, &[seed; 4096], 0), 0);
-    }
-    assert_eq!(c.flush(), 0);
-    c.disconnect();
-}
 
 #[test]
 fn image_cli_lifecycle_update_restore_group_and_restart() {
@@ -55,7 +35,7 @@ fn image_cli_lifecycle_update_restore_group_and_restart() {
     assert_eq!(v["shadow_created"], true);
     assert!(v["establish_us"].as_u64().unwrap() < 5_000_000);
     d.export_nbd("s");
-    scribble(&d, "m", 200, 7);
+    scribble(&d.addr_of("m"), "m", 200, 7);
     assert_eq!(sha(&d.uri_of("s")), t0, "shadow holds T0");
     let info = d.json(&["image", "info", "snap"]);
     assert!(info["chunks_differing"].as_u64().unwrap() > 0, "{info}");
@@ -109,7 +89,7 @@ fn image_cli_lifecycle_update_restore_group_and_restart() {
     assert_eq!(sha(&d.uri_of("s")), m_now);
 
     // Restore: asks for --yes, refuses an exported read-write master.
-    scribble(&d, "m", 50, 9);
+    scribble(&d.addr_of("m"), "m", 50, 9);
     let out = d.cli(&["image", "update", "snap", "--to", "master"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));

@@ -5,20 +5,28 @@
 mod common;
 
 use common::nbd::NbdClient;
-use common::{fio_load, require_root, require_tool, sh, write_random_file, Daemon};
+use common::{
+    fill, fio_load, require_root, require_tool, scribble, sh, sha, write_random_file, Daemon,
+};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use umbra::services::repl::proxy::{Fault, FaultProxy};
 
-fn sha(uri: &str) -> String {
-    sh(&format!("nbdcopy '{uri}' - | sha256sum"))
-}
-
-fn fill(d: &Daemon, volume: &str, bytes: usize, seed: u64) {
-    let src = d.dir.path().join(format!("fill-{volume}-{seed}.raw"));
-    write_random_file(&src, bytes, seed);
-    sh(&format!("nbdcopy {} '{}'", src.display(), d.uri_of(volume)));
-    std::fs::remove_file(src).unwrap();
+/// The CLI arguments of `repl enable SET --local LOCAL --peer PEER
+/// --remote REMOTE --mode MODE`, then `extra`.
+fn enable_args<'a>(
+    set: &'a str,
+    local: &'a str,
+    peer: &'a str,
+    remote: &'a str,
+    mode: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut v = vec![
+        "repl", "enable", set, "--local", local, "--peer", peer, "--remote", remote, "--mode", mode,
+    ];
+    v.extend_from_slice(extra);
+    v
 }
 
 /// A daemon with a replication identity and a listener on loopback.
@@ -74,17 +82,6 @@ fn wait_state(d: &Daemon, set: &str, state: &str, secs: u64) -> Value {
     }
 }
 
-/// Overwrite `n` scattered 4 KiB blocks through NBD, flushed.
-fn scribble(addr: &str, volume: &str, n: u64, seed: u8) {
-    let mut c = NbdClient::connect(addr, volume);
-    for i in 0..n {
-        let off = ((i * 7919 + seed as u64 * 31) % 8192) * 4096;
-        assert_eq!(c.write(off, &[seed; 4096], 0), 0);
-    }
-    assert_eq!(c.flush(), 0);
-    c.disconnect();
-}
-
 #[test]
 fn repl_lifecycle_group_safety_snapshot_swap_and_restart() {
     require_tool("nbdcopy");
@@ -99,39 +96,18 @@ fn repl_lifecycle_group_safety_snapshot_swap_and_restart() {
         fill(&a, v, 32 << 20, v.len() as u64 + 1);
     }
     // Refusals with clear errors.
-    let e = a.cli(&[
-        "repl",
-        "enable",
-        "x",
-        "--local",
-        "v1",
-        "--peer",
-        &proxy.addr,
-        "--remote",
-        "nope",
-        "--mode",
-        "hybrid",
-    ]);
+    let e = a.cli(&enable_args("x", "v1", &proxy.addr, "nope", "hybrid", &[]));
     assert!(!e.status.success());
     assert!(String::from_utf8_lossy(&e.stderr).contains("nope"), "{e:?}");
     for v in ["v1", "v2"] {
-        a.ok(&[
-            "repl",
-            "enable",
+        a.ok(&enable_args(
             v,
-            "--local",
             v,
-            "--peer",
             &proxy.addr,
-            "--remote",
             v,
-            "--mode",
             "hybrid",
-            "--group",
-            "g",
-            "--timeout",
-            "2s",
-        ]);
+            &["--group", "g", "--timeout", "2s"],
+        ));
     }
     assert_eq!(info(&a, "v1")["state"], "logging");
     assert_eq!(info(&b, "v1")["role"], "secondary");
@@ -251,22 +227,14 @@ fn link_faults_through_the_proxy_end_byte_identical() {
     b.ok(&["volume", "create", "v", "--size", "64M"]);
     let uri = a.export_nbd("v");
     b.export_nbd("v");
-    a.ok(&[
-        "repl",
-        "enable",
+    a.ok(&enable_args(
         "s",
-        "--local",
         "v",
-        "--peer",
         &proxy.addr,
-        "--remote",
         "v",
-        "--mode",
         "hybrid",
-        "--no-sync",
-        "--timeout",
-        "1500ms",
-    ]);
+        &["--no-sync", "--timeout", "1500ms"],
+    ));
     wait_state(&a, "s", "replicating", 10);
     let mut fio = fio_load(&uri, "0", "64M", &["--thread"]);
     let faults: [Injected; 4] = [
@@ -332,20 +300,14 @@ fn kill9_of_the_primary_under_load_needs_only_an_update_sync() {
     b.ok(&["volume", "create", "v", "--size", "64M"]);
     let uri = a.export_nbd("v");
     b.export_nbd("v");
-    a.ok(&[
-        "repl",
-        "enable",
+    a.ok(&enable_args(
         "s",
-        "--local",
         "v",
-        "--peer",
         &b_addr,
-        "--remote",
         "v",
-        "--mode",
         "async",
-        "--no-sync",
-    ]);
+        &["--no-sync"],
+    ));
     wait_state(&a, "s", "replicating", 10);
     // fio writes into the first 4 MiB only: at most 64 of 1024 chunks.
     let mut fio = fio_load(&uri, "0", "4M", &[]);
@@ -375,40 +337,22 @@ fn sync_mode_without_peer_fails_writes_or_logs_by_policy() {
         b.ok(&["volume", "create", v, "--size", "16M"]);
         a.export_nbd(v);
     }
-    a.ok(&[
-        "repl",
-        "enable",
+    a.ok(&enable_args(
         "f",
-        "--local",
         "f",
-        "--peer",
         &b_addr,
-        "--remote",
         "f",
-        "--mode",
         "sync",
-        "--no-sync",
-        "--on-peer-loss",
-        "fail",
-        "--timeout",
-        "2s",
-    ]);
-    a.ok(&[
-        "repl",
-        "enable",
+        &["--no-sync", "--on-peer-loss", "fail", "--timeout", "2s"],
+    ));
+    a.ok(&enable_args(
         "l",
-        "--local",
         "l",
-        "--peer",
         &b_addr,
-        "--remote",
         "l",
-        "--mode",
         "sync",
-        "--no-sync",
-        "--timeout",
-        "2s",
-    ]);
+        &["--no-sync", "--timeout", "2s"],
+    ));
     let mut cf = NbdClient::connect(&a.addr_of("f"), "f");
     let mut cl = NbdClient::connect(&a.addr_of("l"), "l");
     assert_eq!(cf.write(0, &[1; 4096], 1), 0);
@@ -455,18 +399,14 @@ fn bad_peers_are_refused_and_the_daemon_stays_up() {
     let (c, _) = node("a", "a-wrong-secret-12345", "b");
     c.ok(&["volume", "create", "v", "--size", "1M"]);
     b.ok(&["volume", "create", "v", "--size", "1M"]);
-    let out = c.cli(&[
-        "repl", "enable", "s", "--local", "v", "--peer", &b_addr, "--remote", "v", "--mode", "sync",
-    ]);
+    let out = c.cli(&enable_args("s", "v", &b_addr, "v", "sync", &[]));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("secret") || err.contains("refused"), "{err}");
     // An unknown node name.
     let (u, _) = node("stranger", "the-right-secret-123", "b");
     u.ok(&["volume", "create", "v", "--size", "1M"]);
-    let out = u.cli(&[
-        "repl", "enable", "s", "--local", "v", "--peer", &b_addr, "--remote", "v", "--mode", "sync",
-    ]);
+    let out = u.cli(&enable_args("s", "v", &b_addr, "v", "sync", &[]));
     assert!(!out.status.success());
     // Garbage bytes, a frame with a future version, a bad checksum.
     let mut hello_v9 = Vec::new();
@@ -556,19 +496,7 @@ fn two_hosts_in_network_namespaces() {
         "ip netns exec {ns_a} nbdcopy {} nbd://127.0.0.1:10809/v",
         src.display()
     ));
-    a.ok(&[
-        "repl",
-        "enable",
-        "s",
-        "--local",
-        "v",
-        "--peer",
-        "10.77.0.2:7800",
-        "--remote",
-        "v",
-        "--mode",
-        "hybrid",
-    ]);
+    a.ok(&enable_args("s", "v", "10.77.0.2:7800", "v", "hybrid", &[]));
     a.ok(&["repl", "sync", "s", "--wait", "--timeout", "120"]);
     settle(&a, "s");
     let sa = sh(&format!(
@@ -604,10 +532,7 @@ fn reverse_sync_restores_the_primary_from_the_peer() {
     let uri = a.export_nbd("v");
     b.export_nbd("v");
     fill(&a, "v", 32 << 20, 5);
-    a.ok(&[
-        "repl", "enable", "s", "--local", "v", "--peer", &b_addr, "--remote", "v", "--mode",
-        "async",
-    ]);
+    a.ok(&enable_args("s", "v", &b_addr, "v", "async", &[]));
     a.ok(&["repl", "sync", "s", "--wait", "--timeout", "120"]);
     settle(&a, "s");
     let good = sha(&b.uri_of("v"));
@@ -656,22 +581,14 @@ fn failover_after_the_primary_dies_and_the_old_primary_rejoins() {
     b.ok(&["volume", "create", "v", "--size", "32M"]);
     a.export_nbd("v");
     b.export_nbd("v");
-    a.ok(&[
-        "repl",
-        "enable",
+    a.ok(&enable_args(
         "s",
-        "--local",
         "v",
-        "--peer",
         &b_addr,
-        "--remote",
         "v",
-        "--mode",
         "hybrid",
-        "--no-sync",
-        "--timeout",
-        "2s",
-    ]);
+        &["--no-sync", "--timeout", "2s"],
+    ));
     wait_state(&a, "s", "replicating", 10);
     scribble(&a.addr_of("v"), "v", 200, 1);
     settle(&a, "s");

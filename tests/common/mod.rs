@@ -250,6 +250,31 @@ pub fn wait_timeout(child: &mut Child, t: Duration) -> Option<std::process::Exit
 }
 
 /// Run a shell command; panic with its output on failure.
+/// sha256sum of an NBD export's whole contents (nbdcopy).
+pub fn sha(uri: &str) -> String {
+    sh(&format!("nbdcopy '{uri}' - | sha256sum"))
+}
+
+/// Fill `volume` (exported over NBD) with `bytes` of seeded random data.
+pub fn fill(d: &Daemon, volume: &str, bytes: usize, seed: u64) {
+    let src = d.dir.path().join(format!("fill-{volume}-{seed}.raw"));
+    write_random_file(&src, bytes, seed);
+    sh(&format!("nbdcopy {} '{}'", src.display(), d.uri_of(volume)));
+    std::fs::remove_file(src).unwrap();
+}
+
+/// Overwrite `n` scattered 4 KiB blocks of `volume` through the NBD
+/// server at `addr`, flushed.
+pub fn scribble(addr: &str, volume: &str, n: u64, seed: u8) {
+    let mut c = nbd::NbdClient::connect(addr, volume);
+    for i in 0..n {
+        let off = ((i * 7919 + seed as u64 * 31) % 8192) * 4096;
+        assert_eq!(c.write(off, &[seed; 4096], 0), 0);
+    }
+    assert_eq!(c.flush(), 0);
+    c.disconnect();
+}
+
 pub fn sh(cmd: &str) -> String {
     let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
     assert!(
