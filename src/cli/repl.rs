@@ -70,13 +70,27 @@ everything acknowledged reaches the peer, then the peer becomes the primary and 
 its secondary (client writes here are refused from now on). Swapping again fails back.\n\n\
 --force acts on this side alone, for when the peer cannot take part. Run on the secondary \
 when the primary is gone (failover): this node becomes the primary and records every write. \
-When the old primary comes back, run `repl swap --force` there too: it becomes the secondary \
-and hands its own unreplicated chunks to the new primary, whose autosync then makes both \
-identical (the old primary's last writes that never reached the peer are overwritten). \
+A new generation starts there (see `repl info`). When the old primary comes back having \
+written nothing since, it notices the newer generation and becomes the secondary by itself. \
+If it did write, both sides are in split brain: nothing replicates until `repl resolve`. \
+`repl swap --force` on the old primary demotes it explicitly, discarding its data: it hands \
+its own unreplicated chunks to the new primary, whose autosync then makes both identical. \
 Refused on a secondary in the middle of a resync (restore its safety snapshot first).\n\n\
 Examples:\n  umbra repl swap db\n  umbra repl swap db --force     # on the secondary, primary lost"
     )]
     Swap(SwapArgs),
+    /// End a split brain: pick the side whose data is discarded
+    #[command(
+        long_about = "Both sides of the set wrote since they last agreed (state `split brain`, \
+event `repl.split_brain` with both generations): umbra keeps both and replicates nothing \
+until you decide. `--discard here` throws this side's changes away: it becomes the \
+secondary and the peer syncs onto it. `--discard peer` keeps this side (it must be the \
+primary) and the peer becomes its secondary. Either way the update sync moves the chunks \
+either side changed (the union of both scoreboards), never a full copy. Take a snapshot \
+(`umbra image enable ... --mode independent`) of the side you discard first if in doubt.\n\n\
+Examples:\n  umbra repl resolve db --discard here\n  umbra repl resolve db --discard peer"
+    )]
+    Resolve(ResolveArgs),
     /// End a set on both sides (the scoreboard is deleted)
     #[command(
         long_about = "Stop mirroring and forget the set on both hosts. The volumes \
@@ -244,6 +258,18 @@ pub struct SwapArgs {
     /// Act on this side only (the peer is unreachable or was failed over)
     #[arg(long)]
     force: bool,
+    /// Print machine-readable JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct ResolveArgs {
+    /// Set name
+    set: String,
+    /// Whose data to throw away: `here` or `peer`
+    #[arg(long, value_parser = ["here", "peer"])]
+    discard: String,
     /// Print machine-readable JSON
     #[arg(long)]
     json: bool,
@@ -486,6 +512,26 @@ pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
                     s(&v["role"]),
                     s(&v["peer"])
                 );
+            }
+        }
+        ReplCommand::Resolve(a) => {
+            let v = call(
+                socket,
+                "repl.resolve",
+                json!({"name": a.set, "discard": a.discard}),
+            )?;
+            if a.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "replication set {}: this node is the {} ({}); the update sync follows",
+                    a.set,
+                    s(&v["role"]),
+                    s(&v["state"])
+                );
+                if let Some(n) = v["note"].as_str().filter(|n| !n.is_empty()) {
+                    println!("note: {n}");
+                }
             }
         }
         ReplCommand::Disable(a) => {

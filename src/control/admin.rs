@@ -59,29 +59,90 @@ pub struct Reply {
     pub error: Option<ErrorBody>,
 }
 
+/// The stable machine codes of failed requests (docs/admin-protocol.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, or not a request.
+    BadRequest,
+    UnsupportedVersion,
+    UnknownOp,
+    /// The arguments make no sense as given.
+    Invalid,
+    NotFound,
+    Exists,
+    /// Conflicts with the state of an object or a running operation.
+    Busy,
+    /// The peer could not be reached or refused.
+    Peer,
+    /// Both sides of a replication set wrote since they last agreed.
+    SplitBrain,
+    /// Tried and failed (I/O, persisting).
+    Failed,
+    Permission,
+    TooLarge,
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Exists => "exists",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Peer => "peer",
+            ErrorCode::SplitBrain => "split_brain",
+            ErrorCode::Failed => "failed",
+            ErrorCode::Permission => "permission",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
 /// An operation's failure: a stable machine code and a message that names
 /// the object and the cause.
 #[derive(Debug, Clone)]
 pub struct OpError {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl OpError {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         OpError {
             code,
             message: message.into(),
         }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new("invalid", message)
+        Self::new(ErrorCode::Invalid, message)
     }
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new("not_found", message)
+        Self::new(ErrorCode::NotFound, message)
     }
     pub fn failed(message: impl Into<String>) -> Self {
-        Self::new("failed", message)
+        Self::new(ErrorCode::Failed, message)
+    }
+}
+
+impl From<crate::services::repl::ReplError> for OpError {
+    fn from(e: crate::services::repl::ReplError) -> Self {
+        use crate::services::repl::ReplError as R;
+        let code = match &e {
+            R::Invalid(_) => ErrorCode::Invalid,
+            R::NotFound(_) => ErrorCode::NotFound,
+            R::Exists(_) => ErrorCode::Exists,
+            R::Busy(_) => ErrorCode::Busy,
+            R::Peer(_) => ErrorCode::Peer,
+            R::SplitBrain(_) => ErrorCode::SplitBrain,
+            R::Failed(_) => ErrorCode::Failed,
+        };
+        OpError::new(code, e.to_string())
     }
 }
 
@@ -102,7 +163,7 @@ impl Reply {
             ok: false,
             result: None,
             error: Some(ErrorBody {
-                code: e.code.to_owned(),
+                code: e.code.as_str().to_owned(),
                 message: e.message,
             }),
         }
@@ -146,14 +207,17 @@ pub fn accept_loop(listener: UnixListener, daemon: Arc<Daemon>) {
         if let Err(why) = check_peer(&stream) {
             log::warn!("admin socket: refused a client: {why}");
             let mut s = &stream;
-            let _ = write_line(&mut s, &Reply::err(0, OpError::new("permission", why)));
+            let _ = write_line(
+                &mut s,
+                &Reply::err(0, OpError::new(ErrorCode::Permission, why)),
+            );
             continue;
         }
         if active.load(Ordering::SeqCst) >= MAX_ADMIN_CLIENTS {
             let mut s = &stream;
             let _ = write_line(
                 &mut s,
-                &Reply::err(0, OpError::new("busy", "too many admin clients")),
+                &Reply::err(0, OpError::new(ErrorCode::Busy, "too many admin clients")),
             );
             continue;
         }
@@ -225,7 +289,7 @@ fn serve_client(stream: UnixStream, daemon: &Arc<Daemon>) -> io::Result<()> {
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 write_line(
                     &mut writer,
-                    &Reply::err(0, OpError::new("too_large", e.to_string())),
+                    &Reply::err(0, OpError::new(ErrorCode::TooLarge, e.to_string())),
                 )?;
                 return Ok(());
             }
@@ -244,7 +308,7 @@ fn serve_client(stream: UnixStream, daemon: &Arc<Daemon>) -> io::Result<()> {
                 );
                 write_line(
                     &mut writer,
-                    &Reply::err(0, OpError::new("bad_request", msg)),
+                    &Reply::err(0, OpError::new(ErrorCode::BadRequest, msg)),
                 )?;
                 continue;
             }
@@ -256,7 +320,7 @@ fn serve_client(stream: UnixStream, daemon: &Arc<Daemon>) -> io::Result<()> {
             );
             write_line(
                 &mut writer,
-                &Reply::err(req.id, OpError::new("unsupported_version", msg)),
+                &Reply::err(req.id, OpError::new(ErrorCode::UnsupportedVersion, msg)),
             )?;
             continue;
         }

@@ -34,74 +34,7 @@ pub struct Config {
     pub repl: Option<ReplConfig>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(deny_unknown_fields)]
-pub struct ReplConfig {
-    /// This node's name, announced to peers in the handshake.
-    pub node: String,
-    /// Where the replication listener accepts peers (`HOST:PORT`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub listen: Option<String>,
-    #[serde(default)]
-    pub peers: Vec<PeerConfig>,
-    #[serde(default)]
-    pub sets: Vec<ReplSetConfig>,
-}
-
-/// A peer this node trusts: its name and the file holding the secret both
-/// share (the secret itself is never written into the configuration).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct PeerConfig {
-    pub name: String,
-    pub secret_file: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ReplRole {
-    Primary,
-    Secondary,
-}
-
-/// One replication set as this node sees it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ReplSetConfig {
-    pub name: String,
-    pub role: ReplRole,
-    pub volume: String,
-    pub remote_volume: String,
-    /// The other side's replication listener.
-    pub peer: String,
-    #[serde(default)]
-    pub peer_node: String,
-    pub mode: crate::services::repl::Mode,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    #[serde(default)]
-    pub on_peer_loss: crate::services::repl::PeerLoss,
-    #[serde(default = "yes")]
-    pub autosync: bool,
-    /// Suspended by `repl log` (no autosync until `repl sync`).
-    #[serde(default)]
-    pub suspended: bool,
-    /// Primary: the scoreboard file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scoreboard: Option<PathBuf>,
-    pub timeout_ms: u64,
-    pub queue_bytes: u64,
-    pub queue_items: usize,
-    #[serde(default)]
-    pub on_queue_full: crate::services::repl::QueueFull,
-    /// Secondary: the safety snapshot (an image set) while a sync runs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub safety_snapshot: Option<String>,
-}
-
-fn yes() -> bool {
-    true
-}
+pub use crate::services::repl::config::{PeerConfig, ReplConfig, ReplRole, ReplSetConfig};
 
 /// An overflow volume compact image sets share.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -8,7 +8,7 @@
 mod image;
 mod repl;
 
-use super::admin::OpError;
+use super::admin::{ErrorCode, OpError};
 use super::config::{CacheConfig, Config, ConfigError, ExportConfig, ExportKind, VolumeConfig};
 use super::events::EventBus;
 use super::{validate_name, SOCKET_FILE};
@@ -87,7 +87,7 @@ pub struct Daemon {
     state: Mutex<State>,
     events: Arc<EventBus>,
     imaging: Imaging,
-    repl: repl::ReplRuntime,
+    repl: Arc<crate::services::repl::Replication>,
     /// This daemon, for threads it starts (replication sync and links).
     weak: std::sync::OnceLock<std::sync::Weak<Daemon>>,
     stopping: AtomicBool,
@@ -139,13 +139,16 @@ impl Daemon {
             }),
             events: Arc::new(EventBus::default()),
             imaging: Imaging::default(),
-            repl: repl::ReplRuntime::default(),
+            repl: crate::services::repl::Replication::new(),
             weak: std::sync::OnceLock::new(),
             stopping: AtomicBool::new(false),
             started: Instant::now(),
             _lock: lock,
         });
         let _ = daemon.weak.set(Arc::downgrade(&daemon));
+        let host: std::sync::Weak<dyn crate::services::repl::Host> =
+            Arc::downgrade(&(daemon.clone() as Arc<dyn crate::services::repl::Host>));
+        daemon.repl.bind_host(host);
         match loaded {
             Some(cfg) => daemon.restore(cfg),
             None => daemon
@@ -228,7 +231,16 @@ impl Daemon {
         }
         st.config = cfg.clone();
         self.restore_images(&mut st);
-        self.restore_repl(&mut st);
+        // Replication looks volumes up and persists through the daemon:
+        // it runs with the state unlocked, before any export serves.
+        drop(st);
+        for (set, e) in self.repl.restore() {
+            self.state
+                .lock()
+                .image_errors
+                .insert(format!("repl:{set}"), e);
+        }
+        let mut st = self.state.lock();
         for (i, ec) in cfg.exports.iter().enumerate() {
             if ec.kind == ExportKind::Ublk {
                 match start_ublk(&mut st, ec) {
@@ -272,7 +284,10 @@ impl Daemon {
     /// parsed into typed structs and every failure is an `OpError`.
     pub fn handle(&self, op: &str, args: &Value) -> Result<Value, OpError> {
         if self.is_stopping() {
-            return Err(OpError::new("shutting_down", "the daemon is shutting down"));
+            return Err(OpError::new(
+                ErrorCode::ShuttingDown,
+                "the daemon is shutting down",
+            ));
         }
         match op {
             "status" => Ok(self.status()),
@@ -297,7 +312,7 @@ impl Daemon {
             _ if op.starts_with("image.") => self.handle_image(op, args),
             _ if op.starts_with("repl.") => self.handle_repl(op, args),
             _ => Err(OpError::new(
-                "unknown_op",
+                ErrorCode::UnknownOp,
                 format!("unknown operation {op:?}; see docs/admin-protocol.md"),
             )),
         }
@@ -361,7 +376,7 @@ impl Daemon {
         ensure_no_volume(&st, &a.name)?;
         if let Some(other) = st.config.volumes.iter().find(|v| v.path == path) {
             return Err(OpError::new(
-                "exists",
+                ErrorCode::Exists,
                 format!("{} already backs volume {}", path.display(), other.name),
             ));
         }
@@ -439,7 +454,7 @@ impl Daemon {
             .and_then(|r| r.sets.iter().find(|s| s.volume == a.name))
         {
             return Err(OpError::new(
-                "busy",
+                ErrorCode::Busy,
                 format!(
                     "volume {} is in replication set {}; `umbra repl disable {}` first",
                     a.name, rs.name, rs.name
@@ -453,7 +468,7 @@ impl Daemon {
             .find(|i| i.master == a.name || i.shadow == a.name)
         {
             return Err(OpError::new(
-                "busy",
+                ErrorCode::Busy,
                 format!(
                     "volume {} is in image set {}; `umbra image disable {}` first",
                     a.name, ic.name, ic.name
@@ -469,7 +484,7 @@ impl Daemon {
             .collect();
         if !exported.is_empty() && !a.force {
             return Err(OpError::new(
-                "busy",
+                ErrorCode::Busy,
                 format!(
                     "volume {} is exported ({}); remove the export first or pass --force",
                     a.name,
@@ -629,7 +644,7 @@ impl Daemon {
         let volume = online_volume(&st, &a.volume)?;
         if st.volumes[&a.volume].cache.is_some() {
             return Err(OpError::new(
-                "exists",
+                ErrorCode::Exists,
                 format!(
                     "volume {} already has a cache; `umbra cache disable` it first",
                     a.volume
@@ -815,7 +830,7 @@ impl Daemon {
         }
         // No client writes any more: let the peers catch up, close links.
         drop(st);
-        self.shutdown_repl();
+        self.repl.shutdown();
         let st = self.state.lock();
         for (name, entry) in &st.volumes {
             if let Some(v) = &entry.volume {
@@ -932,7 +947,7 @@ fn ensure_exportable(st: &State, volume: &str, kind: ExportKind) -> Result<(), O
         .any(|e| e.volume == volume && e.kind == kind)
     {
         return Err(OpError::new(
-            "exists",
+            ErrorCode::Exists,
             format!(
                 "volume {volume} is already exported over {}; see `umbra export list`",
                 match kind {
@@ -1134,7 +1149,7 @@ fn set_cache_config(st: &mut State, name: &str, cache: Option<CacheConfig>) {
 fn ensure_no_volume(st: &State, name: &str) -> Result<(), OpError> {
     if st.volumes.contains_key(name) {
         return Err(OpError::new(
-            "exists",
+            ErrorCode::Exists,
             format!("volume {name} already exists"),
         ));
     }

@@ -229,6 +229,66 @@ impl Daemon {
     }
 }
 
+/// `umbra events --follow --json` against one daemon, collected in the
+/// background (it ends when the daemon stops).
+pub struct EventLog {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl EventLog {
+    pub fn follow(d: &Daemon) -> EventLog {
+        let mut child = Command::new(UMBRA)
+            .args(["events", "--follow", "--json"])
+            .env("UMBRA_SOCKET", d.socket())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn umbra events");
+        let out = child.stdout.take().expect("piped");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let l2 = lines.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&l) {
+                    l2.lock().unwrap().push(v);
+                }
+            }
+        });
+        EventLog { child, lines }
+    }
+
+    /// Events of this kind seen so far.
+    pub fn of_kind(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .cloned()
+            .collect()
+    }
+
+    /// Wait until an event of this kind arrives.
+    pub fn wait_for(&self, kind: &str, t: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + t;
+        loop {
+            if let Some(e) = self.of_kind(kind).into_iter().next() {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "no {kind} event within {t:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {

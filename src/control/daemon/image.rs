@@ -7,7 +7,7 @@
 
 use super::{online_volume, parse, Daemon, State};
 use crate::backend::{EngineKind, FileBackend, FileOptions};
-use crate::control::admin::OpError;
+use crate::control::admin::{ErrorCode, OpError};
 use crate::control::config::{ImageConfig, ImageGroupConfig, OverflowConfig, VolumeConfig};
 use crate::control::validate_name;
 use crate::device::BlockDevice;
@@ -28,7 +28,7 @@ impl From<ImageError> for OpError {
     fn from(e: ImageError) -> Self {
         match e {
             ImageError::Invalid(m) => OpError::invalid(m),
-            ImageError::Conflict(m) => OpError::new("busy", m),
+            ImageError::Conflict(m) => OpError::new(ErrorCode::Busy, m),
             ImageError::NotFound(m) => OpError::not_found(m),
             ImageError::Failed(m) => OpError::failed(m),
         }
@@ -207,7 +207,7 @@ impl Daemon {
                 Ok(serde_json::to_value(&st.config.image_groups).expect("groups serialise"))
             }
             _ => Err(OpError::new(
-                "unknown_op",
+                ErrorCode::UnknownOp,
                 format!("unknown operation {op:?}; see docs/admin-protocol.md"),
             )),
         }
@@ -264,7 +264,7 @@ impl Daemon {
         let mut st = self.state.lock();
         if st.config.images.iter().any(|i| i.name == a.name) {
             return Err(OpError::new(
-                "exists",
+                ErrorCode::Exists,
                 format!("image set {} already exists", a.name),
             ));
         }
@@ -430,7 +430,7 @@ impl Daemon {
                     .find(|e| e.volume == master && !e.read_only)
                 {
                     return Err(OpError::new(
-                        "busy",
+                        ErrorCode::Busy,
                         format!(
                             "image set {n}: master {master} is exported read-write ({}); a restore \
                              changes its data under its users. Unmount it, or pass --force",
@@ -529,7 +529,7 @@ impl Daemon {
         let mut st = self.state.lock();
         if st.config.image_groups.iter().any(|g| g.name == a.name) {
             return Err(OpError::new(
-                "exists",
+                ErrorCode::Exists,
                 format!("image group {} already exists", a.name),
             ));
         }
@@ -613,7 +613,7 @@ impl Daemon {
         let mut st = self.state.lock();
         if st.config.image_overflows.iter().any(|o| o.name == a.name) {
             return Err(OpError::new(
-                "exists",
+                ErrorCode::Exists,
                 format!("overflow volume {} already exists", a.name),
             ));
         }

@@ -21,7 +21,6 @@ use super::set::ReplSet;
 use super::wire::{self, FrameType, WireError};
 use super::{Mode, NodeCtx, QueueFull, MAX_GROUP_WRITES};
 use parking_lot::{Condvar, Mutex, RwLock};
-use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::io::{BufWriter, Write};
 use std::net::{Shutdown, TcpStream};
@@ -351,13 +350,21 @@ impl Link {
             return Ok(());
         }
         let sets = self.sets();
-        let names: Vec<Value> = sets
+        let names: Vec<super::requests::LinkSet> = sets
             .iter()
-            .map(|s| json!({"id": s.id, "name": s.name, "size_bytes": s.size_bytes}))
+            .map(|s| super::requests::LinkSet {
+                id: s.id,
+                name: s.name.clone(),
+                size_bytes: s.size_bytes,
+            })
             .collect();
         let (stream, peer) = super::peer::dial(&self.ctx, &self.peer_addr, self.timeout)?;
         let mut s = &stream;
-        let req = json!({"op": "link", "group": self.group, "mode": self.mode, "sets": names});
+        let req = super::requests::PeerRequest::Link {
+            group: self.group.clone(),
+            mode: self.mode,
+            sets: names,
+        };
         super::peer::send_control(&mut s, &req).map_err(|e| e.to_string())?;
         super::peer::read_reply(&mut s).map_err(|e| format!("peer refused the link: {e}"))?;
         stream

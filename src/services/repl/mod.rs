@@ -21,13 +21,32 @@
 //! The daemon (`control/daemon/repl.rs`) owns configuration, volumes, the
 //! secondary's safety snapshot, and the operations that span both hosts.
 
+pub mod config;
+mod error;
+pub mod generation;
+mod handler;
 pub mod link;
+mod ops;
 pub mod peer;
 pub mod proxy;
+pub mod requests;
+mod roles;
+mod runtime;
 pub mod scoreboard;
 pub mod secondary;
 pub mod set;
+mod state;
+mod sync;
 pub mod wire;
+
+pub use error::{RResult, ReplError};
+pub use ops::{
+    EnableOptions, SyncOptions, WaitOptions, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_ITEMS,
+    DEFAULT_TIMEOUT_MS,
+};
+pub use roles::Discard;
+pub use runtime::{Host, Replication};
+pub use state::SetState;
 
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -80,49 +99,6 @@ pub enum QueueFull {
     Block,
     /// Drop the group to logging (the scoreboard takes over).
     Log,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum SetState {
-    Logging = 0,
-    Syncing = 1,
-    ReverseSyncing = 2,
-    Replicating = 3,
-    NeedSync = 4,
-    NeedReverseSync = 5,
-    Failed = 6,
-}
-
-impl SetState {
-    pub fn from_u8(v: u8) -> SetState {
-        match v {
-            0 => SetState::Logging,
-            1 => SetState::Syncing,
-            2 => SetState::ReverseSyncing,
-            3 => SetState::Replicating,
-            4 => SetState::NeedSync,
-            5 => SetState::NeedReverseSync,
-            _ => SetState::Failed,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SetState::Logging => "logging",
-            SetState::Syncing => "syncing",
-            SetState::ReverseSyncing => "reverse syncing",
-            SetState::Replicating => "replicating",
-            SetState::NeedSync => "need sync",
-            SetState::NeedReverseSync => "need reverse sync",
-            SetState::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<SetState> {
-        let s = s.replace(['_', '-'], " ");
-        (0..=6).map(SetState::from_u8).find(|x| x.as_str() == s)
-    }
 }
 
 /// This node's identity and its peers' secrets, shared by the listener

@@ -8,8 +8,9 @@
 //! bitmap, a chunk read for a reverse sync). The `link` op turns the
 //! connection into a data link (see `secondary.rs`).
 
+use super::requests::{LinkSet, PeerRequest};
 use super::wire::{self, FrameType, Role, WireError};
-use super::NodeCtx;
+use super::{Mode, NodeCtx};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -20,13 +21,13 @@ use std::time::Duration;
 /// How long a handshake or a control request may take.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What the daemon does with peers' requests.
+/// What the service does with peers' requests.
 pub trait PeerHandler: Send + Sync {
     /// A control request from authenticated peer `peer`.
-    fn control(&self, peer: &str, req: &Value) -> Result<(Value, Option<Vec<u8>>), String>;
+    fn control(&self, peer: &str, req: PeerRequest) -> Result<(Value, Option<Vec<u8>>), String>;
     /// A data link: the handler answers the `link` request itself and then
     /// serves the connection until it ends.
-    fn link(&self, peer: &str, req: &Value, stream: TcpStream);
+    fn link(&self, peer: &str, group: String, mode: Mode, sets: Vec<LinkSet>, stream: TcpStream);
 }
 
 /// Connect to `addr` and authenticate. Returns the stream and the peer's
@@ -48,8 +49,9 @@ pub fn dial(ctx: &NodeCtx, addr: &str, timeout: Duration) -> Result<(TcpStream, 
     Ok((s, peer))
 }
 
-pub fn send_control(w: &mut impl Write, req: &Value) -> Result<(), WireError> {
-    wire::write_frame(w, FrameType::Control, req.to_string().as_bytes())?;
+pub fn send_control(w: &mut impl Write, req: &PeerRequest) -> Result<(), WireError> {
+    let body = serde_json::to_vec(req).expect("a request serialises");
+    wire::write_frame(w, FrameType::Control, &body)?;
     w.flush()?;
     Ok(())
 }
@@ -69,7 +71,11 @@ pub fn read_reply(r: &mut impl Read) -> Result<Value, String> {
 }
 
 /// One control request on a fresh connection.
-pub fn request(ctx: &NodeCtx, addr: &str, req: &Value) -> Result<(Value, Option<Vec<u8>>), String> {
+pub fn request(
+    ctx: &NodeCtx,
+    addr: &str,
+    req: &PeerRequest,
+) -> Result<(Value, Option<Vec<u8>>), String> {
     Session::open(ctx, addr)?.call(req)
 }
 
@@ -89,7 +95,7 @@ impl Session {
         })
     }
 
-    pub fn call(&mut self, req: &Value) -> Result<(Value, Option<Vec<u8>>), String> {
+    pub fn call(&mut self, req: &PeerRequest) -> Result<(Value, Option<Vec<u8>>), String> {
         let addr = &self.addr;
         send_control(&mut self.s, req).map_err(|e| format!("peer {addr}: {e}"))?;
         let v = read_reply(&mut self.s).map_err(|e| format!("peer {addr}: {e}"))?;
@@ -206,21 +212,19 @@ fn serve_peer(ctx: Arc<NodeCtx>, mut s: TcpStream, from: String, handler: Arc<dy
             let _ = wire::write_frame(&mut s, FrameType::Error, b"expected CONTROL");
             return;
         }
-        let req: Value = match serde_json::from_slice(&f.payload) {
-            Ok(v @ Value::Object(_)) => v,
-            _ => {
-                let _ = reply(
-                    &mut s,
-                    Err("malformed control request (not a JSON object)".into()),
-                );
+        let req: PeerRequest = match serde_json::from_slice(&f.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("replication: peer {peer} ({from}): malformed control request: {e}");
+                let _ = reply(&mut s, Err(format!("malformed control request: {e}")));
                 return;
             }
         };
-        if req["op"] == "link" {
-            handler.link(&peer, &req, s);
+        if let PeerRequest::Link { group, mode, sets } = req {
+            handler.link(&peer, group, mode, sets, s);
             return;
         }
-        let res = handler.control(&peer, &req);
+        let res = handler.control(&peer, req);
         if reply(&mut s, res).is_err() {
             return;
         }

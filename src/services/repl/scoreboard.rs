@@ -22,6 +22,7 @@
 //! same effect with extents; a bit per 64 KiB chunk with lazy clearing is
 //! simpler and needs no separate log.
 
+use super::generation::{Generations, HISTORY_LEN};
 use crate::bitmap::AtomicBitmap;
 use crate::device::{BlockDevice, DeviceError, Result};
 use parking_lot::{Mutex, RwLock};
@@ -29,7 +30,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub const MAGIC: &[u8; 4] = b"UMSB";
-pub const VERSION: u32 = 1;
+/// Version 2 added the generations; version 1 files are read with none
+/// (current 0: "accepts any primary") and rewritten as version 2.
+pub const VERSION: u32 = 2;
+/// Where the generations sit in the header.
+const GEN_OFFSET: usize = 128;
 /// Header size; the bits start here.
 pub const HEADER_BYTES: u64 = 4096;
 /// The bits are written in pages of this size.
@@ -65,7 +70,7 @@ struct Header {
 }
 
 impl Header {
-    fn encode(&self) -> Vec<u8> {
+    fn encode(&self, g: &Generations) -> Vec<u8> {
         let mut b = vec![0u8; 512];
         b[0..4].copy_from_slice(MAGIC);
         b[4..8].copy_from_slice(&VERSION.to_le_bytes());
@@ -74,12 +79,20 @@ impl Header {
         b[24..32].copy_from_slice(&self.chunks.to_le_bytes());
         b[32] = self.set.len() as u8;
         b[33..33 + self.set.len()].copy_from_slice(self.set.as_bytes());
+        let o = GEN_OFFSET;
+        b[o..o + 8].copy_from_slice(&g.current.to_le_bytes());
+        b[o + 8..o + 16].copy_from_slice(&g.agreed.to_le_bytes());
+        let n = g.history.len().min(HISTORY_LEN);
+        b[o + 16] = n as u8;
+        for (i, h) in g.history.iter().take(n).enumerate() {
+            b[o + 24 + i * 8..o + 32 + i * 8].copy_from_slice(&h.to_le_bytes());
+        }
         let crc = crc32c::crc32c(&b[..508]);
         b[508..512].copy_from_slice(&crc.to_le_bytes());
         b
     }
 
-    fn decode(b: &[u8]) -> std::result::Result<Header, String> {
+    fn decode(b: &[u8]) -> std::result::Result<(Header, Generations), String> {
         if &b[0..4] != MAGIC {
             return Err("not a scoreboard (bad magic)".into());
         }
@@ -88,7 +101,7 @@ impl Header {
             return Err("header checksum mismatch".into());
         }
         let version = u32::from_le_bytes(b[4..8].try_into().expect("4"));
-        if version != VERSION {
+        if version != 1 && version != VERSION {
             return Err(format!("unsupported version {version}"));
         }
         let chunk_bytes = u32::from_le_bytes(b[8..12].try_into().expect("4"));
@@ -106,12 +119,29 @@ impl Header {
         let set = std::str::from_utf8(&b[33..33 + n.min(64)])
             .map_err(|_| "set name is not UTF-8".to_string())?
             .to_owned();
-        Ok(Header {
-            chunk_bytes,
-            volume_bytes,
-            chunks,
-            set,
-        })
+        let mut g = Generations::default();
+        if version >= 2 {
+            let o = GEN_OFFSET;
+            let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8"));
+            g.current = word(o);
+            g.agreed = word(o + 8);
+            let n = b[o + 16] as usize;
+            if n > HISTORY_LEN {
+                return Err(format!(
+                    "{n} generations in the history (at most {HISTORY_LEN})"
+                ));
+            }
+            g.history = (0..n).map(|i| word(o + 24 + i * 8)).collect();
+        }
+        Ok((
+            Header {
+                chunk_bytes,
+                volume_bytes,
+                chunks,
+                set,
+            },
+            g,
+        ))
     }
 }
 
@@ -135,6 +165,10 @@ pub struct Scoreboard {
     /// half a change.
     gate: RwLock<()>,
     commit: Mutex<Commit>,
+    /// The generations, written into the header (`store_generations`).
+    gens: Mutex<Generations>,
+    /// `gens.diverged()`, readable on the write path without the lock.
+    diverged: std::sync::atomic::AtomicBool,
 }
 
 impl Scoreboard {
@@ -147,6 +181,7 @@ impl Scoreboard {
         volume_bytes: u64,
         chunk_bytes: u32,
         all_out_of_sync: bool,
+        gens: Generations,
     ) -> Result<Scoreboard, String> {
         if set.len() > 64 {
             return Err(format!("set name {set} is longer than 64 bytes"));
@@ -164,14 +199,14 @@ impl Scoreboard {
                 file_bytes_for(volume_bytes, chunk_bytes)
             ));
         }
-        let sb = Scoreboard::with_header(dev, header);
+        let sb = Scoreboard::with_header(dev, header, gens);
         if all_out_of_sync {
             sb.oos.fill();
             sb.disk.fill();
         }
         let io = |e: DeviceError| format!("scoreboard of set {set}: {e}");
         sb.write_pages(0..sb.pages()).map_err(io)?;
-        let mut h = sb.header.encode();
+        let mut h = sb.header.encode(&sb.gens.lock());
         h.resize(HEADER_BYTES as usize, 0);
         sb.dev.write(&h, 0, false).map_err(io)?;
         sb.dev.flush().map_err(io)?;
@@ -190,7 +225,7 @@ impl Scoreboard {
         }
         let mut b = vec![0u8; 512];
         dev.read(&mut b, 0).map_err(|e| why(e.to_string()))?;
-        let header = Header::decode(&b).map_err(why)?;
+        let (header, gens) = Header::decode(&b).map_err(why)?;
         if header.volume_bytes != volume_bytes {
             return Err(why(format!(
                 "made for a volume of {} bytes, this one has {volume_bytes}",
@@ -203,7 +238,7 @@ impl Scoreboard {
         if dev.size_bytes() < file_bytes_for(volume_bytes, header.chunk_bytes) {
             return Err(why("file is truncated".into()));
         }
-        let sb = Scoreboard::with_header(dev, header);
+        let sb = Scoreboard::with_header(dev, header, gens);
         let words = sb.disk.words();
         let mut buf = vec![0u8; words * 8];
         sb.dev
@@ -219,7 +254,7 @@ impl Scoreboard {
         Ok(sb)
     }
 
-    fn with_header(dev: Arc<dyn BlockDevice>, header: Header) -> Scoreboard {
+    fn with_header(dev: Arc<dyn BlockDevice>, header: Header, gens: Generations) -> Scoreboard {
         let chunks = header.chunks;
         let pages = chunks.div_ceil(64).div_ceil(WORDS_PER_PAGE).max(1);
         Scoreboard {
@@ -236,7 +271,73 @@ impl Scoreboard {
                 failed: None,
             }),
             header,
+            diverged: std::sync::atomic::AtomicBool::new(gens.diverged()),
+            gens: Mutex::new(gens),
         }
+    }
+
+    pub fn generations(&self) -> Generations {
+        self.gens.lock().clone()
+    }
+
+    /// Replace the generations and make them durable (header write, flush).
+    pub fn store_generations(&self, g: Generations) -> Result<(), String> {
+        let mut cur = self.gens.lock();
+        self.write_header(&g)?;
+        self.diverged.store(g.diverged(), Ordering::SeqCst);
+        *cur = g;
+        Ok(())
+    }
+
+    /// Change the generations with `f` and make the result durable.
+    pub fn update_generations(&self, f: impl FnOnce(&mut Generations)) -> Result<(), String> {
+        let mut cur = self.gens.lock();
+        let mut g = cur.clone();
+        f(&mut g);
+        self.write_header(&g)?;
+        self.diverged.store(g.diverged(), Ordering::SeqCst);
+        *cur = g;
+        Ok(())
+    }
+
+    /// Called before a write is issued without the peer: the first such
+    /// write starts a new generation (durable before the write proceeds);
+    /// later ones pay one atomic load.
+    pub fn ensure_diverged(&self) -> Result<()> {
+        if self.diverged.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut cur = self.gens.lock();
+        if cur.diverged() {
+            self.diverged.store(true, Ordering::Release);
+            return Ok(());
+        }
+        let mut g = cur.clone();
+        g.begin_new();
+        self.write_header(&g)
+            .map_err(|reason| DeviceError::Failed { reason })?;
+        *cur = g;
+        self.diverged.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn write_header(&self, g: &Generations) -> Result<(), String> {
+        let mut h = self.header.encode(g);
+        h.resize(HEADER_BYTES as usize, 0);
+        let io = |e: DeviceError| format!("scoreboard of set {}: header: {e}", self.header.set);
+        self.dev.write(&h, 0, false).map_err(io)?;
+        self.dev.flush().map_err(io)
+    }
+
+    /// Every chunk in sync (the peer has everything this side wrote),
+    /// durable on return.
+    pub fn clear_all(&self) -> Result<(), String> {
+        let mut c = 0;
+        while let Some(b) = self.next_oos(c) {
+            c = b + 1;
+            self.take(b);
+        }
+        self.clean().map_err(|e| e.to_string())
     }
 
     fn pages(&self) -> u64 {
@@ -515,7 +616,8 @@ mod tests {
     fn bits_survive_reopen_and_clean_clears_only_idle_in_sync_chunks() {
         let vol = 1 << 20;
         let dev: Arc<dyn BlockDevice> = Arc::new(MemoryBackend::new(file_bytes_for(vol, 4096)));
-        let sb = Scoreboard::create(dev.clone(), "s", vol, 4096, false).unwrap();
+        let sb =
+            Scoreboard::create(dev.clone(), "s", vol, 4096, false, Default::default()).unwrap();
         sb.begin(0, 4096).unwrap();
         sb.begin(8192, 8192).unwrap();
         sb.end(8192, 8192, false); // not acknowledged: out of sync
@@ -536,6 +638,45 @@ mod tests {
     }
 
     #[test]
+    fn generations_survive_reopen_and_the_first_logging_write_starts_one() {
+        let vol = 1 << 20;
+        let dev: Arc<dyn BlockDevice> = Arc::new(MemoryBackend::new(file_bytes_for(vol, 4096)));
+        let mut g = Generations::fresh();
+        g.agreed = g.current;
+        let sb = Scoreboard::create(dev.clone(), "s", vol, 4096, false, g.clone()).unwrap();
+        assert_eq!(
+            Scoreboard::open(dev.clone(), "s", vol)
+                .unwrap()
+                .generations(),
+            g
+        );
+        sb.ensure_diverged().unwrap();
+        let after = sb.generations();
+        assert_ne!(after.current, g.current);
+        assert_eq!(after.history, vec![g.current]);
+        sb.ensure_diverged().unwrap();
+        assert_eq!(sb.generations(), after, "one new generation per episode");
+        assert_eq!(
+            Scoreboard::open(dev.clone(), "s", vol)
+                .unwrap()
+                .generations(),
+            after
+        );
+        // A version 1 file (no generations) reads as "accepts any primary".
+        let mut h = vec![0u8; 512];
+        dev.read(&mut h, 0).unwrap();
+        h[4..8].copy_from_slice(&1u32.to_le_bytes());
+        h[GEN_OFFSET..GEN_OFFSET + 64].fill(0);
+        let crc = crc32c::crc32c(&h[..508]);
+        h[508..512].copy_from_slice(&crc.to_le_bytes());
+        dev.write(&h, 0, false).unwrap();
+        assert_eq!(
+            Scoreboard::open(dev, "s", vol).unwrap().generations(),
+            Generations::default()
+        );
+    }
+
+    #[test]
     fn a_crash_at_any_flush_keeps_every_begun_write_marked() {
         // Freeze the file at every flush while writers begin, end and the
         // cleaner runs: every chunk with a write begun and not ended in
@@ -548,7 +689,8 @@ mod tests {
                 clock.clone(),
             ));
             let dev: Arc<dyn BlockDevice> = crash.clone();
-            let sb = Scoreboard::create(dev.clone(), "s", vol, 4096, false).unwrap();
+            let sb =
+                Scoreboard::create(dev.clone(), "s", vol, 4096, false, Default::default()).unwrap();
             if clock.frozen() {
                 continue; // frozen before the header was durable
             }

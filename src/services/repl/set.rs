@@ -121,23 +121,47 @@ impl ReplSet {
         SetState::from_u8(self.state.load(Ordering::SeqCst))
     }
 
-    pub fn set_state(&self, s: SetState, why: &str) {
-        let old = self.state.swap(s as u8, Ordering::SeqCst);
-        if old != s as u8 {
-            log::info!(
-                "replication set {}: {} -> {} ({why})",
-                self.name,
-                SetState::from_u8(old).as_str(),
-                s.as_str()
-            );
-            if let Some(n) = &self.notify {
-                n(
-                    &format!("repl.{}", s.as_str().replace(' ', "_")),
-                    &self.name,
-                    why.to_owned(),
+    /// Move to state `s` if the transition table allows it (see
+    /// `state.rs`); publishes `repl.<state>` on a change. Returns whether
+    /// the set is in `s` now.
+    pub fn set_state(&self, s: SetState, why: &str) -> bool {
+        let mut cur = self.state.load(Ordering::SeqCst);
+        loop {
+            let from = SetState::from_u8(cur);
+            if from == s {
+                return true;
+            }
+            if !from.can_become(s) {
+                log::warn!(
+                    "replication set {}: {} -> {} refused by the state table ({why})",
+                    self.name,
+                    from.as_str(),
+                    s.as_str()
                 );
+                return false;
+            }
+            match self
+                .state
+                .compare_exchange(cur, s as u8, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => break,
+                Err(v) => cur = v,
             }
         }
+        log::info!(
+            "replication set {}: {} -> {} ({why})",
+            self.name,
+            SetState::from_u8(cur).as_str(),
+            s.as_str()
+        );
+        if let Some(n) = &self.notify {
+            n(
+                &format!("repl.{}", s.as_str().replace(' ', "_")),
+                &self.name,
+                why.to_owned(),
+            );
+        }
+        true
     }
 
     pub fn peer_lost(&self) -> bool {
@@ -245,6 +269,13 @@ impl ReplSet {
                 self.scoreboard.end(offset, len, true);
                 self.count_inflight(chunks, false);
                 return Err(self.peer_lost_error());
+            }
+            // Writing without the peer: the first such write starts a new
+            // generation (generation.rs), durable before the data changes.
+            if let Err(e) = self.scoreboard.ensure_diverged() {
+                self.scoreboard.end(offset, len, true);
+                self.count_inflight(chunks, false);
+                return Err(e);
             }
             // Out of sync before the data changes: a resync that starts
             // meanwhile waits for this write and then copies the chunk.

@@ -64,11 +64,21 @@ struct TestSecondary {
 }
 
 impl PeerHandler for TestSecondary {
-    fn control(&self, _peer: &str, req: &Value) -> Result<(Value, Option<Vec<u8>>), String> {
-        Err(format!("unexpected control request {req}"))
+    fn control(
+        &self,
+        _peer: &str,
+        req: super::requests::PeerRequest,
+    ) -> Result<(Value, Option<Vec<u8>>), String> {
+        Err(format!("unexpected control request {}", req.op()))
     }
-    fn link(&self, _peer: &str, req: &Value, mut stream: TcpStream) {
-        let mode: Mode = serde_json::from_value(req["mode"].clone()).unwrap();
+    fn link(
+        &self,
+        _peer: &str,
+        _group: String,
+        mode: Mode,
+        _sets: Vec<super::requests::LinkSet>,
+        mut stream: TcpStream,
+    ) {
         let _ = peer::reply(&mut stream, Ok((json!({}), None)));
         serve_link(
             stream,
@@ -128,7 +138,7 @@ fn pair(mode: Mode, secondary_dev: Arc<dyn BlockDevice>, via_proxy: Option<Queue
     ));
     let sb_dev: Arc<dyn BlockDevice> =
         Arc::new(MemoryBackend::new(file_bytes_for(size, 4096 * 16)));
-    let sb = Scoreboard::create(sb_dev, "set", size, 4096 * 16, false).unwrap();
+    let sb = Scoreboard::create(sb_dev, "set", size, 4096 * 16, false, Default::default()).unwrap();
     let set = Arc::new(ReplSet::new(
         "set",
         0,

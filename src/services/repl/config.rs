@@ -1,0 +1,81 @@
+//! The replication part of the daemon's configuration file (`repl` in
+//! `umbra.json`, docs/config.md): this node's identity, the peers it
+//! trusts, and every set it takes part in, in either role. The service
+//! owns the schema; the control plane persists it atomically.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReplConfig {
+    /// This node's name, announced to peers in the handshake.
+    pub node: String,
+    /// Where the replication listener accepts peers (`HOST:PORT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    #[serde(default)]
+    pub sets: Vec<ReplSetConfig>,
+}
+
+/// A peer this node trusts: its name and the file holding the secret both
+/// share (the secret itself is never written into the configuration).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub name: String,
+    pub secret_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplRole {
+    Primary,
+    Secondary,
+}
+
+/// One replication set as this node sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplSetConfig {
+    pub name: String,
+    pub role: ReplRole,
+    pub volume: String,
+    pub remote_volume: String,
+    /// The other side's replication listener.
+    pub peer: String,
+    #[serde(default)]
+    pub peer_node: String,
+    pub mode: super::Mode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub on_peer_loss: super::PeerLoss,
+    #[serde(default = "yes")]
+    pub autosync: bool,
+    /// Suspended by `repl log` (no autosync until `repl sync`).
+    #[serde(default)]
+    pub suspended: bool,
+    /// The scoreboard file (both roles: it holds the generations, and on
+    /// a demoted former primary the chunks the peer may lack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scoreboard: Option<PathBuf>,
+    pub timeout_ms: u64,
+    pub queue_bytes: u64,
+    pub queue_items: usize,
+    #[serde(default)]
+    pub on_queue_full: super::QueueFull,
+    /// Secondary: the safety snapshot (an image set) while a sync runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_snapshot: Option<String>,
+    /// The generations disagreed at the last contact: nothing replicates
+    /// until `repl resolve` (kept across restarts).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub split_brain: bool,
+}
+
+fn yes() -> bool {
+    true
+}

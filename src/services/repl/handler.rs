@@ -1,0 +1,489 @@
+//! This node's answers to its peers: the control requests of
+//! `requests.rs`, and data links handed to the ordered applier.
+
+use super::config::{ReplRole, ReplSetConfig};
+use super::error::{RResult, ReplError};
+use super::generation::{relation, Generations, Relation};
+use super::peer::{self, PeerHandler};
+use super::requests::{
+    CompareReply, LinkSet, PeerRequest, SetGenerations, MAX_READ_BYTES, MAX_SET_ID,
+};
+use super::runtime::{link_key, Replication, SecondaryEntry};
+use super::secondary::{serve_link, SecondarySet, SECONDARY_LAYER};
+use super::{
+    Mode, PeerLoss, QueueFull, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_ITEMS, DEFAULT_TIMEOUT_MS,
+};
+use crate::control::validate_name;
+use crate::device::BlockDevice;
+use serde_json::{json, Value};
+use std::net::TcpStream;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// Answers peers on behalf of the service.
+pub(super) struct Handler(pub Weak<Replication>);
+
+impl PeerHandler for Handler {
+    fn control(&self, peer: &str, req: PeerRequest) -> Result<(Value, Option<Vec<u8>>), String> {
+        let r = self.0.upgrade().ok_or("the daemon is stopping")?;
+        if r.stopping() {
+            return Err("the daemon is stopping".into());
+        }
+        r.answer(peer, req).map_err(|e| e.to_string())
+    }
+
+    fn link(&self, peer: &str, group: String, mode: Mode, sets: Vec<LinkSet>, stream: TcpStream) {
+        if let Some(r) = self.0.upgrade() {
+            r.serve_peer_link(peer, group, mode, sets, stream);
+        }
+    }
+}
+
+type Answer = RResult<(Value, Option<Vec<u8>>)>;
+
+fn empty() -> Answer {
+    Ok((json!({}), None))
+}
+
+impl Replication {
+    fn answer(&self, peer: &str, req: PeerRequest) -> Answer {
+        match req {
+            PeerRequest::Create {
+                set,
+                volume,
+                size_bytes,
+                mode,
+                group,
+                primary,
+                primary_volume,
+                timeout_ms,
+                generation,
+            } => {
+                let c = ReplSetConfig {
+                    name: set,
+                    role: ReplRole::Secondary,
+                    volume,
+                    remote_volume: primary_volume,
+                    peer: primary,
+                    peer_node: peer.to_owned(),
+                    mode,
+                    group,
+                    on_peer_loss: PeerLoss::Log,
+                    autosync: true,
+                    suspended: false,
+                    scoreboard: None,
+                    timeout_ms: timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+                    queue_bytes: DEFAULT_QUEUE_BYTES,
+                    queue_items: DEFAULT_QUEUE_ITEMS,
+                    on_queue_full: QueueFull::Block,
+                    safety_snapshot: None,
+                    split_brain: false,
+                };
+                self.create_secondary(peer, c, size_bytes, generation)
+                    .map(|v| (v, None))
+            }
+            PeerRequest::Disable { set } => {
+                let _r = self.reserve(std::slice::from_ref(&set))?;
+                let c = self.set_config(&set)?;
+                if c.role != ReplRole::Secondary {
+                    return Err(ReplError::Invalid(format!(
+                        "set {set} is not a secondary on node {}",
+                        self.ctx.name()
+                    )));
+                }
+                self.drop_secondary(&c);
+                if let Some(p) = &c.scoreboard {
+                    let _ = std::fs::remove_file(p);
+                }
+                self.commit(
+                    |rc| {
+                        rc.sets.retain(|s| s.name != set);
+                        Ok(())
+                    },
+                    || {},
+                )?;
+                self.publish("repl.disabled", &set, format!("by primary {peer}"));
+                empty()
+            }
+            PeerRequest::Compare { sets } => self.compare(peer, sets),
+            PeerRequest::SyncBegin { set, generations } => {
+                let e = self.secondary(&set)?;
+                let mine = e.scoreboard.generations();
+                match relation(&mine, &generations) {
+                    Relation::Same | Relation::WeAreOlder => {}
+                    r => {
+                        return Err(ReplError::SplitBrain(format!(
+                            "set {set}: this secondary's data is not an ancestor of the primary's ({r:?}); not syncing onto it"
+                        )))
+                    }
+                }
+                let snap = self.take_safety(&e)?;
+                let bits = (e.scoreboard.oos_chunks() > 0).then(|| e.scoreboard.oos_words());
+                Ok((json!({"safety_snapshot": snap}), bits))
+            }
+            PeerRequest::SyncEnd { set, generations } => {
+                let e = self.secondary(&set)?;
+                e.scoreboard.clear_all().map_err(ReplError::Failed)?;
+                e.scoreboard
+                    .update_generations(|g| g.adopt(&generations))
+                    .map_err(ReplError::Failed)?;
+                let mut snap = None;
+                self.commit(
+                    |rc| {
+                        if let Some(c) = rc.sets.iter_mut().find(|c| c.name == set) {
+                            snap = c.safety_snapshot.take();
+                        }
+                        Ok(())
+                    },
+                    || {},
+                )?;
+                if let Some(snap) = snap {
+                    self.host()?.snapshot_drop(&snap);
+                    self.publish("repl.safety_dropped", &set, snap);
+                }
+                empty()
+            }
+            // A secondary changes nothing on its own; a former primary
+            // that stepped down hands over the chunks it wrote that its
+            // peer may lack.
+            PeerRequest::Bitmap { set } => {
+                let e = self.secondary(&set)?;
+                let bits = (e.scoreboard.oos_chunks() > 0).then(|| e.scoreboard.oos_words());
+                Ok((json!({}), bits))
+            }
+            PeerRequest::BitmapClear { sets } => {
+                for set in sets {
+                    self.secondary(&set)?
+                        .scoreboard
+                        .clear_all()
+                        .map_err(ReplError::Failed)?;
+                }
+                empty()
+            }
+            PeerRequest::Read { set, offset, len } => {
+                let e = self.secondary(&set)?;
+                if len == 0
+                    || len > MAX_READ_BYTES
+                    || offset
+                        .checked_add(len)
+                        .is_none_or(|end| end > e.set.size_bytes)
+                {
+                    return Err(ReplError::Invalid(format!(
+                        "read [{offset}, +{len}) outside set {set}"
+                    )));
+                }
+                let mut buf = vec![0u8; len as usize];
+                e.set
+                    .guard
+                    .with_lower(|d| d.read(&mut buf, offset))
+                    .map_err(|e| ReplError::Failed(e.to_string()))?;
+                Ok((json!({}), Some(buf)))
+            }
+            PeerRequest::Swap { sets, primary } => {
+                self.accept_swap(peer, &sets, &primary)?;
+                empty()
+            }
+            PeerRequest::Discard { set } => {
+                let c = self.set_config(&set)?;
+                let names: Vec<String> = self
+                    .config()?
+                    .sets
+                    .into_iter()
+                    .filter(|x| link_key(x) == link_key(&c))
+                    .map(|x| x.name)
+                    .collect();
+                self.discard_here(&names)?;
+                self.publish(
+                    "repl.resolved",
+                    &set,
+                    format!("this side's data was discarded (asked by {peer})"),
+                );
+                empty()
+            }
+            PeerRequest::Resume { set } => {
+                self.resume(&[set])?;
+                empty()
+            }
+            PeerRequest::Link { .. } => Err(ReplError::Invalid(
+                "a link request is only valid as the first request of a connection".into(),
+            )),
+        }
+    }
+
+    fn create_secondary(
+        &self,
+        peer: &str,
+        mut c: ReplSetConfig,
+        size_bytes: u64,
+        generation: Option<u64>,
+    ) -> RResult<Value> {
+        validate_name(&c.name).map_err(|e| ReplError::Invalid(format!("replication set: {e}")))?;
+        let _r = self.reserve(&[c.name.clone(), format!("volume:{}", c.volume)])?;
+        let host = self.host()?;
+        let rc = self.config()?;
+        if rc.sets.iter().any(|s| s.name == c.name) {
+            return Err(ReplError::Exists(format!(
+                "node {}: replication set {} already exists",
+                rc.node, c.name
+            )));
+        }
+        if let Some(o) = rc.sets.iter().find(|s| s.volume == c.volume) {
+            return Err(ReplError::Busy(format!(
+                "node {}: volume {} is already in replication set {}",
+                rc.node, c.volume, o.name
+            )));
+        }
+        let volume = host
+            .volume(&c.volume)
+            .map_err(|e| ReplError::Invalid(format!("node {}: {e}", rc.node)))?;
+        if volume.size_bytes() < size_bytes {
+            return Err(ReplError::Invalid(format!(
+                "node {}: volume {} has {} bytes, smaller than the primary's {size_bytes}",
+                rc.node,
+                c.volume,
+                volume.size_bytes(),
+            )));
+        }
+        if host.is_image_shadow(&c.volume) {
+            return Err(ReplError::Busy(format!(
+                "node {}: volume {} is an image shadow",
+                rc.node, c.volume
+            )));
+        }
+        let path = host.data_dir().join(format!("{}.scoreboard", c.name));
+        c.scoreboard = Some(path.clone());
+        let gens = match generation {
+            Some(g) => Generations {
+                current: g,
+                agreed: g,
+                history: Vec::new(),
+            },
+            None => Generations::default(),
+        };
+        self.open_secondary(&c, Some(gens))?;
+        let cc = c.clone();
+        self.commit(
+            |rc| {
+                rc.sets.push(cc.clone());
+                Ok(())
+            },
+            || {
+                self.drop_secondary(&c);
+                let _ = std::fs::remove_file(&path);
+            },
+        )?;
+        self.publish(
+            "repl.enabled",
+            &c.name,
+            format!("secondary of {peer} ({})", c.mode.as_str()),
+        );
+        Ok(json!({"node": rc.node}))
+    }
+
+    /// A peer compares generations before it syncs. As a primary here,
+    /// this side steps down when the peer's data is newer and enters split
+    /// brain when both wrote.
+    fn compare(&self, peer: &str, sets: Vec<SetGenerations>) -> Answer {
+        let mut role = ReplRole::Secondary;
+        let mut older = 0;
+        let mut conflict = Vec::new();
+        let mut primaries = Vec::new();
+        for sg in &sets {
+            if let Some(p) = self.primary(&sg.name) {
+                role = ReplRole::Primary;
+                match relation(&p.scoreboard.generations(), &sg.generations) {
+                    Relation::WeAreOlder => older += 1,
+                    Relation::PeerOlder => {}
+                    Relation::Same | Relation::SplitBrain => conflict.push(json!({
+                        "set": sg.name,
+                        "local": p.scoreboard.generations(),
+                        "peer": sg.generations,
+                        "local_out_of_sync_bytes": p.scoreboard.oos_bytes(),
+                    })),
+                }
+                primaries.push(p);
+            } else {
+                self.secondary(&sg.name)?;
+            }
+        }
+        if role == ReplRole::Primary {
+            let names: Vec<String> = sets.iter().map(|s| s.name.clone()).collect();
+            if older == sets.len() {
+                self.step_down(
+                    &names,
+                    false,
+                    &format!("{peer} took over while this node was away"),
+                )?;
+                role = ReplRole::Secondary;
+            } else if !conflict.is_empty() || older > 0 {
+                self.enter_split_brain(&primaries, &Value::Array(conflict).to_string());
+            }
+        }
+        let reply = CompareReply {
+            role,
+            sets: sets
+                .iter()
+                .map(|s| SetGenerations {
+                    name: s.name.clone(),
+                    generations: self.generations_of(&s.name).unwrap_or_default(),
+                })
+                .collect(),
+        };
+        Ok((serde_json::to_value(reply).expect("serialisable"), None))
+    }
+
+    /// Before a resync makes the secondary inconsistent, keep a dependent
+    /// snapshot of it. An existing one (an interrupted sync) is kept: it
+    /// is the last consistent image.
+    fn take_safety(&self, e: &SecondaryEntry) -> RResult<String> {
+        let s = &e.set;
+        let snap = format!("{}-safety", s.name);
+        if self.set_config(&s.name)?.safety_snapshot.is_some() {
+            return Ok(snap);
+        }
+        let host = self.host()?;
+        let _pause = s.gate.write();
+        // A leftover from a crash between enable and persist.
+        if host.snapshot_exists(&snap) {
+            host.snapshot_drop(&snap);
+        }
+        host.snapshot_take(&snap, &s.volume)?;
+        // Keep the guard on top, so the applier's writes go through the
+        // imaging layer (copy-on-write into the snapshot).
+        {
+            let vol = host.volume(&s.volume)?;
+            let mut g = vol
+                .quiesce("repl safety snapshot")
+                .map_err(|e| ReplError::Failed(e.to_string()))?;
+            g.remove(SECONDARY_LAYER)
+                .map_err(|e| ReplError::Failed(e.to_string()))?;
+            g.push(s.guard.clone())
+                .map_err(|e| ReplError::Failed(e.to_string()))?;
+        }
+        let name = s.name.clone();
+        let sn = snap.clone();
+        self.commit(
+            |rc| {
+                if let Some(c) = rc.sets.iter_mut().find(|c| c.name == name) {
+                    c.safety_snapshot = Some(sn.clone());
+                }
+                Ok(())
+            },
+            || {},
+        )?;
+        self.publish("repl.safety_taken", &s.name, snap.clone());
+        Ok(snap)
+    }
+
+    /// The peer swaps roles with us: these sets become primaries
+    /// replicating to it.
+    fn accept_swap(&self, peer: &str, names: &[String], primary_addr: &str) -> RResult<()> {
+        let _r = self.reserve(names)?;
+        let mut cfgs = Vec::new();
+        for n in names {
+            let c = self.set_config(n)?;
+            if c.role != ReplRole::Secondary {
+                return Err(ReplError::Invalid(format!(
+                    "set {n} is not a secondary here"
+                )));
+            }
+            if c.safety_snapshot.is_some() {
+                return Err(ReplError::Busy(format!(
+                    "set {n} is in the middle of a sync"
+                )));
+            }
+            cfgs.push(c);
+        }
+        if let Some(c) = cfgs.first() {
+            self.table.replace(&link_key(c), None);
+        }
+        let mut opened = Vec::new();
+        for c in &mut cfgs {
+            c.peer = primary_addr.to_owned();
+            c.peer_node = peer.to_owned();
+            opened.push(self.promote(c)?);
+        }
+        self.store_sets(&cfgs, || {})?;
+        // Connect back to the old primary (now our secondary) once it has
+        // switched; until then autosync retries.
+        for s in &opened {
+            s.set_peer_lost(true);
+        }
+        self.publish(
+            "repl.swapped",
+            &names.join(","),
+            format!("this node is now the primary; secondary {peer}"),
+        );
+        Ok(())
+    }
+
+    fn serve_peer_link(
+        &self,
+        peer: &str,
+        group: String,
+        mode: Mode,
+        list: Vec<LinkSet>,
+        mut stream: TcpStream,
+    ) {
+        let r = (|| -> RResult<(Vec<Option<Arc<SecondarySet>>>, Duration)> {
+            let mut sets: Vec<Option<Arc<SecondarySet>>> = Vec::new();
+            let mut timeout = DEFAULT_TIMEOUT_MS;
+            for e in &list {
+                if e.id > MAX_SET_ID {
+                    return Err(ReplError::Invalid(format!(
+                        "link: set id {} out of range",
+                        e.id
+                    )));
+                }
+                let c = self.set_config(&e.name)?;
+                if c.role != ReplRole::Secondary || c.mode != mode {
+                    return Err(ReplError::Invalid(format!(
+                        "set {} is not a {} secondary here",
+                        e.name,
+                        mode.as_str()
+                    )));
+                }
+                timeout = c.timeout_ms;
+                let s = self.secondary(&e.name)?.set;
+                if e.size_bytes > s.size_bytes {
+                    return Err(ReplError::Invalid(format!(
+                        "set {}: the primary is larger than volume {}",
+                        e.name, s.volume
+                    )));
+                }
+                let id = e.id as usize;
+                if sets.len() <= id {
+                    sets.resize(id + 1, None);
+                }
+                sets[id] = Some(s);
+            }
+            Ok((sets, Duration::from_millis(timeout)))
+        })();
+        let (sets, timeout) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                log::warn!("replication: link from {peer} refused: {e}");
+                let _ = peer::reply(&mut stream, Err(e.to_string()));
+                return;
+            }
+        };
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let Ok(handle) = stream.try_clone() else {
+            return;
+        };
+        // A reconnect replaces the group's old link after its applier stops.
+        self.table.replace(&group, Some((handle, done_rx)));
+        if peer::reply(&mut stream, Ok((json!({}), None))).is_err() {
+            return;
+        }
+        log::info!(
+            "replication: link {group} from {peer} up ({})",
+            mode.as_str()
+        );
+        self.publish("repl.link_up", &group, format!("from {peer}"));
+        let why = serve_link(stream, sets, mode, timeout);
+        log::info!("replication: link {group} from {peer} ended: {why}");
+        self.publish("repl.link_down", &group, why);
+        let _ = done_tx.send(());
+    }
+}

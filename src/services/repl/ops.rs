@@ -1,0 +1,483 @@
+//! The replication service's admin operations. Each one validates, reserves
+//! the sets it changes, talks to the peer with nothing locked, then commits
+//! runtime and configuration together.
+
+use super::config::{PeerConfig, ReplConfig, ReplRole, ReplSetConfig};
+use super::error::{RResult, ReplError};
+use super::generation::Generations;
+use super::peer;
+use super::requests::PeerRequest;
+use super::runtime::{trim_secret, Replication};
+use super::{Mode, PeerLoss, QueueFull, SetState};
+use crate::control::validate_name;
+use crate::device::BlockDevice;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// A peer that stops answering is declared lost after this long.
+pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// The async/hybrid queue: 64 MiB or 16k writes (about 1 s of a fast
+/// NVMe's 4 KiB writes), whichever fills first.
+pub const DEFAULT_QUEUE_BYTES: u64 = 64 << 20;
+pub const DEFAULT_QUEUE_ITEMS: usize = 16_384;
+/// Longest a single `repl.wait` request blocks; the CLI loops for longer.
+const MAX_WAIT_MS: u64 = 60_000;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnableOptions {
+    pub name: String,
+    pub local: String,
+    pub peer: String,
+    pub remote: String,
+    pub mode: Mode,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub no_sync: bool,
+    #[serde(default)]
+    pub no_autosync: bool,
+    #[serde(default)]
+    pub on_peer_loss: Option<PeerLoss>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub queue_bytes: Option<u64>,
+    #[serde(default)]
+    pub queue_items: Option<usize>,
+    #[serde(default)]
+    pub on_queue_full: Option<QueueFull>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncOptions {
+    pub name: String,
+    #[serde(default)]
+    pub full: bool,
+    #[serde(default)]
+    pub reverse: bool,
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitOptions {
+    pub name: String,
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+impl Replication {
+    pub fn setup(&self, node: &str, listen: Option<&str>) -> RResult<Value> {
+        validate_name(node).map_err(|e| ReplError::Invalid(format!("node: {e}")))?;
+        let host = self.host()?;
+        let before = host.repl_config().unwrap_or_default();
+        if !before.sets.is_empty() && before.node != node {
+            return Err(ReplError::Busy(format!(
+                "node {} has replication sets; its name cannot change to {node}",
+                before.node
+            )));
+        }
+        let mut bound = before.listen.clone();
+        if let Some(l) = listen.filter(|l| Some(*l) != before.listen.as_deref()) {
+            if let Some(mut old) = self.listener.lock().take() {
+                old.stop();
+            }
+            match self.start_listener(l) {
+                Ok(b) => bound = Some(b),
+                Err(e) => {
+                    if let Some(prev) = &before.listen {
+                        let _ = self.start_listener(prev);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let node_s = node.to_owned();
+        let b2 = bound.clone();
+        host.edit_repl_config(&mut |rc| {
+            let rc = rc.get_or_insert_with(ReplConfig::default);
+            rc.node = node_s.clone();
+            rc.listen = b2.clone();
+            Ok(())
+        })?;
+        self.ctx.set_name(node);
+        Ok(json!({"node": node, "listen": bound}))
+    }
+
+    pub fn peer_add(&self, name: &str, secret_file: &std::path::Path) -> RResult<Value> {
+        validate_name(name).map_err(|e| ReplError::Invalid(format!("peer: {e}")))?;
+        let secret = std::fs::read(secret_file).map_err(|e| {
+            ReplError::Invalid(format!(
+                "peer {name}: secret file {}: {e}",
+                secret_file.display()
+            ))
+        })?;
+        let secret = trim_secret(secret);
+        if secret.len() < 16 {
+            return Err(ReplError::Invalid(format!(
+                "peer {name}: the secret in {} is {} bytes; use at least 16 (e.g. `head -c 32 /dev/urandom | base64`)",
+                secret_file.display(),
+                secret.len()
+            )));
+        }
+        let pc = PeerConfig {
+            name: name.to_owned(),
+            secret_file: secret_file.to_owned(),
+        };
+        self.commit(
+            |rc| {
+                rc.peers.retain(|p| p.name != pc.name);
+                rc.peers.push(pc.clone());
+                Ok(())
+            },
+            || {},
+        )?;
+        self.ctx.set_secret(name, Some(secret));
+        Ok(json!({"name": name, "secret_file": secret_file}))
+    }
+
+    pub fn peer_remove(&self, name: &str) -> RResult<Value> {
+        self.commit(
+            |rc| {
+                let before = rc.peers.len();
+                rc.peers.retain(|p| p.name != name);
+                if rc.peers.len() == before {
+                    return Err(ReplError::NotFound(format!("no peer named {name}")));
+                }
+                Ok(())
+            },
+            || {},
+        )?;
+        self.ctx.set_secret(name, None);
+        Ok(json!({"name": name}))
+    }
+
+    pub fn enable(&self, a: EnableOptions) -> RResult<Value> {
+        validate_name(&a.name).map_err(|e| ReplError::Invalid(format!("replication set: {e}")))?;
+        if let Some(g) = &a.group {
+            validate_name(g).map_err(|e| ReplError::Invalid(format!("group: {e}")))?;
+        }
+        let host = self.host()?;
+        let _r = self.reserve(&[a.name.clone(), format!("volume:{}", a.local)])?;
+        let rc = self.config()?;
+        if rc.sets.iter().any(|s| s.name == a.name) {
+            return Err(ReplError::Exists(format!(
+                "replication set {} already exists",
+                a.name
+            )));
+        }
+        if let Some(o) = rc.sets.iter().find(|s| s.volume == a.local) {
+            return Err(ReplError::Busy(format!(
+                "volume {} is already in replication set {}",
+                a.local, o.name
+            )));
+        }
+        let volume = host.volume(&a.local)?;
+        let listen = self.listen_addr().ok_or_else(|| {
+            ReplError::Invalid(
+                "this node has no replication listener; `umbra repl setup --listen HOST:PORT`"
+                    .into(),
+            )
+        })?;
+        let mut c = ReplSetConfig {
+            name: a.name.clone(),
+            role: ReplRole::Primary,
+            volume: a.local.clone(),
+            remote_volume: a.remote.clone(),
+            peer: a.peer.clone(),
+            peer_node: String::new(),
+            mode: a.mode,
+            group: a.group.clone(),
+            on_peer_loss: a.on_peer_loss.unwrap_or_default(),
+            autosync: !a.no_autosync,
+            suspended: false,
+            scoreboard: Some(host.data_dir().join(format!("{}.scoreboard", a.name))),
+            timeout_ms: a.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS).max(500),
+            queue_bytes: a.queue_bytes.unwrap_or(DEFAULT_QUEUE_BYTES).max(1 << 20),
+            queue_items: a.queue_items.unwrap_or(DEFAULT_QUEUE_ITEMS).max(16),
+            on_queue_full: a.on_queue_full.unwrap_or_default(),
+            safety_snapshot: None,
+            split_brain: false,
+        };
+        if let Some(g) = &a.group {
+            if let Some(o) = rc.sets.iter().find(|s| s.group.as_deref() == Some(g)) {
+                if o.peer != c.peer || o.mode != c.mode {
+                    return Err(ReplError::Invalid(format!(
+                        "group {g} replicates to {} in {} mode (set {}); a group shares one peer and one mode",
+                        o.peer, o.mode.as_str(), o.name
+                    )));
+                }
+            }
+        }
+        // Volumes declared identical share a generation from the start;
+        // otherwise the secondary has none until its first sync.
+        let mut gens = Generations::fresh();
+        if a.no_sync {
+            gens.agreed = gens.current;
+        }
+        // The secondary side first, through the peer link (nothing locked).
+        let (reply, _) = peer::request(
+            &self.ctx,
+            &a.peer,
+            &PeerRequest::Create {
+                set: a.name.clone(),
+                volume: a.remote.clone(),
+                size_bytes: volume.size_bytes(),
+                mode: a.mode,
+                group: a.group.clone(),
+                primary: listen,
+                primary_volume: a.local.clone(),
+                timeout_ms: Some(c.timeout_ms),
+                generation: a.no_sync.then_some(gens.current),
+            },
+        )
+        .map_err(|e| ReplError::Peer(format!("replication set {}: {e}", a.name)))?;
+        c.peer_node = reply["node"].as_str().unwrap_or_default().to_owned();
+        let initial = if a.no_sync {
+            SetState::Replicating
+        } else {
+            SetState::Logging
+        };
+        let undo_remote = |why: &str| {
+            log::warn!(
+                "replication set {}: undoing the secondary side: {why}",
+                a.name
+            );
+            let _ = peer::request(
+                &self.ctx,
+                &a.peer,
+                &PeerRequest::Disable {
+                    set: a.name.clone(),
+                },
+            );
+        };
+        let set = match self.open_primary(&c, Some((initial, gens))) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_file(c.scoreboard.as_ref().expect("set"));
+                undo_remote(&e.to_string());
+                return Err(e);
+            }
+        };
+        let cc = c.clone();
+        if let Err(e) = self.commit(
+            |rc| {
+                rc.sets.push(cc.clone());
+                Ok(())
+            },
+            || {
+                self.drop_primary(&c);
+                let _ = std::fs::remove_file(c.scoreboard.as_ref().expect("set"));
+            },
+        ) {
+            undo_remote(&e.to_string());
+            return Err(e);
+        }
+        if a.no_sync {
+            if let Err(e) = set.link().connect() {
+                set.set_peer_lost(true);
+                *set.last_error.lock() = Some(e.clone());
+                log::warn!("replication set {}: {e}; autosync will retry", a.name);
+            } else {
+                set.set_state(
+                    SetState::Replicating,
+                    "enabled with --no-sync (volumes declared identical)",
+                );
+            }
+        }
+        self.publish(
+            "repl.enabled",
+            &a.name,
+            format!(
+                "{} -> {}:{} ({})",
+                a.local,
+                a.peer,
+                a.remote,
+                a.mode.as_str()
+            ),
+        );
+        self.info(&a.name)
+    }
+
+    /// Start a sync. On a set that is already replicating (and not asked
+    /// for a full sync) this succeeds at once: there is nothing to do.
+    pub fn sync(&self, a: SyncOptions) -> RResult<Value> {
+        let sets = self.group_of(&a.name)?;
+        let names: Vec<String> = sets.iter().map(|s| s.name.clone()).collect();
+        let _r = self.reserve(&names)?;
+        let link = sets[0].link().clone();
+        if !a.full && !a.reverse && sets.iter().all(|s| s.state() == SetState::Replicating) {
+            return self.info(&a.name);
+        }
+        if link.syncing.load(Ordering::SeqCst) {
+            if !a.full && !a.reverse {
+                return self.info(&a.name); // the sync asked for runs already
+            }
+            return Err(ReplError::Busy(format!(
+                "replication set {}: a sync is already running",
+                a.name
+            )));
+        }
+        for s in &sets {
+            if s.state() == SetState::SplitBrain {
+                return Err(ReplError::SplitBrain(format!(
+                    "replication set {}: split brain: both sides wrote since they last agreed; \
+                     pick the side to discard with `umbra repl resolve {} --discard here|peer`",
+                    s.name, s.name
+                )));
+            }
+            if !s.state().may_sync() {
+                return Err(ReplError::Busy(format!(
+                    "replication set {} is {}; a sync starts from logging (`umbra repl log {}` first)",
+                    s.name,
+                    s.state().as_str(),
+                    s.name
+                )));
+            }
+        }
+        if a.reverse && !a.force {
+            let host = self.host()?;
+            for s in &sets {
+                if let Some(listen) = host.read_write_export(&s.volume) {
+                    return Err(ReplError::Busy(format!(
+                        "volume {} is exported read-write ({listen}); a reverse sync rewrites it under its users. Unmount and remove the export, or pass --force",
+                        s.volume
+                    )));
+                }
+            }
+        }
+        for s in &sets {
+            s.suspended.store(false, Ordering::SeqCst);
+        }
+        self.persist_suspended(&names, false);
+        if a.full {
+            for s in &sets {
+                s.scoreboard
+                    .mark_all()
+                    .map_err(|e| ReplError::Failed(e.to_string()))?;
+            }
+        }
+        for s in &sets {
+            s.stats
+                .sync_total_bytes
+                .store(s.scoreboard.oos_bytes(), Ordering::SeqCst);
+            s.stats.sync_done_bytes.store(0, Ordering::SeqCst);
+        }
+        if a.reverse {
+            self.start_reverse_sync(&link);
+        } else {
+            self.start_sync(&link, a.full);
+        }
+        self.info(&a.name)
+    }
+
+    pub(super) fn persist_suspended(&self, names: &[String], v: bool) {
+        let r = self.commit(
+            |rc| {
+                for c in rc.sets.iter_mut().filter(|c| names.contains(&c.name)) {
+                    c.suspended = v;
+                }
+                Ok(())
+            },
+            || {},
+        );
+        if let Err(e) = r {
+            log::error!("persisting replication state: {e}");
+        }
+    }
+
+    /// Suspend replication: the group goes to logging, no autosync until
+    /// the next `repl sync`.
+    pub fn log(&self, name: &str) -> RResult<Value> {
+        let sets = self.group_of(name)?;
+        let names: Vec<String> = sets.iter().map(|s| s.name.clone()).collect();
+        let _r = self.reserve(&names)?;
+        for s in &sets {
+            s.suspended.store(true, Ordering::SeqCst);
+            s.set_peer_lost(false);
+        }
+        self.persist_suspended(&names, true);
+        sets[0].link().close("suspended by `repl log`");
+        for s in &sets {
+            // A set that needs a sync (or is in split brain) keeps saying so.
+            if s.state().can_become(SetState::Logging) {
+                s.set_state(SetState::Logging, "suspended by `repl log`");
+            }
+        }
+        self.info(name)
+    }
+
+    pub fn wait(&self, a: WaitOptions) -> RResult<Value> {
+        let want = match &a.state {
+            Some(s) => SetState::parse(s)
+                .ok_or_else(|| ReplError::Invalid(format!("unknown state {s:?}")))?,
+            None => SetState::Replicating,
+        };
+        let deadline = Instant::now()
+            + Duration::from_millis(a.timeout_ms.unwrap_or(MAX_WAIT_MS).min(MAX_WAIT_MS));
+        loop {
+            let set = self
+                .primary(&a.name)
+                .ok_or_else(|| ReplError::no_set(&a.name))?;
+            let st = set.state();
+            let reached = st == want
+                && !(want == SetState::Logging && set.link().syncing.load(Ordering::SeqCst));
+            let stuck = matches!(st, SetState::Failed | SetState::SplitBrain) && st != want;
+            if reached || Instant::now() >= deadline || stuck {
+                let mut v = self.info(&a.name)?;
+                v["reached"] = json!(reached);
+                return Ok(v);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn disable(&self, name: &str, force: bool) -> RResult<Value> {
+        let _r = self.reserve(&[name.to_owned()])?;
+        let c = self.set_config(name)?;
+        if c.role == ReplRole::Secondary && !force {
+            return Err(ReplError::Invalid(format!(
+                "replication set {name} is a secondary here; disable it from the primary (or --force to drop this side only)"
+            )));
+        }
+        let mut note = String::new();
+        if c.role == ReplRole::Primary {
+            if let Err(e) = peer::request(
+                &self.ctx,
+                &c.peer,
+                &PeerRequest::Disable {
+                    set: name.to_owned(),
+                },
+            ) {
+                if !force {
+                    return Err(ReplError::Peer(format!(
+                        "replication set {name}: the peer did not disable its side: {e}; retry, or --force to disable this side only"
+                    )));
+                }
+                note = format!("the peer's side was not disabled: {e}");
+            }
+            self.drop_primary(&c);
+        } else {
+            self.drop_secondary(&c);
+        }
+        if let Some(p) = &c.scoreboard {
+            let _ = std::fs::remove_file(p);
+        }
+        self.commit(
+            |rc| {
+                rc.sets.retain(|s| s.name != name);
+                Ok(())
+            },
+            || {},
+        )?;
+        self.publish("repl.disabled", name, note.clone());
+        Ok(json!({"name": name, "note": note}))
+    }
+}

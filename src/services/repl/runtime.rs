@@ -1,0 +1,652 @@
+//! [`Replication`]: the replication service's facade. One per daemon (or
+//! test). It owns the runtime registry (primary sets, their links, the
+//! secondary sets, the listener) and runs every operation; the daemon's
+//! admin adapter (`control/daemon/repl.rs`) only parses requests and maps
+//! errors.
+//!
+//! What the service needs from its daemon (volumes, the persisted
+//! configuration, imaging for safety snapshots, events) comes through the
+//! [`Host`] trait. The service never holds a lock of its own or of the
+//! host across a network call or a quiesce: an operation reserves the
+//! names of the sets it changes ([`Reservation`]), talks to the peer with
+//! nothing locked, then commits runtime and configuration together
+//! ([`Replication::commit`]).
+//!
+//! * `ops.rs`: admin operations (setup, peers, enable, sync, log, wait,
+//!   disable, resolve).
+//! * `sync.rs`: the link manager (autosync, scoreboard cleaning) and the
+//!   forward and reverse sync engines.
+//! * `roles.rs`: swap, forced takeover and demotion, split-brain
+//!   resolution.
+//! * `handler.rs`: this node's answers to its peers.
+
+use super::config::{ReplConfig, ReplRole, ReplSetConfig};
+use super::error::{RResult, ReplError};
+use super::generation::Generations;
+use super::link::{Link, QueueLimits};
+use super::peer::Listener;
+use super::scoreboard::{self, Scoreboard};
+use super::secondary::{LinkTable, SecondaryGuard, SecondarySet, SECONDARY_LAYER};
+use super::set::{PrimaryLayer, ReplSet, PRIMARY_LAYER};
+use super::{NodeCtx, Notifier, SetState};
+use crate::backend::{EngineKind, FileBackend, FileOptions};
+use crate::device::BlockDevice;
+use crate::interposer::Volume;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+/// What the replication service needs from the daemon it runs in.
+pub trait Host: Send + Sync {
+    /// An online volume.
+    fn volume(&self, name: &str) -> RResult<Arc<Volume>>;
+    /// The replication configuration as persisted.
+    fn repl_config(&self) -> Option<ReplConfig>;
+    /// Change the replication configuration with `edit` and persist it.
+    /// When `edit` or persisting fails, the configuration is as before.
+    fn edit_repl_config(
+        &self,
+        edit: &mut dyn FnMut(&mut Option<ReplConfig>) -> RResult<()>,
+    ) -> RResult<()>;
+    /// The address of a read-write export of `volume`, if any.
+    fn read_write_export(&self, volume: &str) -> Option<String>;
+    /// `volume` is the shadow of an image set.
+    fn is_image_shadow(&self, volume: &str) -> bool;
+    /// Take a dependent snapshot `name` (an image set and a volume of the
+    /// same name) of `volume`.
+    fn snapshot_take(&self, name: &str, volume: &str) -> RResult<()>;
+    /// Remove snapshot `name` (image set, volume and file), if it exists.
+    fn snapshot_drop(&self, name: &str);
+    fn snapshot_exists(&self, name: &str) -> bool;
+    /// Publish an event.
+    fn publish(&self, kind: &str, object: &str, detail: String);
+    fn data_dir(&self) -> PathBuf;
+    fn stopping(&self) -> bool;
+}
+
+/// A secondary set and its scoreboard (which holds the generations and,
+/// on a demoted former primary, the chunks it wrote that the peer lacks).
+#[derive(Clone)]
+pub(super) struct SecondaryEntry {
+    pub set: Arc<SecondarySet>,
+    pub scoreboard: Arc<Scoreboard>,
+}
+
+/// The replication service of one node.
+pub struct Replication {
+    pub(super) ctx: Arc<NodeCtx>,
+    pub(super) listener: Mutex<Option<Listener>>,
+    pub(super) primaries: Mutex<HashMap<String, Arc<ReplSet>>>,
+    pub(super) links: Mutex<HashMap<String, Arc<Link>>>,
+    pub(super) secondaries: Mutex<HashMap<String, SecondaryEntry>>,
+    pub(super) table: LinkTable,
+    /// Set names an operation is changing right now.
+    reserved: Mutex<HashSet<String>>,
+    host: OnceLock<Weak<dyn Host>>,
+    me: Weak<Replication>,
+}
+
+/// Names held by one operation; released on drop.
+pub(super) struct Reservation<'a> {
+    owner: &'a Replication,
+    names: Vec<String>,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut r = self.owner.reserved.lock();
+        for n in &self.names {
+            r.remove(n);
+        }
+    }
+}
+
+pub(super) fn sb_options() -> FileOptions {
+    FileOptions {
+        engine: EngineKind::Sync,
+        direct: false,
+    }
+}
+
+/// The link key of a set: its consistency group, or the set alone.
+pub(super) fn link_key(c: &ReplSetConfig) -> String {
+    c.group.clone().unwrap_or_else(|| format!("set:{}", c.name))
+}
+
+impl Replication {
+    pub fn new() -> Arc<Replication> {
+        Arc::new_cyclic(|me| Replication {
+            ctx: Arc::new(NodeCtx::default()),
+            listener: Mutex::new(None),
+            primaries: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
+            secondaries: Mutex::new(HashMap::new()),
+            table: LinkTable::default(),
+            reserved: Mutex::new(HashSet::new()),
+            host: OnceLock::new(),
+            me: me.clone(),
+        })
+    }
+
+    /// Give the service its host (once, right after the daemon exists).
+    pub fn bind_host(&self, host: Weak<dyn Host>) {
+        let _ = self.host.set(host);
+        self.ctx.set_notifier(self.notifier());
+    }
+
+    pub(super) fn host(&self) -> RResult<Arc<dyn Host>> {
+        self.host
+            .get()
+            .and_then(|w| w.upgrade())
+            .ok_or_else(|| ReplError::Failed("the daemon is stopping".into()))
+    }
+
+    pub(super) fn me(&self) -> Weak<Replication> {
+        self.me.clone()
+    }
+
+    pub(super) fn stopping(&self) -> bool {
+        self.host().map(|h| h.stopping()).unwrap_or(true)
+    }
+
+    pub(super) fn notifier(&self) -> Notifier {
+        let host = self.host.get().cloned();
+        Arc::new(move |kind: &str, obj: &str, detail: String| {
+            if let Some(h) = host.as_ref().and_then(|w| w.upgrade()) {
+                h.publish(kind, obj, detail);
+            }
+        })
+    }
+
+    pub(super) fn publish(&self, kind: &str, obj: &str, detail: String) {
+        if let Ok(h) = self.host() {
+            h.publish(kind, obj, detail);
+        }
+    }
+
+    pub fn node_name(&self) -> String {
+        self.ctx.name()
+    }
+
+    pub fn listen_addr(&self) -> Option<String> {
+        self.listener.lock().as_ref().map(|l| l.addr.clone())
+    }
+
+    /// Reserve `names` for one operation, or say which is busy.
+    pub(super) fn reserve(&self, names: &[String]) -> RResult<Reservation<'_>> {
+        let mut r = self.reserved.lock();
+        if let Some(n) = names.iter().find(|n| r.contains(*n)) {
+            return Err(ReplError::Busy(format!(
+                "replication set {n}: another operation on it is running; retry when it ends"
+            )));
+        }
+        r.extend(names.iter().cloned());
+        Ok(Reservation {
+            owner: self,
+            names: names.to_vec(),
+        })
+    }
+
+    // ----- configuration ------------------------------------------------
+
+    pub(super) fn config(&self) -> RResult<ReplConfig> {
+        self.host()?
+            .repl_config()
+            .ok_or_else(ReplError::no_identity)
+    }
+
+    pub(super) fn set_config(&self, name: &str) -> RResult<ReplSetConfig> {
+        self.config()?
+            .sets
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| ReplError::no_set(name))
+    }
+
+    /// The one way runtime and configuration change together: `edit` the
+    /// configuration and persist it; when that fails, `undo` reverts the
+    /// runtime change the caller already made, and the error is returned.
+    pub(super) fn commit(
+        &self,
+        mut edit: impl FnMut(&mut ReplConfig) -> RResult<()>,
+        undo: impl FnOnce(),
+    ) -> RResult<()> {
+        let r = self.host().and_then(|h| {
+            h.edit_repl_config(&mut |rc| match rc.as_mut() {
+                Some(rc) => edit(rc),
+                None => Err(ReplError::no_identity()),
+            })
+        });
+        if r.is_err() {
+            undo();
+        }
+        r
+    }
+
+    /// Put `changed` in place of the sets of the same names.
+    pub(super) fn store_sets(&self, changed: &[ReplSetConfig], undo: impl FnOnce()) -> RResult<()> {
+        self.commit(
+            |rc| {
+                for c in changed {
+                    if let Some(x) = rc.sets.iter_mut().find(|x| x.name == c.name) {
+                        *x = c.clone();
+                    }
+                }
+                Ok(())
+            },
+            undo,
+        )
+    }
+
+    // ----- start and stop -----------------------------------------------
+
+    /// At start: node, peers, listener, then every set. Failures are
+    /// logged and returned per set (the daemon shows them).
+    pub fn restore(&self) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        let Ok(rc) = self.config() else {
+            return errors;
+        };
+        self.ctx.set_name(&rc.node);
+        for p in &rc.peers {
+            match std::fs::read(&p.secret_file) {
+                Ok(s) => self.ctx.set_secret(&p.name, Some(trim_secret(s))),
+                Err(e) => log::error!(
+                    "replication peer {}: secret file {}: {e}",
+                    p.name,
+                    p.secret_file.display()
+                ),
+            }
+        }
+        if let Some(l) = &rc.listen {
+            if let Err(e) = self.start_listener(l) {
+                log::error!("{e}");
+            }
+        }
+        for sc in &rc.sets {
+            let r = match sc.role {
+                ReplRole::Primary => self.open_primary(sc, None).map(|_| ()),
+                // Secondaries of configurations before generations had no
+                // scoreboard: give them one (generation 0: any primary).
+                ReplRole::Secondary if sc.scoreboard.is_none() => {
+                    let mut c = sc.clone();
+                    self.host().and_then(|h| {
+                        c.scoreboard = Some(h.data_dir().join(format!("{}.scoreboard", c.name)));
+                        self.open_secondary(&c, Some(Generations::default()))?;
+                        self.store_sets(&[c.clone()], || {})
+                    })
+                }
+                ReplRole::Secondary => self.open_secondary(sc, None).map(|_| ()),
+            };
+            if let Err(e) = r {
+                log::error!("replication set {} not restored: {e}", sc.name);
+                errors.push((sc.name.clone(), e.to_string()));
+            }
+        }
+        errors
+    }
+
+    pub(super) fn start_listener(&self, addr: &str) -> RResult<String> {
+        let handler = Arc::new(super::handler::Handler(self.me()));
+        let l = Listener::start(self.ctx.clone(), addr, handler).map_err(ReplError::Failed)?;
+        let bound = l.addr.clone();
+        *self.listener.lock() = Some(l);
+        log::info!("replication listener on {bound}");
+        Ok(bound)
+    }
+
+    /// Stop replication at shutdown: links close (sets resume in logging
+    /// and autosync at the next start), scoreboards are cleaned.
+    pub fn shutdown(&self) {
+        if let Some(mut l) = self.listener.lock().take() {
+            l.stop();
+        }
+        let links: Vec<_> = self.links.lock().drain().map(|(_, l)| l).collect();
+        for link in links {
+            link.stop.store(true, Ordering::SeqCst);
+            let _ = link.drain_for(Duration::from_secs(5));
+            link.close("daemon shutting down");
+        }
+        self.table.stop_all();
+        let sets: Vec<_> = self.primaries.lock().values().cloned().collect();
+        for s in sets {
+            if let Err(e) = s.scoreboard.clean() {
+                log::error!("replication set {}: scoreboard at shutdown: {e}", s.name);
+            }
+        }
+    }
+
+    // ----- primary sets -------------------------------------------------
+
+    /// Open a primary set: scoreboard, link, layer. `create`: a new
+    /// scoreboard with these generations (every chunk out of sync unless
+    /// the set starts replicating).
+    pub(super) fn open_primary(
+        &self,
+        c: &ReplSetConfig,
+        create: Option<(SetState, Generations)>,
+    ) -> RResult<Arc<ReplSet>> {
+        let host = self.host()?;
+        let volume = host.volume(&c.volume)?;
+        let size = volume.size_bytes();
+        let path = c.scoreboard.clone().ok_or_else(|| {
+            ReplError::Failed(format!("replication set {}: no scoreboard path", c.name))
+        })?;
+        let sb = match &create {
+            Some((initial, gens)) => create_scoreboard(
+                &path,
+                &c.name,
+                size,
+                *initial != SetState::Replicating,
+                gens.clone(),
+            )?,
+            None => open_scoreboard(&path, &c.name, size)?,
+        };
+        let key = link_key(c);
+        let link = {
+            let mut links = self.links.lock();
+            let mut fresh = None;
+            let l = links
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    let l = Arc::new(Link::new(
+                        self.ctx.clone(),
+                        &key,
+                        &c.peer,
+                        c.mode,
+                        Duration::from_millis(c.timeout_ms),
+                        QueueLimits {
+                            bytes: c.queue_bytes,
+                            items: c.queue_items,
+                            on_full: c.on_queue_full,
+                        },
+                    ));
+                    fresh = Some(l.clone());
+                    l
+                })
+                .clone();
+            drop(links);
+            if let Some(l) = fresh {
+                self.spawn_link_manager(l);
+            }
+            l
+        };
+        if link.peer_addr != c.peer || link.mode != c.mode {
+            return Err(ReplError::Invalid(format!(
+                "replication set {}: group {} replicates to {} in {} mode; all sets of a group share peer and mode",
+                c.name,
+                key,
+                link.peer_addr,
+                link.mode.as_str()
+            )));
+        }
+        let id = link.sets().iter().map(|s| s.id + 1).max().unwrap_or(0);
+        let set = Arc::new(ReplSet::new(
+            &c.name,
+            id,
+            &c.volume,
+            &c.remote_volume,
+            size,
+            c.mode,
+            c.on_peer_loss,
+            c.autosync,
+            sb,
+            link.clone(),
+            SetState::Logging,
+            Some(self.notifier()),
+        ));
+        set.suspended.store(c.suspended, Ordering::SeqCst);
+        if c.split_brain {
+            set.set_state(SetState::SplitBrain, "split brain (before the restart)");
+        }
+        // After a restart an unsuspended set wants its peer back: autosync.
+        if create.is_none() && !c.suspended && c.autosync {
+            set.set_peer_lost(true);
+        }
+        volume
+            .attach(Arc::new(PrimaryLayer::new(set.clone())))
+            .map_err(|e| ReplError::Failed(e.to_string()))?;
+        link.add_set(set.clone());
+        self.primaries.lock().insert(c.name.clone(), set.clone());
+        Ok(set)
+    }
+
+    /// Remove a primary set's layer and runtime state (not the config).
+    pub(super) fn drop_primary(&self, c: &ReplSetConfig) {
+        let set = self.primaries.lock().remove(&c.name);
+        let key = link_key(c);
+        if let Some(set) = &set {
+            let link = set.link().clone();
+            link.remove_set(&c.name);
+            if link.sets().is_empty() {
+                link.stop.store(true, Ordering::SeqCst);
+                link.close("set disabled");
+                self.links.lock().remove(&key);
+            }
+        }
+        if let Ok(v) = self.host().and_then(|h| h.volume(&c.volume)) {
+            let _ = v.detach(PRIMARY_LAYER);
+        }
+    }
+
+    pub(super) fn primary(&self, name: &str) -> Option<Arc<ReplSet>> {
+        self.primaries.lock().get(name).cloned()
+    }
+
+    /// The sets that move together with `name` (its consistency group).
+    pub(super) fn group_of(&self, name: &str) -> RResult<Vec<Arc<ReplSet>>> {
+        let set = self.primary(name).ok_or_else(|| {
+            if self.set_config(name).is_ok() {
+                ReplError::Invalid(format!(
+                    "replication set {name} is not a primary on this node (manage sets from the primary)"
+                ))
+            } else {
+                ReplError::no_set(name)
+            }
+        })?;
+        Ok(set.link().sets())
+    }
+
+    // ----- secondary sets -----------------------------------------------
+
+    /// Open a secondary set: guard layer and scoreboard. `create`: a new
+    /// scoreboard with these generations.
+    pub(super) fn open_secondary(
+        &self,
+        c: &ReplSetConfig,
+        create: Option<Generations>,
+    ) -> RResult<SecondaryEntry> {
+        let volume = self.host()?.volume(&c.volume)?;
+        let size = volume.size_bytes();
+        let path = c.scoreboard.clone().ok_or_else(|| {
+            ReplError::Failed(format!("replication set {}: no scoreboard path", c.name))
+        })?;
+        let sb = match create {
+            Some(g) => create_scoreboard(&path, &c.name, size, false, g)?,
+            None => open_scoreboard(&path, &c.name, size)?,
+        };
+        let guard = Arc::new(SecondaryGuard::new(&c.volume));
+        if !volume.service_names().iter().any(|n| n == SECONDARY_LAYER) {
+            volume
+                .attach(guard.clone())
+                .map_err(|e| ReplError::Failed(e.to_string()))?;
+        }
+        let entry = SecondaryEntry {
+            set: Arc::new(SecondarySet::new(&c.name, &c.volume, size, guard)),
+            scoreboard: Arc::new(sb),
+        };
+        self.secondaries
+            .lock()
+            .insert(c.name.clone(), entry.clone());
+        Ok(entry)
+    }
+
+    pub(super) fn drop_secondary(&self, c: &ReplSetConfig) {
+        self.table.replace(&link_key(c), None);
+        self.secondaries.lock().remove(&c.name);
+        if let (Some(snap), Ok(h)) = (&c.safety_snapshot, self.host()) {
+            h.snapshot_drop(snap);
+        }
+        if let Ok(v) = self.host().and_then(|h| h.volume(&c.volume)) {
+            let _ = v.detach(SECONDARY_LAYER);
+        }
+    }
+
+    pub(super) fn secondary(&self, name: &str) -> RResult<SecondaryEntry> {
+        self.secondaries.lock().get(name).cloned().ok_or_else(|| {
+            ReplError::NotFound(format!(
+                "no secondary set named {name} on node {}",
+                self.ctx.name()
+            ))
+        })
+    }
+
+    /// This side's generations for set `c`, whatever its role.
+    pub(super) fn generations_of(&self, name: &str) -> Option<Generations> {
+        if let Some(p) = self.primary(name) {
+            return Some(p.scoreboard.generations());
+        }
+        self.secondaries
+            .lock()
+            .get(name)
+            .map(|e| e.scoreboard.generations())
+    }
+
+    // ----- what `repl list`, `repl info` and `repl status` show -----------
+
+    pub fn list(&self) -> Vec<Value> {
+        self.config()
+            .map(|rc| rc.sets.iter().map(|c| self.set_json(c)).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn info(&self, name: &str) -> RResult<Value> {
+        Ok(self.set_json(&self.set_config(name)?))
+    }
+
+    pub fn status(&self) -> Value {
+        let rc = self
+            .host()
+            .ok()
+            .and_then(|h| h.repl_config())
+            .unwrap_or_default();
+        json!({
+            "node": rc.node,
+            "listen": self.listen_addr(),
+            "peers": rc.peers.iter().map(|p| json!({
+                "name": p.name,
+                "secret_file": p.secret_file,
+                "secret_loaded": self.ctx.secret(&p.name).is_some(),
+            })).collect::<Vec<_>>(),
+            "sets": rc.sets.len(),
+        })
+    }
+
+    fn set_json(&self, c: &ReplSetConfig) -> Value {
+        let mut v = json!({
+            "name": c.name,
+            "role": c.role,
+            "volume": c.volume,
+            "remote_volume": c.remote_volume,
+            "peer": c.peer,
+            "peer_node": c.peer_node,
+            "mode": c.mode,
+            "group": c.group,
+            "on_peer_loss": c.on_peer_loss,
+            "autosync": c.autosync,
+            "suspended": c.suspended,
+            "safety_snapshot": c.safety_snapshot,
+            "generations": self.generations_of(&c.name),
+        });
+        match c.role {
+            ReplRole::Primary => {
+                let Some(s) = self.primary(&c.name) else {
+                    v["state"] = json!("offline");
+                    return v;
+                };
+                let link = s.link();
+                let (items, bytes, age) = link.lag();
+                let chunks = s.scoreboard.chunks().max(1);
+                let oos = s.scoreboard.oos_chunks();
+                v["state"] = json!(s.state().as_str());
+                v["link"] = json!(if link.is_up() { "up" } else { "down" });
+                v["link_error"] = json!(link.down_reason());
+                v["syncing"] = json!(link.syncing.load(Ordering::SeqCst));
+                v["lag_bytes"] = json!(bytes);
+                v["lag_writes"] = json!(items);
+                v["lag_groups"] = json!(link.groups_outstanding());
+                v["lag_seconds"] = json!(age);
+                v["queue_depth"] = json!(items);
+                v["out_of_sync_bytes"] = json!(s.scoreboard.oos_bytes());
+                v["percent_synced"] = json!(
+                    ((chunks - oos.min(chunks)) as f64 * 100.0 / chunks as f64 * 100.0).round()
+                        / 100.0
+                );
+                v["chunk_bytes"] = json!(s.scoreboard.chunk_bytes());
+                v["writes"] = json!(s.stats.writes.load(Ordering::Relaxed));
+                v["bytes"] = json!(s.stats.bytes.load(Ordering::Relaxed));
+                v["sync_total_bytes"] = json!(s.stats.sync_total_bytes.load(Ordering::Relaxed));
+                v["sync_done_bytes"] = json!(s.stats.sync_done_bytes.load(Ordering::Relaxed));
+                v["synced_chunks_total"] =
+                    json!(s.stats.synced_chunks_total.load(Ordering::Relaxed));
+                v["groups_sent"] = json!(link.stats.groups.load(Ordering::Relaxed));
+                v["acked_writes"] = json!(link.stats.acked_writes.load(Ordering::Relaxed));
+                v["connects"] = json!(link.stats.reconnects.load(Ordering::Relaxed));
+                v["blocked_writers"] = json!(link.stats.blocked_writers.load(Ordering::Relaxed));
+                v["last_error"] = json!(*s.last_error.lock());
+            }
+            ReplRole::Secondary => match self.secondaries.lock().get(&c.name).cloned() {
+                Some(e) => {
+                    let s = &e.set;
+                    v["state"] = json!(if c.safety_snapshot.is_some() {
+                        "sync target"
+                    } else {
+                        "target"
+                    });
+                    v["link"] = json!(if s.connected.load(Ordering::SeqCst) {
+                        "up"
+                    } else {
+                        "down"
+                    });
+                    v["applied_writes"] = json!(s.applied_writes.load(Ordering::Relaxed));
+                    v["applied_bytes"] = json!(s.applied_bytes.load(Ordering::Relaxed));
+                    v["last_seq"] = json!(s.last_seq.load(Ordering::Relaxed));
+                    v["out_of_sync_bytes"] = json!(e.scoreboard.oos_bytes());
+                }
+                None => v["state"] = json!("offline"),
+            },
+        }
+        v
+    }
+}
+
+fn create_scoreboard(
+    path: &Path,
+    set: &str,
+    size: u64,
+    all_out_of_sync: bool,
+    gens: Generations,
+) -> RResult<Scoreboard> {
+    let chunk = scoreboard::chunk_bytes_for(size);
+    let dev = FileBackend::create(path, scoreboard::file_bytes_for(size, chunk), sb_options())
+        .map_err(|e| ReplError::Failed(format!("replication set {set}: scoreboard: {e}")))?;
+    Scoreboard::create(Arc::new(dev), set, size, chunk, all_out_of_sync, gens)
+        .map_err(ReplError::Failed)
+}
+
+pub(super) fn open_scoreboard(path: &Path, set: &str, size: u64) -> RResult<Scoreboard> {
+    let dev = FileBackend::open(path, sb_options())
+        .map_err(|e| ReplError::Failed(format!("replication set {set}: scoreboard: {e}")))?;
+    Scoreboard::open(Arc::new(dev), set, size).map_err(ReplError::Failed)
+}
+
+pub(super) fn trim_secret(mut s: Vec<u8>) -> Vec<u8> {
+    while s.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        s.pop();
+    }
+    s
+}

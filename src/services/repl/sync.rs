@@ -1,0 +1,398 @@
+//! The link manager (autosync, lazy scoreboard cleaning) and the sync
+//! engines: forward (primary to secondary, with the secondary's safety
+//! snapshot) and reverse (secondary's chunks back over the primary).
+//!
+//! A forward sync of a group:
+//! 1. **compare** generations with the peer (generation.rs). A peer that
+//!    is still a primary and newer makes this side step down; split brain
+//!    stops everything until `repl resolve`.
+//! 2. **sync_begin**: the secondary takes its safety snapshot and hands
+//!    over the chunks it changed itself (a demoted former primary).
+//! 3. connect the link; new writes replicate from now on; copy every
+//!    out-of-sync chunk, then wait for the last acknowledgement.
+//! 4. **sync_end**: the secondary adopts this side's generation and drops
+//!    its snapshot; both sides agree on the generation; `replicating`.
+
+use super::config::ReplRole;
+use super::generation::{relation, Relation};
+use super::link::Link;
+use super::peer;
+use super::requests::{CompareReply, PeerRequest, SetGenerations};
+use super::runtime::Replication;
+use super::set::ReplSet;
+use super::SetState;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often the link manager looks at its link.
+const MANAGER_TICK: Duration = Duration::from_millis(250);
+/// Autosync retries back off from the first to the last delay.
+const AUTOSYNC_BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const AUTOSYNC_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Idle in-sync chunks lose their scoreboard bit about this often.
+const CLEAN_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Replication {
+    pub(super) fn spawn_link_manager(&self, link: Arc<Link>) {
+        let weak = self.me();
+        let _ = std::thread::Builder::new()
+            .name(format!("repl-mgr-{}", link.group))
+            .spawn(move || {
+                let mut last_clean = Instant::now();
+                let mut backoff = AUTOSYNC_BACKOFF_FIRST;
+                let mut next_try = Instant::now();
+                while !link.stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(MANAGER_TICK);
+                    let Some(r) = weak.upgrade() else { return };
+                    if r.stopping() {
+                        return;
+                    }
+                    let sets = link.sets();
+                    let want = !link.is_up()
+                        && !link.syncing.load(Ordering::SeqCst)
+                        && sets.iter().any(|s| {
+                            s.peer_lost()
+                                && s.autosync
+                                && !s.suspended.load(Ordering::SeqCst)
+                                && matches!(s.state(), SetState::Logging | SetState::NeedSync)
+                        });
+                    if link.is_up() {
+                        backoff = AUTOSYNC_BACKOFF_FIRST;
+                    }
+                    if want && Instant::now() >= next_try {
+                        next_try = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(AUTOSYNC_BACKOFF_MAX);
+                        r.start_sync(&link, false);
+                    }
+                    if last_clean.elapsed() > CLEAN_INTERVAL {
+                        last_clean = Instant::now();
+                        for s in &sets {
+                            if let Err(e) = s.scoreboard.clean() {
+                                log::error!("replication set {}: scoreboard: {e}", s.name);
+                                s.set_state(SetState::Failed, &format!("scoreboard: {e}"));
+                            }
+                        }
+                    }
+                }
+            });
+    }
+
+    /// Start a forward sync of the link's group in the background.
+    pub(super) fn start_sync(&self, link: &Arc<Link>, full: bool) {
+        if link.syncing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let weak = self.me();
+        let link = link.clone();
+        let _ = std::thread::Builder::new()
+            .name(format!("repl-sync-{}", link.group))
+            .spawn(move || {
+                if let Some(r) = weak.upgrade() {
+                    r.run_sync(&link, full);
+                }
+                link.syncing.store(false, Ordering::SeqCst);
+            });
+    }
+
+    fn run_sync(&self, link: &Arc<Link>, full: bool) {
+        let sets = link.sets();
+        let fail = |why: String, state: SetState| {
+            for s in &sets {
+                *s.last_error.lock() = Some(why.clone());
+                // Never downgrade: a set whose sync was interrupted stays
+                // `need sync` until a sync completes (the state table).
+                if s.state().can_become(state) {
+                    s.set_state(state, &why);
+                }
+                if !s.suspended.load(Ordering::SeqCst) {
+                    s.set_peer_lost(true);
+                }
+            }
+            log::warn!("replication group {}: sync stopped: {why}", link.group);
+        };
+        let ctx = &self.ctx;
+        // 1. Which side is newer?
+        match self.compare_with_peer(link, &sets) {
+            Ok(true) => {}
+            Ok(false) => return, // stepped down or split brain: nothing to sync
+            Err(e) => return fail(e, SetState::Logging),
+        }
+        // 2. The secondary protects itself (safety snapshot) and tells us
+        //    which chunks it changed on its own (a demoted former primary).
+        for s in &sets {
+            let req = PeerRequest::SyncBegin {
+                set: s.name.clone(),
+                generations: s.scoreboard.generations(),
+            };
+            match peer::request(ctx, &link.peer_addr, &req) {
+                Ok((_, bits)) => {
+                    if let Some(bits) = bits {
+                        if let Err(e) = s.scoreboard.merge(&bits) {
+                            return fail(
+                                format!("set {}: peer bitmap: {e}", s.name),
+                                SetState::Logging,
+                            );
+                        }
+                    }
+                }
+                Err(e) => return fail(e, SetState::Logging),
+            }
+            if full {
+                if let Err(e) = s.scoreboard.mark_all() {
+                    return fail(e.to_string(), SetState::Failed);
+                }
+            }
+        }
+        // 3. Connect; new writes replicate from now on.
+        if let Err(e) = link.connect() {
+            return fail(e, SetState::Logging);
+        }
+        for s in &sets {
+            s.set_peer_lost(false);
+            s.stats
+                .sync_total_bytes
+                .store(s.scoreboard.oos_bytes(), Ordering::SeqCst);
+            s.stats.sync_done_bytes.store(0, Ordering::SeqCst);
+            s.set_state(
+                SetState::Syncing,
+                if full { "full sync" } else { "update sync" },
+            );
+        }
+        for s in &sets {
+            if let Err(e) = s.resync() {
+                return fail(e, SetState::NeedSync);
+            }
+        }
+        if let Err(e) = link.drain() {
+            return fail(e.0, SetState::NeedSync);
+        }
+        for s in &sets {
+            if s.scoreboard.oos_chunks() > 0 {
+                return fail(
+                    "chunks went out of sync during the sync".into(),
+                    SetState::NeedSync,
+                );
+            }
+        }
+        // 4. The secondary is consistent: it adopts our generation and
+        //    drops its safety snapshot; then both sides agree.
+        for s in &sets {
+            let req = PeerRequest::SyncEnd {
+                set: s.name.clone(),
+                generations: s.scoreboard.generations(),
+            };
+            if let Err(e) = peer::request(ctx, &link.peer_addr, &req) {
+                return fail(
+                    format!("the peer did not complete the sync: {e}"),
+                    SetState::NeedSync,
+                );
+            }
+            agree(s);
+            let _ = s.scoreboard.clean();
+            if s.set_state(SetState::Replicating, "sync complete") {
+                *s.last_error.lock() = None;
+            }
+        }
+    }
+
+    /// Compare generations with the peer for every set of the group.
+    /// `Ok(true)`: go on with the sync. `Ok(false)`: this side stepped
+    /// down, or the group is in split brain.
+    fn compare_with_peer(&self, link: &Arc<Link>, sets: &[Arc<ReplSet>]) -> Result<bool, String> {
+        let req = PeerRequest::Compare {
+            sets: sets
+                .iter()
+                .map(|s| SetGenerations {
+                    name: s.name.clone(),
+                    generations: s.scoreboard.generations(),
+                })
+                .collect(),
+        };
+        let (v, _) = peer::request(&self.ctx, &link.peer_addr, &req)?;
+        let reply: CompareReply =
+            serde_json::from_value(v).map_err(|e| format!("malformed compare reply: {e}"))?;
+        let mut rels = Vec::new();
+        for s in sets {
+            let theirs = reply
+                .sets
+                .iter()
+                .find(|x| x.name == s.name)
+                .ok_or_else(|| format!("the peer has no set {}", s.name))?;
+            let mine = s.scoreboard.generations();
+            rels.push((
+                s.clone(),
+                relation(&mine, &theirs.generations),
+                theirs.clone(),
+            ));
+        }
+        let peer_primary = reply.role == ReplRole::Primary;
+        let all_older = rels.iter().all(|(_, r, _)| *r == Relation::WeAreOlder);
+        let ok = rels
+            .iter()
+            .all(|(_, r, _)| matches!(r, Relation::Same | Relation::PeerOlder));
+        if peer_primary && all_older {
+            // A failover happened while we were away and we wrote nothing
+            // since: the peer is production; follow it.
+            let names: Vec<String> = sets.iter().map(|s| s.name.clone()).collect();
+            self.step_down(&names, false, "the peer took over while this node was away")
+                .map_err(|e| e.to_string())?;
+            return Ok(false);
+        }
+        if !peer_primary && ok {
+            return Ok(true);
+        }
+        let detail = rels
+            .iter()
+            .map(|(s, _, t)| {
+                serde_json::json!({
+                    "set": s.name,
+                    "local": s.scoreboard.generations(),
+                    "peer": t.generations,
+                    "local_out_of_sync_bytes": s.scoreboard.oos_bytes(),
+                })
+            })
+            .collect::<Vec<_>>();
+        self.enter_split_brain(sets, &serde_json::Value::Array(detail).to_string());
+        Ok(false)
+    }
+
+    /// Mark the group's sets split brain (persisted) and say so.
+    pub(super) fn enter_split_brain(&self, sets: &[Arc<ReplSet>], detail: &str) {
+        let names: Vec<String> = sets.iter().map(|s| s.name.clone()).collect();
+        let mut fresh = false;
+        for s in sets {
+            fresh |= s.state() != SetState::SplitBrain;
+            *s.last_error.lock() = Some(
+                "split brain: both sides wrote since they last agreed; `umbra repl resolve SET --discard here|peer`"
+                    .into(),
+            );
+            s.set_state(SetState::SplitBrain, "generations disagree");
+        }
+        let r = self.commit(
+            |rc| {
+                for c in rc.sets.iter_mut().filter(|c| names.contains(&c.name)) {
+                    c.split_brain = true;
+                }
+                Ok(())
+            },
+            || {},
+        );
+        if let Err(e) = r {
+            log::error!("replication: persisting split brain of {names:?}: {e}");
+        }
+        if fresh {
+            log::error!("replication sets {names:?}: split brain: {detail}");
+            self.publish("repl.split_brain", &names.join(","), detail.to_owned());
+        }
+    }
+
+    pub(super) fn start_reverse_sync(&self, link: &Arc<Link>) {
+        if link.syncing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let weak = self.me();
+        let link = link.clone();
+        let _ = std::thread::Builder::new()
+            .name(format!("repl-rsync-{}", link.group))
+            .spawn(move || {
+                if let Some(r) = weak.upgrade() {
+                    if let Err(e) = r.run_reverse_sync(&link) {
+                        for s in link.sets() {
+                            *s.last_error.lock() = Some(e.clone());
+                            s.set_state(SetState::NeedReverseSync, &e);
+                        }
+                    }
+                }
+                link.syncing.store(false, Ordering::SeqCst);
+            });
+    }
+
+    /// Copy the secondary's chunks back over the primary's (the peer's
+    /// changes and ours), then resume replicating.
+    fn run_reverse_sync(&self, link: &Arc<Link>) -> Result<(), String> {
+        let sets = link.sets();
+        let mut session = peer::Session::open(&self.ctx, &link.peer_addr)?;
+        for s in &sets {
+            s.set_state(SetState::ReverseSyncing, "reverse sync");
+            let (_, bits) = session.call(&PeerRequest::Bitmap {
+                set: s.name.clone(),
+            })?;
+            if let Some(bits) = bits {
+                s.scoreboard.merge(&bits)?;
+            }
+            s.stats
+                .sync_total_bytes
+                .store(s.scoreboard.oos_bytes(), Ordering::SeqCst);
+            s.stats.sync_done_bytes.store(0, Ordering::SeqCst);
+            let chunk = s.scoreboard.chunk_bytes();
+            let mut c = 0;
+            while let Some(b) = s.scoreboard.next_oos(c) {
+                c = b + 1;
+                let off = b * chunk;
+                let len = chunk.min(s.size_bytes - off);
+                let (_, data) = session.call(&PeerRequest::Read {
+                    set: s.name.clone(),
+                    offset: off,
+                    len,
+                })?;
+                let data = data.ok_or("peer sent no data")?;
+                if data.len() as u64 != len {
+                    return Err(format!(
+                        "peer sent {} bytes for a {len}-byte chunk",
+                        data.len()
+                    ));
+                }
+                s.with_lower(|d| d.write(&data, off, false))
+                    .map_err(|e| format!("set {}: writing chunk {b}: {e}", s.name))?;
+                s.scoreboard.take(b);
+                s.stats.sync_done_bytes.fetch_add(len, Ordering::Relaxed);
+            }
+            s.with_lower(|d| d.flush()).map_err(|e| e.to_string())?;
+        }
+        session.call(&PeerRequest::BitmapClear {
+            sets: sets.iter().map(|s| s.name.clone()).collect(),
+        })?;
+        link.connect()?;
+        for s in &sets {
+            // Both sides now hold the secondary's data.
+            let theirs = session
+                .call(&PeerRequest::Compare {
+                    sets: vec![SetGenerations {
+                        name: s.name.clone(),
+                        generations: s.scoreboard.generations(),
+                    }],
+                })
+                .ok()
+                .and_then(|(v, _)| serde_json::from_value::<CompareReply>(v).ok())
+                .and_then(|r| r.sets.into_iter().next());
+            if let Some(t) = theirs {
+                let _ = s.scoreboard.update_generations(|g| g.adopt(&t.generations));
+            }
+            let _ = s.scoreboard.clean();
+            s.set_peer_lost(false);
+            s.set_state(SetState::Replicating, "reverse sync complete");
+        }
+        Ok(())
+    }
+}
+
+/// After the secondary adopted this side's generation: both agree. A
+/// link that dropped meanwhile (the set left `syncing`) means writes may
+/// have gone on without the peer, so a new generation starts at once.
+fn agree(s: &ReplSet) {
+    let r = s
+        .scoreboard
+        .update_generations(|g| g.agreed = g.current)
+        .map_err(|e| e.to_string())
+        .and_then(|_| {
+            if s.state() == SetState::Syncing {
+                Ok(())
+            } else {
+                s.scoreboard.ensure_diverged().map_err(|e| e.to_string())
+            }
+        });
+    if let Err(e) = r {
+        s.set_state(SetState::Failed, &format!("scoreboard: {e}"));
+    }
+}
