@@ -5,6 +5,7 @@ use super::parse_size;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -44,11 +45,25 @@ only chunks marked in the scoreboards; --full copies every chunk. New writes rep
 the sync runs. Before anything reaches the secondary it takes a dependent snapshot of itself \
 (`SET-safety`, see `image list` there), so a consistent image exists while the resync makes \
 it inconsistent; the snapshot is dropped when the sync completes.\n\n\
+--checksum compares each chunk to be sent with the peer's copy first (CRC32C) and sends \
+only those that differ: with --full after a restore from backup on one side, it moves only \
+what really differs. On a replicating set, `repl sync` resyncs the chunks an online verify \
+marked (the link stays up), and succeeds at once when nothing is out of sync.\n\n\
 --reverse copies the peer's chunks back onto the local volume (failback). It is refused \
 while the local volume is exported read-write unless --force.\n\n\
-Examples:\n  umbra repl sync db --wait\n  umbra repl sync db --full\n  umbra repl sync db --reverse --wait"
+--wait shows the sync's progress on a terminal (bytes, rate, ETA).\n\n\
+Examples:\n  umbra repl sync db --wait\n  umbra repl sync db --full --checksum --wait\n  umbra repl sync db --reverse --wait"
     )]
     Sync(SyncArgs),
+    /// Compare both sides chunk by chunk while replicating (online verify)
+    #[command(
+        long_about = "Read every chunk on both sides and compare CRC32C checksums, while \
+the set replicates and writes go on (a batch of 64 chunks is held still for one round \
+trip). Differing chunks are marked in the scoreboard and listed in `repl info` (verify); \
+`repl sync SET` then resyncs exactly those. --wait shows progress and prints the result.\n\n\
+Examples:\n  umbra repl verify db --wait\n  umbra repl sync db --wait    # repair what verify found"
+    )]
+    Verify(VerifyArgs),
     /// Suspend mirroring: writes are only recorded in the scoreboard
     #[command(
         long_about = "Put the set (and its consistency group) in logging: the link is \
@@ -231,12 +246,27 @@ pub struct SyncArgs {
     /// Reverse sync even though the local volume is exported read-write
     #[arg(long)]
     force: bool,
+    /// Send only the chunks whose checksums differ from the peer's
+    #[arg(long, conflicts_with = "reverse")]
+    checksum: bool,
     /// Wait until the set is replicating
     #[arg(long)]
     wait: bool,
     /// With --wait: give up after this many seconds
     #[arg(long, default_value_t = 3600)]
     timeout: u64,
+    /// Print machine-readable JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// Set name
+    set: String,
+    /// Wait for the result (progress on a terminal); exit 1 if chunks differ
+    #[arg(long)]
+    wait: bool,
     /// Print machine-readable JSON
     #[arg(long)]
     json: bool,
@@ -376,22 +406,57 @@ fn print_info(v: &Value) {
     println!("{:<16}{}", "safety snapshot", s(&v["safety_snapshot"]));
 }
 
-fn wait(socket: &Path, set: &str, state: &str, timeout: u64) -> Result<Value> {
+/// Poll until the set reaches `state`. With `progress` (a terminal and no
+/// `--json`), a bar shows the running sync: bytes done, rate, ETA.
+fn wait(socket: &Path, set: &str, state: &str, timeout: u64, progress: bool) -> Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(timeout);
+    let bar = (progress && std::io::stdout().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        b.set_message(set.to_owned());
+        b
+    });
+    let finish = |b: &Option<indicatif::ProgressBar>| {
+        if let Some(b) = b {
+            b.finish_and_clear();
+        }
+    };
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
+        // Short polls while a bar is shown, so it moves.
+        let poll_ms = if bar.is_some() { 500 } else { 60_000 };
         let v = call(
             socket,
             "repl.wait",
-            json!({"name": set, "state": state, "timeout_ms": left.as_millis().min(60_000) as u64}),
+            json!({"name": set, "state": state, "timeout_ms": left.as_millis().min(poll_ms) as u64}),
         )?;
+        if let Some(b) = &bar {
+            b.set_length(v["sync_total_bytes"].as_u64().unwrap_or(0));
+            b.set_position(v["sync_done_bytes"].as_u64().unwrap_or(0));
+        }
         if v["reached"] == true {
+            finish(&bar);
             return Ok(v);
         }
         if v["state"] == "failed" {
+            finish(&bar);
             bail!("replication set {set} failed: {}", s(&v["last_error"]));
         }
+        if v["state"] == "split brain" {
+            finish(&bar);
+            bail!(
+                "replication set {set} is in split brain: both sides wrote since they last agreed; \
+                 see `umbra repl info {set}` and `umbra repl resolve --help`"
+            );
+        }
         if Instant::now() >= deadline {
+            finish(&bar);
             bail!(
                 "replication set {set} is {} after {timeout}s, not {state} ({}% synced{})",
                 s(&v["state"]),
@@ -402,6 +467,37 @@ fn wait(socket: &Path, set: &str, state: &str, timeout: u64) -> Result<Value> {
                     .unwrap_or_default()
             );
         }
+    }
+}
+
+/// Poll until the set's verify ends; a bar on a terminal.
+fn wait_verify(socket: &Path, set: &str, progress: bool) -> Result<Value> {
+    let bar = (progress && std::io::stdout().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} verify [{bar:40}] {pos}/{len} chunks eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        b.set_message(set.to_owned());
+        b
+    });
+    loop {
+        let v = call(socket, "repl.info", json!({"name": set}))?;
+        let r = &v["verify"];
+        if let Some(b) = &bar {
+            b.set_length(r["chunks_total"].as_u64().unwrap_or(0));
+            b.set_position(r["chunks_done"].as_u64().unwrap_or(0));
+        }
+        if r["running"] != true {
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            return Ok(v);
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -465,10 +561,10 @@ pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
             let mut v = call(
                 socket,
                 "repl.sync",
-                json!({"name": a.set, "full": a.full, "reverse": a.reverse, "force": a.force}),
+                json!({"name": a.set, "full": a.full, "reverse": a.reverse, "force": a.force, "checksum": a.checksum}),
             )?;
             if a.wait {
-                v = wait(socket, &a.set, "replicating", a.timeout)?;
+                v = wait(socket, &a.set, "replicating", a.timeout, !a.json)?;
             }
             if a.json {
                 print_json(&v);
@@ -481,6 +577,34 @@ pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
                 );
             }
         }
+        ReplCommand::Verify(a) => {
+            let mut v = call(socket, "repl.verify", json!({"name": a.set}))?;
+            if a.wait {
+                v = wait_verify(socket, &a.set, !a.json)?;
+            }
+            let r = &v["verify"];
+            if a.json {
+                print_json(&v);
+            } else if a.wait {
+                println!(
+                    "replication set {}: verify compared {} chunks: {} differ ({})",
+                    a.set,
+                    s(&r["chunks_done"]),
+                    s(&r["chunks_differing"]),
+                    human_bytes(r["bytes_differing"].as_u64().unwrap_or(0))
+                );
+            } else {
+                println!("replication set {}: verify started", a.set);
+            }
+            if a.wait {
+                if let Some(e) = r["error"].as_str() {
+                    bail!("replication set {}: verify stopped: {e}", a.set);
+                }
+                if r["chunks_differing"].as_u64().unwrap_or(0) > 0 && !a.json {
+                    println!("run `umbra repl sync {}` to resync them", a.set);
+                }
+            }
+        }
         ReplCommand::Log(a) => {
             let v = call(socket, "repl.log", json!({"name": a.set}))?;
             if a.json {
@@ -490,7 +614,7 @@ pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
             }
         }
         ReplCommand::Wait(a) => {
-            let v = wait(socket, &a.set, &a.state, a.timeout)?;
+            let v = wait(socket, &a.set, &a.state, a.timeout, !a.json)?;
             if a.json {
                 print_json(&v);
             } else {

@@ -42,6 +42,7 @@ impl Daemon {
                     r.swap(&a.name)?
                 }
             }
+            "repl.verify" => r.verify(&parse::<NameArg>(op, args)?.name)?,
             "repl.resolve" => {
                 let a: ResolveArgs = parse(op, args)?;
                 r.resolve(&a.name, a.discard)?

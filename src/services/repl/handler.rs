@@ -6,7 +6,8 @@ use super::error::{RResult, ReplError};
 use super::generation::{relation, Generations, Relation};
 use super::peer::{self, PeerHandler};
 use super::requests::{
-    CompareReply, LinkSet, PeerRequest, SetGenerations, MAX_READ_BYTES, MAX_SET_ID,
+    CompareReply, LinkSet, PeerRequest, SetGenerations, MAX_CHECKSUM_BYTES, MAX_READ_BYTES,
+    MAX_SET_ID,
 };
 use super::runtime::{link_key, Replication, SecondaryEntry};
 use super::secondary::{serve_link, SecondarySet, SECONDARY_LAYER};
@@ -178,6 +179,35 @@ impl Replication {
                     .with_lower(|d| d.read(&mut buf, offset))
                     .map_err(|e| ReplError::Failed(e.to_string()))?;
                 Ok((json!({}), Some(buf)))
+            }
+            PeerRequest::Checksums {
+                set,
+                offset,
+                len,
+                chunk_bytes,
+            } => {
+                let e = self.secondary(&set)?;
+                if len == 0
+                    || len > MAX_CHECKSUM_BYTES
+                    || !(4096..=(1 << 20)).contains(&chunk_bytes)
+                    || offset
+                        .checked_add(len)
+                        .is_none_or(|end| end > e.set.size_bytes)
+                {
+                    return Err(ReplError::Invalid(format!(
+                        "checksums of [{offset}, +{len}) in pieces of {chunk_bytes} bytes: outside set {set} or out of bounds"
+                    )));
+                }
+                let mut buf = vec![0u8; len as usize];
+                e.set
+                    .guard
+                    .with_lower(|d| d.read(&mut buf, offset))
+                    .map_err(|e| ReplError::Failed(e.to_string()))?;
+                let sums: Vec<u8> = super::verify::checksums(&buf, chunk_bytes)
+                    .into_iter()
+                    .flat_map(|c| c.to_le_bytes())
+                    .collect();
+                Ok((json!({}), Some(sums)))
             }
             PeerRequest::Swap { sets, primary } => {
                 self.accept_swap(peer, &sets, &primary)?;

@@ -37,6 +37,7 @@ pub mod secondary;
 pub mod set;
 mod state;
 mod sync;
+pub mod verify;
 pub mod wire;
 
 pub use error::{RResult, ReplError};

@@ -61,6 +61,9 @@ pub struct SyncOptions {
     pub reverse: bool,
     #[serde(default)]
     pub force: bool,
+    /// Send only the chunks whose checksums differ from the peer's.
+    #[serde(default)]
+    pub checksum: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -313,7 +316,19 @@ impl Replication {
         let names: Vec<String> = sets.iter().map(|s| s.name.clone()).collect();
         let _r = self.reserve(&names)?;
         let link = sets[0].link().clone();
-        if !a.full && !a.reverse && sets.iter().all(|s| s.state() == SetState::Replicating) {
+        if a.checksum && a.reverse {
+            return Err(ReplError::Invalid(
+                "--checksum applies to a forward sync only".into(),
+            ));
+        }
+        // Replicating with nothing out of sync: nothing to do. Chunks a
+        // verify found differing are resynced while the link stays up.
+        if !a.full
+            && !a.reverse
+            && sets
+                .iter()
+                .all(|s| s.state() == SetState::Replicating && s.scoreboard.oos_chunks() == 0)
+        {
             return self.info(&a.name);
         }
         if link.syncing.load(Ordering::SeqCst) {
@@ -333,7 +348,8 @@ impl Replication {
                     s.name, s.name
                 )));
             }
-            if !s.state().may_sync() {
+            let repair = s.state() == SetState::Replicating && !a.reverse;
+            if !s.state().may_sync() && !repair {
                 return Err(ReplError::Busy(format!(
                     "replication set {} is {}; a sync starts from logging (`umbra repl log {}` first)",
                     s.name,
@@ -373,7 +389,7 @@ impl Replication {
         if a.reverse {
             self.start_reverse_sync(&link);
         } else {
-            self.start_sync(&link, a.full);
+            self.start_sync(&link, a.full, a.checksum);
         }
         self.info(&a.name)
     }

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 /// Longest chunk read a peer may ask for (a reverse sync reads one chunk).
 pub const MAX_READ_BYTES: u64 = 4 << 20;
+/// Longest range one `checksums` request covers (a verify batch of 64
+/// chunks of up to 1 MiB).
+pub const MAX_CHECKSUM_BYTES: u64 = 64 << 20;
 /// Highest set id within one link (consistency groups are small).
 pub const MAX_SET_ID: u32 = 1024;
 
@@ -57,6 +60,15 @@ pub enum PeerRequest {
     BitmapClear { sets: Vec<String> },
     /// Read a range of the secondary's volume (reverse sync).
     Read { set: String, offset: u64, len: u64 },
+    /// CRC32C of each `chunk_bytes` piece of a range of the secondary's
+    /// volume (verify, checksum resync); the answer is a DATA frame of
+    /// 4-byte little-endian checksums.
+    Checksums {
+        set: String,
+        offset: u64,
+        len: u64,
+        chunk_bytes: u64,
+    },
     /// Planned role swap: become the primary of these sets.
     Swap { sets: Vec<String>, primary: String },
     /// Split brain resolved: this side's data is discarded, it becomes
@@ -85,6 +97,7 @@ impl PeerRequest {
             PeerRequest::Bitmap { .. } => "bitmap",
             PeerRequest::BitmapClear { .. } => "bitmap_clear",
             PeerRequest::Read { .. } => "read",
+            PeerRequest::Checksums { .. } => "checksums",
             PeerRequest::Swap { .. } => "swap",
             PeerRequest::Discard { .. } => "discard",
             PeerRequest::Resume { .. } => "resume",

@@ -598,6 +598,7 @@ impl Replication {
                 v["connects"] = json!(link.stats.reconnects.load(Ordering::Relaxed));
                 v["blocked_writers"] = json!(link.stats.blocked_writers.load(Ordering::Relaxed));
                 v["last_error"] = json!(*s.last_error.lock());
+                v["verify"] = json!(*s.verify.lock());
             }
             ReplRole::Secondary => match self.secondaries.lock().get(&c.name).cloned() {
                 Some(e) => {

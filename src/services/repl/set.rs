@@ -66,7 +66,29 @@ pub struct ReplSet {
     busy_any: AtomicUsize,
     pub stats: SetStats,
     pub last_error: Mutex<Option<String>>,
+    /// The last (or running) online verify.
+    pub verify: Mutex<Option<super::verify::VerifyReport>>,
     notify: Option<Notifier>,
+}
+
+/// Chunks held by [`ReplSet::hold_chunks`]: writers to them wait until
+/// it is dropped.
+pub struct ChunkHold<'a> {
+    set: &'a ReplSet,
+    chunks: std::ops::Range<u64>,
+}
+
+impl Drop for ChunkHold<'_> {
+    fn drop(&mut self) {
+        {
+            let mut b = self.set.busy.lock();
+            for c in self.chunks.clone() {
+                b.remove(&c);
+            }
+        }
+        self.set.busy_any.fetch_sub(1, Ordering::SeqCst);
+        self.set.busy_cv.notify_all();
+    }
 }
 
 impl ReplSet {
@@ -109,6 +131,7 @@ impl ReplSet {
             busy_any: AtomicUsize::new(0),
             stats: SetStats::default(),
             last_error: Mutex::new(None),
+            verify: Mutex::new(None),
             notify,
         }
     }
@@ -372,6 +395,26 @@ impl ReplSet {
             return Err(self.peer_lost_error());
         }
         Ok(())
+    }
+
+    /// Hold `chunks` still for a comparison with the peer: new writes to
+    /// them wait, and this returns once every earlier write to them is
+    /// acknowledged by the peer (so both sides hold the same writes), or
+    /// `None` when the link is not up.
+    pub fn hold_chunks(&self, chunks: std::ops::Range<u64>) -> Option<ChunkHold<'_>> {
+        self.busy_any.fetch_add(1, Ordering::SeqCst);
+        {
+            let mut b = self.busy.lock();
+            b.extend(chunks.clone());
+        }
+        let hold = ChunkHold { set: self, chunks };
+        while hold.chunks.clone().any(|c| self.scoreboard.pending(c) > 0) {
+            if !self.link.is_up() {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Some(hold)
     }
 
     // ----- resync ---------------------------------------------------------

@@ -6,6 +6,8 @@
 //!
 //! ```text
 //!  logging ──sync──► syncing ──done──► replicating ──link lost / repl log──► logging
+//!                      ▲                    │
+//!                      └──verify found differing chunks, repl sync──┘
 //!     │                 └─link lost─► need sync ──sync──► syncing
 //!     ├─reverse sync─► reverse syncing ──done──► replicating
 //!     │                       └─cut──► need reverse sync ──reverse sync──► reverse syncing
@@ -76,7 +78,8 @@ impl SetState {
             ),
             Syncing => matches!(next, Replicating | NeedSync | Logging),
             ReverseSyncing => matches!(next, Replicating | NeedReverseSync | Logging),
-            Replicating => matches!(next, Logging),
+            // A resync of chunks an online verify found differing.
+            Replicating => matches!(next, Logging | Syncing),
             NeedSync => matches!(next, Syncing | ReverseSyncing | SplitBrain),
             NeedReverseSync => matches!(next, ReverseSyncing | Syncing | SplitBrain),
             SplitBrain => matches!(next, Logging),
@@ -108,6 +111,6 @@ mod tests {
         assert!(!SetState::NeedSync.can_become(SetState::Logging));
         assert!(!SetState::SplitBrain.can_become(SetState::Syncing));
         assert!(!SetState::Failed.can_become(SetState::Logging));
-        assert!(!SetState::Replicating.can_become(SetState::Syncing));
+        assert!(!SetState::Replicating.can_become(SetState::NeedSync));
     }
 }

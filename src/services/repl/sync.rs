@@ -63,7 +63,7 @@ impl Replication {
                     if want && Instant::now() >= next_try {
                         next_try = Instant::now() + backoff;
                         backoff = (backoff * 2).min(AUTOSYNC_BACKOFF_MAX);
-                        r.start_sync(&link, false);
+                        r.start_sync(&link, false, false);
                     }
                     if last_clean.elapsed() > CLEAN_INTERVAL {
                         last_clean = Instant::now();
@@ -79,7 +79,8 @@ impl Replication {
     }
 
     /// Start a forward sync of the link's group in the background.
-    pub(super) fn start_sync(&self, link: &Arc<Link>, full: bool) {
+    /// `checksum`: chunks whose checksums match the peer's are not sent.
+    pub(super) fn start_sync(&self, link: &Arc<Link>, full: bool, checksum: bool) {
         if link.syncing.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -89,13 +90,13 @@ impl Replication {
             .name(format!("repl-sync-{}", link.group))
             .spawn(move || {
                 if let Some(r) = weak.upgrade() {
-                    r.run_sync(&link, full);
+                    r.run_sync(&link, full, checksum);
                 }
                 link.syncing.store(false, Ordering::SeqCst);
             });
     }
 
-    fn run_sync(&self, link: &Arc<Link>, full: bool) {
+    fn run_sync(&self, link: &Arc<Link>, full: bool, checksum: bool) {
         let sets = link.sets();
         let fail = |why: String, state: SetState| {
             for s in &sets {
@@ -158,6 +159,13 @@ impl Replication {
                 SetState::Syncing,
                 if full { "full sync" } else { "update sync" },
             );
+        }
+        if checksum {
+            for s in &sets {
+                if let Err(e) = checksum_pass(self, link, s) {
+                    return fail(e, SetState::NeedSync);
+                }
+            }
         }
         for s in &sets {
             if let Err(e) = s.resync() {
@@ -375,6 +383,29 @@ impl Replication {
         }
         Ok(())
     }
+}
+
+/// Clear the out-of-sync chunks whose checksums equal the peer's, so the
+/// resync after it sends only the chunks that really differ.
+fn checksum_pass(r: &Replication, link: &Link, s: &Arc<ReplSet>) -> Result<(), String> {
+    let mut session = peer::Session::open(&r.ctx, &link.peer_addr)?;
+    let chunks = s.scoreboard.chunks();
+    let mut first = 0;
+    while let Some(c) = s.scoreboard.next_oos(first) {
+        let first_c = c;
+        let n = super::verify::VERIFY_BATCH_CHUNKS.min(chunks - first_c);
+        let equal = super::verify::compare_batch(s, &mut session, first_c, n)?;
+        for (i, eq) in equal.into_iter().enumerate() {
+            if eq {
+                s.scoreboard.take(first_c + i as u64);
+            }
+        }
+        first = first_c + n;
+    }
+    s.stats
+        .sync_total_bytes
+        .store(s.scoreboard.oos_bytes(), Ordering::SeqCst);
+    Ok(())
 }
 
 /// After the secondary adopted this side's generation: both agree. A
