@@ -274,8 +274,7 @@ fn verify_finds_exactly_the_corrupted_chunks_and_checksum_resync_moves_only_them
     b.export_nbd("v");
     fill(&a, "v", 32 << 20, 5);
     a.ok(&[
-        "repl", "enable", "s", "--local", "v", "--peer", &b_addr, "--remote", "v", "--mode",
-        "sync",
+        "repl", "enable", "s", "--local", "v", "--peer", &b_addr, "--remote", "v", "--mode", "sync",
     ]);
     a.ok(&["repl", "sync", "s", "--wait"]);
     wait_for(&a, "s", "settled", settled, 60);
@@ -306,9 +305,15 @@ fn verify_finds_exactly_the_corrupted_chunks_and_checksum_resync_moves_only_them
         .map(|c| c.as_u64().unwrap())
         .collect();
     let truth = diff_chunks(&a, &b, "v");
-    assert_eq!(differing, truth, "verify found {differing:?}, the volumes differ in {truth:?}");
+    assert_eq!(
+        differing, truth,
+        "verify found {differing:?}, the volumes differ in {truth:?}"
+    );
     assert_eq!(truth, bad.to_vec());
-    assert_eq!(info(&a, "s")["out_of_sync_bytes"], (truth.len() as u64) * 65536);
+    assert_eq!(
+        info(&a, "s")["out_of_sync_bytes"],
+        (truth.len() as u64) * 65536
+    );
     // An update sync repairs exactly those chunks.
     a.ok(&["repl", "sync", "s", "--wait"]);
     let v = wait_for(&a, "s", "settled", settled, 60);
