@@ -399,7 +399,9 @@ impl ReplSet {
 
     /// Hold `chunks` still for a comparison with the peer: new writes to
     /// them wait, and this returns once every earlier write to them is
-    /// acknowledged by the peer (so both sides hold the same writes), or
+    /// both done locally and acknowledged by the peer (so both sides hold
+    /// the same writes; an acknowledgement can arrive before the local
+    /// write completes, and a local write before its acknowledgement), or
     /// `None` when the link is not up.
     pub fn hold_chunks(&self, chunks: std::ops::Range<u64>) -> Option<ChunkHold<'_>> {
         self.busy_any.fetch_add(1, Ordering::SeqCst);
@@ -408,7 +410,9 @@ impl ReplSet {
             b.extend(chunks.clone());
         }
         let hold = ChunkHold { set: self, chunks };
-        while hold.chunks.clone().any(|c| self.scoreboard.pending(c) > 0) {
+        while hold.chunks.clone().any(|c| {
+            self.scoreboard.pending(c) > 0 || self.inflight[c as usize].load(Ordering::SeqCst) > 0
+        }) {
             if !self.link.is_up() {
                 return None;
             }
