@@ -92,17 +92,7 @@ impl Replication {
                         self.ctx.name()
                     )));
                 }
-                self.drop_secondary(&c);
-                if let Some(p) = &c.scoreboard {
-                    let _ = std::fs::remove_file(p);
-                }
-                self.commit(
-                    |rc| {
-                        rc.sets.retain(|s| s.name != set);
-                        Ok(())
-                    },
-                    || {},
-                )?;
+                self.forget(&c)?;
                 self.publish("repl.disabled", &set, format!("by primary {peer}"));
                 empty()
             }
@@ -162,22 +152,7 @@ impl Replication {
                 empty()
             }
             PeerRequest::Read { set, offset, len } => {
-                let e = self.secondary(&set)?;
-                if len == 0
-                    || len > MAX_READ_BYTES
-                    || offset
-                        .checked_add(len)
-                        .is_none_or(|end| end > e.set.size_bytes)
-                {
-                    return Err(ReplError::Invalid(format!(
-                        "read [{offset}, +{len}) outside set {set}"
-                    )));
-                }
-                let mut buf = vec![0u8; len as usize];
-                e.set
-                    .guard
-                    .with_lower(|d| d.read(&mut buf, offset))
-                    .map_err(|e| ReplError::Failed(e.to_string()))?;
+                let buf = self.read_secondary(&set, offset, len, MAX_READ_BYTES)?;
                 Ok((json!({}), Some(buf)))
             }
             PeerRequest::Checksums {
@@ -186,23 +161,12 @@ impl Replication {
                 len,
                 chunk_bytes,
             } => {
-                let e = self.secondary(&set)?;
-                if len == 0
-                    || len > MAX_CHECKSUM_BYTES
-                    || !(4096..=(1 << 20)).contains(&chunk_bytes)
-                    || offset
-                        .checked_add(len)
-                        .is_none_or(|end| end > e.set.size_bytes)
-                {
+                if !(4096..=(1 << 20)).contains(&chunk_bytes) {
                     return Err(ReplError::Invalid(format!(
-                        "checksums of [{offset}, +{len}) in pieces of {chunk_bytes} bytes: outside set {set} or out of bounds"
+                        "checksums of set {set} in pieces of {chunk_bytes} bytes: use 4 KiB to 1 MiB"
                     )));
                 }
-                let mut buf = vec![0u8; len as usize];
-                e.set
-                    .guard
-                    .with_lower(|d| d.read(&mut buf, offset))
-                    .map_err(|e| ReplError::Failed(e.to_string()))?;
+                let buf = self.read_secondary(&set, offset, len, MAX_CHECKSUM_BYTES)?;
                 let sums: Vec<u8> = super::verify::checksums(&buf, chunk_bytes)
                     .into_iter()
                     .flat_map(|c| c.to_le_bytes())
@@ -238,6 +202,28 @@ impl Replication {
                 "a link request is only valid as the first request of a connection".into(),
             )),
         }
+    }
+
+    /// Read `[offset, offset + len)` of secondary set `set`'s volume, below
+    /// its guard; at most `max` bytes.
+    fn read_secondary(&self, set: &str, offset: u64, len: u64, max: u64) -> RResult<Vec<u8>> {
+        let e = self.secondary(set)?;
+        if len == 0
+            || len > max
+            || offset
+                .checked_add(len)
+                .is_none_or(|end| end > e.set.size_bytes)
+        {
+            return Err(ReplError::Invalid(format!(
+                "read [{offset}, +{len}) outside set {set} (at most {max} bytes at a time)"
+            )));
+        }
+        let mut buf = vec![0u8; len as usize];
+        e.set
+            .guard
+            .with_lower(|d| d.read(&mut buf, offset))
+            .map_err(|e| ReplError::Failed(e.to_string()))?;
+        Ok(buf)
     }
 
     fn create_secondary(
@@ -280,7 +266,7 @@ impl Replication {
                 rc.node, c.volume
             )));
         }
-        let path = host.data_dir().join(format!("{}.scoreboard", c.name));
+        let path = self.scoreboard_path(&c.name)?;
         c.scoreboard = Some(path.clone());
         let gens = match generation {
             Some(g) => Generations {
@@ -316,7 +302,7 @@ impl Replication {
     fn compare(&self, peer: &str, sets: Vec<SetGenerations>) -> Answer {
         let mut role = ReplRole::Secondary;
         let mut older = 0;
-        let mut conflict = Vec::new();
+        let mut conflict = false;
         let mut primaries = Vec::new();
         for sg in &sets {
             if let Some(p) = self.primary(&sg.name) {
@@ -324,12 +310,7 @@ impl Replication {
                 match relation(&p.scoreboard.generations(), &sg.generations) {
                     Relation::WeAreOlder => older += 1,
                     Relation::PeerOlder => {}
-                    Relation::Same | Relation::SplitBrain => conflict.push(json!({
-                        "set": sg.name,
-                        "local": p.scoreboard.generations(),
-                        "peer": sg.generations,
-                        "local_out_of_sync_bytes": p.scoreboard.oos_bytes(),
-                    })),
+                    Relation::Same | Relation::SplitBrain => conflict = true,
                 }
                 primaries.push(p);
             } else {
@@ -345,8 +326,8 @@ impl Replication {
                     &format!("{peer} took over while this node was away"),
                 )?;
                 role = ReplRole::Secondary;
-            } else if !conflict.is_empty() || older > 0 {
-                self.enter_split_brain(&primaries, &Value::Array(conflict).to_string());
+            } else if conflict || older > 0 {
+                self.enter_split_brain(&primaries, &sets);
             }
         }
         let reply = CompareReply {
@@ -433,7 +414,7 @@ impl Replication {
             c.peer_node = peer.to_owned();
             opened.push(self.promote(c)?);
         }
-        self.store_sets(&cfgs, || {})?;
+        self.store_sets(&cfgs)?;
         // Connect back to the old primary (now our secondary) once it has
         // switched; until then autosync retries.
         for s in &opened {

@@ -201,7 +201,7 @@ impl Replication {
             on_peer_loss: a.on_peer_loss.unwrap_or_default(),
             autosync: !a.no_autosync,
             suspended: false,
-            scoreboard: Some(host.data_dir().join(format!("{}.scoreboard", a.name))),
+            scoreboard: Some(self.scoreboard_path(&a.name)?),
             timeout_ms: a.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS).max(500),
             queue_bytes: a.queue_bytes.unwrap_or(DEFAULT_QUEUE_BYTES).max(1 << 20),
             queue_items: a.queue_items.unwrap_or(DEFAULT_QUEUE_ITEMS).max(16),
@@ -479,20 +479,8 @@ impl Replication {
                 }
                 note = format!("the peer's side was not disabled: {e}");
             }
-            self.drop_primary(&c);
-        } else {
-            self.drop_secondary(&c);
         }
-        if let Some(p) = &c.scoreboard {
-            let _ = std::fs::remove_file(p);
-        }
-        self.commit(
-            |rc| {
-                rc.sets.retain(|s| s.name != name);
-                Ok(())
-            },
-            || {},
-        )?;
+        self.forget(&c)?;
         self.publish("repl.disabled", name, note.clone());
         Ok(json!({"name": name, "note": note}))
     }

@@ -132,7 +132,7 @@ impl Replication {
             }
         }
         let cfgs: Vec<ReplSetConfig> = changed.into_iter().map(|(c, _, _)| c).collect();
-        self.store_sets(&cfgs, || {})?;
+        self.store_sets(&cfgs)?;
         self.publish(
             "repl.swapped",
             name,
@@ -175,7 +175,7 @@ impl Replication {
                     set.set_peer_lost(true);
                     done.push(nc);
                 }
-                self.store_sets(&done, || {})?;
+                self.store_sets(&done)?;
                 self.publish(
                     "repl.takeover",
                     &names.join(","),
@@ -215,11 +215,7 @@ impl Replication {
         c.suspended = false;
         c.split_brain = false;
         if c.scoreboard.is_none() {
-            c.scoreboard = Some(
-                self.host()?
-                    .data_dir()
-                    .join(format!("{}.scoreboard", c.name)),
-            );
+            c.scoreboard = Some(self.scoreboard_path(&c.name)?);
         }
         let set = self.open_primary(c, None)?;
         set.set_peer_lost(false);
@@ -263,7 +259,7 @@ impl Replication {
             self.open_secondary(&nc, None)?;
             done.push(nc);
         }
-        self.store_sets(&done, || {})?;
+        self.store_sets(&done)?;
         if !done.is_empty() {
             self.publish(
                 "repl.demoted",

@@ -227,8 +227,10 @@ impl Replication {
         r
     }
 
-    /// Put `changed` in place of the sets of the same names.
-    pub(super) fn store_sets(&self, changed: &[ReplSetConfig], undo: impl FnOnce()) -> RResult<()> {
+    /// Put `changed` in place of the sets of the same names (role
+    /// changes, whose runtime side cannot be undone once the peer took
+    /// part).
+    pub(super) fn store_sets(&self, changed: &[ReplSetConfig]) -> RResult<()> {
         self.commit(
             |rc| {
                 for c in changed {
@@ -238,7 +240,31 @@ impl Replication {
                 }
                 Ok(())
             },
-            undo,
+            || {},
+        )
+    }
+
+    /// Where set `name`'s scoreboard lives (either role).
+    pub(super) fn scoreboard_path(&self, name: &str) -> RResult<PathBuf> {
+        Ok(self.host()?.data_dir().join(format!("{name}.scoreboard")))
+    }
+
+    /// Forget set `c` on this side: its layer and runtime state, its
+    /// scoreboard file and its configuration entry.
+    pub(super) fn forget(&self, c: &ReplSetConfig) -> RResult<()> {
+        match c.role {
+            ReplRole::Primary => self.drop_primary(c),
+            ReplRole::Secondary => self.drop_secondary(c),
+        }
+        if let Some(p) = &c.scoreboard {
+            let _ = std::fs::remove_file(p);
+        }
+        self.commit(
+            |rc| {
+                rc.sets.retain(|s| s.name != c.name);
+                Ok(())
+            },
+            || {},
         )
     }
 
@@ -274,10 +300,10 @@ impl Replication {
                 // scoreboard: give them one (generation 0: any primary).
                 ReplRole::Secondary if sc.scoreboard.is_none() => {
                     let mut c = sc.clone();
-                    self.host().and_then(|h| {
-                        c.scoreboard = Some(h.data_dir().join(format!("{}.scoreboard", c.name)));
+                    self.scoreboard_path(&c.name).and_then(|p| {
+                        c.scoreboard = Some(p);
                         self.open_secondary(&c, Some(Generations::default()))?;
-                        self.store_sets(&[c.clone()], || {})
+                        self.store_sets(&[c.clone()])
                     })
                 }
                 ReplRole::Secondary => self.open_secondary(sc, None).map(|_| ()),

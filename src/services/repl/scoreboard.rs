@@ -165,7 +165,7 @@ pub struct Scoreboard {
     /// half a change.
     gate: RwLock<()>,
     commit: Mutex<Commit>,
-    /// The generations, written into the header (`store_generations`).
+    /// The generations, written into the header (`update_generations`).
     gens: Mutex<Generations>,
     /// `gens.diverged()`, readable on the write path without the lock.
     diverged: std::sync::atomic::AtomicBool,
@@ -278,15 +278,6 @@ impl Scoreboard {
 
     pub fn generations(&self) -> Generations {
         self.gens.lock().clone()
-    }
-
-    /// Replace the generations and make them durable (header write, flush).
-    pub fn store_generations(&self, g: Generations) -> Result<(), String> {
-        let mut cur = self.gens.lock();
-        self.write_header(&g)?;
-        self.diverged.store(g.diverged(), Ordering::SeqCst);
-        *cur = g;
-        Ok(())
     }
 
     /// Change the generations with `f` and make the result durable.

@@ -69,7 +69,7 @@ impl SetState {
     pub fn can_become(self, next: SetState) -> bool {
         use SetState::*;
         if self == next || next == Failed {
-            return self != Failed || next == Failed;
+            return true;
         }
         match self {
             Logging => matches!(

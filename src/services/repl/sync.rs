@@ -250,24 +250,27 @@ impl Replication {
         if !peer_primary && ok {
             return Ok(true);
         }
-        let detail = rels
-            .iter()
-            .map(|(s, _, t)| {
-                serde_json::json!({
-                    "set": s.name,
-                    "local": s.scoreboard.generations(),
-                    "peer": t.generations,
-                    "local_out_of_sync_bytes": s.scoreboard.oos_bytes(),
-                })
-            })
-            .collect::<Vec<_>>();
-        self.enter_split_brain(sets, &serde_json::Value::Array(detail).to_string());
+        self.enter_split_brain(sets, &reply.sets);
         Ok(false)
     }
 
-    /// Mark the group's sets split brain (persisted) and say so.
-    pub(super) fn enter_split_brain(&self, sets: &[Arc<ReplSet>], detail: &str) {
+    /// Mark the group's sets split brain (persisted) and say so, with both
+    /// sides' generations (`peer`: the other side's, by set).
+    pub(super) fn enter_split_brain(&self, sets: &[Arc<ReplSet>], peer: &[SetGenerations]) {
         let names: Vec<String> = sets.iter().map(|s| s.name.clone()).collect();
+        let detail = serde_json::Value::Array(
+            sets.iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "set": s.name,
+                        "local": s.scoreboard.generations(),
+                        "peer": peer.iter().find(|p| p.name == s.name).map(|p| &p.generations),
+                        "local_out_of_sync_bytes": s.scoreboard.oos_bytes(),
+                    })
+                })
+                .collect(),
+        )
+        .to_string();
         let mut fresh = false;
         for s in sets {
             fresh |= s.state() != SetState::SplitBrain;
@@ -291,7 +294,7 @@ impl Replication {
         }
         if fresh {
             log::error!("replication sets {names:?}: split brain: {detail}");
-            self.publish("repl.split_brain", &names.join(","), detail.to_owned());
+            self.publish("repl.split_brain", &names.join(","), detail);
         }
     }
 
@@ -390,17 +393,18 @@ impl Replication {
 fn checksum_pass(r: &Replication, link: &Link, s: &Arc<ReplSet>) -> Result<(), String> {
     let mut session = peer::Session::open(&r.ctx, &link.peer_addr)?;
     let chunks = s.scoreboard.chunks();
-    let mut first = 0;
-    while let Some(c) = s.scoreboard.next_oos(first) {
-        let first_c = c;
-        let n = super::verify::VERIFY_BATCH_CHUNKS.min(chunks - first_c);
-        let equal = super::verify::compare_batch(s, &mut session, first_c, n)?;
+    let mut from = 0;
+    // Batches start at the next out-of-sync chunk, so sparse bits cost a
+    // batch each and runs of them share one.
+    while let Some(first) = s.scoreboard.next_oos(from) {
+        let n = super::verify::VERIFY_BATCH_CHUNKS.min(chunks - first);
+        let equal = super::verify::compare_batch(s, &mut session, first, n)?;
         for (i, eq) in equal.into_iter().enumerate() {
             if eq {
-                s.scoreboard.take(first_c + i as u64);
+                s.scoreboard.take(first + i as u64);
             }
         }
-        first = first_c + n;
+        from = first + n;
     }
     s.stats
         .sync_total_bytes
