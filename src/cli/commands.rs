@@ -63,6 +63,22 @@ pub(super) fn one_or_many(v: Value) -> Vec<Value> {
     }
 }
 
+/// A progress bar named `name` in `template` (indicatif's syntax) when
+/// stdout is a terminal; `None` otherwise (scripts, pipes, `--json`).
+pub fn progress_bar(name: &str, template: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        b.set_message(name.to_owned());
+        b
+    })
+}
+
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut x = n as f64;

@@ -1,6 +1,8 @@
 //! `umbra image ...`: point-in-time copies.
 
-use super::commands::{absolute, call, human_bytes, one_or_many, print_json, s, strings, table};
+use super::commands::{
+    absolute, call, human_bytes, one_or_many, print_json, progress_bar, s, strings, table,
+};
 use super::parse_size;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
@@ -575,18 +577,10 @@ fn confirm(question: &str) -> Result<()> {
 /// Poll the set until no copy runs; a progress bar when stdout is a terminal.
 fn wait_for(socket: &Path, set: &str, timeout: Option<Duration>) -> Result<()> {
     let start = Instant::now();
-    let bar = std::io::stdout().is_terminal().then(|| {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:40}] {pos}/{len} chunks ({percent}%) eta {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        b.set_message(set.to_owned());
-        b
-    });
+    let bar = progress_bar(
+        set,
+        "{msg} [{bar:40}] {pos}/{len} chunks ({percent}%) eta {eta}",
+    );
     loop {
         let v = call(
             socket,

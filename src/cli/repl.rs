@@ -1,11 +1,10 @@
 //! `umbra repl ...`: remote mirroring, managed from the primary's host.
 
-use super::commands::{absolute, call, human_bytes, print_json, s, table};
+use super::commands::{absolute, call, human_bytes, print_json, progress_bar, s, table};
 use super::parse_size;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -410,18 +409,14 @@ fn print_info(v: &Value) {
 /// `--json`), a bar shows the running sync: bytes done, rate, ETA.
 fn wait(socket: &Path, set: &str, state: &str, timeout: u64, progress: bool) -> Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(timeout);
-    let bar = (progress && std::io::stdout().is_terminal()).then(|| {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        b.set_message(set.to_owned());
-        b
-    });
+    let bar = if progress {
+        progress_bar(
+            set,
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+    } else {
+        None
+    };
     let finish = |b: &Option<indicatif::ProgressBar>| {
         if let Some(b) = b {
             b.finish_and_clear();
@@ -472,18 +467,11 @@ fn wait(socket: &Path, set: &str, state: &str, timeout: u64, progress: bool) -> 
 
 /// Poll until the set's verify ends; a bar on a terminal.
 fn wait_verify(socket: &Path, set: &str, progress: bool) -> Result<Value> {
-    let bar = (progress && std::io::stdout().is_terminal()).then(|| {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} verify [{bar:40}] {pos}/{len} chunks eta {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        b.set_message(set.to_owned());
-        b
-    });
+    let bar = if progress {
+        progress_bar(set, "{msg} verify [{bar:40}] {pos}/{len} chunks eta {eta}")
+    } else {
+        None
+    };
     loop {
         let v = call(socket, "repl.info", json!({"name": set}))?;
         let r = &v["verify"];
