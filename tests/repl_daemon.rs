@@ -5,97 +5,12 @@
 mod common;
 
 use common::nbd::NbdClient;
+use common::repl::{enable_args, info, node, settle, wait_role, wait_state};
 use common::{
     fill, fio_load, require_root, require_tool, scribble, sh, sha, write_random_file, Daemon,
 };
-use serde_json::Value;
 use std::time::{Duration, Instant};
 use umbra::services::repl::proxy::{Fault, FaultProxy};
-
-/// The CLI arguments of `repl enable SET --local LOCAL --peer PEER
-/// --remote REMOTE --mode MODE`, then `extra`.
-fn enable_args<'a>(
-    set: &'a str,
-    local: &'a str,
-    peer: &'a str,
-    remote: &'a str,
-    mode: &'a str,
-    extra: &[&'a str],
-) -> Vec<&'a str> {
-    let mut v = vec![
-        "repl", "enable", set, "--local", local, "--peer", peer, "--remote", remote, "--mode", mode,
-    ];
-    v.extend_from_slice(extra);
-    v
-}
-
-/// A daemon with a replication identity and a listener on loopback.
-fn node(name: &str, secret: &str, peer: &str) -> (Daemon, String) {
-    let d = Daemon::start();
-    let key = d.dir.path().join("peer.key");
-    std::fs::write(&key, format!("{secret}\n")).unwrap();
-    d.ok(&["repl", "setup", "--node", name, "--listen", "127.0.0.1:0"]);
-    d.ok(&[
-        "repl",
-        "peer",
-        "add",
-        peer,
-        "--secret-file",
-        key.to_str().unwrap(),
-    ]);
-    let addr = d.json(&["repl", "status"])["listen"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    (d, addr)
-}
-
-fn info(d: &Daemon, set: &str) -> Value {
-    d.json(&["repl", "info", set])
-}
-
-/// Wait until the set is replicating with nothing in flight.
-fn settle(d: &Daemon, set: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = info(d, set);
-        if v["state"] == "replicating" && v["lag_writes"] == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "set {set} did not settle: {v}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn wait_role(d: &Daemon, set: &str, role: &str, secs: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let v = info(d, set);
-        if v["role"] == role {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "set {set} never became {role}: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn wait_state(d: &Daemon, set: &str, state: &str, secs: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let v = info(d, set);
-        if v["state"] == state {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "set {set} never reached {state}: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn repl_lifecycle_group_safety_snapshot_swap_and_restart() {

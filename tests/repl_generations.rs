@@ -4,55 +4,17 @@
 
 mod common;
 
+use common::repl::{enable_args, info, node, settle, wait_state};
 use common::{fill, require_tool, scribble, sha, Daemon, EventLog};
-use serde_json::Value;
 use std::time::{Duration, Instant};
 use umbra::services::repl::proxy::{Fault, FaultProxy};
 
-fn node(name: &str, peer: &str) -> (Daemon, String) {
-    let d = Daemon::start();
-    let key = d.dir.path().join("peer.key");
-    std::fs::write(&key, "generations-secret-0001\n").unwrap();
-    d.ok(&["repl", "setup", "--node", name, "--listen", "127.0.0.1:0"]);
-    d.ok(&[
-        "repl",
-        "peer",
-        "add",
-        peer,
-        "--secret-file",
-        key.to_str().unwrap(),
-    ]);
-    let addr = d.json(&["repl", "status"])["listen"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    (d, addr)
-}
-
-fn info(d: &Daemon, set: &str) -> Value {
-    d.json(&["repl", "info", set])
-}
-
-fn wait_for(d: &Daemon, set: &str, what: &str, ok: impl Fn(&Value) -> bool, secs: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let v = info(d, set);
-        if ok(&v) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "set {set}: never {what}: {v}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn settled(v: &Value) -> bool {
-    v["state"] == "replicating" && v["lag_writes"] == 0
-}
+const SECRET: &str = "generations-secret-0001";
 
 #[test]
 fn enables_toward_each_other_at_once_never_block_status() {
-    let (a, a_addr) = node("east", "west");
-    let (b, b_addr) = node("west", "east");
+    let (a, a_addr) = node("east", SECRET, "west");
+    let (b, b_addr) = node("west", SECRET, "east");
     for d in [&a, &b] {
         d.ok(&["volume", "create", "mine", "--size", "8M"]);
         d.ok(&["volume", "create", "theirs", "--size", "8M"]);
@@ -66,16 +28,24 @@ fn enables_toward_each_other_at_once_never_block_status() {
     to_a.set_delay(Duration::from_millis(300));
     std::thread::scope(|sc| {
         let ea = sc.spawn(|| {
-            a.cli(&[
-                "repl", "enable", "e2w", "--local", "mine", "--peer", &to_b.addr, "--remote",
-                "theirs", "--mode", "async",
-            ])
+            a.cli(&enable_args(
+                "e2w",
+                "mine",
+                &to_b.addr,
+                "theirs",
+                "async",
+                &[],
+            ))
         });
         let eb = sc.spawn(|| {
-            b.cli(&[
-                "repl", "enable", "w2e", "--local", "mine", "--peer", &to_a.addr, "--remote",
-                "theirs", "--mode", "async",
-            ])
+            b.cli(&enable_args(
+                "w2e",
+                "mine",
+                &to_a.addr,
+                "theirs",
+                "async",
+                &[],
+            ))
         });
         let mut worst = Duration::ZERO;
         let mut samples = 0;
@@ -116,30 +86,23 @@ fn enables_toward_each_other_at_once_never_block_status() {
 #[test]
 fn generations_pick_the_sync_direction_by_themselves() {
     require_tool("nbdcopy");
-    let (mut a, _) = node("a", "b");
-    let (mut b, b_addr) = node("b", "a");
+    let (mut a, _) = node("a", SECRET, "b");
+    let (mut b, b_addr) = node("b", SECRET, "a");
     a.ok(&["volume", "create", "v", "--size", "32M"]);
     b.ok(&["volume", "create", "v", "--size", "32M"]);
     a.export_nbd("v");
     b.export_nbd("v");
     fill(&a, "v", 32 << 20, 7);
-    a.ok(&[
-        "repl",
-        "enable",
+    a.ok(&enable_args(
         "s",
-        "--local",
         "v",
-        "--peer",
         &b_addr,
-        "--remote",
         "v",
-        "--mode",
         "hybrid",
-        "--timeout",
-        "2s",
-    ]);
+        &["--timeout", "2s"],
+    ));
     a.ok(&["repl", "sync", "s", "--wait"]);
-    wait_for(&a, "s", "settled", settled, 60);
+    settle(&a, "s");
     let g0 = info(&a, "s")["generations"].clone();
     assert_eq!(info(&b, "s")["generations"]["current"], g0["current"]);
     // A `repl sync --wait` on a set that replicates succeeds at once.
@@ -150,7 +113,7 @@ fn generations_pick_the_sync_direction_by_themselves() {
     // syncs it by itself.
     b.kill9();
     scribble(&a.addr_of("v"), "v", 64, 3);
-    wait_for(&a, "s", "logging", |v| v["state"] == "logging", 30);
+    wait_state(&a, "s", "logging", 30);
     let g1 = info(&a, "s")["generations"].clone();
     assert_ne!(
         g1["current"], g0["current"],
@@ -159,7 +122,7 @@ fn generations_pick_the_sync_direction_by_themselves() {
     assert_eq!(g1["history"][0], g0["current"]);
     b.spawn();
     let ev_a = EventLog::follow(&a);
-    wait_for(&a, "s", "settled", settled, 60);
+    settle(&a, "s");
     assert_eq!(sha(&a.uri_of("v")), sha(&b.uri_of("v")));
     assert_eq!(info(&b, "s")["generations"]["current"], g1["current"]);
 
@@ -169,7 +132,7 @@ fn generations_pick_the_sync_direction_by_themselves() {
     a.spawn();
     let ev_a2 = EventLog::follow(&a);
     scribble(&a.addr_of("v"), "v", 32, 4);
-    wait_for(&a, "s", "settled", settled, 60);
+    settle(&a, "s");
     assert_eq!(sha(&a.uri_of("v")), sha(&b.uri_of("v")));
     assert!(ev_a.of_kind("repl.split_brain").is_empty());
     assert!(ev_a2.of_kind("repl.split_brain").is_empty());
@@ -180,37 +143,30 @@ fn generations_pick_the_sync_direction_by_themselves() {
 fn split_brain_is_detected_both_sides_kept_and_resolved_with_an_update_sync() {
     require_tool("nbdcopy");
     for discard_on_a in ["here", "peer"] {
-        let (a, _) = node("a", "b");
-        let (b, b_addr) = node("b", "a");
+        let (a, _) = node("a", SECRET, "b");
+        let (b, b_addr) = node("b", SECRET, "a");
         a.ok(&["volume", "create", "v", "--size", "32M"]);
         b.ok(&["volume", "create", "v", "--size", "32M"]);
         a.export_nbd("v");
         b.export_nbd("v");
         fill(&a, "v", 32 << 20, 11);
         let proxy = FaultProxy::start("127.0.0.1:0", &b_addr).unwrap();
-        a.ok(&[
-            "repl",
-            "enable",
+        a.ok(&enable_args(
             "s",
-            "--local",
             "v",
-            "--peer",
             &proxy.addr,
-            "--remote",
             "v",
-            "--mode",
             "async",
-            "--timeout",
-            "2s",
-        ]);
+            &["--timeout", "2s"],
+        ));
         a.ok(&["repl", "sync", "s", "--wait"]);
-        wait_for(&a, "s", "settled", settled, 60);
+        settle(&a, "s");
         let ev_a = EventLog::follow(&a);
         let ev_b = EventLog::follow(&b);
         // Partition: the primary goes on alone and writes.
         proxy.set_fault(Fault::Partition);
         proxy.drop_connections();
-        wait_for(&a, "s", "logging", |v| v["state"] == "logging", 30);
+        wait_state(&a, "s", "logging", 30);
         scribble(&a.addr_of("v"), "v", 40, 21);
         // The secondary is promoted by force and writes too.
         b.ok(&["repl", "swap", "s", "--force"]);
@@ -240,7 +196,7 @@ fn split_brain_is_detected_both_sides_kept_and_resolved_with_an_update_sync() {
         } else {
             b.ok(&["repl", "resolve", "s", "--discard", "peer"]);
         }
-        let v = wait_for(&b, "s", "settled", settled, 60);
+        let v = settle(&b, "s");
         assert_eq!(info(&a, "s")["role"], "secondary");
         let moved = v["sync_total_bytes"].as_u64().unwrap();
         assert!(
@@ -266,18 +222,16 @@ fn corrupt(path: &std::path::Path, chunks: &[u64], seed: u8) {
 #[test]
 fn verify_finds_exactly_the_corrupted_chunks_and_checksum_resync_moves_only_them() {
     require_tool("nbdcopy");
-    let (a, _) = node("a", "b");
-    let (b, b_addr) = node("b", "a");
+    let (a, _) = node("a", SECRET, "b");
+    let (b, b_addr) = node("b", SECRET, "a");
     a.ok(&["volume", "create", "v", "--size", "32M"]);
     b.ok(&["volume", "create", "v", "--size", "32M"]);
     a.export_nbd("v");
     b.export_nbd("v");
     fill(&a, "v", 32 << 20, 5);
-    a.ok(&[
-        "repl", "enable", "s", "--local", "v", "--peer", &b_addr, "--remote", "v", "--mode", "sync",
-    ]);
+    a.ok(&enable_args("s", "v", &b_addr, "v", "sync", &[]));
     a.ok(&["repl", "sync", "s", "--wait"]);
-    wait_for(&a, "s", "settled", settled, 60);
+    settle(&a, "s");
     let good = sha(&a.uri_of("v"));
     assert_eq!(sha(&b.uri_of("v")), good);
     let b_file = b.data_dir().join("v.img");
@@ -316,7 +270,7 @@ fn verify_finds_exactly_the_corrupted_chunks_and_checksum_resync_moves_only_them
     );
     // An update sync repairs exactly those chunks.
     a.ok(&["repl", "sync", "s", "--wait"]);
-    let v = wait_for(&a, "s", "settled", settled, 60);
+    let v = settle(&a, "s");
     assert_eq!(v["sync_total_bytes"], (truth.len() as u64) * 65536);
     assert_eq!(sha(&a.uri_of("v")), sha(&b.uri_of("v")));
 
@@ -325,7 +279,7 @@ fn verify_finds_exactly_the_corrupted_chunks_and_checksum_resync_moves_only_them
     corrupt(&b_file, &bad, 0x11);
     a.ok(&["repl", "log", "s"]);
     a.ok(&["repl", "sync", "s", "--full", "--checksum", "--wait"]);
-    let v = wait_for(&a, "s", "settled", settled, 60);
+    let v = settle(&a, "s");
     assert_eq!(v["sync_done_bytes"], (bad.len() as u64) * 65536, "{v}");
     assert_eq!(sha(&a.uri_of("v")), sha(&b.uri_of("v")));
 }

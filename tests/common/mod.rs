@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod nbd;
+pub mod repl;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

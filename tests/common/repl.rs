@@ -1,0 +1,92 @@
+//! Replication test helpers: daemons with a replication identity, the
+//! arguments of `repl enable`, and waits on a set's `repl info`.
+
+use super::Daemon;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// The CLI arguments of `repl enable SET --local LOCAL --peer PEER
+/// --remote REMOTE --mode MODE`, then `extra`.
+pub fn enable_args<'a>(
+    set: &'a str,
+    local: &'a str,
+    peer: &'a str,
+    remote: &'a str,
+    mode: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut v = vec![
+        "repl", "enable", set, "--local", local, "--peer", peer, "--remote", remote, "--mode", mode,
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// A daemon named `name` with a replication listener on loopback that
+/// trusts `peer` with `secret`; returns it and its listener's address.
+pub fn node(name: &str, secret: &str, peer: &str) -> (Daemon, String) {
+    let d = Daemon::start();
+    let key = d.dir.path().join("peer.key");
+    std::fs::write(&key, format!("{secret}\n")).unwrap();
+    d.ok(&["repl", "setup", "--node", name, "--listen", "127.0.0.1:0"]);
+    d.ok(&[
+        "repl",
+        "peer",
+        "add",
+        peer,
+        "--secret-file",
+        key.to_str().unwrap(),
+    ]);
+    let addr = d.json(&["repl", "status"])["listen"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (d, addr)
+}
+
+pub fn info(d: &Daemon, set: &str) -> Value {
+    d.json(&["repl", "info", set])
+}
+
+/// Poll `repl info` until `ok` holds (fail after `secs`, naming `what`).
+pub fn wait_for(
+    d: &Daemon,
+    set: &str,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+    secs: u64,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let v = info(d, set);
+        if ok(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "set {set}: never {what}: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Replicating with nothing in flight.
+pub fn settled(v: &Value) -> bool {
+    v["state"] == "replicating" && v["lag_writes"] == 0
+}
+
+/// Wait until the set is replicating with nothing in flight.
+pub fn settle(d: &Daemon, set: &str) -> Value {
+    wait_for(d, set, "settled", settled, 60)
+}
+
+pub fn wait_state(d: &Daemon, set: &str, state: &str, secs: u64) -> Value {
+    wait_for(
+        d,
+        set,
+        &format!("in state {state}"),
+        |v| v["state"] == state,
+        secs,
+    )
+}
+
+pub fn wait_role(d: &Daemon, set: &str, role: &str, secs: u64) -> Value {
+    wait_for(d, set, role, |v| v["role"] == role, secs)
+}
