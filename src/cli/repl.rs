@@ -123,6 +123,28 @@ safety snapshot.\n\nExample:\n  umbra repl info db --json"
     Info(NameArgs),
     /// This node's name, listener and peers
     Status(JsonArg),
+    /// Change a set's resync rate, also while a sync runs
+    #[command(
+        long_about = "Change the resync bandwidth limit of a set's secondary (or of all of \
+them): a running sync follows at its next chunk; 0 removes the limit. The value is kept.\n\n\
+Example:\n  umbra repl tune db --sync-rate 50M"
+    )]
+    Tune(TuneArgs),
+}
+
+#[derive(Args)]
+pub struct TuneArgs {
+    /// Set name
+    set: String,
+    /// Which secondary (node name), when the set has several
+    #[arg(long, value_name = "NODE")]
+    secondary: Option<String>,
+    /// Resync bandwidth per second (e.g. 100M; 0: unlimited)
+    #[arg(long, value_parser = parse_size)]
+    sync_rate: u64,
+    /// Print machine-readable JSON
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -224,6 +246,13 @@ pub struct EnableArgs {
     /// When the queue is full: block writers (default) or drop to logging
     #[arg(long, value_enum)]
     on_queue_full: Option<FullArg>,
+    /// RPO bound for async/hybrid: writers wait (never fail) while the peer lags more than
+    /// this, a time (5s, 500ms) or an amount of data (64M)
+    #[arg(long, value_parser = parse_max_lag)]
+    max_lag: Option<MaxLag>,
+    /// Resync bandwidth limit per second (e.g. 100M); `repl tune` changes it on a running sync
+    #[arg(long, value_parser = parse_size)]
+    sync_rate: Option<u64>,
     /// Print machine-readable JSON
     #[arg(long)]
     json: bool,
@@ -233,6 +262,9 @@ pub struct EnableArgs {
 pub struct SyncArgs {
     /// Set name (its whole consistency group syncs)
     set: String,
+    /// Which secondary (node name), when the set has several
+    #[arg(long, value_name = "NODE")]
+    secondary: Option<String>,
     /// Copy every chunk
     #[arg(long, conflicts_with = "update")]
     full: bool,
@@ -263,6 +295,9 @@ pub struct SyncArgs {
 pub struct VerifyArgs {
     /// Set name
     set: String,
+    /// Which secondary (node name), when the set has several
+    #[arg(long, value_name = "NODE")]
+    secondary: Option<String>,
     /// Wait for the result (progress on a terminal); exit 1 if chunks differ
     #[arg(long)]
     wait: bool,
@@ -275,6 +310,9 @@ pub struct VerifyArgs {
 pub struct NameArgs {
     /// Set name
     set: String,
+    /// Which secondary (node name), when the set has several
+    #[arg(long, value_name = "NODE")]
+    secondary: Option<String>,
     /// Print machine-readable JSON
     #[arg(long)]
     json: bool,
@@ -284,6 +322,9 @@ pub struct NameArgs {
 pub struct SwapArgs {
     /// Set name
     set: String,
+    /// Which secondary (node name), when the set has several
+    #[arg(long, value_name = "NODE")]
+    secondary: Option<String>,
     /// Act on this side only (the peer is unreachable or was failed over)
     #[arg(long)]
     force: bool,
@@ -296,6 +337,9 @@ pub struct SwapArgs {
 pub struct ResolveArgs {
     /// Set name
     set: String,
+    /// Which secondary (node name), when the set has several
+    #[arg(long, value_name = "NODE")]
+    secondary: Option<String>,
     /// Whose data to throw away: `here` or `peer`
     #[arg(long, value_parser = ["here", "peer"])]
     discard: String,
@@ -308,6 +352,9 @@ pub struct ResolveArgs {
 pub struct WaitArgs {
     /// Set name
     set: String,
+    /// Which secondary (node name), when the set has several
+    #[arg(long, value_name = "NODE")]
+    secondary: Option<String>,
     /// The state to wait for
     #[arg(long, default_value = "replicating")]
     state: String,
@@ -323,6 +370,9 @@ pub struct WaitArgs {
 pub struct DisableArgs {
     /// Set name
     set: String,
+    /// Which secondary (node name), when the set has several
+    #[arg(long, value_name = "NODE")]
+    secondary: Option<String>,
     /// End this side even when the peer cannot be reached
     #[arg(long)]
     force: bool,
@@ -333,6 +383,23 @@ pub struct JsonArg {
     /// Print machine-readable JSON
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum MaxLag {
+    Ms(u64),
+    Bytes(u64),
+}
+
+/// `5s`, `500ms` (a time) or `64M` (bytes).
+fn parse_max_lag(s: &str) -> Result<MaxLag, String> {
+    let t = s.trim();
+    if t.ends_with('s') {
+        return parse_duration_ms(t).map(MaxLag::Ms);
+    }
+    parse_size(t)
+        .map(MaxLag::Bytes)
+        .map_err(|_| format!("{s:?} is neither a time (5s, 500ms) nor a size (64M)"))
 }
 
 fn parse_duration_ms(s: &str) -> Result<u64, String> {
@@ -403,11 +470,38 @@ fn print_info(v: &Value) {
         println!("{:<16}{}", "applied writes", s(&v["applied_writes"]));
     }
     println!("{:<16}{}", "safety snapshot", s(&v["safety_snapshot"]));
+    if let Some(peers) = v["peers"].as_array().filter(|p| p.len() > 1) {
+        println!();
+        let rows = peers
+            .iter()
+            .map(|p| {
+                vec![
+                    s(&p["peer_node"]),
+                    s(&p["mode"]),
+                    s(&p["state"]),
+                    s(&p["link"]),
+                    human_bytes(p["lag_bytes"].as_u64().unwrap_or(0)),
+                    human_bytes(p["out_of_sync_bytes"].as_u64().unwrap_or(0)),
+                ]
+            })
+            .collect();
+        table(
+            &["SECONDARY", "MODE", "STATE", "LINK", "LAG", "OUT-OF-SYNC"],
+            rows,
+        );
+    }
 }
 
 /// Poll until the set reaches `state`. With `progress` (a terminal and no
 /// `--json`), a bar shows the running sync: bytes done, rate, ETA.
-fn wait(socket: &Path, set: &str, state: &str, timeout: u64, progress: bool) -> Result<Value> {
+fn wait(
+    socket: &Path,
+    set: &str,
+    secondary: Option<&str>,
+    state: &str,
+    timeout: u64,
+    progress: bool,
+) -> Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(timeout);
     let bar = if progress {
         progress_bar(
@@ -429,11 +523,17 @@ fn wait(socket: &Path, set: &str, state: &str, timeout: u64, progress: bool) -> 
         let v = call(
             socket,
             "repl.wait",
-            json!({"name": set, "state": state, "timeout_ms": left.as_millis().min(poll_ms) as u64}),
+            json!({"name": set, "secondary": secondary, "state": state, "timeout_ms": left.as_millis().min(poll_ms) as u64}),
         )?;
         if let Some(b) = &bar {
-            b.set_length(v["sync_total_bytes"].as_u64().unwrap_or(0));
-            b.set_position(v["sync_done_bytes"].as_u64().unwrap_or(0));
+            // Every leg's sync when waiting for the whole set.
+            let legs = match (&v["peers"], secondary) {
+                (Value::Array(p), None) => p.clone(),
+                _ => vec![v.clone()],
+            };
+            let sum = |k: &str| legs.iter().map(|l| l[k].as_u64().unwrap_or(0)).sum::<u64>();
+            b.set_length(sum("sync_total_bytes"));
+            b.set_position(sum("sync_done_bytes"));
         }
         if v["reached"] == true {
             finish(&bar);
@@ -466,14 +566,18 @@ fn wait(socket: &Path, set: &str, state: &str, timeout: u64, progress: bool) -> 
 }
 
 /// Poll until the set's verify ends; a bar on a terminal.
-fn wait_verify(socket: &Path, set: &str, progress: bool) -> Result<Value> {
+fn wait_verify(socket: &Path, set: &str, secondary: &str, progress: bool) -> Result<Value> {
     let bar = if progress {
         progress_bar(set, "{msg} verify [{bar:40}] {pos}/{len} chunks eta {eta}")
     } else {
         None
     };
     loop {
-        let v = call(socket, "repl.info", json!({"name": set}))?;
+        let v = call(
+            socket,
+            "repl.info",
+            json!({"name": set, "secondary": secondary}),
+        )?;
         let r = &v["verify"];
         if let Some(b) = &bar {
             b.set_length(r["chunks_total"].as_u64().unwrap_or(0));
@@ -526,6 +630,9 @@ pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
                     "on_peer_loss": a.on_peer_loss.map(|l| match l { LossArg::Log => "log", LossArg::Fail => "fail" }),
                     "timeout_ms": a.timeout, "queue_bytes": a.queue_bytes, "queue_items": a.queue_items,
                     "on_queue_full": a.on_queue_full.map(|f| match f { FullArg::Block => "block", FullArg::Log => "log" }),
+                    "max_lag_ms": match a.max_lag { Some(MaxLag::Ms(m)) => Some(m), _ => None },
+                    "max_lag_bytes": match a.max_lag { Some(MaxLag::Bytes(b)) => Some(b), _ => None },
+                    "sync_rate": a.sync_rate,
                 }),
             )?;
             if a.json {
@@ -549,10 +656,17 @@ pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
             let mut v = call(
                 socket,
                 "repl.sync",
-                json!({"name": a.set, "full": a.full, "reverse": a.reverse, "force": a.force, "checksum": a.checksum}),
+                json!({"name": a.set, "secondary": a.secondary, "full": a.full, "reverse": a.reverse, "force": a.force, "checksum": a.checksum}),
             )?;
             if a.wait {
-                v = wait(socket, &a.set, "replicating", a.timeout, !a.json)?;
+                v = wait(
+                    socket,
+                    &a.set,
+                    a.secondary.as_deref(),
+                    "replicating",
+                    a.timeout,
+                    !a.json,
+                )?;
             }
             if a.json {
                 print_json(&v);
@@ -566,9 +680,13 @@ pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
             }
         }
         ReplCommand::Verify(a) => {
-            let mut v = call(socket, "repl.verify", json!({"name": a.set}))?;
+            let mut v = call(
+                socket,
+                "repl.verify",
+                json!({"name": a.set, "secondary": a.secondary}),
+            )?;
             if a.wait {
-                v = wait_verify(socket, &a.set, !a.json)?;
+                v = wait_verify(socket, &a.set, s(&v["peer_node"]).as_str(), !a.json)?;
             }
             let r = &v["verify"];
             if a.json {
@@ -594,7 +712,11 @@ pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
             }
         }
         ReplCommand::Log(a) => {
-            let v = call(socket, "repl.log", json!({"name": a.set}))?;
+            let v = call(
+                socket,
+                "repl.log",
+                json!({"name": a.set, "secondary": a.secondary}),
+            )?;
             if a.json {
                 print_json(&v);
             } else {
@@ -602,7 +724,14 @@ pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
             }
         }
         ReplCommand::Wait(a) => {
-            let v = wait(socket, &a.set, &a.state, a.timeout, !a.json)?;
+            let v = wait(
+                socket,
+                &a.set,
+                a.secondary.as_deref(),
+                &a.state,
+                a.timeout,
+                !a.json,
+            )?;
             if a.json {
                 print_json(&v);
             } else {
@@ -613,7 +742,7 @@ pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
             let v = call(
                 socket,
                 "repl.swap",
-                json!({"name": a.set, "force": a.force}),
+                json!({"name": a.set, "secondary": a.secondary, "force": a.force}),
             )?;
             if a.json {
                 print_json(&v);
@@ -630,7 +759,7 @@ pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
             let v = call(
                 socket,
                 "repl.resolve",
-                json!({"name": a.set, "discard": a.discard}),
+                json!({"name": a.set, "secondary": a.secondary, "discard": a.discard}),
             )?;
             if a.json {
                 print_json(&v);
@@ -650,9 +779,17 @@ pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
             let v = call(
                 socket,
                 "repl.disable",
-                json!({"name": a.set, "force": a.force}),
+                json!({"name": a.set, "secondary": a.secondary, "force": a.force}),
             )?;
-            println!("replication set {} disabled", a.set);
+            if a.secondary.is_some() {
+                println!(
+                    "replication set {}: secondary {} removed",
+                    a.set,
+                    a.secondary.as_deref().unwrap_or_default()
+                );
+            } else {
+                println!("replication set {} disabled", a.set);
+            }
             if let Some(n) = v["note"].as_str().filter(|n| !n.is_empty()) {
                 println!("note: {n}");
             }
@@ -674,7 +811,12 @@ pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
                             s(&x["state"]),
                             s(&x["mode"]),
                             s(&x["volume"]),
-                            format!("{}:{}", s(&x["peer"]), s(&x["remote_volume"])),
+                            format!(
+                                "{} {}:{}",
+                                s(&x["peer_node"]),
+                                s(&x["peer"]),
+                                s(&x["remote_volume"])
+                            ),
                             x["out_of_sync_bytes"]
                                 .as_u64()
                                 .map(human_bytes)
@@ -701,8 +843,30 @@ pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
                 );
             }
         }
+        ReplCommand::Tune(a) => {
+            let v = call(
+                socket,
+                "repl.tune",
+                json!({"name": a.set, "secondary": a.secondary, "sync_rate": a.sync_rate}),
+            )?;
+            if a.json {
+                print_json(&v);
+            } else if a.sync_rate == 0 {
+                println!("replication set {}: resync rate unlimited", a.set);
+            } else {
+                println!(
+                    "replication set {}: resync rate {}/s",
+                    a.set,
+                    human_bytes(a.sync_rate)
+                );
+            }
+        }
         ReplCommand::Info(a) => {
-            let v = call(socket, "repl.info", json!({"name": a.set}))?;
+            let v = call(
+                socket,
+                "repl.info",
+                json!({"name": a.set, "secondary": a.secondary}),
+            )?;
             if a.json {
                 print_json(&v);
             } else {

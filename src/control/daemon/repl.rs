@@ -11,7 +11,9 @@ use super::{online_volume, parse, Daemon};
 use crate::control::admin::{ErrorCode, OpError};
 use crate::control::config::ReplConfig;
 use crate::interposer::Volume;
-use crate::services::repl::{EnableOptions, Host, RResult, ReplError, SyncOptions, WaitOptions};
+use crate::services::repl::{
+    EnableOptions, Host, RResult, ReplError, SyncOptions, TuneOptions, WaitOptions,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -32,30 +34,40 @@ impl Daemon {
             "repl.peer.remove" => r.peer_remove(&parse::<NameArg>(op, args)?.name)?,
             "repl.enable" => r.enable(parse::<EnableOptions>(op, args)?)?,
             "repl.sync" => r.sync(parse::<SyncOptions>(op, args)?)?,
-            "repl.log" => r.log(&parse::<NameArg>(op, args)?.name)?,
+            "repl.log" => {
+                let a: LegArg = parse(op, args)?;
+                r.log(&a.name, a.secondary.as_deref())?
+            }
+            "repl.tune" => r.tune(parse::<TuneOptions>(op, args)?)?,
             "repl.wait" => r.wait(parse::<WaitOptions>(op, args)?)?,
             "repl.swap" => {
                 let a: SwapArgs = parse(op, args)?;
                 if a.force {
-                    r.takeover(&a.name)?
+                    r.takeover(&a.name, a.secondary.as_deref())?
                 } else {
-                    r.swap(&a.name)?
+                    r.swap(&a.name, a.secondary.as_deref())?
                 }
             }
-            "repl.verify" => r.verify(&parse::<NameArg>(op, args)?.name)?,
+            "repl.verify" => {
+                let a: LegArg = parse(op, args)?;
+                r.verify(&a.name, a.secondary.as_deref())?
+            }
             "repl.resolve" => {
                 let a: ResolveArgs = parse(op, args)?;
-                r.resolve(&a.name, a.discard)?
+                r.resolve(&a.name, a.discard, a.secondary.as_deref())?
             }
             "repl.disable" => {
                 let a: DisableArgs = parse(op, args)?;
-                r.disable(&a.name, a.force)?
+                r.disable(&a.name, a.secondary.as_deref(), a.force)?
             }
             "repl.list" => {
                 parse::<NoArgs>(op, args)?;
                 Value::Array(r.list())
             }
-            "repl.info" => r.info(&parse::<NameArg>(op, args)?.name)?,
+            "repl.info" => {
+                let a: LegArg = parse(op, args)?;
+                r.info(&a.name, a.secondary.as_deref())?
+            }
             "repl.status" => {
                 parse::<NoArgs>(op, args)?;
                 r.status()
@@ -180,10 +192,21 @@ struct NameArg {
     name: String,
 }
 
+/// A set, and which of its secondaries (needed when it has several).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LegArg {
+    name: String,
+    #[serde(default)]
+    secondary: Option<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SwapArgs {
     name: String,
+    #[serde(default)]
+    secondary: Option<String>,
     #[serde(default)]
     force: bool,
 }
@@ -192,6 +215,8 @@ struct SwapArgs {
 #[serde(deny_unknown_fields)]
 struct ResolveArgs {
     name: String,
+    #[serde(default)]
+    secondary: Option<String>,
     discard: crate::services::repl::Discard,
 }
 
@@ -214,6 +239,8 @@ struct PeerAddArgs {
 #[serde(deny_unknown_fields)]
 struct DisableArgs {
     name: String,
+    #[serde(default)]
+    secondary: Option<String>,
     #[serde(default)]
     force: bool,
 }

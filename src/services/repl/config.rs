@@ -74,6 +74,41 @@ pub struct ReplSetConfig {
     /// until `repl resolve` (kept across restarts).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub split_brain: bool,
+    /// Secondary: the set's other secondaries as its primary last named
+    /// them; a promotion here re-attaches them (docs/replication-protocol.md
+    /// "Several secondaries").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<Member>,
+    /// Primary, async and hybrid: writers wait while the peer lags more
+    /// than this many bytes or milliseconds (`--max-lag`, the RPO bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag_ms: Option<u64>,
+    /// Primary: resync bandwidth limit in bytes per second (`--sync-rate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_rate: Option<u64>,
+}
+
+impl ReplSetConfig {
+    /// On a primary a set has one entry per secondary (a leg); this is the
+    /// entry of set `name` toward node `peer_node`. A secondary has one
+    /// entry per set, whatever its primary.
+    pub fn is(&self, name: &str, peer_node: &str) -> bool {
+        self.name == name && (self.role == ReplRole::Secondary || self.peer_node == peer_node)
+    }
+}
+
+/// Another secondary of a set, as the primary describes it to each
+/// secondary.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub node: String,
+    /// Its replication listener.
+    pub addr: String,
+    pub volume: String,
+    pub mode: super::Mode,
 }
 
 fn yes() -> bool {

@@ -1,13 +1,13 @@
 //! This node's answers to its peers: the control requests of
 //! `requests.rs`, and data links handed to the ordered applier.
 
-use super::config::{ReplRole, ReplSetConfig};
+use super::config::{Member, ReplRole, ReplSetConfig};
 use super::error::{RResult, ReplError};
 use super::generation::{relation, Generations, Relation};
 use super::peer::{self, PeerHandler};
 use super::requests::{
-    CompareReply, LinkSet, PeerRequest, SetGenerations, MAX_CHECKSUM_BYTES, MAX_READ_BYTES,
-    MAX_SET_ID,
+    CompareReply, LinkSet, MarkReply, PeerRequest, PrimaryInfo, SetGenerations, MAX_CHECKSUM_BYTES,
+    MAX_READ_BYTES, MAX_SET_ID,
 };
 use super::runtime::{link_key, Replication, SecondaryEntry};
 use super::secondary::{serve_link, SecondarySet, SECONDARY_LAYER};
@@ -79,6 +79,10 @@ impl Replication {
                     on_queue_full: QueueFull::Block,
                     safety_snapshot: None,
                     split_brain: false,
+                    members: Vec::new(),
+                    max_lag_bytes: None,
+                    max_lag_ms: None,
+                    sync_rate: None,
                 };
                 self.create_secondary(peer, c, size_bytes, generation)
                     .map(|v| (v, None))
@@ -97,7 +101,13 @@ impl Replication {
                 empty()
             }
             PeerRequest::Compare { sets } => self.compare(peer, sets),
-            PeerRequest::SyncBegin { set, generations } => {
+            PeerRequest::SyncBegin {
+                set,
+                generations,
+                primary,
+                members,
+            } => {
+                let _r = self.reserve(std::slice::from_ref(&set))?;
                 let e = self.secondary(&set)?;
                 let mine = e.scoreboard.generations();
                 match relation(&mine, &generations) {
@@ -108,13 +118,19 @@ impl Replication {
                         )))
                     }
                 }
+                self.follow(peer, &set, primary, members)?;
                 let snap = self.take_safety(&e)?;
+                // What this side holds that the primary may not: its own
+                // writes as a former primary, and what it received that
+                // another member may lack.
                 let bits = (e.scoreboard.oos_chunks() > 0).then(|| e.scoreboard.oos_words());
                 Ok((json!({"safety_snapshot": snap}), bits))
             }
             PeerRequest::SyncEnd { set, generations } => {
                 let e = self.secondary(&set)?;
-                e.scoreboard.clear_all().map_err(ReplError::Failed)?;
+                self.check_from_primary(peer, &set)?;
+                // The bits stay: they are cleared by release rounds, once
+                // every member holds those chunks.
                 e.scoreboard
                     .update_generations(|g| g.adopt(&generations))
                     .map_err(ReplError::Failed)?;
@@ -173,9 +189,66 @@ impl Replication {
                     .collect();
                 Ok((json!({}), Some(sums)))
             }
-            PeerRequest::Swap { sets, primary } => {
-                self.accept_swap(peer, &sets, &primary)?;
+            PeerRequest::Swap {
+                sets,
+                primary,
+                members,
+            } => {
+                self.accept_swap(peer, &sets, &primary, &members)?;
                 empty()
+            }
+            PeerRequest::Members { set, members } => {
+                self.check_from_primary(peer, &set)?;
+                self.edit_leg(&set, peer, |c| c.members = members.clone())?;
+                empty()
+            }
+            PeerRequest::Adopt { set, generations } => {
+                let e = self.secondary(&set)?;
+                self.check_from_primary(peer, &set)?;
+                match relation(&e.scoreboard.generations(), &generations) {
+                    Relation::Same | Relation::WeAreOlder => e
+                        .scoreboard
+                        .update_generations(|g| g.adopt(&generations))
+                        .map_err(ReplError::Failed)?,
+                    r => {
+                        return Err(ReplError::SplitBrain(format!(
+                            "set {set}: not adopting generation {:x}: this side's data is not its ancestor ({r:?})",
+                            generations.current
+                        )))
+                    }
+                }
+                empty()
+            }
+            PeerRequest::Mark { set } => {
+                let e = self.secondary(&set)?;
+                self.check_from_primary(peer, &set)?;
+                let reply = MarkReply {
+                    session: e.set.session,
+                    epoch: e.set.mark(),
+                };
+                let bits = (e.scoreboard.oos_chunks() > 0).then(|| e.scoreboard.oos_words());
+                Ok((serde_json::to_value(reply).expect("serialisable"), bits))
+            }
+            PeerRequest::Release {
+                set,
+                session,
+                epoch,
+                runs,
+            } => {
+                let e = self.secondary(&set)?;
+                self.check_from_primary(peer, &set)?;
+                if runs.len() > e.scoreboard.chunks() as usize {
+                    return Err(ReplError::Invalid(format!(
+                        "release of set {set}: {} runs for {} chunks",
+                        runs.len(),
+                        e.scoreboard.chunks()
+                    )));
+                }
+                let n = e
+                    .set
+                    .release(session, epoch, &runs)
+                    .map_err(|e| ReplError::Failed(e.to_string()))?;
+                Ok((json!({"released": n}), None))
             }
             PeerRequest::Discard { set } => {
                 let c = self.set_config(&set)?;
@@ -186,7 +259,7 @@ impl Replication {
                     .filter(|x| link_key(x) == link_key(&c))
                     .map(|x| x.name)
                     .collect();
-                self.discard_here(&names)?;
+                self.discard_here(&names, peer)?;
                 self.publish(
                     "repl.resolved",
                     &set,
@@ -195,7 +268,7 @@ impl Replication {
                 empty()
             }
             PeerRequest::Resume { set } => {
-                self.resume(&[set])?;
+                self.resume(&[set], peer)?;
                 empty()
             }
             PeerRequest::Link { .. } => Err(ReplError::Invalid(
@@ -304,8 +377,15 @@ impl Replication {
         let mut older = 0;
         let mut conflict = false;
         let mut primaries = Vec::new();
+        let mut follows = None;
         for sg in &sets {
-            if let Some(p) = self.primary(&sg.name) {
+            let legs = self.legs(&sg.name);
+            let leg = legs
+                .iter()
+                .find(|l| l.peer_node == peer)
+                .or(legs.first())
+                .cloned();
+            if let Some(p) = leg {
                 role = ReplRole::Primary;
                 match relation(&p.scoreboard.generations(), &sg.generations) {
                     Relation::WeAreOlder => older += 1,
@@ -315,6 +395,10 @@ impl Replication {
                 primaries.push(p);
             } else {
                 self.secondary(&sg.name)?;
+                let c = self.set_config(&sg.name)?;
+                if !c.peer_node.is_empty() && c.peer_node != peer {
+                    follows = Some(c.peer_node);
+                }
             }
         }
         if role == ReplRole::Primary {
@@ -324,6 +408,7 @@ impl Replication {
                     &names,
                     false,
                     &format!("{peer} took over while this node was away"),
+                    Some(peer),
                 )?;
                 role = ReplRole::Secondary;
             } else if conflict || older > 0 {
@@ -339,8 +424,80 @@ impl Replication {
                     generations: self.generations_of(&s.name).unwrap_or_default(),
                 })
                 .collect(),
+            follows,
         };
         Ok((serde_json::to_value(reply).expect("serialisable"), None))
+    }
+
+    /// Refuse a request only this secondary's primary may send.
+    fn check_from_primary(&self, peer: &str, set: &str) -> RResult<()> {
+        let c = self.set_config(set)?;
+        if c.role == ReplRole::Secondary && !c.peer_node.is_empty() && c.peer_node != peer {
+            return Err(ReplError::Busy(format!(
+                "set {set} on node {} follows primary {}, not {peer}",
+                self.ctx.name(),
+                c.peer_node
+            )));
+        }
+        Ok(())
+    }
+
+    /// A sync from `peer` is about to start (its data is newer or the
+    /// same): when `peer` is not this secondary's primary (it was promoted
+    /// elsewhere), follow it from now on; the old primary's link, if any,
+    /// stops. Record the set's other members either way.
+    fn follow(
+        &self,
+        peer: &str,
+        set: &str,
+        primary: Option<PrimaryInfo>,
+        members: Option<Vec<Member>>,
+    ) -> RResult<()> {
+        let c = self.set_config(set)?;
+        if c.role != ReplRole::Secondary {
+            return Err(ReplError::Invalid(format!(
+                "set {set} is not a secondary on node {}",
+                self.ctx.name()
+            )));
+        }
+        let switch = c.peer_node != peer;
+        if switch {
+            let p = primary.as_ref().ok_or_else(|| {
+                ReplError::Busy(format!(
+                    "set {set} on node {} follows primary {}, not {peer}",
+                    self.ctx.name(),
+                    c.peer_node
+                ))
+            })?;
+            if p.node != peer {
+                return Err(ReplError::Invalid(format!(
+                    "sync of set {set}: node {peer} speaks for primary {}",
+                    p.node
+                )));
+            }
+            self.table.replace(&link_key(&c), None);
+            log::info!(
+                "replication set {set}: now follows primary {peer} (was {})",
+                c.peer_node
+            );
+            self.publish(
+                "repl.follows",
+                set,
+                format!("new primary {peer} (was {})", c.peer_node),
+            );
+        }
+        let old = c.peer_node.clone();
+        self.edit_leg(set, &old, |c| {
+            if let Some(p) = &primary {
+                c.peer = p.addr.clone();
+                c.peer_node = p.node.clone();
+                c.remote_volume = p.volume.clone();
+                c.mode = p.mode;
+            }
+            if let Some(m) = &members {
+                c.members = m.clone();
+            }
+        })
     }
 
     /// Before a resync makes the secondary inconsistent, keep a dependent
@@ -388,7 +545,13 @@ impl Replication {
 
     /// The peer swaps roles with us: these sets become primaries
     /// replicating to it.
-    fn accept_swap(&self, peer: &str, names: &[String], primary_addr: &str) -> RResult<()> {
+    fn accept_swap(
+        &self,
+        peer: &str,
+        names: &[String],
+        primary_addr: &str,
+        members: &[Member],
+    ) -> RResult<()> {
         let _r = self.reserve(names)?;
         let mut cfgs = Vec::new();
         for n in names {
@@ -408,17 +571,19 @@ impl Replication {
         if let Some(c) = cfgs.first() {
             self.table.replace(&link_key(c), None);
         }
-        let mut opened = Vec::new();
+        let mut all = Vec::new();
         for c in &mut cfgs {
             c.peer = primary_addr.to_owned();
             c.peer_node = peer.to_owned();
-            opened.push(self.promote(c)?);
+            all.extend(self.promote(c, members, false)?);
         }
-        self.store_sets(&cfgs)?;
+        self.store_sets(&all)?;
         // Connect back to the old primary (now our secondary) once it has
         // switched; until then autosync retries.
-        for s in &opened {
-            s.set_peer_lost(true);
+        for c in &cfgs {
+            for s in self.legs(&c.name) {
+                s.set_peer_lost(true);
+            }
         }
         self.publish(
             "repl.swapped",
@@ -447,6 +612,7 @@ impl Replication {
                     )));
                 }
                 let c = self.set_config(&e.name)?;
+                self.check_from_primary(peer, &e.name)?;
                 if c.role != ReplRole::Secondary || c.mode != mode {
                     return Err(ReplError::Invalid(format!(
                         "set {} is not a {} secondary here",

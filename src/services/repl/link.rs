@@ -88,6 +88,11 @@ pub struct QueueLimits {
     pub bytes: u64,
     pub items: usize,
     pub on_full: QueueFull,
+    /// The RPO bound (`--max-lag`): async and hybrid writers wait while
+    /// the queue holds more than this many bytes, or its oldest write has
+    /// waited longer than this.
+    pub max_lag_bytes: Option<u64>,
+    pub max_lag: Option<Duration>,
 }
 
 /// Counters `repl info` reports.
@@ -99,6 +104,8 @@ pub struct LinkStats {
     pub groups: AtomicU64,
     pub reconnects: AtomicU64,
     pub blocked_writers: AtomicU64,
+    /// Writers that waited for the lag bound (`--max-lag`).
+    pub throttled_writers: AtomicU64,
 }
 
 pub struct Link {
@@ -242,6 +249,22 @@ impl Link {
             let full = self.mode != Mode::Sync
                 && !q.items.is_empty()
                 && (q.bytes + len as u64 > self.limits.bytes || q.items.len() >= self.limits.items);
+            // The lag bound throttles (never drops to logging): a writer
+            // waits until the peer caught up enough for this write to fit.
+            let lagging = self.mode != Mode::Sync
+                && !q.items.is_empty()
+                && (self
+                    .limits
+                    .max_lag_bytes
+                    .is_some_and(|m| q.bytes + len as u64 > m)
+                    || self.limits.max_lag.is_some_and(|m| {
+                        q.items.front().is_some_and(|i| i.enqueued.elapsed() > m)
+                    }));
+            if lagging {
+                self.stats.throttled_writers.fetch_add(1, Ordering::Relaxed);
+                self.cv_space.wait_for(&mut q, Duration::from_millis(20));
+                continue;
+            }
             if !full {
                 break;
             }

@@ -42,7 +42,7 @@ pub mod wire;
 
 pub use error::{RResult, ReplError};
 pub use ops::{
-    EnableOptions, SyncOptions, WaitOptions, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_ITEMS,
+    EnableOptions, SyncOptions, TuneOptions, WaitOptions, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_ITEMS,
     DEFAULT_TIMEOUT_MS,
 };
 pub use roles::Discard;

@@ -2,12 +2,13 @@
 //! the sets it changes, talks to the peer with nothing locked, then commits
 //! runtime and configuration together.
 
-use super::config::{PeerConfig, ReplConfig, ReplRole, ReplSetConfig};
+use super::config::{Member, PeerConfig, ReplConfig, ReplRole, ReplSetConfig};
 use super::error::{RResult, ReplError};
 use super::generation::Generations;
 use super::peer;
 use super::requests::PeerRequest;
 use super::runtime::{trim_secret, Replication};
+use super::set::MAX_SECONDARIES;
 use super::{Mode, PeerLoss, QueueFull, SetState};
 use crate::control::validate_name;
 use crate::device::BlockDevice;
@@ -49,12 +50,23 @@ pub struct EnableOptions {
     pub queue_items: Option<usize>,
     #[serde(default)]
     pub on_queue_full: Option<QueueFull>,
+    /// Writers wait while the peer lags more than this (async, hybrid).
+    #[serde(default)]
+    pub max_lag_bytes: Option<u64>,
+    #[serde(default)]
+    pub max_lag_ms: Option<u64>,
+    /// Resync bandwidth limit, bytes per second.
+    #[serde(default)]
+    pub sync_rate: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncOptions {
     pub name: String,
+    /// The secondary to sync (needed when the set has several).
+    #[serde(default)]
+    pub secondary: Option<String>,
     #[serde(default)]
     pub full: bool,
     #[serde(default)]
@@ -66,10 +78,23 @@ pub struct SyncOptions {
     pub checksum: bool,
 }
 
+/// `repl tune`: change a running set's resync rate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TuneOptions {
+    pub name: String,
+    #[serde(default)]
+    pub secondary: Option<String>,
+    /// Bytes per second; 0 removes the limit.
+    pub sync_rate: u64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WaitOptions {
     pub name: String,
+    #[serde(default)]
+    pub secondary: Option<String>,
     #[serde(default)]
     pub state: Option<String>,
     #[serde(default)]
@@ -162,6 +187,9 @@ impl Replication {
         Ok(json!({"name": name}))
     }
 
+    /// Create set `a.name` replicating `a.local` to the peer at `a.peer`,
+    /// or, when this node is already its primary, add that peer as one
+    /// more secondary (a leg of its own: mode, link, scoreboard, state).
     pub fn enable(&self, a: EnableOptions) -> RResult<Value> {
         validate_name(&a.name).map_err(|e| ReplError::Invalid(format!("replication set: {e}")))?;
         if let Some(g) = &a.group {
@@ -170,13 +198,41 @@ impl Replication {
         let host = self.host()?;
         let _r = self.reserve(&[a.name.clone(), format!("volume:{}", a.local)])?;
         let rc = self.config()?;
-        if rc.sets.iter().any(|s| s.name == a.name) {
-            return Err(ReplError::Exists(format!(
-                "replication set {} already exists",
-                a.name
-            )));
-        }
-        if let Some(o) = rc.sets.iter().find(|s| s.volume == a.local) {
+        let legs: Vec<&ReplSetConfig> = rc.sets.iter().filter(|s| s.name == a.name).collect();
+        if let Some(first) = legs.first() {
+            if first.role != ReplRole::Primary {
+                return Err(ReplError::Exists(format!(
+                    "replication set {} already exists here as a secondary",
+                    a.name
+                )));
+            }
+            if first.volume != a.local {
+                return Err(ReplError::Invalid(format!(
+                    "replication set {} replicates volume {}, not {}",
+                    a.name, first.volume, a.local
+                )));
+            }
+            if first.group != a.group {
+                return Err(ReplError::Invalid(format!(
+                    "replication set {} is in group {}; every secondary of a set shares its group",
+                    a.name,
+                    first.group.as_deref().unwrap_or("(none)")
+                )));
+            }
+            if let Some(l) = legs.iter().find(|l| l.peer == a.peer) {
+                return Err(ReplError::Exists(format!(
+                    "replication set {} already replicates to {} (node {})",
+                    a.name, a.peer, l.peer_node
+                )));
+            }
+            if legs.len() >= MAX_SECONDARIES {
+                return Err(ReplError::Invalid(format!(
+                    "replication set {} has {} secondaries, the most a set can have",
+                    a.name,
+                    legs.len()
+                )));
+            }
+        } else if let Some(o) = rc.sets.iter().find(|s| s.volume == a.local) {
             return Err(ReplError::Busy(format!(
                 "volume {} is already in replication set {}",
                 a.local, o.name
@@ -201,27 +257,44 @@ impl Replication {
             on_peer_loss: a.on_peer_loss.unwrap_or_default(),
             autosync: !a.no_autosync,
             suspended: false,
-            scoreboard: Some(self.scoreboard_path(&a.name)?),
+            scoreboard: None,
             timeout_ms: a.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS).max(500),
             queue_bytes: a.queue_bytes.unwrap_or(DEFAULT_QUEUE_BYTES).max(1 << 20),
             queue_items: a.queue_items.unwrap_or(DEFAULT_QUEUE_ITEMS).max(16),
             on_queue_full: a.on_queue_full.unwrap_or_default(),
             safety_snapshot: None,
             split_brain: false,
+            members: Vec::new(),
+            max_lag_bytes: a.max_lag_bytes,
+            max_lag_ms: a.max_lag_ms,
+            sync_rate: a.sync_rate,
         };
         if let Some(g) = &a.group {
-            if let Some(o) = rc.sets.iter().find(|s| s.group.as_deref() == Some(g)) {
-                if o.peer != c.peer || o.mode != c.mode {
+            if let Some(o) = rc
+                .sets
+                .iter()
+                .find(|s| s.group.as_deref() == Some(g) && s.peer == c.peer)
+            {
+                if o.mode != c.mode {
                     return Err(ReplError::Invalid(format!(
-                        "group {g} replicates to {} in {} mode (set {}); a group shares one peer and one mode",
+                        "group {g} replicates to {} in {} mode (set {}); a group shares one mode per secondary",
                         o.peer, o.mode.as_str(), o.name
                     )));
                 }
             }
         }
-        // Volumes declared identical share a generation from the start;
-        // otherwise the secondary has none until its first sync.
-        let mut gens = Generations::fresh();
+        // A new leg of an existing set shares its volume's generation; a
+        // new set starts one. Volumes declared identical share it with the
+        // secondary from the start; otherwise the secondary has none until
+        // its first sync.
+        let mut gens = match self.primary(&a.name) {
+            Some(p) => {
+                let mut g = p.scoreboard.generations();
+                g.agreed = 0;
+                g
+            }
+            None => Generations::fresh(),
+        };
         if a.no_sync {
             gens.agreed = gens.current;
         }
@@ -243,11 +316,6 @@ impl Replication {
         )
         .map_err(|e| ReplError::Peer(format!("replication set {}: {e}", a.name)))?;
         c.peer_node = reply["node"].as_str().unwrap_or_default().to_owned();
-        let initial = if a.no_sync {
-            SetState::Replicating
-        } else {
-            SetState::Logging
-        };
         let undo_remote = |why: &str| {
             log::warn!(
                 "replication set {}: undoing the secondary side: {why}",
@@ -261,7 +329,21 @@ impl Replication {
                 },
             );
         };
-        let set = match self.open_primary(&c, Some((initial, gens))) {
+        if legs.iter().any(|l| l.peer_node == c.peer_node) || c.peer_node == rc.node {
+            // The same node under another address (or this node itself):
+            // the secondary side we just created is a duplicate.
+            return Err(ReplError::Exists(format!(
+                "replication set {}: node {} is already a member of it",
+                a.name, c.peer_node
+            )));
+        }
+        c.scoreboard = Some(self.leg_scoreboard_path(&a.name, &c.peer_node)?);
+        let initial = if a.no_sync {
+            SetState::Replicating
+        } else {
+            SetState::Logging
+        };
+        let set = match self.open_primary(&c, Some((initial != SetState::Replicating, gens))) {
             Ok(s) => s,
             Err(e) => {
                 let _ = std::fs::remove_file(c.scoreboard.as_ref().expect("set"));
@@ -295,31 +377,94 @@ impl Replication {
                 );
             }
         }
+        self.tell_members(&a.name);
         self.publish(
             "repl.enabled",
             &a.name,
             format!(
-                "{} -> {}:{} ({})",
+                "{} -> {}:{} ({}, node {})",
                 a.local,
                 a.peer,
                 a.remote,
-                a.mode.as_str()
+                a.mode.as_str(),
+                c.peer_node
             ),
         );
-        self.info(&a.name)
+        self.info(&a.name, Some(&c.peer_node))
+    }
+
+    /// The members of set `name` a secondary `except` should know of: every
+    /// other secondary (a promotion there re-attaches them).
+    pub(super) fn members_for(&self, name: &str, except: &str) -> Vec<Member> {
+        self.leg_configs(name)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.role == ReplRole::Primary && c.peer_node != except)
+            .map(|c| Member {
+                node: c.peer_node,
+                addr: c.peer,
+                volume: c.remote_volume,
+                mode: c.mode,
+            })
+            .collect()
+    }
+
+    /// Tell every secondary of set `name` who the others are (after a
+    /// secondary was added or removed). Best effort: each sync repeats it.
+    pub(super) fn tell_members(&self, name: &str) {
+        for c in self.leg_configs(name).unwrap_or_default() {
+            if c.role != ReplRole::Primary {
+                continue;
+            }
+            let req = PeerRequest::Members {
+                set: name.to_owned(),
+                members: self.members_for(name, &c.peer_node),
+            };
+            if let Err(e) = peer::request(&self.ctx, &c.peer, &req) {
+                log::warn!(
+                    "replication set {name}: telling {} its fellow secondaries: {e} (the next sync does)",
+                    c.peer_node
+                );
+            }
+        }
     }
 
     /// Start a sync. On a set that is already replicating (and not asked
     /// for a full sync) this succeeds at once: there is nothing to do.
+    /// Without `secondary` on a set with several, every leg syncs.
     pub fn sync(&self, a: SyncOptions) -> RResult<Value> {
-        let sets = self.group_of(&a.name)?;
+        if a.secondary.is_none() && self.legs(&a.name).len() > 1 {
+            for l in self.legs(&a.name) {
+                self.sync_leg(SyncOptions {
+                    secondary: Some(l.peer_node.clone()),
+                    ..a.clone()
+                })?;
+            }
+            return self.info(&a.name, None);
+        }
+        self.sync_leg(a)
+    }
+
+    fn sync_leg(&self, a: SyncOptions) -> RResult<Value> {
+        let sets = self.group_of(&a.name, a.secondary.as_deref())?;
         let names: Vec<String> = sets.iter().map(|s| s.name.clone()).collect();
         let _r = self.reserve(&names)?;
         let link = sets[0].link().clone();
+        let node = sets[0].peer_node.clone();
+        let info = || self.info(&a.name, Some(&node));
         if a.checksum && a.reverse {
             return Err(ReplError::Invalid(
                 "--checksum applies to a forward sync only".into(),
             ));
+        }
+        if a.reverse {
+            if let Some(s) = sets.iter().find(|s| !s.siblings().is_empty()) {
+                return Err(ReplError::Invalid(format!(
+                    "replication set {} has several secondaries; a reverse sync would bypass the others \
+                     (disable them first, or swap roles with `umbra repl swap {} --secondary {node}`)",
+                    s.name, s.name
+                )));
+            }
         }
         // Replicating with nothing out of sync: nothing to do. Chunks a
         // verify found differing are resynced while the link stays up.
@@ -329,11 +474,11 @@ impl Replication {
                 .iter()
                 .all(|s| s.state() == SetState::Replicating && s.scoreboard.oos_chunks() == 0)
         {
-            return self.info(&a.name);
+            return info();
         }
         if link.syncing.load(Ordering::SeqCst) {
             if !a.full && !a.reverse {
-                return self.info(&a.name); // the sync asked for runs already
+                return info(); // the sync asked for runs already
             }
             return Err(ReplError::Busy(format!(
                 "replication set {}: a sync is already running",
@@ -372,7 +517,7 @@ impl Replication {
         for s in &sets {
             s.suspended.store(false, Ordering::SeqCst);
         }
-        self.persist_suspended(&names, false);
+        self.persist_suspended(&names, &node, false);
         if a.full {
             for s in &sets {
                 s.scoreboard
@@ -391,13 +536,18 @@ impl Replication {
         } else {
             self.start_sync(&link, a.full, a.checksum);
         }
-        self.info(&a.name)
+        info()
     }
 
-    pub(super) fn persist_suspended(&self, names: &[String], v: bool) {
+    /// Persist the suspended flag of the legs of `names` toward `node`.
+    pub(super) fn persist_suspended(&self, names: &[String], node: &str, v: bool) {
         let r = self.commit(
             |rc| {
-                for c in rc.sets.iter_mut().filter(|c| names.contains(&c.name)) {
+                for c in rc
+                    .sets
+                    .iter_mut()
+                    .filter(|c| names.iter().any(|n| c.is(n, node)))
+                {
                     c.suspended = v;
                 }
                 Ok(())
@@ -411,15 +561,16 @@ impl Replication {
 
     /// Suspend replication: the group goes to logging, no autosync until
     /// the next `repl sync`.
-    pub fn log(&self, name: &str) -> RResult<Value> {
-        let sets = self.group_of(name)?;
+    pub fn log(&self, name: &str, secondary: Option<&str>) -> RResult<Value> {
+        let sets = self.group_of(name, secondary)?;
         let names: Vec<String> = sets.iter().map(|s| s.name.clone()).collect();
+        let node = sets[0].peer_node.clone();
         let _r = self.reserve(&names)?;
         for s in &sets {
             s.suspended.store(true, Ordering::SeqCst);
             s.set_peer_lost(false);
         }
-        self.persist_suspended(&names, true);
+        self.persist_suspended(&names, &node, true);
         sets[0].link().close("suspended by `repl log`");
         for s in &sets {
             // A set that needs a sync (or is in split brain) keeps saying so.
@@ -427,9 +578,34 @@ impl Replication {
                 s.set_state(SetState::Logging, "suspended by `repl log`");
             }
         }
-        self.info(name)
+        self.info(name, Some(&node))
     }
 
+    /// Change the resync rate of the leg toward `a.secondary` (without it:
+    /// every leg); a running sync follows at its next chunk.
+    pub fn tune(&self, a: TuneOptions) -> RResult<Value> {
+        let legs = match &a.secondary {
+            Some(_) => vec![self.leg(&a.name, a.secondary.as_deref())?],
+            None => {
+                let l = self.legs(&a.name);
+                if l.is_empty() {
+                    vec![self.leg(&a.name, None)?] // the error naming why
+                } else {
+                    l
+                }
+            }
+        };
+        let rate = (a.sync_rate > 0).then_some(a.sync_rate);
+        for l in &legs {
+            self.edit_leg(&a.name, &l.peer_node, |c| c.sync_rate = rate)?;
+            l.sync_rate.store(a.sync_rate, Ordering::SeqCst);
+        }
+        self.info(&a.name, a.secondary.as_deref())
+    }
+
+    /// Wait until the leg toward `a.secondary` (without it: every leg)
+    /// reaches `a.state` (default replicating), or a state it cannot
+    /// leave by itself, or the timeout.
     pub fn wait(&self, a: WaitOptions) -> RResult<Value> {
         let want = match &a.state {
             Some(s) => SetState::parse(s)
@@ -439,15 +615,21 @@ impl Replication {
         let deadline = Instant::now()
             + Duration::from_millis(a.timeout_ms.unwrap_or(MAX_WAIT_MS).min(MAX_WAIT_MS));
         loop {
-            let set = self
-                .primary(&a.name)
-                .ok_or_else(|| ReplError::no_set(&a.name))?;
-            let st = set.state();
-            let reached = st == want
-                && !(want == SetState::Logging && set.link().syncing.load(Ordering::SeqCst));
-            let stuck = matches!(st, SetState::Failed | SetState::SplitBrain) && st != want;
+            let legs = match &a.secondary {
+                Some(_) => vec![self.leg(&a.name, a.secondary.as_deref())?],
+                None if self.primary(&a.name).is_some() => self.legs(&a.name),
+                None => vec![self.leg(&a.name, None)?],
+            };
+            let reached = legs.iter().all(|set| {
+                set.state() == want
+                    && !(want == SetState::Logging && set.link().syncing.load(Ordering::SeqCst))
+            });
+            let stuck = legs.iter().any(|set| {
+                let st = set.state();
+                matches!(st, SetState::Failed | SetState::SplitBrain) && st != want
+            });
             if reached || Instant::now() >= deadline || stuck {
-                let mut v = self.info(&a.name)?;
+                let mut v = self.info(&a.name, a.secondary.as_deref())?;
                 v["reached"] = json!(reached);
                 return Ok(v);
             }
@@ -455,33 +637,54 @@ impl Replication {
         }
     }
 
-    pub fn disable(&self, name: &str, force: bool) -> RResult<Value> {
+    /// Disable set `name`: on a primary every leg (or only the one toward
+    /// `secondary`), each secondary's side first; on a secondary (with
+    /// `force`) this side only.
+    pub fn disable(&self, name: &str, secondary: Option<&str>, force: bool) -> RResult<Value> {
         let _r = self.reserve(&[name.to_owned()])?;
-        let c = self.set_config(name)?;
-        if c.role == ReplRole::Secondary && !force {
+        let all = self.leg_configs(name)?;
+        if all[0].role == ReplRole::Secondary && !force {
             return Err(ReplError::Invalid(format!(
                 "replication set {name} is a secondary here; disable it from the primary (or --force to drop this side only)"
             )));
         }
-        let mut note = String::new();
-        if c.role == ReplRole::Primary {
-            if let Err(e) = peer::request(
-                &self.ctx,
-                &c.peer,
-                &PeerRequest::Disable {
-                    set: name.to_owned(),
-                },
-            ) {
-                if !force {
-                    return Err(ReplError::Peer(format!(
-                        "replication set {name}: the peer did not disable its side: {e}; retry, or --force to disable this side only"
-                    )));
+        let legs = match secondary {
+            Some(_) => vec![self.leg_config(name, secondary)?],
+            None => all.clone(),
+        };
+        let mut notes = Vec::new();
+        for c in &legs {
+            if c.role == ReplRole::Primary {
+                if let Err(e) = peer::request(
+                    &self.ctx,
+                    &c.peer,
+                    &PeerRequest::Disable {
+                        set: name.to_owned(),
+                    },
+                ) {
+                    if !force {
+                        return Err(ReplError::Peer(format!(
+                            "replication set {name}: secondary {} did not disable its side: {e}; retry, or --force to disable this side only",
+                            c.peer_node
+                        )));
+                    }
+                    notes.push(format!(
+                        "secondary {}'s side was not disabled: {e}",
+                        c.peer_node
+                    ));
                 }
-                note = format!("the peer's side was not disabled: {e}");
             }
+            self.forget(c)?;
         }
-        self.forget(&c)?;
+        if legs.len() < all.len() {
+            self.tell_members(name);
+        }
+        let note = notes.join("; ");
         self.publish("repl.disabled", name, note.clone());
-        Ok(json!({"name": name, "note": note}))
+        Ok(json!({
+            "name": name,
+            "secondaries": legs.iter().map(|c| c.peer_node.clone()).collect::<Vec<_>>(),
+            "note": note,
+        }))
     }
 }

@@ -3,6 +3,7 @@
 //! enum. A request that does not parse into it (unknown `op`, a missing or
 //! extra field, a wrong type) is refused before anything looks at it.
 
+use super::config::Member;
 use super::generation::Generations;
 use super::Mode;
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,14 @@ pub enum PeerRequest {
     SyncBegin {
         set: String,
         generations: Generations,
+        /// The sender, when it is (or becomes) this secondary's primary:
+        /// a secondary whose primary changed (a promotion elsewhere)
+        /// follows the sender if its data is an ancestor of the sender's.
+        #[serde(default)]
+        primary: Option<PrimaryInfo>,
+        /// The set's other secondaries.
+        #[serde(default)]
+        members: Option<Vec<Member>>,
     },
     /// The sync completed: the secondary adopts the primary's generation
     /// and drops its safety snapshot.
@@ -69,8 +78,36 @@ pub enum PeerRequest {
         len: u64,
         chunk_bytes: u64,
     },
-    /// Planned role swap: become the primary of these sets.
-    Swap { sets: Vec<String>, primary: String },
+    /// Planned role swap: become the primary of these sets (and of the
+    /// other secondaries, `members`, which then follow this node).
+    Swap {
+        sets: Vec<String>,
+        primary: String,
+        #[serde(default)]
+        members: Vec<Member>,
+    },
+    /// The set's other secondaries changed.
+    Members { set: String, members: Vec<Member> },
+    /// A replicating secondary holds every write of the primary's current
+    /// generation: it adopts it (sent after the primary started a new one
+    /// because another secondary was lost).
+    Adopt {
+        set: String,
+        generations: Generations,
+    },
+    /// Release round, step 1: start a new epoch and answer the chunks
+    /// this secondary holds writes in that another member may lack (a
+    /// DATA frame of bitmap words), with the epoch they were received in.
+    Mark { set: String },
+    /// Release round, step 2: these chunks (runs of `[first, count]`) are
+    /// the same on every member; forget the writes received in `epoch` or
+    /// before on them.
+    Release {
+        set: String,
+        session: u64,
+        epoch: u32,
+        runs: Vec<[u64; 2]>,
+    },
     /// Split brain resolved: this side's data is discarded, it becomes
     /// (or stays) the secondary and takes an update sync.
     Discard { set: String },
@@ -99,6 +136,10 @@ impl PeerRequest {
             PeerRequest::Read { .. } => "read",
             PeerRequest::Checksums { .. } => "checksums",
             PeerRequest::Swap { .. } => "swap",
+            PeerRequest::Members { .. } => "members",
+            PeerRequest::Adopt { .. } => "adopt",
+            PeerRequest::Mark { .. } => "mark",
+            PeerRequest::Release { .. } => "release",
             PeerRequest::Discard { .. } => "discard",
             PeerRequest::Resume { .. } => "resume",
             PeerRequest::Link { .. } => "link",
@@ -130,6 +171,30 @@ pub struct CompareReply {
     /// (`primary` after a failover the sender has not heard of).
     pub role: super::config::ReplRole,
     pub sets: Vec<SetGenerations>,
+    /// A secondary's primary (node name), when it is not the sender: the
+    /// responder follows another primary now.
+    #[serde(default)]
+    pub follows: Option<String>,
+}
+
+/// Who a secondary's primary is: its node, listener and volume, and the
+/// mode of the leg.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrimaryInfo {
+    pub node: String,
+    pub addr: String,
+    pub volume: String,
+    pub mode: Mode,
+}
+
+/// The answer to `mark`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkReply {
+    /// Changes when the secondary restarts: a release of another session
+    /// is ignored.
+    pub session: u64,
+    pub epoch: u32,
 }
 
 #[cfg(test)]

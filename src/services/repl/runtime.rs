@@ -27,7 +27,7 @@ use super::link::{Link, QueueLimits};
 use super::peer::Listener;
 use super::scoreboard::{self, Scoreboard};
 use super::secondary::{LinkTable, SecondaryGuard, SecondarySet, SECONDARY_LAYER};
-use super::set::{PrimaryLayer, ReplSet, PRIMARY_LAYER};
+use super::set::{primary_layer, Legs, PrimaryLayer, ReplSet};
 use super::{NodeCtx, Notifier, SetState};
 use crate::backend::{EngineKind, FileBackend, FileOptions};
 use crate::device::BlockDevice;
@@ -80,7 +80,9 @@ pub(super) struct SecondaryEntry {
 pub struct Replication {
     pub(super) ctx: Arc<NodeCtx>,
     pub(super) listener: Mutex<Option<Listener>>,
-    pub(super) primaries: Mutex<HashMap<String, Arc<ReplSet>>>,
+    /// Primary sets by name, each with one leg per secondary.
+    pub(super) primaries: Mutex<HashMap<String, Arc<Legs>>>,
+    /// Links by [`link_id`]: one per consistency group and secondary.
     pub(super) links: Mutex<HashMap<String, Arc<Link>>>,
     pub(super) secondaries: Mutex<HashMap<String, SecondaryEntry>>,
     pub(super) table: LinkTable,
@@ -112,9 +114,15 @@ pub(super) fn sb_options() -> FileOptions {
     }
 }
 
-/// The link key of a set: its consistency group, or the set alone.
+/// The link key of a set: its consistency group, or the set alone (the
+/// group name a link announces; a secondary has one link per key).
 pub(super) fn link_key(c: &ReplSetConfig) -> String {
     c.group.clone().unwrap_or_else(|| format!("set:{}", c.name))
+}
+
+/// Which link a primary leg uses: its group's toward its secondary.
+pub(super) fn link_id(c: &ReplSetConfig) -> String {
+    format!("{}@{}", link_key(c), c.peer_node)
 }
 
 impl Replication {
@@ -199,12 +207,34 @@ impl Replication {
             .ok_or_else(ReplError::no_identity)
     }
 
+    /// Set `name`'s configuration (on a primary: its first leg's).
     pub(super) fn set_config(&self, name: &str) -> RResult<ReplSetConfig> {
         self.config()?
             .sets
             .into_iter()
             .find(|s| s.name == name)
             .ok_or_else(|| ReplError::no_set(name))
+    }
+
+    /// Every configuration entry of set `name`: one per leg on a primary.
+    pub(super) fn leg_configs(&self, name: &str) -> RResult<Vec<ReplSetConfig>> {
+        let v: Vec<_> = self
+            .config()?
+            .sets
+            .into_iter()
+            .filter(|s| s.name == name)
+            .collect();
+        if v.is_empty() {
+            return Err(ReplError::no_set(name));
+        }
+        Ok(v)
+    }
+
+    /// The configuration of set `name`'s leg toward `secondary`, or its
+    /// only leg when `secondary` is not given.
+    pub(super) fn leg_config(&self, name: &str, secondary: Option<&str>) -> RResult<ReplSetConfig> {
+        let legs = self.leg_configs(name)?;
+        pick_leg(name, legs, secondary, |c| c.peer_node.clone())
     }
 
     /// The one way runtime and configuration change together: `edit` the
@@ -227,16 +257,33 @@ impl Replication {
         r
     }
 
-    /// Put `changed` in place of the sets of the same names (role
-    /// changes, whose runtime side cannot be undone once the peer took
-    /// part).
+    /// Put `changed` in place of every entry of the sets of the same
+    /// names (role changes, whose runtime side cannot be undone once the
+    /// peer took part; a promotion turns one entry into one per leg, a
+    /// demotion the legs into one).
     pub(super) fn store_sets(&self, changed: &[ReplSetConfig]) -> RResult<()> {
         self.commit(
             |rc| {
-                for c in changed {
-                    if let Some(x) = rc.sets.iter_mut().find(|x| x.name == c.name) {
-                        *x = c.clone();
-                    }
+                rc.sets
+                    .retain(|x| !changed.iter().any(|c| c.name == x.name));
+                rc.sets.extend(changed.iter().cloned());
+                Ok(())
+            },
+            || {},
+        )
+    }
+
+    /// Change the entries of leg (or secondary set) `name`/`peer_node`.
+    pub(super) fn edit_leg(
+        &self,
+        name: &str,
+        peer_node: &str,
+        mut f: impl FnMut(&mut ReplSetConfig),
+    ) -> RResult<()> {
+        self.commit(
+            |rc| {
+                for c in rc.sets.iter_mut().filter(|c| c.is(name, peer_node)) {
+                    f(c);
                 }
                 Ok(())
             },
@@ -244,9 +291,32 @@ impl Replication {
         )
     }
 
-    /// Where set `name`'s scoreboard lives (either role).
+    /// Where set `name`'s scoreboard lives (either role; on a primary the
+    /// first leg's).
     pub(super) fn scoreboard_path(&self, name: &str) -> RResult<PathBuf> {
         Ok(self.host()?.data_dir().join(format!("{name}.scoreboard")))
+    }
+
+    /// A scoreboard path for a new leg of set `name` toward `node`: the
+    /// set's own when no leg uses it, else one named after the node.
+    pub(super) fn leg_scoreboard_path(&self, name: &str, node: &str) -> RResult<PathBuf> {
+        let first = self.scoreboard_path(name)?;
+        let used = self
+            .config()
+            .map(|rc| {
+                rc.sets
+                    .iter()
+                    .any(|c| c.name == name && c.scoreboard.as_ref() == Some(&first))
+            })
+            .unwrap_or(false);
+        if used || first.exists() {
+            Ok(self
+                .host()?
+                .data_dir()
+                .join(format!("{name}.{node}.scoreboard")))
+        } else {
+            Ok(first)
+        }
     }
 
     /// Forget set `c` on this side: its layer and runtime state, its
@@ -261,7 +331,7 @@ impl Replication {
         }
         self.commit(
             |rc| {
-                rc.sets.retain(|s| s.name != c.name);
+                rc.sets.retain(|s| !s.is(&c.name, &c.peer_node));
                 Ok(())
             },
             || {},
@@ -338,7 +408,12 @@ impl Replication {
             link.close("daemon shutting down");
         }
         self.table.stop_all();
-        let sets: Vec<_> = self.primaries.lock().values().cloned().collect();
+        let sets: Vec<_> = self
+            .primaries
+            .lock()
+            .values()
+            .flat_map(|l| l.all())
+            .collect();
         for s in sets {
             if let Err(e) = s.scoreboard.clean() {
                 log::error!("replication set {}: scoreboard at shutdown: {e}", s.name);
@@ -348,13 +423,12 @@ impl Replication {
 
     // ----- primary sets -------------------------------------------------
 
-    /// Open a primary set: scoreboard, link, layer. `create`: a new
-    /// scoreboard with these generations (every chunk out of sync unless
-    /// the set starts replicating).
+    /// Open a primary leg: scoreboard, link, layer. `create`: a new
+    /// scoreboard with these generations, every chunk out of sync or none.
     pub(super) fn open_primary(
         &self,
         c: &ReplSetConfig,
-        create: Option<(SetState, Generations)>,
+        create: Option<(bool, Generations)>,
     ) -> RResult<Arc<ReplSet>> {
         let host = self.host()?;
         let volume = host.volume(&c.volume)?;
@@ -363,21 +437,27 @@ impl Replication {
             ReplError::Failed(format!("replication set {}: no scoreboard path", c.name))
         })?;
         let sb = match &create {
-            Some((initial, gens)) => create_scoreboard(
-                &path,
-                &c.name,
-                size,
-                *initial != SetState::Replicating,
-                gens.clone(),
-            )?,
+            Some((all_out_of_sync, gens)) => {
+                create_scoreboard(&path, &c.name, size, *all_out_of_sync, gens.clone())?
+            }
             None => open_scoreboard(&path, &c.name, size)?,
         };
         let key = link_key(c);
+        let id = link_id(c);
+        let legs = self.primaries.lock().get(&c.name).cloned();
+        if let Some(l) = &legs {
+            if l.get(&c.peer_node).is_some() {
+                return Err(ReplError::Exists(format!(
+                    "replication set {} already replicates to node {}",
+                    c.name, c.peer_node
+                )));
+            }
+        }
         let link = {
             let mut links = self.links.lock();
             let mut fresh = None;
             let l = links
-                .entry(key.clone())
+                .entry(id.clone())
                 .or_insert_with(|| {
                     let l = Arc::new(Link::new(
                         self.ctx.clone(),
@@ -389,6 +469,8 @@ impl Replication {
                             bytes: c.queue_bytes,
                             items: c.queue_items,
                             on_full: c.on_queue_full,
+                            max_lag_bytes: c.max_lag_bytes,
+                            max_lag: c.max_lag_ms.map(Duration::from_millis),
                         },
                     ));
                     fresh = Some(l.clone());
@@ -410,9 +492,12 @@ impl Replication {
                 link.mode.as_str()
             )));
         }
+        let legs = legs.unwrap_or_default();
         let id = link.sets().iter().map(|s| s.id + 1).max().unwrap_or(0);
         let set = Arc::new(ReplSet::new(
             &c.name,
+            &c.peer_node,
+            &legs,
             id,
             &c.volume,
             &c.remote_volume,
@@ -426,6 +511,8 @@ impl Replication {
             Some(self.notifier()),
         ));
         set.suspended.store(c.suspended, Ordering::SeqCst);
+        set.sync_rate
+            .store(c.sync_rate.unwrap_or(0), Ordering::SeqCst);
         if c.split_brain {
             set.set_state(SetState::SplitBrain, "split brain (before the restart)");
         }
@@ -437,44 +524,72 @@ impl Replication {
             .attach(Arc::new(PrimaryLayer::new(set.clone())))
             .map_err(|e| ReplError::Failed(e.to_string()))?;
         link.add_set(set.clone());
-        self.primaries.lock().insert(c.name.clone(), set.clone());
+        legs.push(set.clone());
+        self.primaries.lock().insert(c.name.clone(), legs);
         Ok(set)
     }
 
-    /// Remove a primary set's layer and runtime state (not the config).
+    /// Remove a primary leg's layer and runtime state (not the config).
     pub(super) fn drop_primary(&self, c: &ReplSetConfig) {
-        let set = self.primaries.lock().remove(&c.name);
-        let key = link_key(c);
+        let set = {
+            let mut p = self.primaries.lock();
+            let set = p.get(&c.name).and_then(|l| l.remove(&c.peer_node));
+            if p.get(&c.name).is_some_and(|l| l.is_empty()) {
+                p.remove(&c.name);
+            }
+            set
+        };
         if let Some(set) = &set {
             let link = set.link().clone();
             link.remove_set(&c.name);
             if link.sets().is_empty() {
                 link.stop.store(true, Ordering::SeqCst);
                 link.close("set disabled");
-                self.links.lock().remove(&key);
+                self.links.lock().remove(&link_id(c));
             }
         }
         if let Ok(v) = self.host().and_then(|h| h.volume(&c.volume)) {
-            let _ = v.detach(PRIMARY_LAYER);
+            let _ = v.detach(&primary_layer(&c.peer_node));
         }
     }
 
+    /// Set `name`'s first leg, when this node is its primary.
     pub(super) fn primary(&self, name: &str) -> Option<Arc<ReplSet>> {
-        self.primaries.lock().get(name).cloned()
+        self.legs(name).into_iter().next()
     }
 
-    /// The sets that move together with `name` (its consistency group).
-    pub(super) fn group_of(&self, name: &str) -> RResult<Vec<Arc<ReplSet>>> {
-        let set = self.primary(name).ok_or_else(|| {
-            if self.set_config(name).is_ok() {
+    /// Every leg of primary set `name` (bottom of the stack first).
+    pub(super) fn legs(&self, name: &str) -> Vec<Arc<ReplSet>> {
+        self.primaries
+            .lock()
+            .get(name)
+            .map(|l| l.all())
+            .unwrap_or_default()
+    }
+
+    /// Primary set `name`'s leg toward `secondary`, or its only leg.
+    pub(super) fn leg(&self, name: &str, secondary: Option<&str>) -> RResult<Arc<ReplSet>> {
+        let legs = self.legs(name);
+        if legs.is_empty() {
+            return Err(if self.set_config(name).is_ok() {
                 ReplError::Invalid(format!(
                     "replication set {name} is not a primary on this node (manage sets from the primary)"
                 ))
             } else {
                 ReplError::no_set(name)
-            }
-        })?;
-        Ok(set.link().sets())
+            });
+        }
+        pick_leg(name, legs, secondary, |s| s.peer_node.clone())
+    }
+
+    /// The sets that move together with `name`'s leg toward `secondary`
+    /// (its consistency group on that link).
+    pub(super) fn group_of(
+        &self,
+        name: &str,
+        secondary: Option<&str>,
+    ) -> RResult<Vec<Arc<ReplSet>>> {
+        Ok(self.leg(name, secondary)?.link().sets())
     }
 
     // ----- secondary sets -----------------------------------------------
@@ -501,9 +616,16 @@ impl Replication {
                 .attach(guard.clone())
                 .map_err(|e| ReplError::Failed(e.to_string()))?;
         }
+        let sb = Arc::new(sb);
         let entry = SecondaryEntry {
-            set: Arc::new(SecondarySet::new(&c.name, &c.volume, size, guard)),
-            scoreboard: Arc::new(sb),
+            set: Arc::new(SecondarySet::new(
+                &c.name,
+                &c.volume,
+                size,
+                guard,
+                sb.clone(),
+            )),
+            scoreboard: sb,
         };
         self.secondaries
             .lock()
@@ -550,8 +672,20 @@ impl Replication {
             .unwrap_or_default()
     }
 
-    pub fn info(&self, name: &str) -> RResult<Value> {
-        Ok(self.set_json(&self.set_config(name)?))
+    /// Set `name` as `repl info` shows it: on a primary the leg toward
+    /// `secondary` (the first when not given) at the top level, and every
+    /// leg under `peers`.
+    pub fn info(&self, name: &str, secondary: Option<&str>) -> RResult<Value> {
+        let legs = self.leg_configs(name)?;
+        let chosen = match secondary {
+            Some(_) => self.leg_config(name, secondary)?,
+            None => legs[0].clone(),
+        };
+        let mut v = self.set_json(&chosen);
+        if chosen.role == ReplRole::Primary {
+            v["peers"] = Value::Array(legs.iter().map(|c| self.set_json(c)).collect());
+        }
+        Ok(v)
     }
 
     pub fn status(&self) -> Value {
@@ -590,7 +724,8 @@ impl Replication {
         });
         match c.role {
             ReplRole::Primary => {
-                let Some(s) = self.primary(&c.name) else {
+                let leg = self.primaries.lock().get(&c.name).cloned();
+                let Some(s) = leg.and_then(|l| l.get(&c.peer_node)) else {
                     v["state"] = json!("offline");
                     return v;
                 };
@@ -623,6 +758,14 @@ impl Replication {
                 v["acked_writes"] = json!(link.stats.acked_writes.load(Ordering::Relaxed));
                 v["connects"] = json!(link.stats.reconnects.load(Ordering::Relaxed));
                 v["blocked_writers"] = json!(link.stats.blocked_writers.load(Ordering::Relaxed));
+                v["throttled_writers"] =
+                    json!(link.stats.throttled_writers.load(Ordering::Relaxed));
+                v["max_lag_bytes"] = json!(c.max_lag_bytes);
+                v["max_lag_ms"] = json!(c.max_lag_ms);
+                v["sync_rate"] = json!(match s.sync_rate.load(Ordering::Relaxed) {
+                    0 => None,
+                    r => Some(r),
+                });
                 v["last_error"] = json!(*s.last_error.lock());
                 v["verify"] = json!(*s.verify.lock());
             }
@@ -643,11 +786,39 @@ impl Replication {
                     v["applied_bytes"] = json!(s.applied_bytes.load(Ordering::Relaxed));
                     v["last_seq"] = json!(s.last_seq.load(Ordering::Relaxed));
                     v["out_of_sync_bytes"] = json!(e.scoreboard.oos_bytes());
+                    v["members"] = json!(c.members);
                 }
                 None => v["state"] = json!("offline"),
             },
         }
         v
+    }
+}
+
+/// Pick the leg toward `secondary` out of `legs` (all of set `name`), or
+/// the only one; several legs and no choice is an error naming them.
+fn pick_leg<T>(
+    name: &str,
+    mut legs: Vec<T>,
+    secondary: Option<&str>,
+    node: impl Fn(&T) -> String,
+) -> RResult<T> {
+    match secondary {
+        Some(n) => {
+            let i = legs.iter().position(|l| node(l) == n).ok_or_else(|| {
+                ReplError::NotFound(format!(
+                    "replication set {name} has no secondary {n} (it has {})",
+                    legs.iter().map(&node).collect::<Vec<_>>().join(", ")
+                ))
+            })?;
+            Ok(legs.swap_remove(i))
+        }
+        None if legs.len() == 1 => Ok(legs.remove(0)),
+        None => Err(ReplError::Invalid(format!(
+            "replication set {name} has {} secondaries ({}); say which with --secondary NODE",
+            legs.len(),
+            legs.iter().map(&node).collect::<Vec<_>>().join(", ")
+        ))),
     }
 }
 

@@ -291,25 +291,30 @@ impl Scoreboard {
         Ok(())
     }
 
+    /// This side wrote without its peer since they last agreed.
+    pub fn is_diverged(&self) -> bool {
+        self.diverged.load(Ordering::Acquire)
+    }
+
     /// Called before a write is issued without the peer: the first such
-    /// write starts a new generation (durable before the write proceeds);
-    /// later ones pay one atomic load.
-    pub fn ensure_diverged(&self) -> Result<()> {
+    /// write starts a new generation (durable before the write proceeds)
+    /// and returns it; later ones pay one atomic load.
+    pub fn ensure_diverged(&self) -> Result<Option<Generations>> {
         if self.diverged.load(Ordering::Acquire) {
-            return Ok(());
+            return Ok(None);
         }
         let mut cur = self.gens.lock();
         if cur.diverged() {
             self.diverged.store(true, Ordering::Release);
-            return Ok(());
+            return Ok(None);
         }
         let mut g = cur.clone();
         g.begin_new();
         self.write_header(&g)
             .map_err(|reason| DeviceError::Failed { reason })?;
-        *cur = g;
+        *cur = g.clone();
         self.diverged.store(true, Ordering::Release);
-        Ok(())
+        Ok(Some(g))
     }
 
     fn write_header(&self, g: &Generations) -> Result<(), String> {
@@ -496,6 +501,11 @@ impl Scoreboard {
 
     pub fn oos_bytes(&self) -> u64 {
         (self.oos_chunks() * self.chunk_bytes()).min(self.header.volume_bytes)
+    }
+
+    /// The next chunk from `from` on whose disk bit is set.
+    pub fn next_disk(&self, from: u64) -> Option<u64> {
+        self.disk.next_set(from)
     }
 
     pub fn set_oos(&self, chunk: u64) {

@@ -16,6 +16,7 @@
 //! before we did), so writes are applied as they come and acknowledged
 //! one by one.
 
+use super::scoreboard::Scoreboard;
 use super::wire::{self, FrameType, WireError, WriteFrame};
 use super::Mode;
 use crate::device::{BlockDevice, DeviceError, Result};
@@ -25,7 +26,7 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,6 +109,13 @@ impl BlockDevice for GuardDevice {
 }
 
 /// A secondary set: the target volume of a primary elsewhere.
+///
+/// Its scoreboard marks every chunk it received a write for (durably,
+/// before applying it) until the primary says every other member holds
+/// that chunk too (the release round, `mark` and `release`): a promotion
+/// here then knows which chunks another secondary may lack or hold
+/// differently, without a full sync (DRBD 9 keeps a bitmap per peer on
+/// every node for the same reason; docs/replication-protocol.md).
 pub struct SecondarySet {
     pub name: String,
     pub volume: String,
@@ -121,11 +129,33 @@ pub struct SecondarySet {
     pub applied_bytes: AtomicU64,
     pub last_seq: AtomicU64,
     pub connected: AtomicBool,
+    pub scoreboard: Arc<Scoreboard>,
+    /// The release epoch each chunk was last written in (0: before this
+    /// daemon started, or a change of this node's own).
+    marks: Box<[AtomicU32]>,
+    epoch: AtomicU32,
+    /// Random per runtime: a release from before a restart is ignored.
+    pub session: u64,
 }
 
 impl SecondarySet {
-    pub fn new(name: &str, volume: &str, size_bytes: u64, guard: Arc<SecondaryGuard>) -> Self {
+    pub fn new(
+        name: &str,
+        volume: &str,
+        size_bytes: u64,
+        guard: Arc<SecondaryGuard>,
+        scoreboard: Arc<Scoreboard>,
+    ) -> Self {
+        let chunks = scoreboard.chunks();
         SecondarySet {
+            marks: (0..chunks).map(|_| AtomicU32::new(0)).collect(),
+            epoch: AtomicU32::new(1),
+            session: u64::from_le_bytes(
+                wire::nonce().expect("the kernel's random source")[..8]
+                    .try_into()
+                    .expect("8 bytes"),
+            ),
+            scoreboard,
             name: name.to_owned(),
             volume: volume.to_owned(),
             size_bytes,
@@ -140,6 +170,24 @@ impl SecondarySet {
 
     fn apply(&self, w: &WriteFrame) -> Result<()> {
         let _g = self.gate.read();
+        let marked = (w.flags & wire::WRITE_FLUSH == 0)
+            .then(|| self.scoreboard.chunk_range(w.offset, (w.len as u64).max(1)));
+        if let Some(chunks) = marked.clone() {
+            // The epoch first, then the bit: a release that reads the old
+            // epoch clears the bit before this sets it again.
+            let e = self.epoch.load(Ordering::SeqCst);
+            for c in chunks.clone() {
+                self.marks[c as usize].store(e, Ordering::SeqCst);
+            }
+            self.scoreboard.count(chunks.clone());
+            for c in chunks.clone() {
+                self.scoreboard.set_oos(c);
+            }
+            if let Err(e) = self.scoreboard.make_durable(chunks.clone()) {
+                self.scoreboard.uncount(chunks);
+                return Err(e);
+            }
+        }
         let r = self.guard.with_lower(|d| {
             if w.flags & wire::WRITE_FLUSH != 0 {
                 d.flush()
@@ -155,7 +203,36 @@ impl SecondarySet {
                 .fetch_add(w.len as u64, Ordering::Relaxed);
         }
         self.last_seq.fetch_max(w.seq, Ordering::Relaxed);
+        if let Some(chunks) = marked {
+            self.scoreboard.uncount(chunks);
+        }
         r
+    }
+
+    /// Release round, step 1: writes received from now on belong to a new
+    /// epoch; returns the one that closed.
+    pub fn mark(&self) -> u32 {
+        self.epoch.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Release round, step 2: `runs` are the same on every member; their
+    /// chunks last written in `epoch` or before lose their bit.
+    pub fn release(&self, session: u64, epoch: u32, runs: &[[u64; 2]]) -> Result<u64> {
+        if session != self.session {
+            return Ok(0);
+        }
+        let mut n = 0;
+        for [first, count] in runs {
+            let end = first.saturating_add(*count).min(self.scoreboard.chunks());
+            for c in *first..end {
+                if self.marks[c as usize].load(Ordering::SeqCst) <= epoch && self.scoreboard.take(c)
+                {
+                    n += 1;
+                }
+            }
+        }
+        self.scoreboard.clean()?;
+        Ok(n)
     }
 
     pub fn flush(&self) -> Result<()> {

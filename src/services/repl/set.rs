@@ -26,8 +26,67 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Name of the primary layer in a volume's stack.
-pub const PRIMARY_LAYER: &str = "repl";
+/// Name of a primary layer in a volume's stack: one per secondary (leg).
+pub fn primary_layer(peer_node: &str) -> String {
+    format!("repl:{peer_node}")
+}
+
+/// Most secondaries one set replicates to. Each is a layer of its own in
+/// the volume's stack (eight layers at most, with room for imaging and a
+/// cache) and a link of its own.
+pub const MAX_SECONDARIES: usize = 4;
+
+/// The legs of one primary set, one per secondary, bottom of the stack
+/// first. They share the volume's generation: `current` and `history` are
+/// the same in every leg's scoreboard, `agreed` is what that leg's peer
+/// holds.
+#[derive(Default)]
+pub struct Legs {
+    list: RwLock<Vec<Arc<ReplSet>>>,
+    /// Serialises starting a new generation across legs.
+    gen_lock: Mutex<()>,
+}
+
+impl Legs {
+    pub fn all(&self) -> Vec<Arc<ReplSet>> {
+        self.list.read().clone()
+    }
+
+    pub fn push(&self, s: Arc<ReplSet>) {
+        self.list.write().push(s);
+    }
+
+    pub fn remove(&self, peer_node: &str) -> Option<Arc<ReplSet>> {
+        let mut l = self.list.write();
+        let i = l.iter().position(|s| s.peer_node == peer_node)?;
+        Some(l.remove(i))
+    }
+
+    pub fn get(&self, peer_node: &str) -> Option<Arc<ReplSet>> {
+        self.list
+            .read()
+            .iter()
+            .find(|s| s.peer_node == peer_node)
+            .cloned()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.read().is_empty()
+    }
+
+    /// Whether chunk `c` is the same on every secondary as here: no leg
+    /// has it out of sync, none has a write to it unacknowledged or in
+    /// progress. Legs are looked at from the top of the stack down, the
+    /// order a write passes them, so a write in progress is always seen
+    /// in one of them.
+    pub fn quiet(&self, c: u64) -> bool {
+        self.list.read().iter().rev().all(|s| {
+            s.inflight[c as usize].load(Ordering::SeqCst) == 0
+                && s.scoreboard.pending(c) == 0
+                && !s.scoreboard.is_oos(c)
+        })
+    }
+}
 /// Largest piece one WRITE frame carries.
 const PIECE_BYTES: u64 = 1 << 20;
 
@@ -42,6 +101,8 @@ pub struct SetStats {
 
 pub struct ReplSet {
     pub name: String,
+    /// The secondary this leg replicates to.
+    pub peer_node: String,
     pub id: u32,
     pub volume: String,
     pub remote_volume: String,
@@ -68,6 +129,10 @@ pub struct ReplSet {
     pub last_error: Mutex<Option<String>>,
     /// The last (or running) online verify.
     pub verify: Mutex<Option<super::verify::VerifyReport>>,
+    /// Resync bandwidth limit, bytes per second (0: none); changes apply
+    /// to a running sync.
+    pub sync_rate: AtomicU64,
+    legs: std::sync::Weak<Legs>,
     notify: Option<Notifier>,
 }
 
@@ -95,6 +160,8 @@ impl ReplSet {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: &str,
+        peer_node: &str,
+        legs: &Arc<Legs>,
         id: u32,
         volume: &str,
         remote_volume: &str,
@@ -110,6 +177,7 @@ impl ReplSet {
         let chunks = scoreboard.chunks();
         ReplSet {
             name: name.to_owned(),
+            peer_node: peer_node.to_owned(),
             id,
             volume: volume.to_owned(),
             remote_volume: remote_volume.to_owned(),
@@ -132,8 +200,48 @@ impl ReplSet {
             stats: SetStats::default(),
             last_error: Mutex::new(None),
             verify: Mutex::new(None),
+            sync_rate: AtomicU64::new(0),
+            legs: Arc::downgrade(legs),
             notify,
         }
+    }
+
+    /// The other legs of this set (every secondary but this one's).
+    pub fn siblings(&self) -> Vec<Arc<ReplSet>> {
+        self.legs
+            .upgrade()
+            .map(|l| l.all())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| s.peer_node != self.peer_node)
+            .collect()
+    }
+
+    /// All legs of this set, this one included.
+    pub fn legs(&self) -> Option<Arc<Legs>> {
+        self.legs.upgrade()
+    }
+
+    /// Writing without this leg's peer: the first such write starts a new
+    /// generation for the volume, durable in every leg's scoreboard before
+    /// the data changes (the other legs keep what their peers agreed).
+    pub(super) fn diverge(&self) -> Result<()> {
+        if self.scoreboard.is_diverged() {
+            return Ok(());
+        }
+        let legs = self.legs.upgrade();
+        let _g = legs.as_ref().map(|l| l.gen_lock.lock());
+        if let Some(new) = self.scoreboard.ensure_diverged()? {
+            for s in self.siblings() {
+                s.scoreboard
+                    .update_generations(|g| {
+                        g.current = new.current;
+                        g.history = new.history.clone();
+                    })
+                    .map_err(|reason| DeviceError::Failed { reason })?;
+            }
+        }
+        Ok(())
     }
 
     pub fn link(&self) -> &Arc<Link> {
@@ -295,7 +403,7 @@ impl ReplSet {
             }
             // Writing without the peer: the first such write starts a new
             // generation (generation.rs), durable before the data changes.
-            if let Err(e) = self.scoreboard.ensure_diverged() {
+            if let Err(e) = self.diverge() {
                 self.scoreboard.end(offset, len, true);
                 self.count_inflight(chunks, false);
                 return Err(e);
@@ -437,6 +545,7 @@ impl ReplSet {
     fn resync_passes(self: &Arc<Self>) -> std::result::Result<u64, String> {
         let chunk = self.scoreboard.chunk_bytes();
         let mut sent = 0u64;
+        let mut pace = Pacer::default();
         loop {
             let mut any = false;
             let mut c = 0;
@@ -452,7 +561,9 @@ impl ReplSet {
                 let r = self.sync_chunk(b, off, len);
                 self.busy.lock().remove(&b);
                 self.busy_cv.notify_all();
-                sent += r?;
+                let n = r?;
+                sent += n;
+                pace.after(n, self.sync_rate.load(Ordering::Relaxed));
             }
             if !any {
                 return Ok(sent);
@@ -509,20 +620,52 @@ impl ReplSet {
     }
 }
 
-/// The primary layer: one per replicated volume.
+/// Keeps a resync at its rate limit (`--sync-rate`): after each chunk it
+/// sleeps for as long as the bytes sent since the rate was last set are
+/// ahead of it. A changed rate starts a new window, so `repl tune` takes
+/// effect at the next chunk.
+#[derive(Default)]
+pub(super) struct Pacer {
+    since: Option<std::time::Instant>,
+    rate: u64,
+    bytes: u64,
+}
+
+impl Pacer {
+    pub(super) fn after(&mut self, bytes: u64, rate: u64) {
+        if rate != self.rate || self.since.is_none() {
+            self.since = Some(std::time::Instant::now());
+            self.rate = rate;
+            self.bytes = 0;
+        }
+        self.bytes += bytes;
+        if rate == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
+        let elapsed = self.since.expect("set above").elapsed();
+        if due > elapsed {
+            std::thread::sleep(due - elapsed);
+        }
+    }
+}
+
+/// The primary layer: one per secondary of a replicated volume.
 pub struct PrimaryLayer {
     set: Arc<ReplSet>,
+    name: String,
 }
 
 impl PrimaryLayer {
     pub fn new(set: Arc<ReplSet>) -> Self {
-        PrimaryLayer { set }
+        let name = primary_layer(&set.peer_node);
+        PrimaryLayer { set, name }
     }
 }
 
 impl Service for PrimaryLayer {
     fn name(&self) -> &str {
-        PRIMARY_LAYER
+        &self.name
     }
 
     fn stack_on(

@@ -17,7 +17,7 @@ use super::config::ReplRole;
 use super::generation::{relation, Relation};
 use super::link::Link;
 use super::peer;
-use super::requests::{CompareReply, PeerRequest, SetGenerations};
+use super::requests::{CompareReply, MarkReply, PeerRequest, PrimaryInfo, SetGenerations};
 use super::runtime::Replication;
 use super::set::ReplSet;
 use super::SetState;
@@ -32,6 +32,11 @@ const AUTOSYNC_BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const AUTOSYNC_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Idle in-sync chunks lose their scoreboard bit about this often.
 const CLEAN_INTERVAL: Duration = Duration::from_secs(1);
+/// A replicating secondary is told which of its marked chunks every
+/// member holds (a release round) about this often: its bitmap then
+/// covers about the last second of writes, which a re-attach after a
+/// promotion compares.
+const RELEASE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Replication {
     pub(super) fn spawn_link_manager(&self, link: Arc<Link>) {
@@ -40,6 +45,7 @@ impl Replication {
             .name(format!("repl-mgr-{}", link.group))
             .spawn(move || {
                 let mut last_clean = Instant::now();
+                let mut last_release = Instant::now();
                 let mut backoff = AUTOSYNC_BACKOFF_FIRST;
                 let mut next_try = Instant::now();
                 while !link.stop.load(Ordering::SeqCst) {
@@ -65,6 +71,27 @@ impl Replication {
                         backoff = (backoff * 2).min(AUTOSYNC_BACKOFF_MAX);
                         r.start_sync(&link, false, false);
                     }
+                    if link.is_up() && !link.syncing.load(Ordering::SeqCst) {
+                        for s in &sets {
+                            if s.state() == SetState::Replicating {
+                                r.adopt_round(&link, s);
+                            }
+                        }
+                        if last_release.elapsed() > RELEASE_INTERVAL {
+                            last_release = Instant::now();
+                            for s in &sets {
+                                if s.state() == SetState::Replicating {
+                                    if let Err(e) = r.release_round(&link, s) {
+                                        log::debug!(
+                                            "replication set {}: release round with {}: {e}",
+                                            s.name,
+                                            s.peer_node
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
                     if last_clean.elapsed() > CLEAN_INTERVAL {
                         last_clean = Instant::now();
                         for s in &sets {
@@ -76,6 +103,82 @@ impl Replication {
                     }
                 }
             });
+    }
+
+    /// The volume started a new generation while this leg replicated (a
+    /// sibling lost its secondary): this leg's secondary holds every write
+    /// of it, so it adopts it and the leg agrees again. Until then a
+    /// comparison with that secondary would take it for older data.
+    fn adopt_round(&self, link: &Link, s: &Arc<ReplSet>) {
+        let g = s.scoreboard.generations();
+        if g.agreed == g.current {
+            return;
+        }
+        let req = PeerRequest::Adopt {
+            set: s.name.clone(),
+            generations: g.clone(),
+        };
+        match peer::request(&self.ctx, &link.peer_addr, &req) {
+            Ok(_) if s.state() == SetState::Replicating => {
+                let r = s.scoreboard.update_generations(|x| {
+                    if x.current == g.current {
+                        x.agreed = g.current;
+                    }
+                });
+                if let Err(e) = r {
+                    s.set_state(SetState::Failed, &format!("scoreboard: {e}"));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!(
+                "replication set {}: {} did not adopt generation {:x}: {e}",
+                s.name,
+                s.peer_node,
+                g.current
+            ),
+        }
+    }
+
+    /// One release round with this leg's secondary: it closes an epoch
+    /// and names the chunks it holds marked; those the same on every
+    /// member right now (no leg has them out of sync, pending or in
+    /// flight) are released, if written in that epoch or before.
+    fn release_round(&self, link: &Link, s: &Arc<ReplSet>) -> Result<(), String> {
+        let mut session = peer::Session::open(&self.ctx, &link.peer_addr)?;
+        let (v, bits) = session.call(&PeerRequest::Mark {
+            set: s.name.clone(),
+        })?;
+        let Some(bits) = bits else { return Ok(()) };
+        let mark: MarkReply =
+            serde_json::from_value(v).map_err(|e| format!("malformed mark reply: {e}"))?;
+        let legs = s.legs().ok_or("the set is gone")?;
+        let chunks = s.scoreboard.chunks();
+        let mut runs: Vec<[u64; 2]> = Vec::new();
+        for (w, word) in bits.chunks(8).enumerate() {
+            let mut word = u64::from_le_bytes(word.try_into().map_err(|_| "short bitmap")?);
+            while word != 0 {
+                let b = word.trailing_zeros() as u64;
+                word &= word - 1;
+                let c = w as u64 * 64 + b;
+                if c >= chunks || !legs.quiet(c) {
+                    continue;
+                }
+                match runs.last_mut() {
+                    Some([first, n]) if *first + *n == c => *n += 1,
+                    _ => runs.push([c, 1]),
+                }
+            }
+        }
+        if runs.is_empty() {
+            return Ok(());
+        }
+        session.call(&PeerRequest::Release {
+            set: s.name.clone(),
+            session: mark.session,
+            epoch: mark.epoch,
+            runs,
+        })?;
+        Ok(())
     }
 
     /// Start a forward sync of the link's group in the background.
@@ -125,6 +228,13 @@ impl Replication {
             let req = PeerRequest::SyncBegin {
                 set: s.name.clone(),
                 generations: s.scoreboard.generations(),
+                primary: Some(PrimaryInfo {
+                    node: ctx.name(),
+                    addr: self.listen_addr().unwrap_or_default(),
+                    volume: s.volume.clone(),
+                    mode: link.mode,
+                }),
+                members: Some(self.members_for(&s.name, &s.peer_node)),
             };
             match peer::request(ctx, &link.peer_addr, &req) {
                 Ok((_, bits)) => {
@@ -198,6 +308,12 @@ impl Replication {
             }
             agree(s);
             let _ = s.scoreboard.clean();
+            // The secondary marked every chunk the sync wrote; release what
+            // every member holds now rather than a second later (a
+            // promotion meanwhile would compare all of it).
+            if let Err(e) = self.release_round(link, s) {
+                log::debug!("replication set {}: release after the sync: {e}", s.name);
+            }
             if s.set_state(SetState::Replicating, "sync complete") {
                 *s.last_error.lock() = None;
             }
@@ -234,6 +350,19 @@ impl Replication {
                 theirs.clone(),
             ));
         }
+        if let Some(other) = reply.follows.as_ref().filter(|o| **o != self.ctx.name()) {
+            // A promotion elsewhere: that secondary follows another primary
+            // now. This side steps down when it meets that primary (or
+            // stays apart, in split brain, if it wrote meanwhile).
+            let why = format!(
+                "secondary {} follows primary {other} now",
+                sets[0].peer_node
+            );
+            for s in sets {
+                *s.last_error.lock() = Some(why.clone());
+            }
+            return Ok(false);
+        }
         let peer_primary = reply.role == ReplRole::Primary;
         let all_older = rels.iter().all(|(_, r, _)| *r == Relation::WeAreOlder);
         let ok = rels
@@ -243,8 +372,13 @@ impl Replication {
             // A failover happened while we were away and we wrote nothing
             // since: the peer is production; follow it.
             let names: Vec<String> = sets.iter().map(|s| s.name.clone()).collect();
-            self.step_down(&names, false, "the peer took over while this node was away")
-                .map_err(|e| e.to_string())?;
+            self.step_down(
+                &names,
+                false,
+                "the peer took over while this node was away",
+                Some(&sets[0].peer_node),
+            )
+            .map_err(|e| e.to_string())?;
             return Ok(false);
         }
         if !peer_primary && ok {
@@ -424,7 +558,7 @@ fn agree(s: &ReplSet) {
             if s.state() == SetState::Syncing {
                 Ok(())
             } else {
-                s.scoreboard.ensure_diverged().map_err(|e| e.to_string())
+                s.diverge().map_err(|e| e.to_string())
             }
         });
     if let Err(e) = r {

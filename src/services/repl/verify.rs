@@ -50,12 +50,9 @@ pub struct VerifyReport {
 
 impl Replication {
     /// Start an online verify of set `name` in the background.
-    pub fn verify(&self, name: &str) -> RResult<Value> {
-        let set = self.primary(name).ok_or_else(|| {
-            ReplError::Invalid(format!(
-                "replication set {name} is not a primary on this node (verify from the primary)"
-            ))
-        })?;
+    pub fn verify(&self, name: &str, secondary: Option<&str>) -> RResult<Value> {
+        let set = self.leg(name, secondary)?;
+        let node = set.peer_node.clone();
         if set.state() != SetState::Replicating {
             return Err(ReplError::Busy(format!(
                 "replication set {name} is {}; verify compares a replicating set",
@@ -65,7 +62,7 @@ impl Replication {
         {
             let mut v = set.verify.lock();
             if v.as_ref().is_some_and(|r| r.running) {
-                return self.info(name); // already running: idempotent
+                return self.info(name, Some(&node)); // already running: idempotent
             }
             *v = Some(VerifyReport {
                 running: true,
@@ -102,8 +99,8 @@ impl Replication {
                 }
             })
             .map_err(|e| ReplError::Failed(e.to_string()))?;
-        self.publish("repl.verify_started", name, String::new());
-        self.info(name)
+        self.publish("repl.verify_started", name, format!("secondary {node}"));
+        self.info(name, Some(&node))
     }
 }
 
