@@ -25,23 +25,51 @@ pub fn enable_args<'a>(
 /// A daemon named `name` with a replication listener on loopback that
 /// trusts `peer` with `secret`; returns it and its listener's address.
 pub fn node(name: &str, secret: &str, peer: &str) -> (Daemon, String) {
-    let d = Daemon::start();
+    node_trusting(Daemon::start(), name, "127.0.0.1:0", secret, &[peer])
+}
+
+/// Give daemon `d` the replication identity `name`, a listener on
+/// `listen`, and trust in every one of `peers` with `secret`.
+pub fn node_trusting(
+    d: Daemon,
+    name: &str,
+    listen: &str,
+    secret: &str,
+    peers: &[&str],
+) -> (Daemon, String) {
     let key = d.dir.path().join("peer.key");
     std::fs::write(&key, format!("{secret}\n")).unwrap();
-    d.ok(&["repl", "setup", "--node", name, "--listen", "127.0.0.1:0"]);
-    d.ok(&[
-        "repl",
-        "peer",
-        "add",
-        peer,
-        "--secret-file",
-        key.to_str().unwrap(),
-    ]);
+    d.ok(&["repl", "setup", "--node", name, "--listen", listen]);
+    for peer in peers {
+        d.ok(&[
+            "repl",
+            "peer",
+            "add",
+            peer,
+            "--secret-file",
+            key.to_str().unwrap(),
+        ]);
+    }
     let addr = d.json(&["repl", "status"])["listen"]
         .as_str()
         .unwrap()
         .to_owned();
     (d, addr)
+}
+
+/// The leg toward secondary `node` in a primary's `repl info`.
+pub fn leg<'a>(v: &'a Value, node: &str) -> &'a Value {
+    v["peers"]
+        .as_array()
+        .and_then(|p| p.iter().find(|l| l["peer_node"] == node))
+        .unwrap_or(&Value::Null)
+}
+
+/// Every leg of the primary's set is replicating with nothing in flight.
+pub fn all_settled(v: &Value) -> bool {
+    v["peers"]
+        .as_array()
+        .is_some_and(|p| !p.is_empty() && p.iter().all(settled))
 }
 
 pub fn info(d: &Daemon, set: &str) -> Value {

@@ -110,7 +110,8 @@ impl Replication {
                 let _r = self.reserve(std::slice::from_ref(&set))?;
                 let e = self.secondary(&set)?;
                 let mine = e.scoreboard.generations();
-                match relation(&mine, &generations) {
+                let rel = relation(&mine, &generations);
+                match rel {
                     Relation::Same | Relation::WeAreOlder => {}
                     r => {
                         return Err(ReplError::SplitBrain(format!(
@@ -118,7 +119,7 @@ impl Replication {
                         )))
                     }
                 }
-                self.follow(peer, &set, primary, members)?;
+                self.follow(peer, &set, primary, members, rel == Relation::WeAreOlder)?;
                 let snap = self.take_safety(&e)?;
                 // What this side holds that the primary may not: its own
                 // writes as a former primary, and what it received that
@@ -194,8 +195,8 @@ impl Replication {
                 primary,
                 members,
             } => {
-                self.accept_swap(peer, &sets, &primary, &members)?;
-                empty()
+                let gens = self.accept_swap(peer, &sets, &primary, &members)?;
+                Ok((json!({ "generations": gens }), None))
             }
             PeerRequest::Members { set, members } => {
                 self.check_from_primary(peer, &set)?;
@@ -445,13 +446,15 @@ impl Replication {
     /// A sync from `peer` is about to start (its data is newer or the
     /// same): when `peer` is not this secondary's primary (it was promoted
     /// elsewhere), follow it from now on; the old primary's link, if any,
-    /// stops. Record the set's other members either way.
+    /// stops (only for a primary whose data is strictly newer, `newer`).
+    /// Record the set's other members either way.
     fn follow(
         &self,
         peer: &str,
         set: &str,
         primary: Option<PrimaryInfo>,
         members: Option<Vec<Member>>,
+        newer: bool,
     ) -> RResult<()> {
         let c = self.set_config(set)?;
         if c.role != ReplRole::Secondary {
@@ -461,6 +464,15 @@ impl Replication {
             )));
         }
         let switch = c.peer_node != peer;
+        if switch && !newer {
+            // Only a strictly newer primary takes a secondary over: an old
+            // primary coming back with the same data must not pull it back.
+            return Err(ReplError::Busy(format!(
+                "set {set} on node {} follows primary {}; {peer}'s data is not newer",
+                self.ctx.name(),
+                c.peer_node
+            )));
+        }
         if switch {
             let p = primary.as_ref().ok_or_else(|| {
                 ReplError::Busy(format!(
@@ -551,7 +563,7 @@ impl Replication {
         names: &[String],
         primary_addr: &str,
         members: &[Member],
-    ) -> RResult<()> {
+    ) -> RResult<std::collections::HashMap<String, Generations>> {
         let _r = self.reserve(names)?;
         let mut cfgs = Vec::new();
         for n in names {
@@ -575,13 +587,23 @@ impl Replication {
         for c in &mut cfgs {
             c.peer = primary_addr.to_owned();
             c.peer_node = peer.to_owned();
-            all.extend(self.promote(c, members, false)?);
+            // A new generation: the old primary adopts it in the same
+            // exchange (it holds every write), the other secondaries are
+            // its ancestors and follow this node.
+            all.extend(self.promote(c, members, true)?);
         }
         self.store_sets(&all)?;
-        // Connect back to the old primary (now our secondary) once it has
-        // switched; until then autosync retries.
+        let mut gens = std::collections::HashMap::new();
         for c in &cfgs {
             for s in self.legs(&c.name) {
+                if s.peer_node == peer {
+                    s.scoreboard
+                        .update_generations(|g| g.agreed = g.current)
+                        .map_err(ReplError::Failed)?;
+                    gens.insert(c.name.clone(), s.scoreboard.generations());
+                }
+                // Connect back to the old primary (now our secondary) once
+                // it has switched; until then autosync retries.
                 s.set_peer_lost(true);
             }
         }
@@ -590,7 +612,7 @@ impl Replication {
             &names.join(","),
             format!("this node is now the primary; secondary {peer}"),
         );
-        Ok(())
+        Ok(gens)
     }
 
     fn serve_peer_link(

@@ -5,6 +5,7 @@
 
 use super::config::{Member, ReplRole, ReplSetConfig};
 use super::error::{RResult, ReplError};
+use super::generation::Generations;
 use super::peer;
 use super::requests::PeerRequest;
 use super::runtime::{link_key, open_scoreboard, Replication};
@@ -91,7 +92,7 @@ impl Replication {
             }
             self.spawn_link_manager(link.clone());
         };
-        if let Err(e) = peer::request(
+        let reply = match peer::request(
             &self.ctx,
             &link.peer_addr,
             &PeerRequest::Swap {
@@ -100,11 +101,18 @@ impl Replication {
                 members: self.members_for(name, &node),
             },
         ) {
-            resume();
-            return Err(ReplError::Peer(format!(
-                "swap refused by the peer: {e}; this side stays primary (autosync reconnects)"
-            )));
-        }
+            Ok((v, _)) => v,
+            Err(e) => {
+                resume();
+                return Err(ReplError::Peer(format!(
+                    "swap refused by the peer: {e}; this side stays primary (autosync reconnects)"
+                )));
+            }
+        };
+        // The new primary started a generation; this side holds every
+        // write of it (drained above) and adopts it.
+        let new_gens: std::collections::HashMap<String, Generations> =
+            serde_json::from_value(reply["generations"].clone()).unwrap_or_default();
         // We are the secondary now: the guard replaces the primary layers
         // while the volumes are still quiesced.
         let mut changed = Vec::new();
@@ -113,6 +121,14 @@ impl Replication {
             let (keep, others) = self.fold_legs(&s.name, &node)?;
             gone.extend(others);
             let _ = keep.scoreboard.clean();
+            if let Some(g) = new_gens.get(&s.name) {
+                if let Err(e) = keep.scoreboard.update_generations(|x| x.adopt(g)) {
+                    log::error!(
+                        "replication set {}: adopting the new generation: {e}",
+                        s.name
+                    );
+                }
+            }
             for l in std::iter::once(&keep).chain(s.siblings().iter()) {
                 let _ = g.remove(&primary_layer(&l.peer_node));
             }

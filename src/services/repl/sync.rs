@@ -350,10 +350,17 @@ impl Replication {
                 theirs.clone(),
             ));
         }
+        let peer_primary = reply.role == ReplRole::Primary;
+        let all_newer = rels.iter().all(|(_, r, _)| *r == Relation::PeerOlder);
         if let Some(other) = reply.follows.as_ref().filter(|o| **o != self.ctx.name()) {
-            // A promotion elsewhere: that secondary follows another primary
-            // now. This side steps down when it meets that primary (or
-            // stays apart, in split brain, if it wrote meanwhile).
+            // That secondary follows another primary. If this side's data
+            // is strictly newer (it was promoted after that one), the sync
+            // takes the secondary over; otherwise this side waits: it steps
+            // down when it meets that primary (or stays apart, in split
+            // brain, if it wrote meanwhile).
+            if !peer_primary && all_newer {
+                return Ok(true);
+            }
             let why = format!(
                 "secondary {} follows primary {other} now",
                 sets[0].peer_node
@@ -363,7 +370,6 @@ impl Replication {
             }
             return Ok(false);
         }
-        let peer_primary = reply.role == ReplRole::Primary;
         let all_older = rels.iter().all(|(_, r, _)| *r == Relation::WeAreOlder);
         let ok = rels
             .iter()

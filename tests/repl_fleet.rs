@@ -1,0 +1,331 @@
+//! Several secondaries per set, driven by the CLI against real daemons:
+//! three hosts in network namespaces (one sync and one hybrid secondary,
+//! one link cut while the other replicates), and promotions (planned and
+//! forced) after which the remaining secondary follows the new primary
+//! with an update sync.
+
+mod common;
+
+use common::repl::{all_settled, enable_args, info, leg, node_trusting, wait_for, wait_role};
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+const SECRET: &str = "fleet-test-secret-0123456789";
+const VOL: u64 = 32 << 20;
+const CHUNK: u64 = 64 << 10;
+
+/// A sparse file of the volume's size holding `seed`-filled 4 KiB blocks
+/// at `blocks` (one per 64 KiB chunk each, so chunks changed = blocks).
+fn blocks_file(dir: &Path, blocks: &[u64], seed: u8) -> std::path::PathBuf {
+    use std::os::unix::fs::FileExt;
+    let p = dir.join(format!("blocks-{seed}.raw"));
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len(VOL).unwrap();
+    for b in blocks {
+        f.write_all_at(&[seed; 4096], b * CHUNK).unwrap();
+    }
+    p
+}
+
+/// Write `blocks` (chunk numbers) of the volume behind `uri` with `seed`;
+/// nbdcopy skips the file's holes, so only those blocks are written.
+fn write_blocks(dir: &Path, uri: &str, blocks: &[u64], seed: u8) {
+    let f = blocks_file(dir, blocks, seed);
+    sh(&format!(
+        "nbdcopy --destination-is-zero {} '{uri}' && echo ok",
+        f.display()
+    ));
+    std::fs::remove_file(f).unwrap();
+}
+
+fn unix_uri(d: &Daemon, vol: &str) -> String {
+    let sock = d.dir.path().join(format!("{vol}.nbd.sock"));
+    d.ok(&[
+        "export",
+        "nbd",
+        vol,
+        "--listen",
+        &format!("unix:{}", sock.display()),
+    ]);
+    format!("nbd+unix:///{vol}?socket={}", sock.display())
+}
+
+fn ip(cmd: &str) {
+    sh(&format!("ip {cmd} && echo ok"));
+}
+
+/// Three namespaces A, B, C on one bridge (in a fourth, the switch), so a
+/// host's link can be cut at the switch port.
+struct Switch {
+    tag: u32,
+}
+
+impl Switch {
+    fn new() -> Switch {
+        let tag = std::process::id() % 100_000;
+        let s = Switch { tag };
+        s.cleanup();
+        let sw = s.ns("S");
+        ip(&format!("netns add {sw}"));
+        ip(&format!("-n {sw} link add br0 type bridge"));
+        ip(&format!("-n {sw} link set br0 up"));
+        ip(&format!("-n {sw} link set lo up"));
+        for (i, h) in ["A", "B", "C"].iter().enumerate() {
+            let ns = s.ns(h);
+            ip(&format!("netns add {ns}"));
+            ip(&format!(
+                "link add vh{h}{tag} netns {ns} type veth peer name vs{h}{tag} netns {sw}"
+            ));
+            ip(&format!(
+                "-n {ns} addr add 10.78.0.{}/24 dev vh{h}{tag}",
+                i + 1
+            ));
+            ip(&format!("-n {ns} link set vh{h}{tag} up"));
+            ip(&format!("-n {ns} link set lo up"));
+            ip(&format!("-n {sw} link set vs{h}{tag} master br0"));
+            ip(&format!("-n {sw} link set vs{h}{tag} up"));
+        }
+        s
+    }
+
+    fn ns(&self, h: &str) -> String {
+        format!("um{h}{}", self.tag)
+    }
+
+    fn port(&self, h: &str, up: bool) {
+        ip(&format!(
+            "-n {} link set vs{h}{} {}",
+            self.ns("S"),
+            self.tag,
+            if up { "up" } else { "down" }
+        ));
+    }
+
+    fn cleanup(&self) {
+        for h in ["A", "B", "C", "S"] {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.ns(h)])
+                .status();
+        }
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+#[test]
+fn three_hosts_sync_and_hybrid_secondaries_and_one_cut_link() {
+    require_root();
+    require_tool("ip");
+    require_tool("nbdcopy");
+    let net = Switch::new();
+    let host = |h: &str, name: &str, i: u32| {
+        let others: Vec<&str> = ["a", "b", "c"].into_iter().filter(|n| *n != name).collect();
+        node_trusting(
+            Daemon::start_in_netns(&net.ns(h)),
+            name,
+            &format!("10.78.0.{i}:7800"),
+            SECRET,
+            &others,
+        )
+        .0
+    };
+    let (a, b, c) = (host("A", "a", 1), host("B", "b", 2), host("C", "c", 3));
+    let uris: Vec<String> = [&a, &b, &c]
+        .iter()
+        .map(|d| {
+            d.ok(&["volume", "create", "v", "--size", "32M"]);
+            unix_uri(d, "v")
+        })
+        .collect();
+    let src = a.dir.path().join("src.raw");
+    write_random_file(&src, VOL as usize, 77);
+    sh(&format!("nbdcopy {} '{}'", src.display(), uris[0]));
+    // A sync secondary nearby, a hybrid one far away: the same set.
+    a.ok(&enable_args(
+        "s",
+        "v",
+        "10.78.0.2:7800",
+        "v",
+        "sync",
+        &["--timeout", "2s"],
+    ));
+    a.ok(&enable_args(
+        "s",
+        "v",
+        "10.78.0.3:7800",
+        "v",
+        "hybrid",
+        &["--timeout", "2s"],
+    ));
+    let v = info(&a, "s");
+    assert_eq!(v["peers"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(leg(&v, "b")["mode"], "sync");
+    assert_eq!(leg(&v, "c")["mode"], "hybrid");
+    let listed = a.json(&["repl", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2, "a row per secondary");
+    a.ok(&["repl", "sync", "s", "--wait", "--timeout", "120"]);
+    wait_for(&a, "s", "settled on both", all_settled, 60);
+    let good = sha(&uris[0]);
+    assert_eq!(sha(&uris[1]), good);
+    assert_eq!(sha(&uris[2]), good);
+
+    // Writes replicate to both.
+    write_blocks(a.dir.path(), &uris[0], &[1, 50, 99, 300], 1);
+    wait_for(&a, "s", "settled on both", all_settled, 60);
+    let good = sha(&uris[0]);
+    assert_eq!(sha(&uris[1]), good);
+    assert_eq!(sha(&uris[2]), good);
+    // Release rounds run about once a second; let them clear what every
+    // member holds, so the resync below is measured against a quiet start.
+    std::thread::sleep(Duration::from_millis(2500));
+
+    // Cut B's link at the switch: C keeps replicating.
+    net.port("B", false);
+    let changed: Vec<u64> = (0..30).map(|i| 10 + i * 13).collect();
+    write_blocks(a.dir.path(), &uris[0], &changed, 2);
+    let v = wait_for(
+        &a,
+        "s",
+        "b logging",
+        |v| leg(v, "b")["state"] == "logging",
+        30,
+    );
+    assert!(leg(&v, "b")["out_of_sync_bytes"].as_u64().unwrap() > 0);
+    let v = wait_for(
+        &a,
+        "s",
+        "c settled",
+        |v| common::repl::settled(leg(v, "c")),
+        30,
+    );
+    assert_eq!(leg(&v, "c")["state"], "replicating");
+    assert_eq!(sha(&uris[2]), sha(&uris[0]), "C replicated during the cut");
+
+    // Heal: B resyncs by itself, only the changed chunks.
+    net.port("B", true);
+    let v = wait_for(&a, "s", "settled on both", all_settled, 90);
+    let moved = leg(&v, "b")["sync_total_bytes"].as_u64().unwrap();
+    assert!(
+        moved >= 30 * CHUNK && moved <= 40 * CHUNK,
+        "the resync moved {moved} bytes for 30 changed chunks"
+    );
+    let good = sha(&uris[0]);
+    assert_eq!(sha(&uris[1]), good, "B identical after the heal");
+    assert_eq!(sha(&uris[2]), good, "C identical");
+}
+
+#[test]
+fn the_other_secondary_follows_a_promoted_one_with_an_update_sync() {
+    require_tool("nbdcopy");
+    let peers = |me: &str| -> Vec<&'static str> {
+        ["a", "b", "c"].into_iter().filter(|n| *n != me).collect()
+    };
+    let (a, a_addr) = node_trusting(Daemon::start(), "a", "127.0.0.1:0", SECRET, &peers("a"));
+    let (mut b, b_addr) = node_trusting(Daemon::start(), "b", "127.0.0.1:0", SECRET, &peers("b"));
+    let (c, c_addr) = node_trusting(Daemon::start(), "c", "127.0.0.1:0", SECRET, &peers("c"));
+    let _ = a_addr;
+    for d in [&a, &b, &c] {
+        d.ok(&["volume", "create", "v", "--size", "32M"]);
+        d.export_nbd("v");
+    }
+    fill(&a, "v", VOL as usize, 3);
+    a.ok(&enable_args(
+        "s",
+        "v",
+        &b_addr,
+        "v",
+        "sync",
+        &["--timeout", "2s"],
+    ));
+    a.ok(&enable_args(
+        "s",
+        "v",
+        &c_addr,
+        "v",
+        "async",
+        &["--timeout", "2s"],
+    ));
+    a.ok(&["repl", "sync", "s", "--wait", "--timeout", "120"]);
+    wait_for(&a, "s", "settled on both", all_settled, 60);
+    scribble(&a.addr_of("v"), "v", 50, 4);
+    wait_for(&a, "s", "settled on both", all_settled, 60);
+    std::thread::sleep(Duration::from_millis(2500));
+
+    // Planned swap with B: A becomes B's secondary, C follows B.
+    a.ok(&["repl", "swap", "s", "--secondary", "b"]);
+    let v = wait_for(&b, "s", "settled toward a and c", all_settled, 90);
+    assert_eq!(v["role"], "primary");
+    assert_eq!(info(&a, "s")["role"], "secondary");
+    let cv = info(&c, "s");
+    assert_eq!(cv["peer_node"], "b", "C follows B: {cv}");
+    let moved = leg(&v, "c")["sync_total_bytes"].as_u64().unwrap();
+    assert!(
+        moved < 16 * CHUNK,
+        "C re-attached with an update sync, not a full one ({moved} bytes)"
+    );
+    scribble(&b.addr_of("v"), "v", 40, 5);
+    wait_for(&b, "s", "settled", all_settled, 60);
+    let good = sha(&b.uri_of("v"));
+    assert_eq!(sha(&a.uri_of("v")), good);
+    assert_eq!(sha(&c.uri_of("v")), good);
+    std::thread::sleep(Duration::from_millis(2500));
+
+    // Forced: B dies under writes; C takes over; A follows C.
+    // The writer keeps to the first 48 chunks (3 MiB) until B dies.
+    let hot = 48u64;
+    let writer = {
+        let addr = b.addr_of("v");
+        std::thread::spawn(move || {
+            let _ = std::panic::catch_unwind(move || {
+                let mut c = common::nbd::NbdClient::connect(&addr, "v");
+                for i in 0.. {
+                    let off = (i * 7 % (hot * 16)) * 4096;
+                    if c.write(off, &[6; 4096], 0) != 0 {
+                        return;
+                    }
+                }
+            });
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    b.kill9();
+    let _ = writer.join();
+    wait_for(&c, "s", "link down", |v| v["link"] == "down", 30);
+    c.ok(&["repl", "swap", "s", "--force"]);
+    let v = wait_for(
+        &c,
+        "s",
+        "a settled",
+        |v| common::repl::settled(leg(v, "a")),
+        90,
+    );
+    assert_eq!(info(&a, "s")["peer_node"], "c", "A follows C");
+    let moved = leg(&v, "a")["sync_total_bytes"].as_u64().unwrap();
+    assert!(
+        moved > 0 && moved <= hot * CHUNK,
+        "A re-attached with an update sync bounded by the chunks written around the failure ({moved} bytes)"
+    );
+    scribble(&c.addr_of("v"), "v", 30, 7);
+    wait_for(
+        &c,
+        "s",
+        "a settled",
+        |v| common::repl::settled(leg(v, "a")),
+        60,
+    );
+    assert_eq!(sha(&a.uri_of("v")), sha(&c.uri_of("v")));
+
+    // B comes back: C took over while it was away, so it steps down and
+    // follows C; all three end identical.
+    b.spawn();
+    wait_role(&b, "s", "secondary", 60);
+    wait_for(&c, "s", "settled on a and b", all_settled, 90);
+    let good = sha(&c.uri_of("v"));
+    assert_eq!(sha(&a.uri_of("v")), good);
+    assert_eq!(sha(&b.uri_of("v")), good);
+}
