@@ -5,7 +5,10 @@
 mod common;
 
 use common::nbd::NbdClient;
-use common::repl::{enable_args, info, node, settle, wait_role, wait_state};
+use common::repl::{
+    all_settled, enable_args, info, leg, node, node_trusting, settle, wait_for, wait_role,
+    wait_state,
+};
 use common::{
     fill, fio_load, require_root, require_tool, scribble, sh, sha, write_random_file, Daemon,
 };
@@ -150,13 +153,19 @@ type Injected<'a> = (&'static str, Box<dyn Fn() + 'a>);
 fn link_faults_through_the_proxy_end_byte_identical() {
     require_tool("nbdcopy");
     require_tool("fio");
-    let (a, _) = node("a", "0123456789abcdef0123", "b");
-    let (b, b_addr) = node("b", "0123456789abcdef0123", "a");
+    // Two secondaries: B (hybrid) behind the fault proxy, C (sync) on a
+    // clean link. C must replicate through every fault of B's link.
+    const KEY: &str = "0123456789abcdef0123";
+    let (a, _) = node_trusting(Daemon::start(), "a", "127.0.0.1:0", KEY, &["b", "c"]);
+    let (b, b_addr) = node("b", KEY, "a");
+    let (c, c_addr) = node("c", KEY, "a");
     let proxy = FaultProxy::start("127.0.0.1:0", &b_addr).unwrap();
-    a.ok(&["volume", "create", "v", "--size", "64M"]);
-    b.ok(&["volume", "create", "v", "--size", "64M"]);
+    for d in [&a, &b, &c] {
+        d.ok(&["volume", "create", "v", "--size", "64M"]);
+    }
     let uri = a.export_nbd("v");
     b.export_nbd("v");
+    c.export_nbd("v");
     a.ok(&enable_args(
         "s",
         "v",
@@ -165,7 +174,17 @@ fn link_faults_through_the_proxy_end_byte_identical() {
         "hybrid",
         &["--no-sync", "--timeout", "1500ms"],
     ));
-    wait_state(&a, "s", "replicating", 10);
+    a.ok(&enable_args(
+        "s",
+        "v",
+        &c_addr,
+        "v",
+        "sync",
+        &["--no-sync", "--timeout", "1500ms"],
+    ));
+    wait_for(&a, "s", "replicating to both", all_settled, 10);
+    let b_leg = |v: &serde_json::Value| leg(v, "b").clone();
+    let c_connects = leg(&info(&a, "s"), "c")["connects"].as_u64().unwrap();
     let mut fio = fio_load(&uri, "0", "64M", &["--thread"]);
     let faults: [Injected; 4] = [
         ("drop", Box::new(|| proxy.drop_connections())),
@@ -184,24 +203,42 @@ fn link_faults_through_the_proxy_end_byte_identical() {
     ];
     for (what, fault) in faults.iter() {
         std::thread::sleep(Duration::from_millis(700));
-        let connects = info(&a, "s")["connects"].as_u64().unwrap();
+        let connects = b_leg(&info(&a, "s"))["connects"].as_u64().unwrap();
         fault();
         // Longer than the peer timeout: a stall is noticed too.
         std::thread::sleep(Duration::from_millis(2500));
+        let v = info(&a, "s");
         if *what != "delay" {
-            let v = info(&a, "s");
+            let l = b_leg(&v);
             assert!(
-                v["state"] != "replicating" || v["connects"].as_u64().unwrap() > connects,
-                "{what}: the link loss was noticed: {v}"
+                l["state"] != "replicating" || l["connects"].as_u64().unwrap() > connects,
+                "{what}: the link loss was noticed: {l}"
             );
         }
+        let cl = leg(&v, "c");
+        assert_eq!(
+            cl["state"], "replicating",
+            "{what}: C kept replicating: {cl}"
+        );
+        assert_eq!(
+            cl["connects"].as_u64().unwrap(),
+            c_connects,
+            "{what}: C's link never dropped"
+        );
         proxy.set_fault(Fault::Pass);
         proxy.set_delay(Duration::ZERO);
-        wait_state(&a, "s", "replicating", 60);
+        wait_for(
+            &a,
+            "s",
+            "b replicating",
+            |v| b_leg(v)["state"] == "replicating",
+            60,
+        );
     }
     let _ = fio.kill();
     let _ = fio.wait();
-    settle(&a, "s");
+    wait_for(&a, "s", "settled on both", all_settled, 60);
+    assert_eq!(sha(&uri), sha(&c.uri_of("v")), "C byte-identical");
     let (x, y) = (sha(&uri), sha(&b.uri_of("v")));
     if x != y {
         let fa = std::fs::read(a.data_dir().join("v.img")).unwrap();
@@ -216,7 +253,7 @@ fn link_faults_through_the_proxy_end_byte_identical() {
             info(&a, "s")
         );
     }
-    assert!(info(&a, "s")["connects"].as_u64().unwrap() >= 4);
+    assert!(b_leg(&info(&a, "s"))["connects"].as_u64().unwrap() >= 4);
     proxy.stop();
 }
 

@@ -329,3 +329,44 @@ fn the_other_secondary_follows_a_promoted_one_with_an_update_sync() {
     assert_eq!(sha(&a.uri_of("v")), good);
     assert_eq!(sha(&b.uri_of("v")), good);
 }
+
+#[test]
+fn sync_rate_limits_a_running_sync_and_tune_changes_it() {
+    require_tool("nbdcopy");
+    let (a, _) = node_trusting(Daemon::start(), "a", "127.0.0.1:0", SECRET, &["b"]);
+    let (b, b_addr) = node_trusting(Daemon::start(), "b", "127.0.0.1:0", SECRET, &["a"]);
+    for d in [&a, &b] {
+        d.ok(&["volume", "create", "v", "--size", "32M"]);
+        d.export_nbd("v");
+    }
+    fill(&a, "v", VOL as usize, 8);
+    a.ok(&enable_args(
+        "s",
+        "v",
+        &b_addr,
+        "v",
+        "hybrid",
+        &["--sync-rate", "4M", "--max-lag", "5s"],
+    ));
+    let v = info(&a, "s");
+    assert_eq!(v["sync_rate"], 4 << 20);
+    assert_eq!(v["max_lag_ms"], 5000);
+    a.ok(&["repl", "sync", "s"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let done = info(&a, "s")["sync_done_bytes"].as_u64().unwrap();
+    // 4 MiB/s for 1.5 s is 6 MiB; allow for start-up and a chunk in flight.
+    assert!(
+        done > 0 && done <= 8 << 20,
+        "a full sync at 4 MiB/s moved {done} bytes in 1.5 s"
+    );
+    // Lifted on the running sync: it completes.
+    a.ok(&["repl", "tune", "s", "--sync-rate", "0"]);
+    assert!(info(&a, "s")["sync_rate"].is_null());
+    a.ok(&["repl", "wait", "s", "--timeout", "60"]);
+    assert_eq!(sha(&a.uri_of("v")), sha(&b.uri_of("v")));
+    // Bad values are refused with a clear error.
+    let out = a.cli(&["repl", "tune", "s", "--sync-rate", "fast"]);
+    assert!(!out.status.success());
+    let out = a.cli(&["repl", "tune", "nope", "--sync-rate", "1M"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+}
