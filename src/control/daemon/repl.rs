@@ -144,8 +144,13 @@ impl Host for Daemon {
         Ok(())
     }
 
-    fn snapshot_drop(&self, name: &str) {
-        let _ = self.handle("image.disable", &json!({"name": name, "force": true}));
+    fn snapshot_drop(&self, name: &str) -> RResult<()> {
+        let gone = |r: Result<Value, OpError>| match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == ErrorCode::NotFound => Ok(()),
+            Err(e) => Err(ReplError::from(e)),
+        };
+        gone(self.handle("image.disable", &json!({"name": name, "force": true})))?;
         let path = self
             .state
             .lock()
@@ -154,19 +159,13 @@ impl Host for Daemon {
             .iter()
             .find(|v| v.name == name)
             .map(|v| v.path.clone());
-        let _ = self.handle("volume.remove", &json!({"name": name, "force": true}));
+        gone(self.handle("volume.remove", &json!({"name": name, "force": true})))?;
+        // The file goes only with its volume: a volume left in the
+        // configuration (say, the daemon was stopping) keeps its data.
         if let Some(p) = path {
             let _ = std::fs::remove_file(p);
         }
-    }
-
-    fn snapshot_exists(&self, name: &str) -> bool {
-        self.state
-            .lock()
-            .config
-            .images
-            .iter()
-            .any(|i| i.name == name)
+        Ok(())
     }
 
     fn publish(&self, kind: &str, object: &str, detail: String) {

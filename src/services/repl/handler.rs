@@ -146,7 +146,11 @@ impl Replication {
                     || {},
                 )?;
                 if let Some(snap) = snap {
-                    self.host()?.snapshot_drop(&snap);
+                    // Kept when this fails; the next sync's snapshot
+                    // replaces it.
+                    if let Err(e) = self.host()?.snapshot_drop(&snap) {
+                        log::warn!("replication set {set}: dropping {snap}: {e}");
+                    }
                     self.publish("repl.safety_dropped", &set, snap);
                 }
                 empty()
@@ -523,10 +527,9 @@ impl Replication {
         }
         let host = self.host()?;
         let _pause = s.gate.write();
-        // A leftover from a crash between enable and persist.
-        if host.snapshot_exists(&snap) {
-            host.snapshot_drop(&snap);
-        }
+        // A leftover (a crash between enable and persist, a drop that did
+        // not finish): its image set, its volume, or both.
+        host.snapshot_drop(&snap)?;
         host.snapshot_take(&snap, &s.volume)?;
         // Keep the guard on top, so the applier's writes go through the
         // imaging layer (copy-on-write into the snapshot).

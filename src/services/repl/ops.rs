@@ -620,9 +620,13 @@ impl Replication {
                 None if self.primary(&a.name).is_some() => self.legs(&a.name),
                 None => vec![self.leg(&a.name, None)?],
             };
+            // A sync just asked for (`repl sync --wait` on a replicating
+            // set: a repair or a full copy) has not left `replicating`
+            // yet: it is reached when the sync is over.
             let reached = legs.iter().all(|set| {
                 set.state() == want
-                    && !(want == SetState::Logging && set.link().syncing.load(Ordering::SeqCst))
+                    && !(matches!(want, SetState::Logging | SetState::Replicating)
+                        && set.link().syncing.load(Ordering::SeqCst))
             });
             let stuck = legs.iter().any(|set| {
                 let st = set.state();

@@ -59,9 +59,9 @@ pub trait Host: Send + Sync {
     /// Take a dependent snapshot `name` (an image set and a volume of the
     /// same name) of `volume`.
     fn snapshot_take(&self, name: &str, volume: &str) -> RResult<()>;
-    /// Remove snapshot `name` (image set, volume and file), if it exists.
-    fn snapshot_drop(&self, name: &str);
-    fn snapshot_exists(&self, name: &str) -> bool;
+    /// Remove snapshot `name` (image set, volume and file), whichever of
+    /// them exist; the file only once its volume is gone.
+    fn snapshot_drop(&self, name: &str) -> RResult<()>;
     /// Publish an event.
     fn publish(&self, kind: &str, object: &str, detail: String);
     fn data_dir(&self) -> PathBuf;
@@ -637,7 +637,9 @@ impl Replication {
         self.table.replace(&link_key(c), None);
         self.secondaries.lock().remove(&c.name);
         if let (Some(snap), Ok(h)) = (&c.safety_snapshot, self.host()) {
-            h.snapshot_drop(snap);
+            if let Err(e) = h.snapshot_drop(snap) {
+                log::warn!("replication set {}: safety snapshot {snap}: {e}", c.name);
+            }
         }
         if let Ok(v) = self.host().and_then(|h| h.volume(&c.volume)) {
             let _ = v.detach(SECONDARY_LAYER);

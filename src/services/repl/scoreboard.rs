@@ -383,7 +383,7 @@ impl Scoreboard {
 
     /// Set the disk bit of every chunk `chunks` yields, then wait for one
     /// commit covering them all.
-    fn make_durable_each(&self, chunks: impl Iterator<Item = u64>) -> Result<()> {
+    pub fn make_durable_each(&self, chunks: impl Iterator<Item = u64>) -> Result<()> {
         let mut need = 0;
         for c in chunks {
             let p = (c / 64 / WORDS_PER_PAGE) as usize;

@@ -136,7 +136,16 @@ pub struct SecondarySet {
     epoch: AtomicU32,
     /// Random per runtime: a release from before a restart is ignored.
     pub session: u64,
+    /// When released marks were last cleared on disk.
+    last_clean: Mutex<std::time::Instant>,
 }
+
+/// Released marks are cleared in memory at once (what `mark` answers) but
+/// on disk only this often: a chunk written again meanwhile finds its bit
+/// still durable and waits for no commit. After a crash the file holds at
+/// most this much more than the marks did, which only makes a later
+/// re-attach compare more.
+const MARK_CLEAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl SecondarySet {
     pub fn new(
@@ -156,6 +165,7 @@ impl SecondarySet {
                     .expect("8 bytes"),
             ),
             scoreboard,
+            last_clean: Mutex::new(std::time::Instant::now()),
             name: name.to_owned(),
             volume: volume.to_owned(),
             size_bytes,
@@ -209,6 +219,27 @@ impl SecondarySet {
         r
     }
 
+    /// Mark the chunks of writes about to be applied (`ranges`: offset and
+    /// length, from the frames buffered behind the current one) in one
+    /// commit, so each of them finds its mark durable already. Ranges
+    /// past the end are left to the frame check.
+    pub fn mark_ahead(&self, ranges: impl Iterator<Item = (u64, u64)>) {
+        let e = self.epoch.load(Ordering::SeqCst);
+        let mut chunks = Vec::new();
+        for (off, len) in ranges {
+            if len == 0 || off.checked_add(len).is_none_or(|end| end > self.size_bytes) {
+                continue;
+            }
+            for c in self.scoreboard.chunk_range(off, len) {
+                self.marks[c as usize].store(e, Ordering::SeqCst);
+                self.scoreboard.set_oos(c);
+                chunks.push(c);
+            }
+        }
+        // A failure here shows again, and fails the write, in `apply`.
+        let _ = self.scoreboard.make_durable_each(chunks.into_iter());
+    }
+
     /// Release round, step 1: writes received from now on belong to a new
     /// epoch; returns the one that closed.
     pub fn mark(&self) -> u32 {
@@ -231,7 +262,11 @@ impl SecondarySet {
                 }
             }
         }
-        self.scoreboard.clean()?;
+        let mut last = self.last_clean.lock();
+        if last.elapsed() >= MARK_CLEAN_INTERVAL {
+            self.scoreboard.clean()?;
+            *last = std::time::Instant::now();
+        }
         Ok(n)
     }
 
@@ -421,6 +456,24 @@ pub fn serve_link(
             );
             let _ = send(&writer, FrameType::Error, m.as_bytes());
             break m;
+        }
+        // A write to a chunk whose mark is not durable yet would wait for a
+        // commit of its own: mark every write already buffered in the same
+        // commit (one per buffer-full instead of one per cold chunk).
+        if w.flags & wire::WRITE_FLUSH == 0 && !set.scoreboard.is_durable(w.offset, w.len as u64) {
+            let ahead = std::iter::once((w.set_id, w.offset, w.len))
+                .chain(wire::peek_writes(reader.buffer()));
+            let mut by_set: Vec<Vec<(u64, u64)>> = vec![Vec::new(); sets.len()];
+            for (id, off, len) in ahead {
+                if let Some(v) = by_set.get_mut(id as usize) {
+                    v.push((off, len as u64));
+                }
+            }
+            for (s, ranges) in sets.iter().zip(by_set) {
+                if let (Some(s), false) = (s, ranges.is_empty()) {
+                    s.mark_ahead(ranges.into_iter());
+                }
+            }
         }
         let r = if is_ordered {
             let next = wire::peek_write_group(reader.buffer());

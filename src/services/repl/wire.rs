@@ -266,6 +266,36 @@ pub fn peek_write_group(buf: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(buf[at..at + 8].try_into().expect("8")))
 }
 
+/// The (set id, offset, length) of every whole WRITE frame (flushes left
+/// out) at the start of `buf`, in order: what the applier will apply next,
+/// so it can mark their chunks in one commit. Hints only: each frame is
+/// still fully checked when it is read.
+pub fn peek_writes(buf: &[u8]) -> Vec<(u32, u64, u32)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while buf.len() - at >= HEADER_BYTES + WRITE_FIXED {
+        let h = &buf[at..];
+        if &h[0..4] != MAGIC || h[5] != FrameType::Write as u8 {
+            break;
+        }
+        let len = u32::from_le_bytes(h[8..12].try_into().expect("4")) as usize;
+        if len < WRITE_FIXED || buf.len() - at < HEADER_BYTES + len {
+            break;
+        }
+        let p = &h[HEADER_BYTES..];
+        let flags = u32::from_le_bytes(p[32..36].try_into().expect("4"));
+        if flags & WRITE_FLUSH == 0 {
+            out.push((
+                u32::from_le_bytes(p[0..4].try_into().expect("4")),
+                u64::from_le_bytes(p[20..28].try_into().expect("8")),
+                u32::from_le_bytes(p[28..32].try_into().expect("4")),
+            ));
+        }
+        at += HEADER_BYTES + len;
+    }
+    out
+}
+
 /// ACK flag: every write up to and including `seq` is applied (otherwise
 /// just the one write `seq`).
 pub const ACK_CUMULATIVE: u32 = 1;
