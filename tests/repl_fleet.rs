@@ -15,6 +15,12 @@ const SECRET: &str = "fleet-test-secret-0123456789";
 const VOL: u64 = 32 << 20;
 const CHUNK: u64 = 64 << 10;
 
+/// A secondary whose marks (chunks another member may lack) are down to
+/// a few: release rounds caught up.
+fn released(v: &serde_json::Value) -> bool {
+    v["out_of_sync_bytes"].as_u64().unwrap_or(u64::MAX) <= 8 * CHUNK
+}
+
 /// A sparse file of the volume's size holding `seed`-filled 4 KiB blocks
 /// at `blocks` (one per 64 KiB chunk each, so chunks changed = blocks).
 fn blocks_file(dir: &Path, blocks: &[u64], seed: u8) -> std::path::PathBuf {
@@ -180,9 +186,11 @@ fn three_hosts_sync_and_hybrid_secondaries_and_one_cut_link() {
     let good = sha(&uris[0]);
     assert_eq!(sha(&uris[1]), good);
     assert_eq!(sha(&uris[2]), good);
-    // Release rounds run about once a second; let them clear what every
-    // member holds, so the resync below is measured against a quiet start.
-    std::thread::sleep(Duration::from_millis(2500));
+    // Release rounds run about once a second; wait until they cleared
+    // what every member holds, so the resync below starts from quiet.
+    for d in [&b, &c] {
+        wait_for(d, "s", "marks released", released, 60);
+    }
 
     // Cut B's link at the switch: C keeps replicating.
     net.port("B", false);
@@ -254,7 +262,11 @@ fn the_other_secondary_follows_a_promoted_one_with_an_update_sync() {
     wait_for(&a, "s", "settled on both", all_settled, 60);
     scribble(&a.addr_of("v"), "v", 50, 4);
     wait_for(&a, "s", "settled on both", all_settled, 60);
-    std::thread::sleep(Duration::from_millis(2500));
+    // Release rounds clear what every member holds from the secondaries'
+    // marks (the initial sync marked every chunk).
+    for d in [&b, &c] {
+        wait_for(d, "s", "marks released", released, 60);
+    }
 
     // Planned swap with B: A becomes B's secondary, C follows B.
     a.ok(&["repl", "swap", "s", "--secondary", "b"]);
@@ -273,7 +285,9 @@ fn the_other_secondary_follows_a_promoted_one_with_an_update_sync() {
     let good = sha(&b.uri_of("v"));
     assert_eq!(sha(&a.uri_of("v")), good);
     assert_eq!(sha(&c.uri_of("v")), good);
-    std::thread::sleep(Duration::from_millis(2500));
+    for d in [&a, &c] {
+        wait_for(d, "s", "marks released", released, 60);
+    }
 
     // Forced: B dies under writes; C takes over; A follows C.
     // The writer keeps to the first 48 chunks (3 MiB) until B dies.

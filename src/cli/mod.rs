@@ -4,6 +4,7 @@
 //! the object and the cause), 2 usage error (clap's own exit code).
 
 mod commands;
+mod group;
 mod image;
 mod repl;
 mod serve;
@@ -70,6 +71,10 @@ Example:\n  umbra serve --data-dir /var/lib/umbra")]
     /// Remote mirroring: sync, async and hybrid replication sets, managed from the primary
     #[command(subcommand)]
     Repl(repl::ReplCommand),
+
+    /// A group's state and seed 000's operations: online, offline, swap, failover, failback, join
+    #[command(subcommand)]
+    Group(group::GroupCommand),
 
     /// Forward TCP with injected one-way delay (replication benchmarks)
     #[command(hide = true)]
@@ -379,6 +384,7 @@ pub fn main() -> i32 {
         Command::Cache(c) => commands::cache(&socket, c),
         Command::Image(c) => image::run(&socket, c),
         Command::Repl(c) => repl::run(&socket, c),
+        Command::Group(c) => group::run(&socket, c),
         Command::FaultProxy(a) => repl::fault_proxy(a),
         Command::Status(j) => commands::status(&socket, j.json),
         Command::Events(a) => commands::events(&socket, a),

@@ -300,6 +300,7 @@ mod tests {
                     secret_file: "/etc/umbra/b.key".into(),
                 }],
                 sets: vec![],
+                groups: Vec::new(),
             }),
         };
         cfg.save(dir.path()).unwrap();

@@ -310,7 +310,7 @@ impl Daemon {
             "cache.disable" => self.cache_disable(parse(op, args)?),
             "cache.stats" => self.cache_stats(parse(op, args)?),
             _ if op.starts_with("image.") => self.handle_image(op, args),
-            _ if op.starts_with("repl.") => self.handle_repl(op, args),
+            _ if op.starts_with("repl.") || op.starts_with("group.") => self.handle_repl(op, args),
             _ => Err(OpError::new(
                 ErrorCode::UnknownOp,
                 format!("unknown operation {op:?}; see docs/admin-protocol.md"),

@@ -12,7 +12,8 @@ use crate::control::admin::{ErrorCode, OpError};
 use crate::control::config::ReplConfig;
 use crate::interposer::Volume;
 use crate::services::repl::{
-    EnableOptions, Host, RResult, ReplError, SyncOptions, TuneOptions, WaitOptions,
+    EnableOptions, Host, OnlineOptions, PolicyOptions, RResult, ReplError, SyncOptions,
+    TuneOptions, WaitOptions,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -68,6 +69,38 @@ impl Daemon {
                 let a: LegArg = parse(op, args)?;
                 r.info(&a.name, a.secondary.as_deref())?
             }
+            "group.status" => r.group_status(&parse::<GroupArg>(op, args)?.group)?,
+            "group.online" => {
+                let a: GroupOnlineArgs = parse(op, args)?;
+                r.group_online_at(
+                    a.to.as_deref(),
+                    OnlineOptions {
+                        group: a.group,
+                        accept_data_loss: a.accept_data_loss,
+                        use_inconsistent: a.use_inconsistent,
+                        timeout_ms: a.timeout_ms,
+                    },
+                )?
+            }
+            "group.offline" => {
+                let a: GroupTimeoutArgs = parse(op, args)?;
+                r.group_offline(&a.group, a.timeout_ms)?
+            }
+            "group.swap" => {
+                let a: GroupToArgs = parse(op, args)?;
+                r.group_swap(&a.group, a.to.as_deref())?
+            }
+            "group.failback" => r.group_failback(&parse::<GroupArg>(op, args)?.group)?,
+            "group.join" => {
+                let a: GroupTimeoutArgs = parse(op, args)?;
+                r.group_join(&a.group, a.timeout_ms)?
+            }
+            "group.wait" => {
+                let a: GroupWaitArgs = parse(op, args)?;
+                r.group_wait(&a.group, &a.state, a.timeout_ms)?
+            }
+            "group.verify" => r.group_verify(&parse::<GroupArg>(op, args)?.group)?,
+            "group.policy" => r.group_set_policy(parse::<PolicyOptions>(op, args)?)?,
             "repl.status" => {
                 parse::<NoArgs>(op, args)?;
                 r.status()
@@ -168,6 +201,53 @@ impl Host for Daemon {
         Ok(())
     }
 
+    fn snapshot_restore(&self, name: &str) -> RResult<()> {
+        self.handle(
+            "image.update",
+            &json!({"name": name, "to": "master", "force": true}),
+        )?;
+        loop {
+            let v = self.handle("image.wait", &json!({"name": name, "timeout_ms": 60_000}))?;
+            if v["done"] == true {
+                if v["state"] == "failed" {
+                    return Err(ReplError::Failed(format!(
+                        "restoring from image set {name}: {}",
+                        v["error"]
+                    )));
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    fn nbd_exports(&self, volume: &str, read_only: bool) -> Vec<String> {
+        self.state
+            .lock()
+            .config
+            .exports
+            .iter()
+            .filter(|e| {
+                e.volume == volume
+                    && e.kind == crate::control::config::ExportKind::Nbd
+                    && e.read_only == read_only
+            })
+            .map(|e| e.listen.clone())
+            .collect()
+    }
+
+    fn export_nbd(&self, volume: &str, listen: &str, read_only: bool) -> RResult<()> {
+        self.handle(
+            "export.nbd",
+            &json!({"volume": volume, "listen": listen, "read_only": read_only}),
+        )?;
+        Ok(())
+    }
+
+    fn export_remove(&self, volume: &str) -> RResult<()> {
+        self.handle("export.remove", &json!({"volume": volume, "kind": "nbd"}))?;
+        Ok(())
+    }
+
     fn publish(&self, kind: &str, object: &str, detail: String) {
         self.events.publish(kind, object, detail);
     }
@@ -242,4 +322,50 @@ struct DisableArgs {
     secondary: Option<String>,
     #[serde(default)]
     force: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupArg {
+    group: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupTimeoutArgs {
+    group: String,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupToArgs {
+    group: String,
+    #[serde(default)]
+    to: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupOnlineArgs {
+    group: String,
+    /// Bring it online there (failover from another node); default here.
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    accept_data_loss: bool,
+    #[serde(default)]
+    use_inconsistent: bool,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupWaitArgs {
+    group: String,
+    state: String,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
 }

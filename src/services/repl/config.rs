@@ -18,6 +18,77 @@ pub struct ReplConfig {
     pub peers: Vec<PeerConfig>,
     #[serde(default)]
     pub sets: Vec<ReplSetConfig>,
+    /// Group policies (`umbra group policy`), the same on every member.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupConfig>,
+}
+
+/// What `group offline` does to the exports of a group's volumes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OfflineExports {
+    /// Serve on, read-only (clients keep reading; `online` restores).
+    #[default]
+    ReadOnly,
+    /// Stop serving them (`online` starts them again).
+    Remove,
+    /// Leave them; the volume still refuses nothing until a swap.
+    Keep,
+}
+
+/// A group's policy (seed 000: the user's decisions), stored with the
+/// group on every member.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub name: String,
+    /// Nodes that should run the group, best first (failback goes to the
+    /// first).
+    #[serde(default)]
+    pub preferred: Vec<String>,
+    /// A takeover is refused when more acknowledged bytes than this may be
+    /// missing here (Patroni's `maximum_lag_on_failover`, same default).
+    #[serde(default = "default_max_lag_on_failover")]
+    pub max_lag_on_failover_bytes: u64,
+    /// Fail over by itself when the production node is lost (the cluster
+    /// agent acts on it).
+    #[serde(default)]
+    pub auto_failover: bool,
+    /// An automatic failover may accept data loss (default no).
+    #[serde(default)]
+    pub auto_accept_data_loss: bool,
+    #[serde(default)]
+    pub offline_exports: OfflineExports,
+    /// This node's exports `group offline` took writes from (volume,
+    /// listen): `group online` restores them. Local state, not policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fenced_exports: Vec<(String, String)>,
+}
+
+fn default_max_lag_on_failover() -> u64 {
+    1 << 20
+}
+
+impl GroupConfig {
+    pub fn new(name: &str) -> GroupConfig {
+        GroupConfig {
+            name: name.to_owned(),
+            preferred: Vec::new(),
+            max_lag_on_failover_bytes: default_max_lag_on_failover(),
+            auto_failover: false,
+            auto_accept_data_loss: false,
+            offline_exports: OfflineExports::default(),
+            fenced_exports: Vec::new(),
+        }
+    }
+
+    /// The policy alone (what members must agree on).
+    pub fn policy(&self) -> GroupConfig {
+        GroupConfig {
+            fenced_exports: Vec::new(),
+            ..self.clone()
+        }
+    }
 }
 
 /// A peer this node trusts: its name and the file holding the secret both

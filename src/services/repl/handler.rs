@@ -18,6 +18,7 @@ use crate::control::validate_name;
 use crate::device::BlockDevice;
 use serde_json::{json, Value};
 use std::net::TcpStream;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -224,9 +225,22 @@ impl Replication {
                 }
                 empty()
             }
-            PeerRequest::Mark { set } => {
+            PeerRequest::Mark {
+                set,
+                lag_bytes,
+                lag_ms,
+            } => {
                 let e = self.secondary(&set)?;
                 self.check_from_primary(peer, &set)?;
+                e.set.primary_lag_bytes.store(lag_bytes, Ordering::Relaxed);
+                e.set.primary_lag_ms.store(lag_ms, Ordering::Relaxed);
+                e.set.last_contact_ms.store(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0),
+                    Ordering::Relaxed,
+                );
                 let reply = MarkReply {
                     session: e.set.session,
                     epoch: e.set.mark(),
@@ -276,6 +290,40 @@ impl Replication {
                 self.resume(&[set], peer)?;
                 empty()
             }
+            PeerRequest::GroupStatus { group } => {
+                let v = self.node_view(&group)?;
+                Ok((serde_json::to_value(v).expect("serialisable"), None))
+            }
+            PeerRequest::GroupOnline {
+                group,
+                accept_data_loss,
+                use_inconsistent,
+            } => {
+                let v = self.group_online(super::groups::OnlineOptions {
+                    group,
+                    accept_data_loss,
+                    use_inconsistent,
+                    timeout_ms: None,
+                })?;
+                Ok((v, None))
+            }
+            PeerRequest::Handover { group, to } => {
+                if to != peer {
+                    return Err(ReplError::Invalid(format!(
+                        "handover of group {group}: node {peer} asked on behalf of {to}"
+                    )));
+                }
+                self.handover(&group, &to)?;
+                empty()
+            }
+            PeerRequest::GroupPolicy { policy } => {
+                let mut p = policy;
+                // This node's own fenced exports stay.
+                p.fenced_exports = self.group_policy_of(&p.name).fenced_exports;
+                self.store_policy(&p)?;
+                empty()
+            }
+            PeerRequest::GroupDefinition { group } => Ok((self.group_definition(&group)?, None)),
             PeerRequest::Link { .. } => Err(ReplError::Invalid(
                 "a link request is only valid as the first request of a connection".into(),
             )),

@@ -24,6 +24,7 @@
 pub mod config;
 mod error;
 pub mod generation;
+pub mod groups;
 mod handler;
 pub mod link;
 mod ops;
@@ -41,6 +42,7 @@ pub mod verify;
 pub mod wire;
 
 pub use error::{RResult, ReplError};
+pub use groups::{OnlineOptions, PolicyOptions};
 pub use ops::{
     EnableOptions, SyncOptions, TuneOptions, WaitOptions, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_ITEMS,
     DEFAULT_TIMEOUT_MS,

@@ -79,6 +79,22 @@ pub fn request(
     Session::open(ctx, addr)?.call(req)
 }
 
+/// [`request`] with its own timeout (a short one for queries whose
+/// silence is an answer; a long one for a peer's group operation).
+pub fn request_within(
+    ctx: &NodeCtx,
+    addr: &str,
+    req: &PeerRequest,
+    timeout: Duration,
+) -> Result<(Value, Option<Vec<u8>>), String> {
+    let (s, _) = dial(ctx, addr, timeout)?;
+    Session {
+        s,
+        addr: addr.to_owned(),
+    }
+    .call(req)
+}
+
 /// A session of several control requests on one connection (a reverse
 /// sync reads chunk after chunk).
 pub struct Session {

@@ -3,7 +3,7 @@
 //! enum. A request that does not parse into it (unknown `op`, a missing or
 //! extra field, a wrong type) is refused before anything looks at it.
 
-use super::config::Member;
+use super::config::{GroupConfig, Member};
 use super::generation::Generations;
 use super::Mode;
 use serde::{Deserialize, Serialize};
@@ -98,7 +98,34 @@ pub enum PeerRequest {
     /// Release round, step 1: start a new epoch and answer the chunks
     /// this secondary holds writes in that another member may lack (a
     /// DATA frame of bitmap words), with the epoch they were received in.
-    Mark { set: String },
+    Mark {
+        set: String,
+        /// The leg's lag right now, which the secondary keeps: a takeover
+        /// there knows what may be missing (`group online`).
+        #[serde(default)]
+        lag_bytes: u64,
+        #[serde(default)]
+        lag_ms: u64,
+    },
+    /// This node's view of a group (`group status` asks the production
+    /// node).
+    GroupStatus { group: String },
+    /// Run `group online` on this node (failover or failback asked from
+    /// another node).
+    GroupOnline {
+        group: String,
+        #[serde(default)]
+        accept_data_loss: bool,
+        #[serde(default)]
+        use_inconsistent: bool,
+    },
+    /// From a secondary's `group online`, to the production node: go
+    /// offline and swap roles with `to`.
+    Handover { group: String, to: String },
+    /// A group's policy changed; store it.
+    GroupPolicy { policy: GroupConfig },
+    /// The group's definition on this node (`group verify`).
+    GroupDefinition { group: String },
     /// Release round, step 2: these chunks (runs of `[first, count]`) are
     /// the same on every member; forget the writes received in `epoch` or
     /// before on them.
@@ -139,6 +166,11 @@ impl PeerRequest {
             PeerRequest::Members { .. } => "members",
             PeerRequest::Adopt { .. } => "adopt",
             PeerRequest::Mark { .. } => "mark",
+            PeerRequest::GroupStatus { .. } => "group_status",
+            PeerRequest::GroupOnline { .. } => "group_online",
+            PeerRequest::Handover { .. } => "handover",
+            PeerRequest::GroupPolicy { .. } => "group_policy",
+            PeerRequest::GroupDefinition { .. } => "group_definition",
             PeerRequest::Release { .. } => "release",
             PeerRequest::Discard { .. } => "discard",
             PeerRequest::Resume { .. } => "resume",

@@ -318,6 +318,13 @@ impl Replication {
         members: &[Member],
         new_generation: bool,
     ) -> RResult<Vec<ReplSetConfig>> {
+        // Released marks are cleared on disk lazily: write them out, the
+        // primary side opens the file afresh.
+        if let Ok(e) = self.secondary(&c.name) {
+            e.scoreboard
+                .clean()
+                .map_err(|e| ReplError::Failed(format!("set {}: scoreboard: {e}", c.name)))?;
+        }
         self.host()?
             .volume(&c.volume)?
             .detach(SECONDARY_LAYER)

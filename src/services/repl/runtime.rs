@@ -62,6 +62,16 @@ pub trait Host: Send + Sync {
     /// Remove snapshot `name` (image set, volume and file), whichever of
     /// them exist; the file only once its volume is gone.
     fn snapshot_drop(&self, name: &str) -> RResult<()>;
+    /// Bring `volume` (the master of image set `name`) back to the
+    /// image's point in time and wait until the copy is done.
+    fn snapshot_restore(&self, name: &str) -> RResult<()>;
+    /// The listen addresses of `volume`'s NBD exports that are (not)
+    /// read-only.
+    fn nbd_exports(&self, volume: &str, read_only: bool) -> Vec<String>;
+    /// Export `volume` over NBD on `listen`.
+    fn export_nbd(&self, volume: &str, listen: &str, read_only: bool) -> RResult<()>;
+    /// Stop `volume`'s NBD export.
+    fn export_remove(&self, volume: &str) -> RResult<()>;
     /// Publish an event.
     fn publish(&self, kind: &str, object: &str, detail: String);
     fn data_dir(&self) -> PathBuf;

@@ -138,6 +138,11 @@ pub struct SecondarySet {
     pub session: u64,
     /// When released marks were last cleared on disk.
     last_clean: Mutex<std::time::Instant>,
+    /// The lag the primary reported at its last release round, and when
+    /// (unix ms): what a takeover here may lose.
+    pub primary_lag_bytes: AtomicU64,
+    pub primary_lag_ms: AtomicU64,
+    pub last_contact_ms: AtomicU64,
 }
 
 /// Released marks are cleared in memory at once (what `mark` answers) but
@@ -166,6 +171,9 @@ impl SecondarySet {
             ),
             scoreboard,
             last_clean: Mutex::new(std::time::Instant::now()),
+            primary_lag_bytes: AtomicU64::new(0),
+            primary_lag_ms: AtomicU64::new(0),
+            last_contact_ms: AtomicU64::new(0),
             name: name.to_owned(),
             volume: volume.to_owned(),
             size_bytes,

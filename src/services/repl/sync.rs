@@ -145,8 +145,11 @@ impl Replication {
     /// flight) are released, if written in that epoch or before.
     fn release_round(&self, link: &Link, s: &Arc<ReplSet>) -> Result<(), String> {
         let mut session = peer::Session::open(&self.ctx, &link.peer_addr)?;
+        let (_, lag_bytes, age) = link.lag();
         let (v, bits) = session.call(&PeerRequest::Mark {
             set: s.name.clone(),
+            lag_bytes,
+            lag_ms: (age * 1000.0) as u64,
         })?;
         let Some(bits) = bits else { return Ok(()) };
         let mark: MarkReply =
