@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod bitmap;
 pub mod buffer;
+pub mod cluster;
 pub mod control;
 pub mod device;
 pub mod export;

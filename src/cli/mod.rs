@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the operation failed (a message on stderr names
 //! the object and the cause), 2 usage error (clap's own exit code).
 
+mod cluster;
 mod commands;
 mod group;
 mod image;
@@ -75,6 +76,10 @@ Example:\n  umbra serve --data-dir /var/lib/umbra")]
     /// A group's state and seed 000's operations: online, offline, swap, failover, failback, join
     #[command(subcommand)]
     Group(group::GroupCommand),
+
+    /// Membership of a cluster on etcd: leases, group locks, automatic failover
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 
     /// Forward TCP with injected one-way delay (replication benchmarks)
     #[command(hide = true)]
@@ -385,6 +390,7 @@ pub fn main() -> i32 {
         Command::Image(c) => image::run(&socket, c),
         Command::Repl(c) => repl::run(&socket, c),
         Command::Group(c) => group::run(&socket, c),
+        Command::Cluster(c) => cluster::run(&socket, c),
         Command::FaultProxy(a) => repl::fault_proxy(a),
         Command::Status(j) => commands::status(&socket, j.json),
         Command::Events(a) => commands::events(&socket, a),

@@ -301,6 +301,7 @@ mod tests {
                 }],
                 sets: vec![],
                 groups: Vec::new(),
+                cluster: None,
             }),
         };
         cfg.save(dir.path()).unwrap();

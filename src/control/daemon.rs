@@ -88,6 +88,8 @@ pub struct Daemon {
     events: Arc<EventBus>,
     imaging: Imaging,
     repl: Arc<crate::services::repl::Replication>,
+    /// The cluster agent (etcd), running once the node joined a cluster.
+    cluster: Arc<crate::cluster::Cluster>,
     /// This daemon, for threads it starts (replication sync and links).
     weak: std::sync::OnceLock<std::sync::Weak<Daemon>>,
     stopping: AtomicBool,
@@ -126,6 +128,7 @@ impl Daemon {
 
         let loaded = Config::load(&data_dir)?;
         let created_default = loaded.is_none();
+        let repl = crate::services::repl::Replication::new();
         let daemon = Arc::new(Daemon {
             data_dir: data_dir.clone(),
             state: Mutex::new(State {
@@ -139,7 +142,8 @@ impl Daemon {
             }),
             events: Arc::new(EventBus::default()),
             imaging: Imaging::default(),
-            repl: crate::services::repl::Replication::new(),
+            cluster: crate::cluster::Cluster::new(repl.clone()),
+            repl,
             weak: std::sync::OnceLock::new(),
             stopping: AtomicBool::new(false),
             started: Instant::now(),
@@ -149,11 +153,22 @@ impl Daemon {
         let host: std::sync::Weak<dyn crate::services::repl::Host> =
             Arc::downgrade(&(daemon.clone() as Arc<dyn crate::services::repl::Host>));
         daemon.repl.bind_host(host);
+        {
+            let cluster = Arc::downgrade(&daemon.cluster);
+            daemon
+                .repl
+                .set_cluster_probe(Box::new(move || cluster.upgrade().and_then(|c| c.probe())));
+        }
         match loaded {
             Some(cfg) => daemon.restore(cfg),
             None => daemon
                 .create_default(&opts.default_listen)
                 .map_err(|e| StartError::Default(e.message))?,
+        }
+        // The cluster agent last: every set and export is up, so the groups
+        // it finds are the node's real state.
+        if let Some(c) = daemon.repl.cluster_config() {
+            daemon.cluster.start(c);
         }
         let exports = daemon.export_list();
         daemon.events.publish(
@@ -310,7 +325,12 @@ impl Daemon {
             "cache.disable" => self.cache_disable(parse(op, args)?),
             "cache.stats" => self.cache_stats(parse(op, args)?),
             _ if op.starts_with("image.") => self.handle_image(op, args),
-            _ if op.starts_with("repl.") || op.starts_with("group.") => self.handle_repl(op, args),
+            _ if op.starts_with("repl.")
+                || op.starts_with("group.")
+                || op.starts_with("cluster.") =>
+            {
+                self.handle_repl(op, args)
+            }
             _ => Err(OpError::new(
                 ErrorCode::UnknownOp,
                 format!("unknown operation {op:?}; see docs/admin-protocol.md"),
@@ -830,6 +850,7 @@ impl Daemon {
         }
         // No client writes any more: let the peers catch up, close links.
         drop(st);
+        self.cluster.stop();
         self.repl.shutdown();
         let st = self.state.lock();
         for (name, entry) in &st.volumes {

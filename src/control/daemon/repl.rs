@@ -101,6 +101,26 @@ impl Daemon {
             }
             "group.verify" => r.group_verify(&parse::<GroupArg>(op, args)?.group)?,
             "group.policy" => r.group_set_policy(parse::<PolicyOptions>(op, args)?)?,
+            "cluster.join" => {
+                let a: ClusterJoinArgs = parse(op, args)?;
+                self.cluster.join(crate::cluster::ClusterConfig {
+                    name: a.name,
+                    etcd: a.etcd,
+                    ttl_s: a
+                        .ttl_s
+                        .unwrap_or(crate::services::repl::config::DEFAULT_TTL_S),
+                    priority_bias: a.priority_bias.unwrap_or(0),
+                })?
+            }
+            "cluster.leave" => {
+                parse::<NoArgs>(op, args)?;
+                self.cluster.leave()?
+            }
+            "cluster.status" => {
+                parse::<NoArgs>(op, args)?;
+                self.cluster.status()?
+            }
+            "cluster.priority" => self.cluster.set_bias(parse::<BiasArgs>(op, args)?.bias)?,
             "repl.status" => {
                 parse::<NoArgs>(op, args)?;
                 r.status()
@@ -368,4 +388,21 @@ struct GroupWaitArgs {
     state: String,
     #[serde(default)]
     timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterJoinArgs {
+    name: String,
+    etcd: Vec<String>,
+    #[serde(default)]
+    ttl_s: Option<u64>,
+    #[serde(default)]
+    priority_bias: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BiasArgs {
+    bias: i64,
 }

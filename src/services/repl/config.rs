@@ -21,6 +21,30 @@ pub struct ReplConfig {
     /// Group policies (`umbra group policy`), the same on every member.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<GroupConfig>,
+    /// The cluster this node joined (`umbra cluster join`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// The lease's time to live by default (Patroni's loop is 10 s too).
+pub const DEFAULT_TTL_S: u64 = 10;
+
+/// Which etcd, which cluster (the cluster agent, `src/cluster/`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub etcd: Vec<String>,
+    #[serde(default = "default_ttl")]
+    pub ttl_s: u64,
+    /// Added to this node's priority key (higher: picked later): the
+    /// administrator's failover priority.
+    #[serde(default)]
+    pub priority_bias: i64,
+}
+
+fn default_ttl() -> u64 {
+    DEFAULT_TTL_S
 }
 
 /// What `group offline` does to the exports of a group's volumes.

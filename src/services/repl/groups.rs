@@ -17,7 +17,7 @@
 //! mixed, its last consistent image is the safety snapshot),
 //! `split-brain`, `failed`, `unknown` (no answer).
 
-use super::config::{GroupConfig, OfflineExports, ReplRole, ReplSetConfig};
+use super::config::{ClusterConfig, GroupConfig, OfflineExports, ReplRole, ReplSetConfig};
 use super::error::{RResult, ReplError};
 use super::peer;
 use super::requests::PeerRequest;
@@ -280,7 +280,7 @@ impl Replication {
     }
 
     /// Group `g`'s policy (defaults when none was set).
-    pub(super) fn group_policy_of(&self, g: &str) -> GroupConfig {
+    pub fn group_policy_of(&self, g: &str) -> GroupConfig {
         self.config()
             .ok()
             .and_then(|rc| rc.groups.into_iter().find(|x| x.name == g))
@@ -288,7 +288,7 @@ impl Replication {
     }
 
     /// This node's view of group `g`.
-    pub(super) fn node_view(&self, g: &str) -> RResult<NodeView> {
+    pub fn node_view(&self, g: &str) -> RResult<NodeView> {
         let sets = self.group_sets(g)?;
         let role = sets[0].role;
         let me = self.ctx.name();
@@ -888,6 +888,93 @@ impl Replication {
             }
         }
         self.store_policy(&policy)
+    }
+}
+
+/// What the cluster agent (`src/cluster/`) uses.
+impl Replication {
+    /// Every group on this node (a consistency group, or a set without
+    /// one), with this node's view of it.
+    pub fn groups_here(&self) -> Vec<(String, NodeView)> {
+        let mut names: Vec<String> = self
+            .config()
+            .map(|rc| rc.sets.iter().map(link_key).collect())
+            .unwrap_or_default();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|k| k.strip_prefix("set:").map(str::to_owned).unwrap_or(k))
+            .filter_map(|g| self.node_view(&g).ok().map(|v| (g, v)))
+            .collect()
+    }
+
+    pub fn group_policy(&self, g: &str) -> GroupConfig {
+        self.group_policy_of(g)
+    }
+
+    /// The other nodes of group `g` this node knows.
+    pub fn group_members(&self, g: &str) -> Vec<String> {
+        self.group_peers(g).into_iter().map(|(n, _)| n).collect()
+    }
+
+    /// Fence (or unfence) every leg of group `g`'s sets here: fenced
+    /// writes fail with EIO.
+    pub fn fence_group(&self, g: &str, on: bool) {
+        for c in self.group_sets(g).unwrap_or_default() {
+            for l in self.legs(&c.name) {
+                l.fenced.store(on, Ordering::SeqCst);
+            }
+        }
+        log::warn!(
+            "group {g}: {}",
+            if on {
+                "fenced (writes fail)"
+            } else {
+                "unfenced"
+            }
+        );
+    }
+
+    /// Ask every other node of group `g` whether it reaches etcd; one
+    /// entry per node that answered.
+    pub fn probe_peers(&self, g: &str) -> Vec<bool> {
+        self.group_peers(g)
+            .into_iter()
+            .filter_map(|(_, addr)| {
+                peer::request_within(
+                    &self.ctx,
+                    &addr,
+                    &PeerRequest::ClusterProbe {},
+                    QUERY_TIMEOUT,
+                )
+                .ok()
+                .map(|(v, _)| v["etcd_ok"] == true)
+            })
+            .collect()
+    }
+
+    /// The cluster agent tells the service how to answer `cluster_probe`.
+    pub fn set_cluster_probe(&self, f: Box<dyn Fn() -> Option<bool> + Send + Sync>) {
+        let _ = self.cluster_probe.set(f);
+    }
+
+    pub(super) fn etcd_ok(&self) -> Option<bool> {
+        self.cluster_probe.get().and_then(|f| f())
+    }
+
+    pub fn cluster_config(&self) -> Option<ClusterConfig> {
+        self.config().ok().and_then(|rc| rc.cluster)
+    }
+
+    pub fn set_cluster_config(&self, c: Option<ClusterConfig>) -> RResult<()> {
+        self.commit(
+            |rc| {
+                rc.cluster = c.clone();
+                Ok(())
+            },
+            || {},
+        )
     }
 }
 

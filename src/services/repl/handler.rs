@@ -324,6 +324,7 @@ impl Replication {
                 empty()
             }
             PeerRequest::GroupDefinition { group } => Ok((self.group_definition(&group)?, None)),
+            PeerRequest::ClusterProbe {} => Ok((json!({ "etcd_ok": self.etcd_ok() }), None)),
             PeerRequest::Link { .. } => Err(ReplError::Invalid(
                 "a link request is only valid as the first request of a connection".into(),
             )),

@@ -126,6 +126,9 @@ pub enum PeerRequest {
     GroupPolicy { policy: GroupConfig },
     /// The group's definition on this node (`group verify`).
     GroupDefinition { group: String },
+    /// Does this node reach its cluster's etcd? (A production node whose
+    /// lease is not renewing asks before it fences itself.)
+    ClusterProbe {},
     /// Release round, step 2: these chunks (runs of `[first, count]`) are
     /// the same on every member; forget the writes received in `epoch` or
     /// before on them.
@@ -171,6 +174,7 @@ impl PeerRequest {
             PeerRequest::Handover { .. } => "handover",
             PeerRequest::GroupPolicy { .. } => "group_policy",
             PeerRequest::GroupDefinition { .. } => "group_definition",
+            PeerRequest::ClusterProbe {} => "cluster_probe",
             PeerRequest::Release { .. } => "release",
             PeerRequest::Discard { .. } => "discard",
             PeerRequest::Resume { .. } => "resume",

@@ -98,6 +98,9 @@ pub struct Replication {
     pub(super) table: LinkTable,
     /// Set names an operation is changing right now.
     reserved: Mutex<HashSet<String>>,
+    /// Whether this node reaches its cluster's etcd (the cluster agent
+    /// answers; none: not in a cluster), for peers' `cluster_probe`.
+    pub(super) cluster_probe: OnceLock<Box<dyn Fn() -> Option<bool> + Send + Sync>>,
     host: OnceLock<Weak<dyn Host>>,
     me: Weak<Replication>,
 }
@@ -145,6 +148,7 @@ impl Replication {
             secondaries: Mutex::new(HashMap::new()),
             table: LinkTable::default(),
             reserved: Mutex::new(HashSet::new()),
+            cluster_probe: OnceLock::new(),
             host: OnceLock::new(),
             me: me.clone(),
         })
@@ -180,7 +184,7 @@ impl Replication {
         })
     }
 
-    pub(super) fn publish(&self, kind: &str, obj: &str, detail: String) {
+    pub fn publish(&self, kind: &str, obj: &str, detail: String) {
         if let Ok(h) = self.host() {
             h.publish(kind, obj, detail);
         }

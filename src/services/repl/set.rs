@@ -116,6 +116,10 @@ pub struct ReplSet {
     peer_lost: AtomicBool,
     /// Suspended by `repl log`: no autosync until the next `repl sync`.
     pub suspended: AtomicBool,
+    /// Writes fail with EIO: this node may no longer be production (its
+    /// cluster lease could not be renewed, or another node holds the
+    /// group's lock).
+    pub fenced: AtomicBool,
     link: Arc<Link>,
     lower: RwLock<Option<Arc<dyn BlockDevice>>>,
     /// Local writes in progress per chunk (a resync reads a chunk only
@@ -189,6 +193,7 @@ impl ReplSet {
             state: AtomicU8::new(state as u8),
             peer_lost: AtomicBool::new(false),
             suspended: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
             link,
             lower: RwLock::new(None),
             inflight: (0..chunks)
@@ -393,6 +398,9 @@ impl ReplSet {
                 reason: format!("replication set {} failed", self.name),
             });
         }
+        if self.fenced.load(Ordering::Relaxed) {
+            return Err(self.fenced_error());
+        }
         self.enter(offset, len)?;
         let chunks = self.scoreboard.chunk_range(offset, len);
         if !self.replicating() {
@@ -483,7 +491,20 @@ impl ReplSet {
         r
     }
 
+    fn fenced_error(&self) -> DeviceError {
+        DeviceError::io(
+            0,
+            std::io::Error::other(format!(
+                "replication set {}: fenced: this node may no longer be production (cluster lease lost or another node holds the group)",
+                self.name
+            )),
+        )
+    }
+
     fn replicated_flush(self: &Arc<Self>, local: impl FnOnce() -> Result<()>) -> Result<()> {
+        if self.fenced.load(Ordering::Relaxed) {
+            return Err(self.fenced_error());
+        }
         local()?;
         if !self.replicating() {
             if self.peer_lost() && self.policy == PeerLoss::Fail {

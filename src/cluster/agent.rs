@@ -1,0 +1,724 @@
+//! [`Cluster`]: the agent's handle, and the agent loop itself.
+
+pub use crate::services::repl::config::ClusterConfig;
+use crate::services::repl::config::ReplRole;
+use crate::services::repl::groups::NodeView;
+use crate::services::repl::{OnlineOptions, RResult, ReplError, Replication};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How often the agent looks at etcd and at its groups.
+const TICK: Duration = Duration::from_millis(500);
+/// Every etcd request gives up after this long.
+const ETCD_TIMEOUT: Duration = Duration::from_secs(2);
+/// The voting window: candidate number k (by priority, from 0) waits k
+/// steps after it saw the owner's lease go, so the best one is first and
+/// a later one only tries when the better ones did not take the group.
+const VOTE_STEP: Duration = Duration::from_secs(2);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What the agent shares with its handle and its watchdog.
+struct Shared {
+    stop: AtomicBool,
+    /// When the lease was last renewed (unix ms; 0: never).
+    renewed_ms: AtomicU64,
+    ttl_ms: AtomicU64,
+    /// Groups fenced because the lease could not be renewed.
+    fenced: Mutex<HashSet<String>>,
+    /// The last thing the agent could not do, for `cluster status`.
+    last_error: Mutex<Option<String>>,
+    lease: AtomicU64,
+}
+
+/// The cluster agent of one daemon.
+pub struct Cluster {
+    repl: Arc<Replication>,
+    running: Mutex<Option<Running>>,
+}
+
+/// A started agent: its configuration, shared state and threads.
+struct Running {
+    cfg: ClusterConfig,
+    shared: Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Cluster {
+    pub fn new(repl: Arc<Replication>) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            repl,
+            running: Mutex::new(None),
+        })
+    }
+
+    /// Start the agent for `cfg` (at daemon start, or after `join`).
+    pub fn start(&self, cfg: ClusterConfig) {
+        self.stop();
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            renewed_ms: AtomicU64::new(0),
+            ttl_ms: AtomicU64::new(cfg.ttl_s * 1000),
+            fenced: Mutex::new(HashSet::new()),
+            last_error: Mutex::new(None),
+            lease: AtomicU64::new(0),
+        });
+        let mut threads = Vec::new();
+        {
+            let (repl, shared, cfg) = (self.repl.clone(), shared.clone(), cfg.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("cluster-agent".into())
+                    .spawn(move || {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .expect("a tokio runtime for the cluster agent");
+                        rt.block_on(Agent::new(repl, shared, cfg).run());
+                    })
+                    .expect("spawn the cluster agent"),
+            );
+        }
+        {
+            let (repl, shared) = (self.repl.clone(), shared.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("cluster-fence".into())
+                    .spawn(move || watchdog(&repl, &shared))
+                    .expect("spawn the fence watchdog"),
+            );
+        }
+        *self.running.lock() = Some(Running {
+            cfg,
+            shared,
+            threads,
+        });
+    }
+
+    /// Stop the agent (its lease expires by itself unless `leave` revoked it).
+    pub fn stop(&self) {
+        let r = self.running.lock().take();
+        if let Some(Running {
+            shared, threads, ..
+        }) = r
+        {
+            shared.stop.store(true, Ordering::SeqCst);
+            for t in threads {
+                let _ = t.join();
+            }
+            for g in shared.fenced.lock().drain() {
+                self.repl.fence_group(&g, false);
+            }
+        }
+    }
+
+    /// For a peer's `cluster_probe`: whether this node reaches etcd (none
+    /// when it is in no cluster).
+    pub fn probe(&self) -> Option<bool> {
+        self.running.lock().is_some().then(|| self.etcd_ok())
+    }
+
+    /// Whether this node renewed its lease recently (half a TTL): what a
+    /// peer asks before it fences itself.
+    pub fn etcd_ok(&self) -> bool {
+        self.running
+            .lock()
+            .as_ref()
+            .is_some_and(|Running { shared: s, .. }| {
+                now_ms().saturating_sub(s.renewed_ms.load(Ordering::SeqCst))
+                    < s.ttl_ms.load(Ordering::SeqCst) / 2
+            })
+    }
+
+    /// `cluster join`: persist the configuration and start the agent.
+    pub fn join(&self, cfg: ClusterConfig) -> RResult<Value> {
+        if cfg.etcd.is_empty() {
+            return Err(ReplError::Invalid(
+                "cluster join: give at least one etcd endpoint (--etcd http://HOST:2379)".into(),
+            ));
+        }
+        crate::control::validate_name(&cfg.name)
+            .map_err(|e| ReplError::Invalid(format!("cluster name: {e}")))?;
+        if !(3..=300).contains(&cfg.ttl_s) {
+            return Err(ReplError::Invalid(format!(
+                "cluster join: a lease TTL of {} s; use 3 to 300",
+                cfg.ttl_s
+            )));
+        }
+        // Reach etcd before anything is stored.
+        block_on(async {
+            let mut c = connect(&cfg.etcd).await?;
+            timed(c.get(prefix(&cfg.name), Some(GetOptions::new().with_count_only()))).await?;
+            Ok::<(), String>(())
+        })
+        .map_err(|e| ReplError::Peer(format!("cluster join: etcd {}: {e}", cfg.etcd.join(","))))?;
+        self.repl.set_cluster_config(Some(cfg.clone()))?;
+        self.start(cfg.clone());
+        self.repl
+            .publish("cluster.joined", &cfg.name, cfg.etcd.join(","));
+        self.status()
+    }
+
+    /// `cluster leave`: hand every production group to a replica first,
+    /// then stop, revoke the lease and forget the configuration.
+    pub fn leave(&self) -> RResult<Value> {
+        let Some((cfg, shared)) = self
+            .running
+            .lock()
+            .as_ref()
+            .map(|r| (r.cfg.clone(), r.shared.clone()))
+        else {
+            return Err(ReplError::Invalid("this node is in no cluster".into()));
+        };
+        let mut notes = Vec::new();
+        for (g, v) in self.repl.groups_here() {
+            if v.role == ReplRole::Primary {
+                if let Err(e) = self.repl.group_swap(&g, None) {
+                    notes.push(format!("group {g} stays production here: {e}"));
+                }
+            }
+        }
+        let lease = shared.lease.load(Ordering::SeqCst) as i64;
+        self.stop();
+        if lease != 0 {
+            let _ = block_on(async {
+                let mut c = connect(&cfg.etcd).await?;
+                timed(c.lease_revoke(lease)).await?;
+                Ok::<(), String>(())
+            });
+        }
+        self.repl.set_cluster_config(None)?;
+        self.repl
+            .publish("cluster.left", &cfg.name, notes.join("; "));
+        Ok(json!({"cluster": cfg.name, "note": notes.join("; ")}))
+    }
+
+    /// `cluster priority --bias N`.
+    pub fn set_bias(&self, bias: i64) -> RResult<Value> {
+        let Some(mut cfg) = self.repl.cluster_config() else {
+            return Err(ReplError::Invalid("this node is in no cluster".into()));
+        };
+        cfg.priority_bias = bias;
+        self.repl.set_cluster_config(Some(cfg.clone()))?;
+        self.start(cfg);
+        self.status()
+    }
+
+    /// `cluster status`: members with their leases and load keys, groups
+    /// with their owners, as etcd has them; and this agent's state.
+    pub fn status(&self) -> RResult<Value> {
+        let Some(cfg) = self.repl.cluster_config() else {
+            return Ok(json!({"cluster": null}));
+        };
+        let (fenced, last_error, renewed) = match self.running.lock().as_ref() {
+            Some(Running { shared: s, .. }) => (
+                s.fenced.lock().iter().cloned().collect::<Vec<_>>(),
+                s.last_error.lock().clone(),
+                s.renewed_ms.load(Ordering::SeqCst),
+            ),
+            None => (Vec::new(), None, 0),
+        };
+        let remote = block_on(async {
+            let mut c = connect(&cfg.etcd).await?;
+            let r = timed(c.get(prefix(&cfg.name), Some(GetOptions::new().with_prefix()))).await?;
+            let mut nodes = Vec::new();
+            let mut groups: HashMap<String, Value> = HashMap::new();
+            for kv in r.kvs() {
+                let key = kv.key_str().unwrap_or_default();
+                let rest = key.strip_prefix(&prefix(&cfg.name)).unwrap_or(key);
+                let val: Value = serde_json::from_slice(kv.value()).unwrap_or(Value::Null);
+                if let Some(n) = rest.strip_prefix("nodes/") {
+                    let mut v = val;
+                    v["lease"] = json!(kv.lease());
+                    v["node"] = json!(n);
+                    nodes.push(v);
+                } else if let Some(g) = rest.strip_prefix("groups/") {
+                    if let Some((name, field)) = g.split_once('/') {
+                        let e = groups
+                            .entry(name.to_owned())
+                            .or_insert(json!({"group": name}));
+                        e[field] = if field == "owner" {
+                            let mut o = val.clone();
+                            o["lease"] = json!(kv.lease());
+                            o
+                        } else {
+                            val
+                        };
+                    }
+                }
+            }
+            let mut groups: Vec<Value> = groups.into_values().collect();
+            groups.sort_by_key(|g| g["group"].as_str().unwrap_or_default().to_owned());
+            Ok::<_, String>((nodes, groups))
+        });
+        let (nodes, groups, etcd_error) = match remote {
+            Ok((n, g)) => (n, g, None),
+            Err(e) => (Vec::new(), Vec::new(), Some(e)),
+        };
+        Ok(json!({
+            "cluster": cfg.name,
+            "etcd": cfg.etcd,
+            "ttl_s": cfg.ttl_s,
+            "priority_bias": cfg.priority_bias,
+            "node": self.repl.node_name(),
+            "lease_renewed_unix_ms": renewed,
+            "etcd_reachable": etcd_error.is_none(),
+            "etcd_error": etcd_error,
+            "fenced_groups": fenced,
+            "last_error": last_error,
+            "members": nodes,
+            "groups": groups,
+        }))
+    }
+}
+
+fn prefix(cluster: &str) -> String {
+    format!("/umbra/{cluster}/")
+}
+
+/// Run `f` on a runtime of its own (admin operations on the calling
+/// thread; the agent has its own runtime).
+fn block_on<T>(f: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(f)
+}
+
+async fn connect(endpoints: &[String]) -> Result<Client, String> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(ETCD_TIMEOUT)
+        .with_timeout(ETCD_TIMEOUT);
+    tokio::time::timeout(ETCD_TIMEOUT * 2, Client::connect(endpoints, Some(opts)))
+        .await
+        .map_err(|_| "connecting timed out".to_owned())?
+        .map_err(|e| e.to_string())
+}
+
+async fn timed<T>(
+    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, String> {
+    tokio::time::timeout(ETCD_TIMEOUT, f)
+        .await
+        .map_err(|_| "etcd did not answer in time".to_owned())?
+        .map_err(|e| e.to_string())
+}
+
+/// This node's priority key: 1-minute load average (hundredths) plus ten
+/// per production group, plus the administrator's bias. Lower wins.
+fn priority(primaries: usize, bias: i64) -> i64 {
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    (load * 100.0) as i64 + 10 * primaries as i64 + bias
+}
+
+/// A candidate's state for a group whose owner is gone.
+struct Vacancy {
+    failed: String,
+    seen: Instant,
+}
+
+struct Agent {
+    repl: Arc<Replication>,
+    shared: Arc<Shared>,
+    cfg: ClusterConfig,
+    me: String,
+    /// Groups whose owner key vanished, since when, and whose it was.
+    vacant: HashMap<String, Vacancy>,
+    /// Groups this node refused for a failed owner (it drops out).
+    refused: HashSet<(String, String)>,
+    /// Group operations running on threads of their own.
+    busy: Arc<Mutex<HashSet<String>>>,
+    etcd_down_said: bool,
+}
+
+impl Agent {
+    fn new(repl: Arc<Replication>, shared: Arc<Shared>, cfg: ClusterConfig) -> Agent {
+        let me = repl.node_name();
+        Agent {
+            repl,
+            shared,
+            cfg,
+            me,
+            vacant: HashMap::new(),
+            refused: HashSet::new(),
+            busy: Arc::new(Mutex::new(HashSet::new())),
+            etcd_down_said: false,
+        }
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", prefix(&self.cfg.name))
+    }
+
+    fn error(&self, e: String) {
+        log::warn!("cluster {}: {e}", self.cfg.name);
+        *self.shared.last_error.lock() = Some(e);
+    }
+
+    async fn run(mut self) {
+        while !self.shared.stop.load(Ordering::SeqCst) {
+            match self.session().await {
+                Ok(()) => return,
+                Err(e) => {
+                    self.error(e.clone());
+                    if !self.etcd_down_said {
+                        self.etcd_down_said = true;
+                        self.repl
+                            .publish("cluster.etcd_unreachable", &self.cfg.name, e);
+                    }
+                }
+            }
+            tokio::time::sleep(TICK).await;
+        }
+    }
+
+    /// One connection to etcd with one lease, until it fails or the agent
+    /// stops (then the lease is left to expire, or revoked by `leave`).
+    async fn session(&mut self) -> Result<(), String> {
+        let mut c = connect(&self.cfg.etcd).await?;
+        let ttl = self.cfg.ttl_s as i64;
+        let lease = timed(c.lease_grant(ttl, None)).await?.id();
+        let (mut keeper, mut stream) = timed(c.lease_keep_alive(lease)).await?;
+        self.shared.lease.store(lease as u64, Ordering::SeqCst);
+        self.shared.renewed_ms.store(now_ms(), Ordering::SeqCst);
+        if self.etcd_down_said {
+            self.etcd_down_said = false;
+            self.repl.publish(
+                "cluster.etcd_reachable",
+                &self.cfg.name,
+                format!("lease {lease:x}"),
+            );
+        }
+        let renew_every = Duration::from_millis(self.cfg.ttl_s * 1000 / 3);
+        let mut last_renew = Instant::now();
+        let mut last_publish: Option<Instant> = None;
+        loop {
+            if self.shared.stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            if last_renew.elapsed() >= renew_every {
+                timed(keeper.keep_alive()).await?;
+                let r = timed(stream.message()).await?;
+                match r {
+                    Some(r) if r.ttl() > 0 => {
+                        self.shared.renewed_ms.store(now_ms(), Ordering::SeqCst);
+                        last_renew = Instant::now();
+                    }
+                    _ => return Err(format!("lease {lease:x} expired")),
+                }
+            }
+            let views = self.repl.groups_here();
+            if last_publish.is_none_or(|t| t.elapsed() >= renew_every) {
+                let primaries = views
+                    .iter()
+                    .filter(|(_, v)| v.role == ReplRole::Primary)
+                    .count();
+                let me = json!({
+                    "listen": self.repl.listen_addr(),
+                    "load_priority": priority(primaries, self.cfg.priority_bias),
+                    "primary_groups": primaries,
+                    "bias": self.cfg.priority_bias,
+                    "updated_unix_ms": now_ms(),
+                });
+                timed(c.put(
+                    self.key(&format!("nodes/{}", self.me)),
+                    me.to_string(),
+                    Some(PutOptions::new().with_lease(lease)),
+                ))
+                .await?;
+                last_publish = Some(Instant::now());
+            }
+            for (g, v) in &views {
+                if self.busy.lock().contains(g) {
+                    continue;
+                }
+                match v.role {
+                    ReplRole::Primary => self.hold(&mut c, lease, g).await?,
+                    ReplRole::Secondary => self.candidate(&mut c, lease, g, v).await?,
+                }
+            }
+            tokio::time::sleep(TICK).await;
+        }
+    }
+
+    /// Production here: hold the group's lock, or find that another node
+    /// holds it (this node was away: fence, then join as a secondary).
+    async fn hold(&mut self, c: &mut Client, lease: i64, g: &str) -> Result<(), String> {
+        let owner = self.key(&format!("groups/{g}/owner"));
+        let last = self.key(&format!("groups/{g}/last_owner"));
+        let mine = json!({"node": self.me, "since_unix_ms": now_ms()}).to_string();
+        let txn = Txn::new()
+            .when([Compare::create_revision(owner.clone(), CompareOp::Equal, 0)])
+            .and_then([
+                TxnOp::put(
+                    owner.clone(),
+                    mine,
+                    Some(PutOptions::new().with_lease(lease)),
+                ),
+                TxnOp::put(last, json!(self.me).to_string(), None),
+            ])
+            .or_else([TxnOp::get(owner.clone(), None)]);
+        let r = timed(c.txn(txn)).await?;
+        if r.succeeded() {
+            self.repl.publish(
+                "cluster.locked",
+                g,
+                format!("production here, lease {lease:x}"),
+            );
+            self.unfence(g);
+            return Ok(());
+        }
+        let holder = r
+            .op_responses()
+            .into_iter()
+            .find_map(|op| match op {
+                etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| {
+                    serde_json::from_slice::<Value>(kv.value()).unwrap_or(Value::Null)["node"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                }),
+                _ => None,
+            })
+            .unwrap_or_default();
+        if holder == self.me {
+            self.unfence(g);
+            return Ok(());
+        }
+        // Another node is production: stop writes here at once, then join
+        // it as a secondary (generations decide; split brain stops there).
+        self.repl.fence_group(g, true);
+        self.shared.fenced.lock().insert(g.to_owned());
+        self.repl.publish(
+            "cluster.demoted",
+            g,
+            format!("{holder} holds the group's lock: this node joins it"),
+        );
+        self.spawn_op(g, "join", {
+            let (repl, g, shared) = (self.repl.clone(), g.to_owned(), self.shared.clone());
+            move || {
+                let r = repl.group_join(&g, Some(60_000)).map(|_| ());
+                if r.is_ok() {
+                    shared.fenced.lock().remove(&g);
+                    repl.fence_group(&g, false);
+                }
+                r
+            }
+        });
+        Ok(())
+    }
+
+    fn unfence(&self, g: &str) {
+        if self.shared.fenced.lock().remove(g) {
+            self.repl.fence_group(g, false);
+            self.repl
+                .publish("cluster.unfenced", g, "the lease is renewed".into());
+        }
+    }
+
+    /// A replica here: when the group's owner is gone and the policy fails
+    /// over by itself, wait this node's turn, then try the lock.
+    async fn candidate(
+        &mut self,
+        c: &mut Client,
+        lease: i64,
+        g: &str,
+        v: &NodeView,
+    ) -> Result<(), String> {
+        let policy = self.repl.group_policy(g);
+        if !policy.auto_failover {
+            return Ok(());
+        }
+        let owner = self.key(&format!("groups/{g}/owner"));
+        let last = self.key(&format!("groups/{g}/last_owner"));
+        let r = timed(c.get(owner.clone(), None)).await?;
+        if !r.kvs().is_empty() {
+            self.vacant.remove(g);
+            return Ok(());
+        }
+        let lr = timed(c.get(last.clone(), None)).await?;
+        let failed: String = lr
+            .kvs()
+            .first()
+            .and_then(|kv| serde_json::from_slice(kv.value()).ok())
+            .unwrap_or_default();
+        if failed.is_empty() || failed == self.me {
+            return Ok(()); // never owned, or ours: nothing to take over
+        }
+        if self.refused.contains(&(g.to_owned(), failed.clone())) {
+            return Ok(());
+        }
+        let vac = self.vacant.entry(g.to_owned()).or_insert(Vacancy {
+            failed: failed.clone(),
+            seen: Instant::now(),
+        });
+        if vac.failed != failed {
+            *vac = Vacancy {
+                failed: failed.clone(),
+                seen: Instant::now(),
+            };
+        }
+        let waited = vac.seen.elapsed();
+        // This node's rank among the live candidates (lower key first).
+        let nodes = timed(c.get(self.key("nodes/"), Some(GetOptions::new().with_prefix()))).await?;
+        let members: HashSet<String> = v
+            .sets
+            .iter()
+            .flat_map(|_| self.repl.group_members(g))
+            .collect();
+        let mut keys: Vec<(i64, String)> = nodes
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let n = kv.key_str().ok()?.rsplit('/').next()?.to_owned();
+                let val: Value = serde_json::from_slice(kv.value()).ok()?;
+                (n == self.me || members.contains(&n))
+                    .then(|| (val["load_priority"].as_i64().unwrap_or(i64::MAX), n))
+            })
+            .collect();
+        keys.sort();
+        let rank = keys
+            .iter()
+            .position(|(_, n)| *n == self.me)
+            .unwrap_or(keys.len());
+        if waited < VOTE_STEP * rank as u32 {
+            return Ok(());
+        }
+        // The lock, only if it is still free and the failed node is still
+        // the last owner (a late candidate drops out here).
+        let mine = json!({"node": self.me, "since_unix_ms": now_ms()}).to_string();
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(owner.clone(), CompareOp::Equal, 0),
+                Compare::value(last.clone(), CompareOp::Equal, json!(failed).to_string()),
+            ])
+            .and_then([
+                TxnOp::put(
+                    owner.clone(),
+                    mine,
+                    Some(PutOptions::new().with_lease(lease)),
+                ),
+                TxnOp::put(last.clone(), json!(self.me).to_string(), None),
+            ]);
+        if !timed(c.txn(txn)).await?.succeeded() {
+            return Ok(()); // another candidate was first
+        }
+        self.vacant.remove(g);
+        self.repl.publish(
+            "cluster.takeover",
+            g,
+            json!({"from": failed, "rank": rank, "candidates": keys.len()}).to_string(),
+        );
+        // Serve it (group online: the same checks as by hand), or give the
+        // lock back so the failover cascades to the next candidate.
+        let (repl, gname, failed2) = (self.repl.clone(), g.to_owned(), failed.clone());
+        let cluster = self.cfg.clone();
+        let me = self.me.clone();
+        self.refused.insert((g.to_owned(), failed.clone()));
+        self.spawn_op(g, "takeover", move || {
+            let r = repl.group_online(OnlineOptions {
+                group: gname.clone(),
+                accept_data_loss: policy.auto_accept_data_loss,
+                use_inconsistent: false,
+                timeout_ms: Some(60_000),
+            });
+            if let Err(e) = &r {
+                repl.publish(
+                    "cluster.refused",
+                    &gname,
+                    format!(
+                        "{me} cannot serve the group: {e}; the lock goes to the next candidate"
+                    ),
+                );
+                let _ = block_on(async {
+                    let mut c = connect(&cluster.etcd).await?;
+                    let owner = format!("{}groups/{gname}/owner", prefix(&cluster.name));
+                    let last = format!("{}groups/{gname}/last_owner", prefix(&cluster.name));
+                    let txn = Txn::new()
+                        .when([Compare::value(
+                            owner.clone(),
+                            CompareOp::Equal,
+                            Vec::<u8>::new(),
+                        )])
+                        .or_else([
+                            TxnOp::delete(owner, None),
+                            TxnOp::put(last, json!(failed2).to_string(), None),
+                        ]);
+                    timed(c.txn(txn)).await?;
+                    Ok::<(), String>(())
+                });
+                repl.publish("cluster.cascade", &gname, format!("released by {me}"));
+            }
+            r.map(|_| ())
+        });
+        Ok(())
+    }
+
+    /// Run a group operation on a thread of its own (the agent goes on
+    /// renewing its lease meanwhile); the group is skipped until it ends.
+    fn spawn_op(&self, g: &str, what: &str, f: impl FnOnce() -> RResult<()> + Send + 'static) {
+        self.busy.lock().insert(g.to_owned());
+        let busy = self.busy.clone();
+        let (g, what) = (g.to_owned(), what.to_owned());
+        let shared = self.shared.clone();
+        let _ = std::thread::Builder::new()
+            .name(format!("cluster-{what}"))
+            .spawn(move || {
+                if let Err(e) = f() {
+                    log::warn!("cluster: {what} of group {g}: {e}");
+                    *shared.last_error.lock() = Some(format!("{what} of group {g}: {e}"));
+                }
+                busy.lock().remove(&g);
+            });
+    }
+}
+
+/// Fence this node's production groups when the lease was not renewed
+/// for two thirds of its TTL (before it can expire at etcd), unless every
+/// peer that answers cannot reach etcd either (an etcd outage: no one can
+/// take over, writes go on).
+fn watchdog(repl: &Replication, shared: &Shared) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+        let renewed = shared.renewed_ms.load(Ordering::SeqCst);
+        let ttl = shared.ttl_ms.load(Ordering::SeqCst);
+        if renewed == 0 || now_ms().saturating_sub(renewed) < ttl * 2 / 3 {
+            continue;
+        }
+        for (g, v) in repl.groups_here() {
+            if v.role != ReplRole::Primary || shared.fenced.lock().contains(&g) {
+                continue;
+            }
+            let peers = repl.probe_peers(&g);
+            let outage = !peers.is_empty() && peers.iter().all(|ok| !*ok);
+            if outage {
+                continue;
+            }
+            repl.fence_group(&g, true);
+            shared.fenced.lock().insert(g.clone());
+            repl.publish(
+                "cluster.fenced",
+                &g,
+                format!(
+                    "lease not renewed for {} ms and a peer reaches etcd (or none answers): writes stop",
+                    now_ms().saturating_sub(renewed)
+                ),
+            );
+        }
+    }
+}
