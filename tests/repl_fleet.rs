@@ -384,3 +384,43 @@ fn sync_rate_limits_a_running_sync_and_tune_changes_it() {
     let out = a.cli(&["repl", "tune", "nope", "--sync-rate", "1M"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
 }
+
+#[test]
+fn a_primary_with_two_secondaries_comes_back_after_kill9() {
+    require_tool("nbdcopy");
+    let peers = |me: &str| -> Vec<&'static str> {
+        ["a", "b", "c"].into_iter().filter(|n| *n != me).collect()
+    };
+    let (mut a, _) = node_trusting(Daemon::start(), "a", "127.0.0.1:0", SECRET, &peers("a"));
+    let (b, b_addr) = node_trusting(Daemon::start(), "b", "127.0.0.1:0", SECRET, &peers("b"));
+    let (c, c_addr) = node_trusting(Daemon::start(), "c", "127.0.0.1:0", SECRET, &peers("c"));
+    for d in [&a, &b, &c] {
+        d.ok(&["volume", "create", "v", "--size", "32M"]);
+        d.export_nbd("v");
+    }
+    a.ok(&enable_args("s", "v", &b_addr, "v", "sync", &["--no-sync"]));
+    a.ok(&enable_args(
+        "s",
+        "v",
+        &c_addr,
+        "v",
+        "hybrid",
+        &["--no-sync"],
+    ));
+    wait_for(&a, "s", "settled on both", all_settled, 60);
+    a.kill9();
+    a.spawn();
+    let v = wait_for(
+        &a,
+        "s",
+        "settled on both after the restart",
+        all_settled,
+        60,
+    );
+    assert_eq!(v["peers"].as_array().unwrap().len(), 2);
+    scribble(&a.addr_of("v"), "v", 20, 1);
+    wait_for(&a, "s", "settled on both", all_settled, 60);
+    let good = sha(&a.uri_of("v"));
+    assert_eq!(sha(&b.uri_of("v")), good);
+    assert_eq!(sha(&c.uri_of("v")), good);
+}

@@ -563,7 +563,13 @@ impl Replication {
             }
         }
         if let Ok(v) = self.host().and_then(|h| h.volume(&c.volume)) {
-            let _ = v.detach(&primary_layer(&c.peer_node));
+            if let Err(e) = v.detach(&primary_layer(&c.peer_node)) {
+                log::error!(
+                    "replication set {}: removing the layer toward {}: {e}",
+                    c.name,
+                    c.peer_node
+                );
+            }
         }
     }
 

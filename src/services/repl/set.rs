@@ -501,10 +501,9 @@ impl ReplSet {
         )
     }
 
+    /// A fenced set still flushes: a flush acknowledges no new data, and
+    /// the stack's own changes (a layer leaving) flush through it.
     fn replicated_flush(self: &Arc<Self>, local: impl FnOnce() -> Result<()>) -> Result<()> {
-        if self.fenced.load(Ordering::Relaxed) {
-            return Err(self.fenced_error());
-        }
         local()?;
         if !self.replicating() {
             if self.peer_lost() && self.policy == PeerLoss::Fail {

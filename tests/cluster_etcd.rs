@@ -1,0 +1,139 @@
+//! The cluster agent against a real etcd (Debian's etcd-server, started
+//! here): automatic failover to the best candidate by priority, the
+//! other replica following the new primary, the lock and owner records
+//! in etcd, and the old primary rejoining as a secondary by itself.
+
+mod common;
+
+use common::etcd::Etcd;
+use common::repl::{all_settled, enable_args, info, leg, node_trusting, wait_for, wait_role};
+use common::*;
+use std::time::{Duration, Instant};
+
+const KEY: &str = "cluster-test-secret-0123456789";
+
+fn cluster_status(d: &Daemon) -> serde_json::Value {
+    d.json(&["cluster", "status"])
+}
+
+fn owner(d: &Daemon, g: &str) -> Option<String> {
+    cluster_status(d)["groups"]
+        .as_array()?
+        .iter()
+        .find(|x| x["group"] == g)?["owner"]["node"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[test]
+fn the_best_candidate_takes_over_a_dead_primary_and_the_old_one_rejoins() {
+    require_tool("nbdcopy");
+    let etcd = Etcd::start(1);
+    let peers = |me: &str| -> Vec<&'static str> {
+        ["a", "b", "c"].into_iter().filter(|n| *n != me).collect()
+    };
+    let (mut a, _) = node_trusting(Daemon::start(), "a", "127.0.0.1:0", KEY, &peers("a"));
+    let (b, b_addr) = node_trusting(Daemon::start(), "b", "127.0.0.1:0", KEY, &peers("b"));
+    let (c, c_addr) = node_trusting(Daemon::start(), "c", "127.0.0.1:0", KEY, &peers("c"));
+    for d in [&a, &b, &c] {
+        d.ok(&["volume", "create", "v", "--size", "32M"]);
+        d.export_nbd("v");
+    }
+    fill(&a, "v", 32 << 20, 5);
+    a.ok(&enable_args(
+        "s",
+        "v",
+        &b_addr,
+        "v",
+        "sync",
+        &["--timeout", "2s"],
+    ));
+    a.ok(&enable_args(
+        "s",
+        "v",
+        &c_addr,
+        "v",
+        "sync",
+        &["--timeout", "2s"],
+    ));
+    a.ok(&["repl", "sync", "s", "--wait", "--timeout", "120"]);
+    wait_for(&a, "s", "settled on both", all_settled, 60);
+    a.ok(&["group", "policy", "s", "--auto-failover", "on"]);
+    // C is the loaded one: B must win.
+    for d in [&a, &b, &c] {
+        d.ok(&[
+            "cluster",
+            "join",
+            "--etcd",
+            &etcd.endpoints(),
+            "--name",
+            "t",
+            "--ttl",
+            "3",
+        ]);
+    }
+    c.ok(&["cluster", "priority", "--bias", "100000"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owner(&b, "s").as_deref() != Some("a") {
+        assert!(
+            Instant::now() < deadline,
+            "A never took the lock: {}",
+            cluster_status(&b)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let st = cluster_status(&b);
+    assert_eq!(st["members"].as_array().unwrap().len(), 3, "{st}");
+
+    scribble(&a.addr_of("v"), "v", 40, 6);
+    let good = sha(&a.uri_of("v"));
+    a.kill9();
+    let t0 = Instant::now();
+    let v = wait_role(&b, "s", "primary", 60);
+    let took = t0.elapsed();
+    assert_eq!(v["role"], "primary");
+    assert!(
+        took < Duration::from_secs(3 + 2 + 10),
+        "failover took {took:?} (TTL 3 s, voting window, a takeover)"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while owner(&c, "s").as_deref() != Some("b") {
+        assert!(
+            Instant::now() < deadline,
+            "etcd does not say B: {}",
+            cluster_status(&c)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        info(&c, "s")["role"],
+        "secondary",
+        "the loaded candidate stayed out"
+    );
+    // Sync mode: nothing acknowledged was lost.
+    assert_eq!(sha(&b.uri_of("v")), good);
+    // C follows B; writes on B reach it.
+    wait_for(
+        &b,
+        "s",
+        "c following",
+        |v| common::repl::settled(leg(v, "c")),
+        60,
+    );
+    scribble(&b.addr_of("v"), "v", 30, 7);
+    wait_for(
+        &b,
+        "s",
+        "c settled",
+        |v| common::repl::settled(leg(v, "c")),
+        60,
+    );
+    assert_eq!(sha(&c.uri_of("v")), sha(&b.uri_of("v")));
+
+    // A comes back: B holds the lock, so A joins as a secondary by itself.
+    a.spawn();
+    wait_role(&a, "s", "secondary", 60);
+    wait_for(&b, "s", "settled on a and c", all_settled, 90);
+    assert_eq!(sha(&a.uri_of("v")), sha(&b.uri_of("v")));
+    eprintln!("failover took {took:?}");
+}

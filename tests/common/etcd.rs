@@ -1,0 +1,107 @@
+//! Real etcd for the cluster tests: Debian's `etcd` binary, members on
+//! loopback ports, data in a temporary directory, killed on drop.
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Member {
+    pub child: Option<Child>,
+    pub client: String,
+}
+
+pub struct Etcd {
+    pub dir: tempfile::TempDir,
+    pub members: Vec<Member>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Etcd {
+    /// Start an etcd cluster of `n` members and wait until every client
+    /// port accepts connections.
+    pub fn start(n: usize) -> Etcd {
+        super::require_tool("etcd");
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .collect();
+        let mut members = Vec::new();
+        for (i, (c, p)) in ports.iter().enumerate() {
+            let client = format!("http://127.0.0.1:{c}");
+            let peer = format!("http://127.0.0.1:{p}");
+            let child = Command::new("etcd")
+                .args([
+                    "--name",
+                    &format!("m{i}"),
+                    "--data-dir",
+                    dir.path().join(format!("m{i}")).to_str().unwrap(),
+                    "--listen-client-urls",
+                    &client,
+                    "--advertise-client-urls",
+                    &client,
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                    "--initial-cluster",
+                    &initial.join(","),
+                    "--initial-cluster-state",
+                    "new",
+                    "--log-level",
+                    "error",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start etcd");
+            members.push(Member {
+                child: Some(child),
+                client,
+            });
+        }
+        let e = Etcd { dir, members };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for m in &e.members {
+            let addr = m.client.trim_start_matches("http://").to_owned();
+            while TcpStream::connect(&addr).is_err() {
+                assert!(Instant::now() < deadline, "etcd at {addr} did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        e
+    }
+
+    /// The client URLs, comma-separated (for `cluster join --etcd`).
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| m.client.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
