@@ -137,3 +137,99 @@ fn the_best_candidate_takes_over_a_dead_primary_and_the_old_one_rejoins() {
     assert_eq!(sha(&a.uri_of("v")), sha(&b.uri_of("v")));
     eprintln!("failover took {took:?}");
 }
+
+/// Writes to `addr` in a loop until `stop`; returns the instants at which
+/// writes were acknowledged.
+fn writer(
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Instant>> {
+    std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        let mut i = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let Ok(s) = std::net::TcpStream::connect(&addr) else {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            drop(s);
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut c = common::nbd::NbdClient::connect(&addr, "v");
+                let mut got = Vec::new();
+                for _ in 0..50 {
+                    i += 1;
+                    if c.write((i % 2048) * 4096, &[7; 4096], 0) == 0 {
+                        got.push(Instant::now());
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                c.disconnect();
+                got
+            }));
+            if let Ok(g) = r {
+                acked.extend(g);
+            }
+        }
+        acked
+    })
+}
+
+#[test]
+fn a_primary_cut_from_etcd_fences_itself_before_another_takes_over() {
+    use umbra::services::repl::proxy::{Fault, FaultProxy};
+    require_tool("nbdcopy");
+    let etcd = Etcd::start(1);
+    let (mut a, _) = node_trusting(Daemon::start(), "a", "127.0.0.1:0", KEY, &["b"]);
+    let (b, b_addr) = node_trusting(Daemon::start(), "b", "127.0.0.1:0", KEY, &["a"]);
+    for d in [&a, &b] {
+        d.ok(&["volume", "create", "v", "--size", "16M"]);
+        d.export_nbd("v");
+    }
+    a.ok(&enable_args("s", "v", &b_addr, "v", "sync", &["--no-sync", "--timeout", "2s"]));
+    wait_for(&a, "s", "settled", common::repl::settled, 30);
+    a.ok(&["group", "policy", "s", "--auto-failover", "on"]);
+    // A reaches etcd only through a proxy the test can cut.
+    let etcd_addr = etcd.members[0].client.trim_start_matches("http://").to_owned();
+    let proxy = FaultProxy::start("127.0.0.1:0", &etcd_addr).unwrap();
+    let join = |d: &Daemon, url: &str| {
+        d.ok(&["cluster", "join", "--etcd", url, "--name", "f", "--ttl", "3"]);
+    };
+    join(&a, &format!("http://{}", proxy.addr));
+    join(&b, &etcd.endpoints());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owner(&b, "s").as_deref() != Some("a") {
+        assert!(Instant::now() < deadline, "A never took the lock");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let wa = writer(a.addr_of("v"), stop.clone());
+    let wb = writer(b.addr_of("v"), stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    // Cut A from etcd only: it still reaches B.
+    proxy.set_fault(Fault::Partition);
+    proxy.drop_connections();
+    wait_role(&b, "s", "primary", 60);
+    let ev = common::EventLog::follow(&a);
+    let _ = &ev;
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (acked_a, acked_b) = (wa.join().unwrap(), wb.join().unwrap());
+    let last_a = *acked_a.last().expect("A acknowledged writes before the cut");
+    let first_b = *acked_b.first().expect("B acknowledged writes after taking over");
+    assert!(
+        last_a < first_b,
+        "A acknowledged a write {:?} after B's first",
+        last_a - first_b
+    );
+    eprintln!(
+        "A's last ack {:?} before B's first",
+        first_b.duration_since(last_a)
+    );
+    // The cut heals: A rejoins as B's secondary by itself and converges.
+    proxy.set_fault(Fault::Pass);
+    wait_role(&a, "s", "secondary", 60);
+    wait_for(&b, "s", "settled", common::repl::settled, 60);
+    assert_eq!(sha(&a.uri_of("v")), sha(&b.uri_of("v")));
+    a.stop();
+    proxy.stop();
+}
