@@ -233,3 +233,45 @@ fn a_primary_cut_from_etcd_fences_itself_before_another_takes_over() {
     a.stop();
     proxy.stop();
 }
+
+#[test]
+fn etcd_member_loss_changes_nothing_and_a_full_outage_fails_nothing_over() {
+    require_tool("nbdcopy");
+    let mut etcd = Etcd::start(3);
+    let (a, _) = node_trusting(Daemon::start(), "a", "127.0.0.1:0", KEY, &["b"]);
+    let (b, b_addr) = node_trusting(Daemon::start(), "b", "127.0.0.1:0", KEY, &["a"]);
+    for d in [&a, &b] {
+        d.ok(&["volume", "create", "v", "--size", "32M"]);
+        d.export_nbd("v");
+    }
+    a.ok(&enable_args("s", "v", &b_addr, "v", "async", &["--no-sync", "--timeout", "2s"]));
+    wait_for(&a, "s", "settled", common::repl::settled, 30);
+    a.ok(&["group", "policy", "s", "--auto-failover", "on"]);
+    for d in [&a, &b] {
+        d.ok(&["cluster", "join", "--etcd", &etcd.endpoints(), "--name", "o", "--ttl", "9"]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owner(&b, "s").as_deref() != Some("a") {
+        assert!(Instant::now() < deadline, "A never took the lock");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ev = common::EventLog::follow(&a);
+    // One member of three goes: quorum holds, nothing changes.
+    etcd.kill(0);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(owner(&b, "s").as_deref(), Some("a"));
+    assert_eq!(info(&a, "s")["role"], "primary");
+    scribble(&a.addr_of("v"), "v", 20, 1);
+    // All of etcd goes: nobody can take over, so writes go on (every
+    // peer says it cannot reach etcd either) and the events say so.
+    etcd.kill(1);
+    etcd.kill(2);
+    ev.wait_for("cluster.etcd_unreachable", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(18)); // two TTLs
+    assert_eq!(info(&a, "s")["role"], "primary");
+    assert_eq!(info(&b, "s")["role"], "secondary");
+    assert!(ev.of_kind("cluster.fenced").is_empty(), "no fencing in an outage");
+    scribble(&a.addr_of("v"), "v", 20, 2); // asserts every write succeeds
+    wait_for(&a, "s", "settled", common::repl::settled, 30);
+    assert_eq!(sha(&a.uri_of("v")), sha(&b.uri_of("v")));
+}

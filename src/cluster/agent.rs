@@ -14,8 +14,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How often the agent looks at etcd and at its groups.
 const TICK: Duration = Duration::from_millis(500);
-/// Every etcd request gives up after this long.
-const ETCD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Every etcd request gives up after this long (a renewal that fails is
+/// retried on a new connection at once: with the default TTL there are
+/// 6.7 s before the watchdog fences).
+const ETCD_TIMEOUT: Duration = Duration::from_secs(1);
+/// A peer's question "do you reach etcd?" is answered within this long.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
 /// The voting window: candidate number k (by priority, from 0) waits k
 /// steps after it saw the owner's lease go, so the best one is first and
 /// a later one only tries when the better ones did not take the group.
@@ -122,10 +126,21 @@ impl Cluster {
         }
     }
 
-    /// For a peer's `cluster_probe`: whether this node reaches etcd (none
-    /// when it is in no cluster).
+    /// For a peer's `cluster_probe`: whether this node reaches etcd right
+    /// now (one read, at most `PROBE_TIMEOUT`), none when it is in no
+    /// cluster. Asked only by a production node whose renewals fail.
     pub fn probe(&self) -> Option<bool> {
-        self.running.lock().is_some().then(|| self.etcd_ok())
+        let cfg = self.running.lock().as_ref().map(|r| r.cfg.clone())?;
+        let r = block_on(async {
+            let f = async {
+                let mut c = connect(&cfg.etcd).await?;
+                timed(c.get(prefix(&cfg.name), Some(GetOptions::new().with_count_only()))).await
+            };
+            tokio::time::timeout(PROBE_TIMEOUT, f)
+                .await
+                .map_err(|_| "timed out".to_owned())?
+        });
+        Some(r.is_ok())
     }
 
     /// Whether this node renewed its lease recently (half a TTL): what a
@@ -155,11 +170,24 @@ impl Cluster {
                 cfg.ttl_s
             )));
         }
-        // Reach etcd before anything is stored.
+        // Reach etcd before anything is stored (a few tries: a cluster
+        // that just started may still be electing its leader).
         block_on(async {
-            let mut c = connect(&cfg.etcd).await?;
-            timed(c.get(prefix(&cfg.name), Some(GetOptions::new().with_count_only()))).await?;
-            Ok::<(), String>(())
+            let mut last = String::new();
+            for _ in 0..5 {
+                let r = async {
+                    let mut c = connect(&cfg.etcd).await?;
+                    timed(c.get(prefix(&cfg.name), Some(GetOptions::new().with_count_only())))
+                        .await
+                }
+                .await;
+                match r {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last = e,
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(last)
         })
         .map_err(|e| ReplError::Peer(format!("cluster join: etcd {}: {e}", cfg.etcd.join(","))))?;
         self.repl.set_cluster_config(Some(cfg.clone()))?;
@@ -296,14 +324,38 @@ fn block_on<T>(f: impl std::future::Future<Output = Result<T, String>>) -> Resul
         .block_on(f)
 }
 
+/// A client on the first endpoint, from the one that worked last, that
+/// answers a read. (One client over all endpoints keeps sending requests
+/// to a dead member; one endpoint at a time moves on at once.)
 async fn connect(endpoints: &[String]) -> Result<Client, String> {
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(ETCD_TIMEOUT)
-        .with_timeout(ETCD_TIMEOUT);
-    tokio::time::timeout(ETCD_TIMEOUT * 2, Client::connect(endpoints, Some(opts)))
-        .await
-        .map_err(|_| "connecting timed out".to_owned())?
-        .map_err(|e| e.to_string())
+    static LAST_GOOD: AtomicU64 = AtomicU64::new(0);
+    let n = endpoints.len().max(1);
+    let start = LAST_GOOD.load(Ordering::Relaxed) as usize;
+    let mut errors = Vec::new();
+    for i in 0..n {
+        let k = (start + i) % n;
+        let Some(ep) = endpoints.get(k) else { break };
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(ETCD_TIMEOUT)
+            .with_timeout(ETCD_TIMEOUT);
+        let r = async {
+            let mut c = tokio::time::timeout(ETCD_TIMEOUT, Client::connect([ep], Some(opts)))
+                .await
+                .map_err(|_| "connecting timed out".to_owned())?
+                .map_err(|e| e.to_string())?;
+            timed(c.get("/umbra/", Some(GetOptions::new().with_count_only()))).await?;
+            Ok::<Client, String>(c)
+        }
+        .await;
+        match r {
+            Ok(c) => {
+                LAST_GOOD.store(k as u64, Ordering::Relaxed);
+                return Ok(c);
+            }
+            Err(e) => errors.push(format!("{ep}: {e}")),
+        }
+    }
+    Err(errors.join("; "))
 }
 
 async fn timed<T>(
@@ -344,6 +396,9 @@ struct Agent {
     /// Group operations running on threads of their own.
     busy: Arc<Mutex<HashSet<String>>>,
     etcd_down_said: bool,
+    /// The next failure reconnects without waiting (reset by a session
+    /// that got its lease).
+    retry_now: bool,
 }
 
 impl Agent {
@@ -358,6 +413,7 @@ impl Agent {
             refused: HashSet::new(),
             busy: Arc::new(Mutex::new(HashSet::new())),
             etcd_down_said: false,
+            retry_now: true,
         }
     }
 
@@ -374,6 +430,12 @@ impl Agent {
         while !self.shared.stop.load(Ordering::SeqCst) {
             match self.session().await {
                 Ok(()) => return,
+                // Lost the connection: try another endpoint at once, once.
+                Err(e) if !self.etcd_down_said && self.retry_now => {
+                    self.retry_now = false;
+                    log::info!("cluster {}: etcd: {e}; reconnecting", self.cfg.name);
+                    continue;
+                }
                 Err(e) => {
                     self.error(e.clone());
                     if !self.etcd_down_said {
@@ -392,10 +454,29 @@ impl Agent {
     async fn session(&mut self) -> Result<(), String> {
         let mut c = connect(&self.cfg.etcd).await?;
         let ttl = self.cfg.ttl_s as i64;
-        let lease = timed(c.lease_grant(ttl, None)).await?.id();
-        let (mut keeper, mut stream) = timed(c.lease_keep_alive(lease)).await?;
+        // A new connection keeps the lease it had while that is alive (an
+        // etcd member went away, not this node): the keys bound to it, the
+        // group locks above all, stay.
+        let old = self.shared.lease.load(Ordering::SeqCst) as i64;
+        let mut kept = None;
+        if old != 0 {
+            let (mut k, mut st) = timed(c.lease_keep_alive(old)).await?;
+            timed(k.keep_alive()).await?;
+            if timed(st.message()).await?.is_some_and(|r| r.ttl() > 0) {
+                kept = Some((k, st));
+            }
+        }
+        let (lease, mut keeper, mut stream) = match kept {
+            Some((k, st)) => (old, k, st),
+            None => {
+                let id = timed(c.lease_grant(ttl, None)).await?.id();
+                let (k, st) = timed(c.lease_keep_alive(id)).await?;
+                (id, k, st)
+            }
+        };
         self.shared.lease.store(lease as u64, Ordering::SeqCst);
         self.shared.renewed_ms.store(now_ms(), Ordering::SeqCst);
+        self.retry_now = true;
         if self.etcd_down_said {
             self.etcd_down_said = false;
             self.repl.publish(
@@ -497,6 +578,16 @@ impl Agent {
             })
             .unwrap_or_default();
         if holder == self.me {
+            // Ours, maybe bound to a lease that is gone by now: bind it to
+            // this one.
+            let bound = r.op_responses().into_iter().find_map(|op| match op {
+                etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.lease()),
+                _ => None,
+            });
+            if bound != Some(lease) {
+                let mine = json!({"node": self.me, "since_unix_ms": now_ms()}).to_string();
+                timed(c.put(owner, mine, Some(PutOptions::new().with_lease(lease)))).await?;
+            }
             self.unfence(g);
             return Ok(());
         }

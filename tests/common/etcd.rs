@@ -15,6 +15,24 @@ pub struct Etcd {
     pub members: Vec<Member>,
 }
 
+/// `GET /health` on a member's client port answers `"health":"true"`.
+fn healthy(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s
+        .write_all(format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.contains("\"health\":\"true\"")
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -70,12 +88,13 @@ impl Etcd {
             });
         }
         let e = Etcd { dir, members };
+        // Healthy means a leader is elected: `/health` says so.
         let deadline = Instant::now() + Duration::from_secs(30);
         for m in &e.members {
             let addr = m.client.trim_start_matches("http://").to_owned();
-            while TcpStream::connect(&addr).is_err() {
-                assert!(Instant::now() < deadline, "etcd at {addr} did not start");
-                std::thread::sleep(Duration::from_millis(50));
+            while !healthy(&addr) {
+                assert!(Instant::now() < deadline, "etcd at {addr} did not become healthy");
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
         e
