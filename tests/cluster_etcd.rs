@@ -185,14 +185,26 @@ fn a_primary_cut_from_etcd_fences_itself_before_another_takes_over() {
         d.ok(&["volume", "create", "v", "--size", "16M"]);
         d.export_nbd("v");
     }
-    a.ok(&enable_args("s", "v", &b_addr, "v", "sync", &["--no-sync", "--timeout", "2s"]));
+    a.ok(&enable_args(
+        "s",
+        "v",
+        &b_addr,
+        "v",
+        "sync",
+        &["--no-sync", "--timeout", "2s"],
+    ));
     wait_for(&a, "s", "settled", common::repl::settled, 30);
     a.ok(&["group", "policy", "s", "--auto-failover", "on"]);
     // A reaches etcd only through a proxy the test can cut.
-    let etcd_addr = etcd.members[0].client.trim_start_matches("http://").to_owned();
+    let etcd_addr = etcd.members[0]
+        .client
+        .trim_start_matches("http://")
+        .to_owned();
     let proxy = FaultProxy::start("127.0.0.1:0", &etcd_addr).unwrap();
     let join = |d: &Daemon, url: &str| {
-        d.ok(&["cluster", "join", "--etcd", url, "--name", "f", "--ttl", "3"]);
+        d.ok(&[
+            "cluster", "join", "--etcd", url, "--name", "f", "--ttl", "3",
+        ]);
     };
     join(&a, &format!("http://{}", proxy.addr));
     join(&b, &etcd.endpoints());
@@ -214,8 +226,12 @@ fn a_primary_cut_from_etcd_fences_itself_before_another_takes_over() {
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (acked_a, acked_b) = (wa.join().unwrap(), wb.join().unwrap());
-    let last_a = *acked_a.last().expect("A acknowledged writes before the cut");
-    let first_b = *acked_b.first().expect("B acknowledged writes after taking over");
+    let last_a = *acked_a
+        .last()
+        .expect("A acknowledged writes before the cut");
+    let first_b = *acked_b
+        .first()
+        .expect("B acknowledged writes after taking over");
     assert!(
         last_a < first_b,
         "A acknowledged a write {:?} after B's first",
@@ -244,11 +260,27 @@ fn etcd_member_loss_changes_nothing_and_a_full_outage_fails_nothing_over() {
         d.ok(&["volume", "create", "v", "--size", "32M"]);
         d.export_nbd("v");
     }
-    a.ok(&enable_args("s", "v", &b_addr, "v", "async", &["--no-sync", "--timeout", "2s"]));
+    a.ok(&enable_args(
+        "s",
+        "v",
+        &b_addr,
+        "v",
+        "async",
+        &["--no-sync", "--timeout", "2s"],
+    ));
     wait_for(&a, "s", "settled", common::repl::settled, 30);
     a.ok(&["group", "policy", "s", "--auto-failover", "on"]);
     for d in [&a, &b] {
-        d.ok(&["cluster", "join", "--etcd", &etcd.endpoints(), "--name", "o", "--ttl", "9"]);
+        d.ok(&[
+            "cluster",
+            "join",
+            "--etcd",
+            &etcd.endpoints(),
+            "--name",
+            "o",
+            "--ttl",
+            "9",
+        ]);
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while owner(&b, "s").as_deref() != Some("a") {
@@ -270,8 +302,98 @@ fn etcd_member_loss_changes_nothing_and_a_full_outage_fails_nothing_over() {
     std::thread::sleep(Duration::from_secs(18)); // two TTLs
     assert_eq!(info(&a, "s")["role"], "primary");
     assert_eq!(info(&b, "s")["role"], "secondary");
-    assert!(ev.of_kind("cluster.fenced").is_empty(), "no fencing in an outage");
+    assert!(
+        ev.of_kind("cluster.fenced").is_empty(),
+        "no fencing in an outage"
+    );
     scribble(&a.addr_of("v"), "v", 20, 2); // asserts every write succeeds
     wait_for(&a, "s", "settled", common::repl::settled, 30);
     assert_eq!(sha(&a.uri_of("v")), sha(&b.uri_of("v")));
+}
+
+#[test]
+fn what_the_first_candidate_cannot_serve_cascades_to_the_next() {
+    require_tool("nbdcopy");
+    let etcd = Etcd::start(1);
+    let peers = |me: &str| -> Vec<&'static str> {
+        ["a", "b", "c"].into_iter().filter(|n| *n != me).collect()
+    };
+    let (mut a, _) = node_trusting(Daemon::start(), "a", "127.0.0.1:0", KEY, &peers("a"));
+    let (b, b_addr) = node_trusting(Daemon::start(), "b", "127.0.0.1:0", KEY, &peers("b"));
+    let (c, c_addr) = node_trusting(Daemon::start(), "c", "127.0.0.1:0", KEY, &peers("c"));
+    for d in [&a, &b, &c] {
+        for v in ["v1", "v2"] {
+            d.ok(&["volume", "create", v, "--size", "32M"]);
+            d.export_nbd(v);
+        }
+    }
+    for (set, vol) in [("s1", "v1"), ("s2", "v2")] {
+        for addr in [&b_addr, &c_addr] {
+            a.ok(&enable_args(
+                set,
+                vol,
+                addr,
+                vol,
+                "sync",
+                &["--no-sync", "--timeout", "2s"],
+            ));
+        }
+        wait_for(&a, set, "settled", all_settled, 60);
+        a.ok(&["group", "policy", set, "--auto-failover", "on"]);
+    }
+    // B's copy of s2 is cut mid-resync: it cannot serve s2.
+    a.ok(&["repl", "log", "s2", "--secondary", "b"]);
+    fill(&a, "v2", 32 << 20, 3);
+    a.ok(&[
+        "repl",
+        "tune",
+        "s2",
+        "--secondary",
+        "b",
+        "--sync-rate",
+        "1M",
+    ]);
+    a.ok(&["repl", "sync", "s2", "--secondary", "b"]);
+    wait_for(
+        &b,
+        "s2",
+        "in a resync",
+        |v| !v["safety_snapshot"].is_null(),
+        30,
+    );
+    for d in [&a, &b, &c] {
+        d.ok(&[
+            "cluster",
+            "join",
+            "--etcd",
+            &etcd.endpoints(),
+            "--name",
+            "k",
+            "--ttl",
+            "3",
+        ]);
+    }
+    c.ok(&["cluster", "priority", "--bias", "100000"]); // B is the first candidate
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owner(&b, "s1").as_deref() != Some("a") || owner(&b, "s2").as_deref() != Some("a") {
+        assert!(
+            Instant::now() < deadline,
+            "A never took both locks: {}",
+            cluster_status(&b)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ev_b = common::EventLog::follow(&b);
+    a.kill9();
+    wait_role(&b, "s1", "primary", 60);
+    wait_role(&c, "s2", "primary", 60);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while owner(&c, "s1").as_deref() != Some("b") || owner(&c, "s2").as_deref() != Some("c") {
+        assert!(Instant::now() < deadline, "etcd: {}", cluster_status(&c));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let refused = ev_b.wait_for("cluster.refused", Duration::from_secs(10));
+    assert_eq!(refused["object"], "s2", "{refused}");
+    assert_eq!(info(&b, "s2")["role"], "secondary");
+    assert_eq!(info(&c, "s1")["role"], "secondary");
 }

@@ -177,8 +177,7 @@ impl Cluster {
             for _ in 0..5 {
                 let r = async {
                     let mut c = connect(&cfg.etcd).await?;
-                    timed(c.get(prefix(&cfg.name), Some(GetOptions::new().with_count_only())))
-                        .await
+                    timed(c.get(prefix(&cfg.name), Some(GetOptions::new().with_count_only()))).await
                 }
                 .await;
                 match r {
@@ -740,13 +739,12 @@ impl Agent {
                     let mut c = connect(&cluster.etcd).await?;
                     let owner = format!("{}groups/{gname}/owner", prefix(&cluster.name));
                     let last = format!("{}groups/{gname}/last_owner", prefix(&cluster.name));
+                    // Only while the lock is still ours: the last owner
+                    // goes back to the failed node, so the next candidate's
+                    // transaction holds.
                     let txn = Txn::new()
-                        .when([Compare::value(
-                            owner.clone(),
-                            CompareOp::Equal,
-                            Vec::<u8>::new(),
-                        )])
-                        .or_else([
+                        .when([Compare::lease(owner.clone(), CompareOp::Equal, lease)])
+                        .and_then([
                             TxnOp::delete(owner, None),
                             TxnOp::put(last, json!(failed2).to_string(), None),
                         ]);

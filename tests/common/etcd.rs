@@ -22,8 +22,7 @@ fn healthy(addr: &str) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s
-        .write_all(format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+    if s.write_all(format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
         .is_err()
     {
         return false;
@@ -93,7 +92,10 @@ impl Etcd {
         for m in &e.members {
             let addr = m.client.trim_start_matches("http://").to_owned();
             while !healthy(&addr) {
-                assert!(Instant::now() < deadline, "etcd at {addr} did not become healthy");
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd at {addr} did not become healthy"
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
