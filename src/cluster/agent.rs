@@ -398,6 +398,8 @@ struct Agent {
     /// The next failure reconnects without waiting (reset by a session
     /// that got its lease).
     retry_now: bool,
+    /// Groups whose lock this node holds: with which lease, checked when.
+    held: HashMap<String, (i64, Instant)>,
 }
 
 impl Agent {
@@ -413,6 +415,7 @@ impl Agent {
             busy: Arc::new(Mutex::new(HashSet::new())),
             etcd_down_said: false,
             retry_now: true,
+            held: HashMap::new(),
         }
     }
 
@@ -528,8 +531,25 @@ impl Agent {
                     continue;
                 }
                 match v.role {
-                    ReplRole::Primary => self.hold(&mut c, lease, g).await?,
-                    ReplRole::Secondary => self.candidate(&mut c, lease, g, v).await?,
+                    // The lock is bound to the lease: once it is held,
+                    // checking it once per renewal is enough.
+                    ReplRole::Primary => {
+                        let due = self
+                            .held
+                            .get(g)
+                            .is_none_or(|(l, t)| *l != lease || t.elapsed() >= renew_every);
+                        if due {
+                            if self.hold(&mut c, lease, g).await? {
+                                self.held.insert(g.clone(), (lease, Instant::now()));
+                            } else {
+                                self.held.remove(g);
+                            }
+                        }
+                    }
+                    ReplRole::Secondary => {
+                        self.held.remove(g);
+                        self.candidate(&mut c, lease, g, v).await?
+                    }
                 }
             }
             tokio::time::sleep(TICK).await;
@@ -538,7 +558,8 @@ impl Agent {
 
     /// Production here: hold the group's lock, or find that another node
     /// holds it (this node was away: fence, then join as a secondary).
-    async fn hold(&mut self, c: &mut Client, lease: i64, g: &str) -> Result<(), String> {
+    /// Returns whether this node holds it.
+    async fn hold(&mut self, c: &mut Client, lease: i64, g: &str) -> Result<bool, String> {
         let owner = self.key(&format!("groups/{g}/owner"));
         let last = self.key(&format!("groups/{g}/last_owner"));
         let mine = json!({"node": self.me, "since_unix_ms": now_ms()}).to_string();
@@ -561,7 +582,7 @@ impl Agent {
                 format!("production here, lease {lease:x}"),
             );
             self.unfence(g);
-            return Ok(());
+            return Ok(true);
         }
         let holder = r
             .op_responses()
@@ -588,7 +609,7 @@ impl Agent {
                 timed(c.put(owner, mine, Some(PutOptions::new().with_lease(lease)))).await?;
             }
             self.unfence(g);
-            return Ok(());
+            return Ok(true);
         }
         // Another node is production: stop writes here at once, then join
         // it as a secondary (generations decide; split brain stops there).
@@ -610,7 +631,7 @@ impl Agent {
                 r
             }
         });
-        Ok(())
+        Ok(false)
     }
 
     fn unfence(&self, g: &str) {
