@@ -526,6 +526,19 @@ impl Agent {
                 .await?;
                 last_publish = Some(Instant::now());
             }
+            // Every group's keys in one read per tick (candidates look at
+            // them; a vacancy costs more requests, a quiet tick one).
+            let groups: HashMap<String, Vec<u8>> =
+                if views.iter().any(|(_, v)| v.role == ReplRole::Secondary) {
+                    timed(c.get(self.key("groups/"), Some(GetOptions::new().with_prefix())))
+                        .await?
+                        .kvs()
+                        .iter()
+                        .filter_map(|kv| Some((kv.key_str().ok()?.to_owned(), kv.value().to_vec())))
+                        .collect()
+                } else {
+                    HashMap::new()
+                };
             for (g, v) in &views {
                 if self.busy.lock().contains(g) {
                     continue;
@@ -548,7 +561,7 @@ impl Agent {
                     }
                     ReplRole::Secondary => {
                         self.held.remove(g);
-                        self.candidate(&mut c, lease, g, v).await?
+                        self.candidate(&mut c, lease, g, v, &groups).await?
                     }
                 }
             }
@@ -650,6 +663,7 @@ impl Agent {
         lease: i64,
         g: &str,
         v: &NodeView,
+        groups: &HashMap<String, Vec<u8>>,
     ) -> Result<(), String> {
         let policy = self.repl.group_policy(g);
         if !policy.auto_failover {
@@ -657,16 +671,13 @@ impl Agent {
         }
         let owner = self.key(&format!("groups/{g}/owner"));
         let last = self.key(&format!("groups/{g}/last_owner"));
-        let r = timed(c.get(owner.clone(), None)).await?;
-        if !r.kvs().is_empty() {
+        if groups.contains_key(&owner) {
             self.vacant.remove(g);
             return Ok(());
         }
-        let lr = timed(c.get(last.clone(), None)).await?;
-        let failed: String = lr
-            .kvs()
-            .first()
-            .and_then(|kv| serde_json::from_slice(kv.value()).ok())
+        let failed: String = groups
+            .get(&last)
+            .and_then(|v| serde_json::from_slice(v).ok())
             .unwrap_or_default();
         if failed.is_empty() || failed == self.me {
             return Ok(()); // never owned, or ours: nothing to take over
