@@ -2,7 +2,6 @@
 
 pub use crate::services::repl::config::ClusterConfig;
 use crate::services::repl::config::ReplRole;
-use crate::services::repl::groups::NodeView;
 use crate::services::repl::{OnlineOptions, RResult, ReplError, Replication};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
 use parking_lot::Mutex;
@@ -561,7 +560,7 @@ impl Agent {
                     }
                     ReplRole::Secondary => {
                         self.held.remove(g);
-                        self.candidate(&mut c, lease, g, v, &groups).await?
+                        self.candidate(&mut c, lease, g, &groups).await?
                     }
                 }
             }
@@ -662,7 +661,6 @@ impl Agent {
         c: &mut Client,
         lease: i64,
         g: &str,
-        v: &NodeView,
         groups: &HashMap<String, Vec<u8>>,
     ) -> Result<(), String> {
         let policy = self.repl.group_policy(g);
@@ -698,11 +696,7 @@ impl Agent {
         let waited = vac.seen.elapsed();
         // This node's rank among the live candidates (lower key first).
         let nodes = timed(c.get(self.key("nodes/"), Some(GetOptions::new().with_prefix()))).await?;
-        let members: HashSet<String> = v
-            .sets
-            .iter()
-            .flat_map(|_| self.repl.group_members(g))
-            .collect();
+        let members: HashSet<String> = self.repl.group_members(g).into_iter().collect();
         let mut keys: Vec<(i64, String)> = nodes
             .kvs()
             .iter()
