@@ -1,7 +1,7 @@
 //! [`Cluster`]: the agent's handle, and the agent loop itself.
 
 pub use crate::services::repl::config::ClusterConfig;
-use crate::services::repl::config::ReplRole;
+use crate::services::repl::config::{GroupConfig, ReplRole};
 use crate::services::repl::{OnlineOptions, RResult, ReplError, Replication};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
 use parking_lot::Mutex;
@@ -399,6 +399,8 @@ struct Agent {
     retry_now: bool,
     /// Groups whose lock this node holds: with which lease, checked when.
     held: HashMap<String, (i64, Instant)>,
+    /// The policies this node last wrote to etcd.
+    shared_policies: HashMap<String, String>,
 }
 
 impl Agent {
@@ -415,6 +417,7 @@ impl Agent {
             etcd_down_said: false,
             retry_now: true,
             held: HashMap::new(),
+            shared_policies: HashMap::new(),
         }
     }
 
@@ -553,6 +556,7 @@ impl Agent {
                         if due {
                             if self.hold(&mut c, lease, g).await? {
                                 self.held.insert(g.clone(), (lease, Instant::now()));
+                                self.share_policy(&mut c, g).await?;
                             } else {
                                 self.held.remove(g);
                             }
@@ -646,6 +650,18 @@ impl Agent {
         Ok(false)
     }
 
+    /// The production node keeps the group's policy in etcd, the shared
+    /// repository every candidate decides from (written when it changed).
+    async fn share_policy(&mut self, c: &mut Client, g: &str) -> Result<(), String> {
+        let p = serde_json::to_string(&self.repl.group_policy(g).policy()).expect("serialisable");
+        if self.shared_policies.get(g) == Some(&p) {
+            return Ok(());
+        }
+        timed(c.put(self.key(&format!("groups/{g}/policy")), p.clone(), None)).await?;
+        self.shared_policies.insert(g.to_owned(), p);
+        Ok(())
+    }
+
     fn unfence(&self, g: &str) {
         if self.shared.fenced.lock().remove(g) {
             self.repl.fence_group(g, false);
@@ -663,7 +679,12 @@ impl Agent {
         g: &str,
         groups: &HashMap<String, Vec<u8>>,
     ) -> Result<(), String> {
-        let policy = self.repl.group_policy(g);
+        // The policy in etcd (the production node's) decides; this node's
+        // copy only when etcd has none.
+        let policy = groups
+            .get(&self.key(&format!("groups/{g}/policy")))
+            .and_then(|v| serde_json::from_slice::<GroupConfig>(v).ok())
+            .unwrap_or_else(|| self.repl.group_policy(g));
         if !policy.auto_failover {
             return Ok(());
         }

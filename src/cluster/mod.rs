@@ -14,6 +14,8 @@
 //!   bound after which a dead holder's lock goes).
 //! * `groups/G/last_owner`: the production node's name, no lease: what a
 //!   candidate's transaction checks, so a late candidate drops out.
+//! * `groups/G/policy`: the group's policy, written by its production
+//!   node: what candidates decide from.
 //!
 //! The agent runs on its own thread with a single-threaded tokio runtime
 //! (the etcd client is asynchronous); it never touches the data path: it
