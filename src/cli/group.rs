@@ -229,6 +229,23 @@ fn print_status(v: &Value) {
     println!("`group online` here would do: {next}");
 }
 
+/// Run one blocking group operation; on a terminal (and without --json) a
+/// spinner says what it waits for meanwhile.
+fn driving(json: bool, what: &str, f: impl FnOnce() -> Result<Value>) -> Result<Value> {
+    use std::io::IsTerminal;
+    let bar = (!json && std::io::stdout().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_message(what.to_owned());
+        b.enable_steady_tick(std::time::Duration::from_millis(120));
+        b
+    });
+    let r = f();
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    r
+}
+
 fn done(v: &Value, json: bool, what: &str) {
     if json {
         print_json(v);
@@ -248,14 +265,16 @@ pub fn run(socket: &Path, cmd: GroupCommand) -> Result<()> {
             }
         }
         GroupCommand::Online(a) | GroupCommand::Failover(a) => {
-            let v = call(
-                socket,
-                "group.online",
-                json!({
-                    "group": a.group, "to": a.to, "accept_data_loss": a.accept_data_loss,
-                    "use_inconsistent": a.use_inconsistent, "timeout_ms": a.timeout * 1000,
-                }),
-            )?;
+            let v = driving(a.json, &format!("group {}: going online", a.group), || {
+                call(
+                    socket,
+                    "group.online",
+                    json!({
+                        "group": a.group, "to": a.to, "accept_data_loss": a.accept_data_loss,
+                        "use_inconsistent": a.use_inconsistent, "timeout_ms": a.timeout * 1000,
+                    }),
+                )
+            })?;
             done(
                 &v,
                 a.json,
@@ -263,10 +282,16 @@ pub fn run(socket: &Path, cmd: GroupCommand) -> Result<()> {
             );
         }
         GroupCommand::Offline(a) => {
-            let v = call(
-                socket,
-                "group.offline",
-                json!({"group": a.group, "timeout_ms": a.timeout * 1000}),
+            let v = driving(
+                a.json,
+                &format!("group {}: stopping writes, draining replicas", a.group),
+                || {
+                    call(
+                        socket,
+                        "group.offline",
+                        json!({"group": a.group, "timeout_ms": a.timeout * 1000}),
+                    )
+                },
             )?;
             done(
                 &v,
@@ -275,7 +300,9 @@ pub fn run(socket: &Path, cmd: GroupCommand) -> Result<()> {
             );
         }
         GroupCommand::Swap(a) => {
-            let v = call(socket, "group.swap", json!({"group": a.group, "to": a.to}))?;
+            let v = driving(a.json, &format!("group {}: swapping", a.group), || {
+                call(socket, "group.swap", json!({"group": a.group, "to": a.to}))
+            })?;
             done(
                 &v,
                 a.json,
@@ -283,7 +310,9 @@ pub fn run(socket: &Path, cmd: GroupCommand) -> Result<()> {
             );
         }
         GroupCommand::Failback(a) => {
-            let v = call(socket, "group.failback", json!({"group": a.group}))?;
+            let v = driving(a.json, &format!("group {}: failing back", a.group), || {
+                call(socket, "group.failback", json!({"group": a.group}))
+            })?;
             done(
                 &v,
                 a.json,
@@ -291,10 +320,16 @@ pub fn run(socket: &Path, cmd: GroupCommand) -> Result<()> {
             );
         }
         GroupCommand::Join(a) => {
-            let v = call(
-                socket,
-                "group.join",
-                json!({"group": a.group, "timeout_ms": a.timeout * 1000}),
+            let v = driving(
+                a.json,
+                &format!("group {}: joining, resyncing", a.group),
+                || {
+                    call(
+                        socket,
+                        "group.join",
+                        json!({"group": a.group, "timeout_ms": a.timeout * 1000}),
+                    )
+                },
             )?;
             done(
                 &v,
