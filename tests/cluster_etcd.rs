@@ -6,7 +6,7 @@
 mod common;
 
 use common::etcd::Etcd;
-use common::repl::{all_settled, enable_args, info, leg, node_trusting, wait_for, wait_role};
+use common::repl::{all_settled, enable_args, info, leg, mesh, wait_for, wait_role};
 use common::*;
 use std::time::{Duration, Instant};
 
@@ -25,16 +25,43 @@ fn owner(d: &Daemon, g: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// `cluster join` of `d` to the etcd at `etcd`, as cluster `name` with a
+/// lease of `ttl` seconds.
+fn join(d: &Daemon, etcd: &str, name: &str, ttl: u32) {
+    d.ok(&[
+        "cluster",
+        "join",
+        "--etcd",
+        etcd,
+        "--name",
+        name,
+        "--ttl",
+        &ttl.to_string(),
+    ]);
+}
+
+/// Wait until etcd, read through `d`, gives each group of `owners` its
+/// owner.
+fn wait_owners(d: &Daemon, owners: &[(&str, &str)], secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while owners
+        .iter()
+        .any(|(g, n)| owner(d, g).as_deref() != Some(*n))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "etcd never said {owners:?}: {}",
+            cluster_status(d)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn the_best_candidate_takes_over_a_dead_primary_and_the_old_one_rejoins() {
     require_tool("nbdcopy");
     let etcd = Etcd::start(1);
-    let peers = |me: &str| -> Vec<&'static str> {
-        ["a", "b", "c"].into_iter().filter(|n| *n != me).collect()
-    };
-    let (mut a, _) = node_trusting(Daemon::start(), "a", "127.0.0.1:0", KEY, &peers("a"));
-    let (b, b_addr) = node_trusting(Daemon::start(), "b", "127.0.0.1:0", KEY, &peers("b"));
-    let (c, c_addr) = node_trusting(Daemon::start(), "c", "127.0.0.1:0", KEY, &peers("c"));
+    let [(mut a, _), (b, b_addr), (c, c_addr)] = mesh(["a", "b", "c"], KEY);
     for d in [&a, &b, &c] {
         d.ok(&["volume", "create", "v", "--size", "32M"]);
         d.export_nbd("v");
@@ -61,27 +88,10 @@ fn the_best_candidate_takes_over_a_dead_primary_and_the_old_one_rejoins() {
     a.ok(&["group", "policy", "s", "--auto-failover", "on"]);
     // C is the loaded one: B must win.
     for d in [&a, &b, &c] {
-        d.ok(&[
-            "cluster",
-            "join",
-            "--etcd",
-            &etcd.endpoints(),
-            "--name",
-            "t",
-            "--ttl",
-            "3",
-        ]);
+        join(d, &etcd.endpoints(), "t", 3);
     }
     c.ok(&["cluster", "priority", "--bias", "100000"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while owner(&b, "s").as_deref() != Some("a") {
-        assert!(
-            Instant::now() < deadline,
-            "A never took the lock: {}",
-            cluster_status(&b)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_owners(&b, &[("s", "a")], 30);
     let st = cluster_status(&b);
     assert_eq!(st["members"].as_array().unwrap().len(), 3, "{st}");
 
@@ -96,15 +106,7 @@ fn the_best_candidate_takes_over_a_dead_primary_and_the_old_one_rejoins() {
         took < Duration::from_secs(3 + 2 + 10),
         "failover took {took:?} (TTL 3 s, voting window, a takeover)"
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while owner(&c, "s").as_deref() != Some("b") {
-        assert!(
-            Instant::now() < deadline,
-            "etcd does not say B: {}",
-            cluster_status(&c)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_owners(&c, &[("s", "b")], 20);
     assert_eq!(
         info(&c, "s")["role"],
         "secondary",
@@ -138,14 +140,19 @@ fn the_best_candidate_takes_over_a_dead_primary_and_the_old_one_rejoins() {
     eprintln!("failover took {took:?}");
 }
 
-/// Writes to `addr` in a loop until `stop`; returns the instants at which
-/// writes were acknowledged.
+/// Acknowledged writes, as a writer records them.
+type Acks = std::sync::Arc<parking_lot::Mutex<Vec<Instant>>>;
+
+/// Writes to `addr` in a loop until `stop`, recording at once the instant
+/// each write is acknowledged (a connection that drops mid-batch keeps
+/// what it had acknowledged).
 fn writer(
     addr: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<Vec<Instant>> {
-    std::thread::spawn(move || {
-        let mut acked = Vec::new();
+) -> (std::thread::JoinHandle<()>, Acks) {
+    let acked = Acks::default();
+    let log = acked.clone();
+    let h = std::thread::spawn(move || {
         let mut i = 0u64;
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
             let Ok(s) = std::net::TcpStream::connect(&addr) else {
@@ -153,25 +160,30 @@ fn writer(
                 continue;
             };
             drop(s);
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let mut c = common::nbd::NbdClient::connect(&addr, "v");
-                let mut got = Vec::new();
                 for _ in 0..50 {
                     i += 1;
                     if c.write((i % 2048) * 4096, &[7; 4096], 0) == 0 {
-                        got.push(Instant::now());
+                        log.lock().push(Instant::now());
                     }
+                    // Pacing: a write every few milliseconds.
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 c.disconnect();
-                got
             }));
-            if let Ok(g) = r {
-                acked.extend(g);
-            }
         }
-        acked
-    })
+    });
+    (h, acked)
+}
+
+/// Wait until `acks` holds at least one acknowledgement.
+fn wait_acked(acks: &Acks, who: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while acks.lock().is_empty() {
+        assert!(Instant::now() < deadline, "{who} acknowledged no write");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -179,8 +191,7 @@ fn a_primary_cut_from_etcd_fences_itself_before_another_takes_over() {
     use umbra::services::repl::proxy::{Fault, FaultProxy};
     require_tool("nbdcopy");
     let etcd = Etcd::start(1);
-    let (mut a, _) = node_trusting(Daemon::start(), "a", "127.0.0.1:0", KEY, &["b"]);
-    let (b, b_addr) = node_trusting(Daemon::start(), "b", "127.0.0.1:0", KEY, &["a"]);
+    let [(mut a, _), (b, b_addr)] = mesh(["a", "b"], KEY);
     for d in [&a, &b] {
         d.ok(&["volume", "create", "v", "--size", "16M"]);
         d.export_nbd("v");
@@ -201,31 +212,22 @@ fn a_primary_cut_from_etcd_fences_itself_before_another_takes_over() {
         .trim_start_matches("http://")
         .to_owned();
     let proxy = FaultProxy::start("127.0.0.1:0", &etcd_addr).unwrap();
-    let join = |d: &Daemon, url: &str| {
-        d.ok(&[
-            "cluster", "join", "--etcd", url, "--name", "f", "--ttl", "3",
-        ]);
-    };
-    join(&a, &format!("http://{}", proxy.addr));
-    join(&b, &etcd.endpoints());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while owner(&b, "s").as_deref() != Some("a") {
-        assert!(Instant::now() < deadline, "A never took the lock");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    join(&a, &format!("http://{}", proxy.addr), "f", 3);
+    join(&b, &etcd.endpoints(), "f", 3);
+    wait_owners(&b, &[("s", "a")], 30);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let wa = writer(a.addr_of("v"), stop.clone());
-    let wb = writer(b.addr_of("v"), stop.clone());
-    std::thread::sleep(Duration::from_millis(500));
+    let (wa, acks_a) = writer(a.addr_of("v"), stop.clone());
+    let (wb, acks_b) = writer(b.addr_of("v"), stop.clone());
+    wait_acked(&acks_a, "A before the cut", 30);
     // Cut A from etcd only: it still reaches B.
     proxy.set_fault(Fault::Partition);
     proxy.drop_connections();
     wait_role(&b, "s", "primary", 60);
-    let ev = common::EventLog::follow(&a);
-    let _ = &ev;
-    std::thread::sleep(Duration::from_secs(1));
+    wait_acked(&acks_b, "B after taking over", 30);
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (acked_a, acked_b) = (wa.join().unwrap(), wb.join().unwrap());
+    wa.join().unwrap();
+    wb.join().unwrap();
+    let (acked_a, acked_b) = (acks_a.lock().clone(), acks_b.lock().clone());
     let last_a = *acked_a
         .last()
         .expect("A acknowledged writes before the cut");
@@ -274,8 +276,7 @@ fn a_primary_cut_from_etcd_fences_itself_before_another_takes_over() {
 fn etcd_member_loss_changes_nothing_and_a_full_outage_fails_nothing_over() {
     require_tool("nbdcopy");
     let mut etcd = Etcd::start(3);
-    let (a, _) = node_trusting(Daemon::start(), "a", "127.0.0.1:0", KEY, &["b"]);
-    let (b, b_addr) = node_trusting(Daemon::start(), "b", "127.0.0.1:0", KEY, &["a"]);
+    let [(a, _), (b, b_addr)] = mesh(["a", "b"], KEY);
     for d in [&a, &b] {
         d.ok(&["volume", "create", "v", "--size", "32M"]);
         d.export_nbd("v");
@@ -291,22 +292,9 @@ fn etcd_member_loss_changes_nothing_and_a_full_outage_fails_nothing_over() {
     wait_for(&a, "s", "settled", common::repl::settled, 30);
     a.ok(&["group", "policy", "s", "--auto-failover", "on"]);
     for d in [&a, &b] {
-        d.ok(&[
-            "cluster",
-            "join",
-            "--etcd",
-            &etcd.endpoints(),
-            "--name",
-            "o",
-            "--ttl",
-            "9",
-        ]);
+        join(d, &etcd.endpoints(), "o", 9);
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while owner(&b, "s").as_deref() != Some("a") {
-        assert!(Instant::now() < deadline, "A never took the lock");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_owners(&b, &[("s", "a")], 30);
     let ev = common::EventLog::follow(&a);
     // One member of three goes: quorum holds, nothing changes.
     etcd.kill(0);
@@ -335,12 +323,7 @@ fn etcd_member_loss_changes_nothing_and_a_full_outage_fails_nothing_over() {
 fn what_the_first_candidate_cannot_serve_cascades_to_the_next() {
     require_tool("nbdcopy");
     let etcd = Etcd::start(1);
-    let peers = |me: &str| -> Vec<&'static str> {
-        ["a", "b", "c"].into_iter().filter(|n| *n != me).collect()
-    };
-    let (mut a, _) = node_trusting(Daemon::start(), "a", "127.0.0.1:0", KEY, &peers("a"));
-    let (b, b_addr) = node_trusting(Daemon::start(), "b", "127.0.0.1:0", KEY, &peers("b"));
-    let (c, c_addr) = node_trusting(Daemon::start(), "c", "127.0.0.1:0", KEY, &peers("c"));
+    let [(mut a, _), (b, b_addr), (c, c_addr)] = mesh(["a", "b", "c"], KEY);
     for d in [&a, &b, &c] {
         for v in ["v1", "v2"] {
             d.ok(&["volume", "create", v, "--size", "32M"]);
@@ -382,36 +365,15 @@ fn what_the_first_candidate_cannot_serve_cascades_to_the_next() {
         30,
     );
     for d in [&a, &b, &c] {
-        d.ok(&[
-            "cluster",
-            "join",
-            "--etcd",
-            &etcd.endpoints(),
-            "--name",
-            "k",
-            "--ttl",
-            "3",
-        ]);
+        join(d, &etcd.endpoints(), "k", 3);
     }
     c.ok(&["cluster", "priority", "--bias", "100000"]); // B is the first candidate
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while owner(&b, "s1").as_deref() != Some("a") || owner(&b, "s2").as_deref() != Some("a") {
-        assert!(
-            Instant::now() < deadline,
-            "A never took both locks: {}",
-            cluster_status(&b)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_owners(&b, &[("s1", "a"), ("s2", "a")], 30);
     let ev_b = common::EventLog::follow(&b);
     a.kill9();
     wait_role(&b, "s1", "primary", 60);
     wait_role(&c, "s2", "primary", 60);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while owner(&c, "s1").as_deref() != Some("b") || owner(&c, "s2").as_deref() != Some("c") {
-        assert!(Instant::now() < deadline, "etcd: {}", cluster_status(&c));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_owners(&c, &[("s1", "b"), ("s2", "c")], 20);
     let refused = ev_b.wait_for("cluster.refused", Duration::from_secs(10));
     assert_eq!(refused["object"], "s2", "{refused}");
     assert_eq!(info(&b, "s2")["role"], "secondary");

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::repl::{enable_args, info, node_trusting, settle, wait_for};
+use common::repl::{enable_args, info, mesh, settle, wait_for};
 use common::*;
 use std::time::Duration;
 
@@ -22,8 +22,7 @@ fn exports_read_only(d: &Daemon, vol: &str) -> bool {
 #[test]
 fn online_offline_swap_failback_join_and_a_cut_resync() {
     require_tool("nbdcopy");
-    let (mut a, _) = node_trusting(Daemon::start(), "a", "127.0.0.1:0", KEY, &["b"]);
-    let (mut b, b_addr) = node_trusting(Daemon::start(), "b", "127.0.0.1:0", KEY, &["a"]);
+    let [(mut a, _), (mut b, b_addr)] = mesh(["a", "b"], KEY);
     for d in [&a, &b] {
         for v in ["v1", "v2"] {
             d.ok(&["volume", "create", v, "--size", "32M"]);
@@ -116,7 +115,25 @@ fn online_offline_swap_failback_join_and_a_cut_resync() {
         "60",
     ]);
     assert_eq!(sha(&a.uri_of("v2")), sha(&b.uri_of("v2")));
-    std::thread::sleep(Duration::from_millis(1500)); // a release round: B knows its lag
+    // A release round after the writes settled: B knows its lag as of now.
+    let settled_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while status(&b)["sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["last_contact_unix_ms"].as_u64().unwrap_or(0) <= settled_ms)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no release round reached B: {}",
+            status(&b)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // A dies: B takes over (nothing was in flight), A joins when back.
     a.kill9();

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::repl::{all_settled, enable_args, info, leg, node_trusting, wait_for, wait_role};
+use common::repl::{all_settled, enable_args, info, leg, mesh, node_trusting, wait_for, wait_role};
 use common::*;
 use std::path::Path;
 use std::time::Duration;
@@ -230,12 +230,7 @@ fn three_hosts_sync_and_hybrid_secondaries_and_one_cut_link() {
 #[test]
 fn the_other_secondary_follows_a_promoted_one_with_an_update_sync() {
     require_tool("nbdcopy");
-    let peers = |me: &str| -> Vec<&'static str> {
-        ["a", "b", "c"].into_iter().filter(|n| *n != me).collect()
-    };
-    let (a, a_addr) = node_trusting(Daemon::start(), "a", "127.0.0.1:0", SECRET, &peers("a"));
-    let (mut b, b_addr) = node_trusting(Daemon::start(), "b", "127.0.0.1:0", SECRET, &peers("b"));
-    let (c, c_addr) = node_trusting(Daemon::start(), "c", "127.0.0.1:0", SECRET, &peers("c"));
+    let [(a, a_addr), (mut b, b_addr), (c, c_addr)] = mesh(["a", "b", "c"], SECRET);
     let _ = a_addr;
     for d in [&a, &b, &c] {
         d.ok(&["volume", "create", "v", "--size", "32M"]);
@@ -347,8 +342,7 @@ fn the_other_secondary_follows_a_promoted_one_with_an_update_sync() {
 #[test]
 fn sync_rate_limits_a_running_sync_and_tune_changes_it() {
     require_tool("nbdcopy");
-    let (a, _) = node_trusting(Daemon::start(), "a", "127.0.0.1:0", SECRET, &["b"]);
-    let (b, b_addr) = node_trusting(Daemon::start(), "b", "127.0.0.1:0", SECRET, &["a"]);
+    let [(a, _), (b, b_addr)] = mesh(["a", "b"], SECRET);
     for d in [&a, &b] {
         d.ok(&["volume", "create", "v", "--size", "32M"]);
         d.export_nbd("v");
@@ -388,12 +382,7 @@ fn sync_rate_limits_a_running_sync_and_tune_changes_it() {
 #[test]
 fn a_primary_with_two_secondaries_comes_back_after_kill9() {
     require_tool("nbdcopy");
-    let peers = |me: &str| -> Vec<&'static str> {
-        ["a", "b", "c"].into_iter().filter(|n| *n != me).collect()
-    };
-    let (mut a, _) = node_trusting(Daemon::start(), "a", "127.0.0.1:0", SECRET, &peers("a"));
-    let (b, b_addr) = node_trusting(Daemon::start(), "b", "127.0.0.1:0", SECRET, &peers("b"));
-    let (c, c_addr) = node_trusting(Daemon::start(), "c", "127.0.0.1:0", SECRET, &peers("c"));
+    let [(mut a, _), (b, b_addr), (c, c_addr)] = mesh(["a", "b", "c"], SECRET);
     for d in [&a, &b, &c] {
         d.ok(&["volume", "create", "v", "--size", "32M"]);
         d.export_nbd("v");

@@ -57,6 +57,15 @@ pub fn node_trusting(
     (d, addr)
 }
 
+/// Daemons named `names` on loopback, each trusting every other with
+/// `secret`; each with its listener's address.
+pub fn mesh<const N: usize>(names: [&str; N], secret: &str) -> [(Daemon, String); N] {
+    names.map(|n| {
+        let others: Vec<&str> = names.iter().copied().filter(|x| *x != n).collect();
+        node_trusting(Daemon::start(), n, "127.0.0.1:0", secret, &others)
+    })
+}
+
 /// The leg toward secondary `node` in a primary's `repl info`.
 pub fn leg<'a>(v: &'a Value, node: &str) -> &'a Value {
     v["peers"]

@@ -21,7 +21,7 @@ use super::config::{ClusterConfig, GroupConfig, OfflineExports, ReplRole, ReplSe
 use super::error::{RResult, ReplError};
 use super::peer;
 use super::requests::PeerRequest;
-use super::runtime::{link_key, Replication};
+use super::runtime::{group_name, Replication};
 use super::SetState;
 use crate::device::BlockDevice;
 use serde::{Deserialize, Serialize};
@@ -262,11 +262,8 @@ impl Replication {
     /// entry per set: its first leg).
     fn group_sets(&self, g: &str) -> RResult<Vec<ReplSetConfig>> {
         let mut out: Vec<ReplSetConfig> = Vec::new();
-        for c in self.config()?.sets {
-            let member = link_key(&c) == g
-                || (c.group.is_none() && c.name == g)
-                || c.group.as_deref() == Some(g);
-            if member && !out.iter().any(|o| o.name == c.name) {
+        for c in self.group_entries(g) {
+            if !out.iter().any(|o| o.name == c.name) {
                 out.push(c);
             }
         }
@@ -279,8 +276,19 @@ impl Replication {
         Ok(out)
     }
 
+    /// Every configuration entry of group `g` here (a primary's legs
+    /// each).
+    fn group_entries(&self, g: &str) -> Vec<ReplSetConfig> {
+        self.config()
+            .map(|rc| rc.sets)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| group_name(c) == g)
+            .collect()
+    }
+
     /// Group `g`'s policy (defaults when none was set).
-    pub fn group_policy_of(&self, g: &str) -> GroupConfig {
+    pub fn group_policy(&self, g: &str) -> GroupConfig {
         self.config()
             .ok()
             .and_then(|rc| rc.groups.into_iter().find(|x| x.name == g))
@@ -395,7 +403,7 @@ impl Replication {
     pub fn group_status(&self, g: &str) -> RResult<Value> {
         let mine = self.node_view(g)?;
         let prod = self.production_view(&mine, g);
-        let policy = self.group_policy_of(g);
+        let policy = self.group_policy(g);
         let plan = decide_online(&mine, prod.as_ref(), &policy, &OnlineOptions::default());
         let (production, reachable, replicas) = match &prod {
             Some(p) if p.role == ReplRole::Primary => (p.node.clone(), true, p.replicas.clone()),
@@ -424,7 +432,7 @@ impl Replication {
         loop {
             let mine = self.node_view(&g)?;
             let prod = self.production_view(&mine, &g);
-            let policy = self.group_policy_of(&g);
+            let policy = self.group_policy(&g);
             let plan = decide_online(&mine, prod.as_ref(), &policy, &opts);
             match &plan {
                 Plan::Nothing => {
@@ -569,7 +577,7 @@ impl Replication {
         let target = match to {
             Some(t) => t.to_owned(),
             None => {
-                let policy = self.group_policy_of(g);
+                let policy = self.group_policy(g);
                 policy
                     .preferred
                     .iter()
@@ -608,7 +616,7 @@ impl Replication {
     /// `group failback G`: production goes back to the group's first
     /// preferred node.
     pub fn group_failback(&self, g: &str) -> RResult<Value> {
-        let policy = self.group_policy_of(g);
+        let policy = self.group_policy(g);
         let home = policy.preferred.first().cloned().ok_or_else(|| {
             ReplError::Invalid(format!(
                 "group {g} has no preferred node to fail back to (`umbra group policy {g} --preferred NODE,...`)"
@@ -626,21 +634,13 @@ impl Replication {
     /// Where node `node`'s replication listener is, as group `g`'s sets
     /// here know it (a leg, the primary, or a member).
     fn address_of(&self, g: &str, node: &str) -> RResult<String> {
-        for c in self.config()?.sets.iter().filter(|c| {
-            self.group_sets(g)
-                .map(|s| s.iter().any(|x| x.name == c.name))
-                .unwrap_or(false)
-        }) {
-            if c.peer_node == node {
-                return Ok(c.peer.clone());
-            }
-            if let Some(m) = c.members.iter().find(|m| m.node == node) {
-                return Ok(m.addr.clone());
-            }
-        }
-        Err(ReplError::NotFound(format!(
-            "group {g}: node {node} is not a member here"
-        )))
+        self.group_peers(g)
+            .into_iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, addr)| addr)
+            .ok_or_else(|| {
+                ReplError::NotFound(format!("group {g}: node {node} is not a member here"))
+            })
     }
 
     /// `group join G` on a node back after a forced takeover elsewhere:
@@ -729,7 +729,7 @@ impl Replication {
     /// (best effort; `group verify` shows a node that missed it).
     pub fn group_set_policy(&self, o: PolicyOptions) -> RResult<Value> {
         self.group_sets(&o.group)?;
-        let mut p = self.group_policy_of(&o.group);
+        let mut p = self.group_policy(&o.group);
         if let Some(v) = o.preferred {
             p.preferred = v;
         }
@@ -776,14 +776,7 @@ impl Replication {
     /// Every other node of group `g` this node knows, with its address.
     fn group_peers(&self, g: &str) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = Vec::new();
-        let names: Vec<String> = self
-            .group_sets(g)
-            .map(|s| s.into_iter().map(|c| c.name).collect())
-            .unwrap_or_default();
-        for c in self.config().map(|rc| rc.sets).unwrap_or_default() {
-            if !names.contains(&c.name) {
-                continue;
-            }
+        for c in self.group_entries(g) {
             let mut add = |n: &str, a: &str| {
                 if !n.is_empty() && !out.iter().any(|(x, _)| x == n) {
                     out.push((n.to_owned(), a.to_owned()));
@@ -850,7 +843,7 @@ impl Replication {
             .map(|c| json!({"name": c.name, "group": c.group}))
             .collect();
         sets.sort_by_key(|s| s["name"].as_str().unwrap_or_default().to_owned());
-        Ok(json!({"sets": sets, "policy": self.group_policy_of(g).policy()}))
+        Ok(json!({"sets": sets, "policy": self.group_policy(g).policy()}))
     }
 
     /// Make the NBD exports of group `g`'s volumes read-write again
@@ -858,7 +851,7 @@ impl Replication {
     /// away from them (offline, by policy).
     fn exports_writable(&self, g: &str, writable: bool) -> RResult<()> {
         let host = self.host()?;
-        let mut policy = self.group_policy_of(g);
+        let mut policy = self.group_policy(g);
         let volumes: Vec<String> = self.group_sets(g)?.into_iter().map(|c| c.volume).collect();
         if writable {
             if policy.fenced_exports.is_empty() {
@@ -898,19 +891,14 @@ impl Replication {
     pub fn groups_here(&self) -> Vec<(String, NodeView)> {
         let mut names: Vec<String> = self
             .config()
-            .map(|rc| rc.sets.iter().map(link_key).collect())
+            .map(|rc| rc.sets.iter().map(|c| group_name(c).to_owned()).collect())
             .unwrap_or_default();
         names.sort();
         names.dedup();
         names
             .into_iter()
-            .map(|k| k.strip_prefix("set:").map(str::to_owned).unwrap_or(k))
             .filter_map(|g| self.node_view(&g).ok().map(|v| (g, v)))
             .collect()
-    }
-
-    pub fn group_policy(&self, g: &str) -> GroupConfig {
-        self.group_policy_of(g)
     }
 
     /// The other nodes of group `g` this node knows.

@@ -319,7 +319,7 @@ impl Replication {
             PeerRequest::GroupPolicy { policy } => {
                 let mut p = policy;
                 // This node's own fenced exports stay.
-                p.fenced_exports = self.group_policy_of(&p.name).fenced_exports;
+                p.fenced_exports = self.group_policy(&p.name).fenced_exports;
                 self.store_policy(&p)?;
                 empty()
             }

@@ -16,7 +16,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Which side's data `repl resolve` throws away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -67,9 +66,7 @@ impl Replication {
         // The other secondaries get what they can (a leg that is down
         // keeps its chunks in the new primary's bitmap).
         for o in &others {
-            let _ = o
-                .link()
-                .drain_for(Duration::from_millis(o.link().timeout.as_millis() as u64));
+            let _ = o.link().drain_for(o.link().timeout);
         }
         for s in &sets {
             if s.scoreboard.oos_chunks() > 0 {

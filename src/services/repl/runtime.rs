@@ -133,6 +133,12 @@ pub(super) fn link_key(c: &ReplSetConfig) -> String {
     c.group.clone().unwrap_or_else(|| format!("set:{}", c.name))
 }
 
+/// The group a set belongs to for `group` operations: its consistency
+/// group, or the set itself.
+pub(super) fn group_name(c: &ReplSetConfig) -> &str {
+    c.group.as_deref().unwrap_or(&c.name)
+}
+
 /// Which link a primary leg uses: its group's toward its secondary.
 pub(super) fn link_id(c: &ReplSetConfig) -> String {
     format!("{}@{}", link_key(c), c.peer_node)
