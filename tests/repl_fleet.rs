@@ -287,8 +287,10 @@ fn the_other_secondary_follows_a_promoted_one_with_an_update_sync() {
     // Forced: B dies under writes; C takes over; A follows C.
     // The writer keeps to the first 48 chunks (3 MiB) until B dies.
     let hot = 48u64;
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = {
         let addr = b.addr_of("v");
+        let written = written.clone();
         std::thread::spawn(move || {
             let _ = std::panic::catch_unwind(move || {
                 let mut c = common::nbd::NbdClient::connect(&addr, "v");
@@ -297,11 +299,20 @@ fn the_other_secondary_follows_a_promoted_one_with_an_update_sync() {
                     if c.write(off, &[6; 4096], 0) != 0 {
                         return;
                     }
+                    written.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
             });
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // Under writes: B dies once the writer is well under way.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while written.load(std::sync::atomic::Ordering::SeqCst) < 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never got going"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     b.kill9();
     let _ = writer.join();
     wait_for(&c, "s", "link down", |v| v["link"] == "down", 30);
@@ -360,12 +371,25 @@ fn sync_rate_limits_a_running_sync_and_tune_changes_it() {
     assert_eq!(v["sync_rate"], 4 << 20);
     assert_eq!(v["max_lag_ms"], 5000);
     a.ok(&["repl", "sync", "s"]);
+    let done0 = wait_for(
+        &a,
+        "s",
+        "a sync under way",
+        |v| v["sync_done_bytes"].as_u64().unwrap_or(0) > 0,
+        60,
+    )["sync_done_bytes"]
+        .as_u64()
+        .unwrap();
+    // The measuring window (not a wait for a state).
+    let t0 = std::time::Instant::now();
     std::thread::sleep(Duration::from_millis(1500));
-    let done = info(&a, "s")["sync_done_bytes"].as_u64().unwrap();
-    // 4 MiB/s for 1.5 s is 6 MiB; allow for start-up and a chunk in flight.
+    let done = info(&a, "s")["sync_done_bytes"].as_u64().unwrap() - done0;
+    let secs = t0.elapsed().as_secs_f64();
+    // 4 MiB/s; allow 512 KiB for chunks in flight and the time between
+    // reading the start figure and starting the clock.
     assert!(
-        done > 0 && done <= 8 << 20,
-        "a full sync at 4 MiB/s moved {done} bytes in 1.5 s"
+        done as f64 <= 4.0 * (1 << 20) as f64 * secs + (512 << 10) as f64,
+        "a sync at 4 MiB/s moved {done} bytes in {secs:.2} s"
     );
     // Lifted on the running sync: it completes.
     a.ok(&["repl", "tune", "s", "--sync-rate", "0"]);
