@@ -6,7 +6,10 @@
 mod common;
 
 use common::etcd::Etcd;
-use common::repl::{all_settled, enable_args, info, leg, mesh, wait_for, wait_role};
+use common::repl::{
+    all_settled, differing_blocks, enable_args, info, leg, mesh, wait_acked, wait_for, wait_role,
+    writer,
+};
 use common::*;
 use std::time::{Duration, Instant};
 
@@ -140,52 +143,6 @@ fn the_best_candidate_takes_over_a_dead_primary_and_the_old_one_rejoins() {
     eprintln!("failover took {took:?}");
 }
 
-/// Acknowledged writes, as a writer records them.
-type Acks = std::sync::Arc<parking_lot::Mutex<Vec<Instant>>>;
-
-/// Writes to `addr` in a loop until `stop`, recording at once the instant
-/// each write is acknowledged (a connection that drops mid-batch keeps
-/// what it had acknowledged).
-fn writer(
-    addr: String,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> (std::thread::JoinHandle<()>, Acks) {
-    let acked = Acks::default();
-    let log = acked.clone();
-    let h = std::thread::spawn(move || {
-        let mut i = 0u64;
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            let Ok(s) = std::net::TcpStream::connect(&addr) else {
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            };
-            drop(s);
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let mut c = common::nbd::NbdClient::connect(&addr, "v");
-                for _ in 0..50 {
-                    i += 1;
-                    if c.write((i % 2048) * 4096, &[7; 4096], 0) == 0 {
-                        log.lock().push(Instant::now());
-                    }
-                    // Pacing: a write every few milliseconds.
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                c.disconnect();
-            }));
-        }
-    });
-    (h, acked)
-}
-
-/// Wait until `acks` holds at least one acknowledgement.
-fn wait_acked(acks: &Acks, who: &str, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while acks.lock().is_empty() {
-        assert!(Instant::now() < deadline, "{who} acknowledged no write");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_primary_cut_from_etcd_fences_itself_before_another_takes_over() {
     use umbra::services::repl::proxy::{Fault, FaultProxy};
@@ -193,7 +150,7 @@ fn a_primary_cut_from_etcd_fences_itself_before_another_takes_over() {
     let etcd = Etcd::start(1);
     let [(mut a, _), (b, b_addr)] = mesh(["a", "b"], KEY);
     for d in [&a, &b] {
-        d.ok(&["volume", "create", "v", "--size", "16M"]);
+        d.ok(&["volume", "create", "v", "--size", "32M"]);
         d.export_nbd("v");
     }
     a.ok(&enable_args(
@@ -216,8 +173,8 @@ fn a_primary_cut_from_etcd_fences_itself_before_another_takes_over() {
     join(&b, &etcd.endpoints(), "f", 3);
     wait_owners(&b, &[("s", "a")], 30);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (wa, acks_a) = writer(a.addr_of("v"), stop.clone());
-    let (wb, acks_b) = writer(b.addr_of("v"), stop.clone());
+    let (wa, acks_a) = writer(a.addr_of("v"), 0xa, stop.clone());
+    let (wb, acks_b) = writer(b.addr_of("v"), 0xb, stop.clone());
     wait_acked(&acks_a, "A before the cut", 30);
     // Cut A from etcd only: it still reaches B.
     proxy.set_fault(Fault::Partition);
@@ -228,12 +185,14 @@ fn a_primary_cut_from_etcd_fences_itself_before_another_takes_over() {
     wa.join().unwrap();
     wb.join().unwrap();
     let (acked_a, acked_b) = (acks_a.lock().clone(), acks_b.lock().clone());
-    let last_a = *acked_a
+    let last_a = acked_a
         .last()
-        .expect("A acknowledged writes before the cut");
-    let first_b = *acked_b
+        .expect("A acknowledged writes before the cut")
+        .0;
+    let first_b = acked_b
         .first()
-        .expect("B acknowledged writes after taking over");
+        .expect("B acknowledged writes after taking over")
+        .0;
     assert!(
         last_a < first_b,
         "A acknowledged a write {:?} after B's first",
@@ -243,28 +202,38 @@ fn a_primary_cut_from_etcd_fences_itself_before_another_takes_over() {
         "A's last ack {:?} before B's first",
         first_b.duration_since(last_a)
     );
-    // The cut heals: A rejoins as B's secondary by itself and converges.
-    proxy.set_fault(Fault::Pass);
+    // B took over with a planned swap (A was reachable): A, still cut
+    // from etcd, is B's secondary, and the copies converge: no write of
+    // either side slipped past the role change untracked.
     wait_role(&a, "s", "secondary", 60);
     wait_for(&b, "s", "settled", common::repl::settled, 60);
-    // Converged: the same bytes on both (a resync still finishing gets
-    // a few seconds; a difference that stays is a failure).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while sha(&a.uri_of("v")) != sha(&b.uri_of("v")) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let (fa, fb) = (
-        std::fs::read(a.data_dir().join("v.img")).unwrap(),
-        std::fs::read(b.data_dir().join("v.img")).unwrap(),
-    );
-    let differ: Vec<usize> = (0..fa.len() / 4096)
-        .filter(|i| fa[i * 4096..(i + 1) * 4096] != fb[i * 4096..(i + 1) * 4096])
-        .collect();
+    let differ = differing_blocks(&a, &b, "v");
     assert!(
         differ.is_empty(),
-        "{} blocks differ after the rejoin, first {:?}; A: {}; B: {}",
-        differ.len(),
-        &differ[..differ.len().min(8)],
+        "blocks differ after the swap (block, byte on A, byte on B): {differ:x?}; A: {}; B: {}",
+        info(&a, "s"),
+        info(&b, "s")
+    );
+    // The cut heals: A's agent finds B holding the lock and joins it
+    // (with a new lease: the old one expired), and they stay converged.
+    proxy.set_fault(Fault::Pass);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster_status(&a)["fenced_groups"] != serde_json::json!([]) {
+        assert!(
+            Instant::now() < deadline,
+            "A never rejoined: {}",
+            cluster_status(&a)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_role(&a, "s", "secondary", 60);
+    wait_for(&b, "s", "settled", common::repl::settled, 60);
+    scribble(&b.addr_of("v"), "v", 20, 9);
+    wait_for(&b, "s", "settled", common::repl::settled, 60);
+    let differ = differing_blocks(&a, &b, "v");
+    assert!(
+        differ.is_empty(),
+        "blocks differ after the rejoin (block, byte on A, byte on B): {differ:x?}; A: {}; B: {}",
         info(&a, "s"),
         info(&b, "s")
     );

@@ -464,10 +464,22 @@ impl Agent {
         let old = self.shared.lease.load(Ordering::SeqCst) as i64;
         let mut kept = None;
         if old != 0 {
-            let (mut k, mut st) = timed(c.lease_keep_alive(old)).await?;
-            timed(k.keep_alive()).await?;
-            if timed(st.message()).await?.is_some_and(|r| r.ttl() > 0) {
-                kept = Some((k, st));
+            // etcd answers an expired lease's keep-alive with an error
+            // ("lease not found"): that lease is gone for good, so a new
+            // one is granted below (a lost connection fails the grant too).
+            let renewed = async {
+                let (mut k, mut st) = timed(c.lease_keep_alive(old)).await?;
+                timed(k.keep_alive()).await?;
+                let alive = timed(st.message()).await?.is_some_and(|r| r.ttl() > 0);
+                Ok::<_, String>(alive.then_some((k, st)))
+            }
+            .await;
+            match renewed {
+                Ok(k) => kept = k,
+                Err(e) => log::info!(
+                    "cluster {}: lease {old:x} not renewed ({e}); asking for a new one",
+                    self.cfg.name
+                ),
             }
         }
         let (lease, mut keeper, mut stream) = match kept {
@@ -831,6 +843,26 @@ impl Agent {
 fn watchdog(repl: &Replication, shared: &Shared) {
     while !shared.stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(200));
+        // A fence ends with the role: a group that became a secondary here
+        // (a swap while fenced, a join) refuses client writes by itself.
+        let demoted = if shared.fenced.lock().is_empty() {
+            Vec::new()
+        } else {
+            repl.groups_here()
+        };
+        for (g, _) in demoted
+            .iter()
+            .filter(|(_, v)| v.role == ReplRole::Secondary)
+        {
+            if shared.fenced.lock().remove(g) {
+                repl.fence_group(g, false);
+                repl.publish(
+                    "cluster.unfenced",
+                    g,
+                    "this node is a secondary of the group now".into(),
+                );
+            }
+        }
         let renewed = shared.renewed_ms.load(Ordering::SeqCst);
         let ttl = shared.ttl_ms.load(Ordering::SeqCst);
         if renewed == 0 || now_ms().saturating_sub(renewed) < ttl * 2 / 3 {

@@ -127,3 +127,74 @@ pub fn wait_state(d: &Daemon, set: &str, state: &str, secs: u64) -> Value {
 pub fn wait_role(d: &Daemon, set: &str, role: &str, secs: u64) -> Value {
     wait_for(d, set, role, |v| v["role"] == role, secs)
 }
+
+/// Acknowledged writes, as a writer records them: when, and which block.
+pub type Acks = std::sync::Arc<parking_lot::Mutex<Vec<(Instant, u64)>>>;
+
+/// Writes 4 KiB blocks of `byte` to volume `v` at `addr` (block `i % 2048`
+/// for the i-th attempt) every few milliseconds until `stop`, recording at
+/// once the instant each write is acknowledged. Refused writes (a
+/// secondary, a fenced node) and dropped connections are part of the
+/// game: it reconnects and goes on.
+pub fn writer(
+    addr: String,
+    byte: u8,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (std::thread::JoinHandle<()>, Acks) {
+    let acked = Acks::default();
+    let log = acked.clone();
+    let h = std::thread::spawn(move || {
+        let mut i = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let Ok(s) = std::net::TcpStream::connect(&addr) else {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            drop(s);
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut c = super::nbd::NbdClient::connect(&addr, "v");
+                for _ in 0..50 {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    i += 1;
+                    if c.write((i % 2048) * 4096, &[byte; 4096], 0) == 0 {
+                        log.lock().push((Instant::now(), i % 2048));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                c.disconnect();
+            }));
+        }
+    });
+    (h, acked)
+}
+
+/// Wait until `acks` holds at least one acknowledgement.
+pub fn wait_acked(acks: &Acks, who: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while acks.lock().is_empty() {
+        assert!(Instant::now() < deadline, "{who} acknowledged no write");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The 4 KiB blocks in which volume `v`'s backing files on `a` and `b`
+/// differ once they converge (a resync still finishing gets 30 s), with
+/// each side's first byte (which writer's bytes it holds; 0 for none).
+pub fn differing_blocks(a: &Daemon, b: &Daemon, v: &str) -> Vec<(usize, u8, u8)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while super::sha(&a.uri_of(v)) != super::sha(&b.uri_of(v)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let img = format!("{v}.img");
+    let (fa, fb) = (
+        std::fs::read(a.data_dir().join(&img)).unwrap(),
+        std::fs::read(b.data_dir().join(&img)).unwrap(),
+    );
+    (0..fa.len().min(fb.len()) / 4096)
+        .filter(|i| fa[i * 4096..(i + 1) * 4096] != fb[i * 4096..(i + 1) * 4096])
+        .map(|i| (i, fa[i * 4096], fb[i * 4096]))
+        .take(16)
+        .collect()
+}

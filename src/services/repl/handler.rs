@@ -403,7 +403,7 @@ impl Replication {
             },
             None => Generations::default(),
         };
-        self.open_secondary(&c, Some(gens))?;
+        self.open_secondary(&c, Some(gens), &[])?;
         let cc = c.clone();
         self.commit(
             |rc| {

@@ -343,7 +343,7 @@ impl Replication {
         } else {
             SetState::Logging
         };
-        let set = match self.open_primary(&c, Some((initial != SetState::Replicating, gens))) {
+        let set = match self.open_primary(&c, Some((initial != SetState::Replicating, gens)), &[]) {
             Ok(s) => s,
             Err(e) => {
                 let _ = std::fs::remove_file(c.scoreboard.as_ref().expect("set"));

@@ -322,10 +322,6 @@ impl Replication {
                 .clean()
                 .map_err(|e| ReplError::Failed(format!("set {}: scoreboard: {e}", c.name)))?;
         }
-        self.host()?
-            .volume(&c.volume)?
-            .detach(SECONDARY_LAYER)
-            .map_err(|e| ReplError::Failed(e.to_string()))?;
         self.secondaries.lock().remove(&c.name);
         c.role = ReplRole::Primary;
         c.suspended = false;
@@ -334,7 +330,8 @@ impl Replication {
         if c.scoreboard.is_none() {
             c.scoreboard = Some(self.scoreboard_path(&c.name)?);
         }
-        let set = self.open_primary(c, None)?;
+        // The primary layer takes the guard's place in one quiesce.
+        let set = self.open_primary(c, None, &[SECONDARY_LAYER])?;
         set.set_peer_lost(new_generation);
         if new_generation {
             set.scoreboard
@@ -355,7 +352,7 @@ impl Replication {
             mc.remote_volume = m.volume.clone();
             mc.mode = m.mode;
             mc.scoreboard = Some(self.leg_scoreboard_path(&c.name, &m.node)?);
-            let leg = match self.open_primary(&mc, Some((false, gens.clone()))) {
+            let leg = match self.open_primary(&mc, Some((false, gens.clone())), &[]) {
                 Ok(l) => l,
                 Err(e) => {
                     log::error!(
@@ -407,6 +404,20 @@ impl Replication {
                 continue;
             }
             let node = new_primary.unwrap_or(&first.peer_node).to_owned();
+            // No write is served from here on: fence every leg, then one
+            // quiesce drains what passed the fence before it was set (their
+            // bits are durable before the layer below is touched).
+            for l in self.legs(n) {
+                l.fenced.store(true, Ordering::SeqCst);
+            }
+            if self.primary(n).is_some() {
+                drop(
+                    self.host()?
+                        .volume(&first.volume)?
+                        .quiesce("repl step down")
+                        .map_err(|e| ReplError::Failed(e.to_string()))?,
+                );
+            }
             let mut members = Vec::new();
             let keep_node = if self.primary(n).is_some() {
                 let (set, others) = self.fold_legs(n, &node)?;
@@ -440,13 +451,15 @@ impl Replication {
                 first.peer_node.clone()
             };
             let c = self.leg_config(n, Some(&keep_node))?;
-            self.drop_primary(&c);
             let mut nc = c.clone();
             nc.role = ReplRole::Secondary;
             nc.suspended = false;
             nc.split_brain = false;
             nc.members = members;
-            self.open_secondary(&nc, None)?;
+            // The guard takes the (fenced) primary layer's place in one
+            // quiesce; then the primary's runtime goes.
+            self.open_secondary(&nc, None, &[&primary_layer(&keep_node)])?;
+            self.drop_primary(&c);
             done.push(nc);
         }
         self.store_sets(&done)?;

@@ -385,18 +385,18 @@ impl Replication {
         }
         for sc in &rc.sets {
             let r = match sc.role {
-                ReplRole::Primary => self.open_primary(sc, None).map(|_| ()),
+                ReplRole::Primary => self.open_primary(sc, None, &[]).map(|_| ()),
                 // Secondaries of configurations before generations had no
                 // scoreboard: give them one (generation 0: any primary).
                 ReplRole::Secondary if sc.scoreboard.is_none() => {
                     let mut c = sc.clone();
                     self.scoreboard_path(&c.name).and_then(|p| {
                         c.scoreboard = Some(p);
-                        self.open_secondary(&c, Some(Generations::default()))?;
+                        self.open_secondary(&c, Some(Generations::default()), &[])?;
                         self.store_sets(&[c.clone()])
                     })
                 }
-                ReplRole::Secondary => self.open_secondary(sc, None).map(|_| ()),
+                ReplRole::Secondary => self.open_secondary(sc, None, &[]).map(|_| ()),
             };
             if let Err(e) = r {
                 log::error!("replication set {} not restored: {e}", sc.name);
@@ -445,10 +445,15 @@ impl Replication {
 
     /// Open a primary leg: scoreboard, link, layer. `create`: a new
     /// scoreboard with these generations, every chunk out of sync or none.
+    ///
+    /// `replacing`: layers this one takes the place of, in the same
+    /// quiesce (a promoted secondary's guard): the volume never serves a
+    /// write with neither layer in its stack.
     pub(super) fn open_primary(
         &self,
         c: &ReplSetConfig,
         create: Option<(bool, Generations)>,
+        replacing: &[&str],
     ) -> RResult<Arc<ReplSet>> {
         let host = self.host()?;
         let volume = host.volume(&c.volume)?;
@@ -540,9 +545,7 @@ impl Replication {
         if create.is_none() && !c.suspended && c.autosync {
             set.set_peer_lost(true);
         }
-        volume
-            .attach(Arc::new(PrimaryLayer::new(set.clone())))
-            .map_err(|e| ReplError::Failed(e.to_string()))?;
+        exchange_layers(&volume, replacing, Arc::new(PrimaryLayer::new(set.clone())))?;
         link.add_set(set.clone());
         legs.push(set.clone());
         self.primaries.lock().insert(c.name.clone(), legs);
@@ -569,7 +572,12 @@ impl Replication {
             }
         }
         if let Ok(v) = self.host().and_then(|h| h.volume(&c.volume)) {
-            if let Err(e) = v.detach(&primary_layer(&c.peer_node)) {
+            let layer = primary_layer(&c.peer_node);
+            // A step-down exchanged it for the guard already.
+            if !v.service_names().contains(&layer) {
+                return;
+            }
+            if let Err(e) = v.detach(&layer) {
                 log::error!(
                     "replication set {}: removing the layer toward {}: {e}",
                     c.name,
@@ -622,10 +630,15 @@ impl Replication {
 
     /// Open a secondary set: guard layer and scoreboard. `create`: a new
     /// scoreboard with these generations.
+    ///
+    /// `replacing`: the primary layers the guard takes the place of, in
+    /// the same quiesce (a step-down): no write reaches the volume
+    /// untracked between the two.
     pub(super) fn open_secondary(
         &self,
         c: &ReplSetConfig,
         create: Option<Generations>,
+        replacing: &[&str],
     ) -> RResult<SecondaryEntry> {
         let volume = self.host()?.volume(&c.volume)?;
         let size = volume.size_bytes();
@@ -638,9 +651,7 @@ impl Replication {
         };
         let guard = Arc::new(SecondaryGuard::new(&c.volume));
         if !volume.service_names().iter().any(|n| n == SECONDARY_LAYER) {
-            volume
-                .attach(guard.clone())
-                .map_err(|e| ReplError::Failed(e.to_string()))?;
+            exchange_layers(&volume, replacing, guard.clone())?;
         }
         let sb = Arc::new(sb);
         let entry = SecondaryEntry {
@@ -875,4 +886,23 @@ pub(super) fn trim_secret(mut s: Vec<u8>) -> Vec<u8> {
         s.pop();
     }
     s
+}
+
+/// Put `add` on top of `volume`'s stack and take out the layers named in
+/// `remove` (those present) in one quiesce, so no request sees the stack
+/// without both (a role change never leaves a window where writes pass
+/// untracked and unrefused).
+fn exchange_layers(
+    volume: &crate::interposer::Volume,
+    remove: &[&str],
+    add: Arc<dyn crate::interposer::Service>,
+) -> RResult<()> {
+    let mut g = volume
+        .quiesce(&format!("attach {}", add.name()))
+        .map_err(|e| ReplError::Failed(e.to_string()))?;
+    let present: Vec<String> = g.services().iter().map(|s| s.name().to_owned()).collect();
+    for r in remove.iter().filter(|r| present.iter().any(|p| p == *r)) {
+        g.remove(r).map_err(|e| ReplError::Failed(e.to_string()))?;
+    }
+    g.push(add).map_err(|e| ReplError::Failed(e.to_string()))
 }

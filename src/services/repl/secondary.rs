@@ -408,6 +408,7 @@ pub fn serve_link(
         inline_only: mode == Mode::Async,
     };
     let is_ordered = mode != Mode::Sync;
+    let mut overlaps = Overlaps::default();
     let mut reader = BufReader::with_capacity(1 << 20, &stream);
     let reason = loop {
         // About to wait for the socket: finish and acknowledge what was
@@ -488,10 +489,14 @@ pub fn serve_link(
             let same_group_follows = next == Some(w.group);
             ordered.write(set, w, same_group_follows)
         } else {
-            job_tx
-                .send((set, w))
-                .map_err(|_| "the workers stopped".to_string())
-                .and_then(|()| reap(&done_rx, &mut 0))
+            overlaps
+                .admit(&done_rx, &w)
+                .and_then(|()| {
+                    job_tx
+                        .send((set, w))
+                        .map_err(|_| "the workers stopped".to_string())
+                })
+                .and_then(|()| overlaps.reap(&done_rx))
         };
         if let Err(e) = r {
             let _ = send(&writer, FrameType::Error, e.as_bytes());
@@ -610,6 +615,60 @@ impl Ordered<'_> {
 }
 
 /// Collect finished worker results without waiting; the first error wins.
+/// Sync mode's applier runs writes concurrently on the workers, but two
+/// writes that overlap apply in the order they arrived: the primary sends
+/// them in the order it queued them, and a resync's copy of a chunk is
+/// queued before the client writes to that chunk that waited for it (were
+/// the two applied the other way round, the copy's older bytes would
+/// overwrite the newer write here while the primary's bit is clear).
+#[derive(Default)]
+struct Overlaps {
+    /// Dispatched, not yet completed: (seq, set id, start, end).
+    running: Vec<(u64, u32, u64, u64)>,
+}
+
+impl Overlaps {
+    /// Wait until no running write overlaps `w`, then count it running.
+    fn admit(
+        &mut self,
+        done_rx: &Receiver<(u64, std::result::Result<(), String>)>,
+        w: &WriteFrame,
+    ) -> std::result::Result<(), String> {
+        if w.len == 0 {
+            return Ok(());
+        }
+        let (start, end) = (w.offset, w.offset + w.len as u64);
+        let clash = |r: &(u64, u32, u64, u64)| r.1 == w.set_id && r.2 < end && start < r.3;
+        while self.running.iter().any(clash) {
+            let (seq, r) = done_rx
+                .recv()
+                .map_err(|_| "the workers stopped".to_string())?;
+            self.done(seq);
+            r?;
+        }
+        self.running.push((w.seq, w.set_id, start, end));
+        Ok(())
+    }
+
+    fn done(&mut self, seq: u64) {
+        if let Some(i) = self.running.iter().position(|r| r.0 == seq) {
+            self.running.swap_remove(i);
+        }
+    }
+
+    /// Collect what completed; the first failure ends the link.
+    fn reap(
+        &mut self,
+        done_rx: &Receiver<(u64, std::result::Result<(), String>)>,
+    ) -> std::result::Result<(), String> {
+        while let Ok((seq, r)) = done_rx.try_recv() {
+            self.done(seq);
+            r?;
+        }
+        Ok(())
+    }
+}
+
 fn reap(
     done_rx: &Receiver<(u64, std::result::Result<(), String>)>,
     outstanding: &mut usize,

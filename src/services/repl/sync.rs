@@ -225,6 +225,17 @@ impl Replication {
             Ok(false) => return, // stepped down or split brain: nothing to sync
             Err(e) => return fail(e, SetState::Logging),
         }
+        // A sync asked for while the link is up (a repair after `repl
+        // verify`): the secondary first releases the marks of what every
+        // member holds, so the bits it hands over below are only what may
+        // differ, not everything it received in the last second.
+        if link.is_up() {
+            for s in sets.iter().filter(|s| s.state() == SetState::Replicating) {
+                if let Err(e) = self.release_round(link, s) {
+                    log::debug!("replication set {}: release before the sync: {e}", s.name);
+                }
+            }
+        }
         // 2. The secondary protects itself (safety snapshot) and tells us
         //    which chunks it changed on its own (a demoted former primary).
         for s in &sets {
