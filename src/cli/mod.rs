@@ -9,6 +9,7 @@ mod group;
 mod image;
 mod repl;
 mod serve;
+mod stats;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -84,6 +85,16 @@ Example:\n  umbra serve --data-dir /var/lib/umbra")]
     /// Forward TCP with injected one-way delay (replication benchmarks)
     #[command(hide = true)]
     FaultProxy(repl::FaultProxyArgs),
+
+    /// Per-volume I/O: requests, bytes, errors, latency; rates with --interval
+    #[command(
+        long_about = "Per-volume I/O counted where requests enter the volume (every export's): \
+reads, writes, flushes, discards and write-zeroes, bytes, errors, requests in flight, and \
+latency quantiles per operation. Without --interval: totals since the volume came online. \
+With it: rates over each interval, like `zpool iostat`.\n\n\
+Examples:\n  umbra stats\n  umbra stats db --interval 1s\n  umbra stats --json | jq '.volumes[].io.write'"
+    )]
+    Stats(stats::StatsArgs),
 
     /// Show the daemon's state
     #[command(
@@ -376,6 +387,21 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// A duration as every option takes it: `10s`, `500ms`, or bare seconds.
+pub(crate) fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mul) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000)
+    } else {
+        (t, 1000)
+    };
+    num.parse::<u64>()
+        .map(|n| n * mul)
+        .map_err(|_| format!("{s:?} is not a duration like 10s or 500ms"))
+}
+
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let socket = cli
@@ -392,6 +418,7 @@ pub fn main() -> i32 {
         Command::Group(c) => group::run(&socket, c),
         Command::Cluster(c) => cluster::run(&socket, c),
         Command::FaultProxy(a) => repl::fault_proxy(a),
+        Command::Stats(a) => stats::run(&socket, a),
         Command::Status(j) => commands::status(&socket, j.json),
         Command::Events(a) => commands::events(&socket, a),
     };

@@ -1,7 +1,7 @@
 //! `umbra repl ...`: remote mirroring, managed from the primary's host.
 
 use super::commands::{absolute, call, human_bytes, print_json, progress_bar, s, table};
-use super::parse_size;
+use super::{parse_duration_ms, parse_size};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
@@ -400,20 +400,6 @@ fn parse_max_lag(s: &str) -> Result<MaxLag, String> {
     parse_size(t)
         .map(MaxLag::Bytes)
         .map_err(|_| format!("{s:?} is neither a time (5s, 500ms) nor a size (64M)"))
-}
-
-fn parse_duration_ms(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mul) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 1)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1000)
-    } else {
-        (t, 1000)
-    };
-    num.parse::<u64>()
-        .map(|n| n * mul)
-        .map_err(|_| format!("{s:?} is not a duration like 10s or 500ms"))
 }
 
 fn mode_str(m: ModeArg) -> &'static str {

@@ -18,6 +18,12 @@ pub struct ServeArgs {
     /// Where the default volume is exported on a first start (no configuration yet)
     #[arg(long, env = "UMBRA_DEFAULT_LISTEN", default_value = DEFAULT_LISTEN, value_parser = parse_listen)]
     default_listen: ListenAddr,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given;
+    /// `--metrics` alone listens on 127.0.0.1:9633, a bare port on loopback)
+    #[arg(long, env = "UMBRA_METRICS", value_name = "ADDR", num_args = 0..=1,
+          default_missing_value = umbra::control::metrics::DEFAULT_METRICS,
+          value_parser = umbra::control::metrics::parse_addr)]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn parse_listen(s: &str) -> Result<ListenAddr, String> {
@@ -58,6 +64,18 @@ pub fn run(args: ServeArgs) -> i32 {
             return super::EXIT_FAILED;
         }
     };
+    let mut metrics = match args
+        .metrics
+        .map(|a| umbra::control::metrics::MetricsServer::start(a, Arc::downgrade(&daemon)))
+        .transpose()
+    {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("umbra: {e}");
+            daemon.shutdown();
+            return super::EXIT_FAILED;
+        }
+    };
     let listener_fd = listener.as_raw_fd();
     let admin_daemon = Arc::clone(&daemon);
     let admin_thread = std::thread::Builder::new()
@@ -65,10 +83,16 @@ pub fn run(args: ServeArgs) -> i32 {
         .spawn(move || admin::accept_loop(listener, admin_daemon))
         .expect("spawn the admin thread");
 
+    if let Some(m) = &metrics {
+        daemon.set_metrics_addr(m.addr);
+    }
     print_banner(&daemon, &report);
 
     let signal = signals.forever().next().unwrap_or(SIGTERM);
     log::info!("signal {signal} received: shutting down");
+    if let Some(m) = metrics.as_mut() {
+        m.stop();
+    }
     daemon.shutdown();
     // Wake the admin accept loop; it sees `stopping` and returns.
     let _ = nix::sys::socket::shutdown(listener_fd, nix::sys::socket::Shutdown::Both);
@@ -102,6 +126,9 @@ fn print_banner(daemon: &Daemon, report: &umbra::control::daemon::StartReport) {
         println!("connect with, for example:");
         println!("  nbdinfo '{uri}'");
         println!("  qemu-img info '{uri}'");
+    }
+    if let Some(a) = daemon.metrics_addr() {
+        println!("metrics: http://{a}/metrics");
     }
     println!(
         "manage it with: UMBRA_SOCKET={} umbra volume list",

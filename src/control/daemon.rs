@@ -93,6 +93,8 @@ pub struct Daemon {
     /// This daemon, for threads it starts (replication sync and links).
     weak: std::sync::OnceLock<std::sync::Weak<Daemon>>,
     stopping: AtomicBool,
+    /// Where `serve --metrics` listens, once it does.
+    metrics_addr: std::sync::OnceLock<std::net::SocketAddr>,
     started: Instant,
     _lock: Flock<File>,
 }
@@ -146,6 +148,7 @@ impl Daemon {
             repl,
             weak: std::sync::OnceLock::new(),
             stopping: AtomicBool::new(false),
+            metrics_addr: std::sync::OnceLock::new(),
             started: Instant::now(),
             _lock: lock,
         });
@@ -324,6 +327,17 @@ impl Daemon {
             "cache.enable" => self.cache_enable(parse(op, args)?),
             "cache.disable" => self.cache_disable(parse(op, args)?),
             "cache.stats" => self.cache_stats(parse(op, args)?),
+            "stats" => {
+                let a: StatsArgs = parse(op, args)?;
+                let vols = self.volume_stats(&a.volumes)?;
+                Ok(json!({
+                    "unix_ms": std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0),
+                    "volumes": vols.iter().map(VolumeStats::to_json).collect::<Vec<_>>(),
+                }))
+            }
             _ if op.starts_with("image.") => self.handle_image(op, args),
             _ if op.starts_with("repl.")
                 || op.starts_with("group.")
@@ -350,7 +364,17 @@ impl Daemon {
             "volumes_offline": st.volumes.values().filter(|v| v.volume.is_none()).count(),
             "exports": st.config.exports.len(),
             "image_sets": st.config.images.len(),
+            "metrics": self.metrics_addr.get().map(|a| format!("http://{a}/metrics")),
         })
+    }
+
+    /// `serve --metrics` tells the daemon where its metrics are served.
+    pub fn set_metrics_addr(&self, a: std::net::SocketAddr) {
+        let _ = self.metrics_addr.set(a);
+    }
+
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr.get().copied()
     }
 
     fn persist(&self, st: &State) -> Result<(), OpError> {
@@ -797,6 +821,49 @@ impl Daemon {
         Ok(volume_json(&st, &a.volume))
     }
 
+    /// Every counter of volumes `names` (all when empty): I/O at the
+    /// volume, its cache, its replication legs. The state lock is held only
+    /// to read the counters; replication is asked after it is released.
+    pub fn volume_stats(&self, names: &[String]) -> Result<Vec<VolumeStats>, OpError> {
+        let mut out = Vec::new();
+        {
+            let st = self.state.lock();
+            for n in names {
+                if !st.volumes.contains_key(n) {
+                    return Err(no_volume(n));
+                }
+            }
+            for (name, e) in &st.volumes {
+                if !names.is_empty() && !names.contains(name) {
+                    continue;
+                }
+                out.push(VolumeStats {
+                    volume: name.clone(),
+                    online: e.volume.is_some(),
+                    io: e.volume.as_ref().map(|v| v.io_stats()),
+                    cache: e.cache.as_ref().map(|c| c.stats()),
+                    exports: st
+                        .config
+                        .exports
+                        .iter()
+                        .filter(|x| &x.volume == name)
+                        .map(|x| export_json(&st, x))
+                        .collect(),
+                    replication: Vec::new(),
+                });
+            }
+        }
+        let legs = self.repl.list();
+        for v in &mut out {
+            v.replication = legs
+                .iter()
+                .filter(|l| l["volume"] == v.volume.as_str())
+                .cloned()
+                .collect();
+        }
+        Ok(out)
+    }
+
     fn cache_stats(&self, a: CacheStatsArgs) -> Result<Value, OpError> {
         let st = self.state.lock();
         let stats_of = |name: &str, e: &VolumeEntry| {
@@ -1061,6 +1128,7 @@ fn volume_json(st: &State, name: &str) -> Value {
             }
         }).collect::<Vec<_>>(),
         "exports": exports,
+        "io": entry.volume.as_ref().map(|v| v.io_stats().to_json()),
     })
 }
 
@@ -1270,6 +1338,61 @@ struct CacheEnableArgs {
     safe_store: Option<PathBuf>,
     #[serde(default)]
     safe_store_bytes: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatsArgs {
+    #[serde(default)]
+    volumes: Vec<String>,
+}
+
+/// One volume's counters, as `stats` and the metrics exposition show them.
+pub struct VolumeStats {
+    pub volume: String,
+    pub online: bool,
+    /// Requests through the volume (none while it is offline).
+    pub io: Option<crate::interposer::stats::IoSnapshot>,
+    pub cache: Option<crate::services::cache::CacheStats>,
+    /// Its exports, as `export list` shows them.
+    pub exports: Vec<Value>,
+    /// Its replication legs, as `repl list` shows them.
+    pub replication: Vec<Value>,
+}
+
+impl VolumeStats {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "volume": self.volume,
+            "state": if self.online { "online" } else { "offline" },
+            "io": self.io.as_ref().map(|i| i.to_json()),
+            "cache": self.cache.as_ref().map(|c| json!({
+                "unit": "4 KiB blocks",
+                "read_hit_blocks": c.read_hits,
+                "read_miss_blocks": c.read_misses,
+                "hit_ratio": c.hit_ratio,
+                "cached_bytes": c.cached_bytes,
+                "capacity_bytes": c.capacity_bytes,
+            })),
+            "replication": self.replication.iter().map(|l| json!({
+                "set": l["name"],
+                "role": l["role"],
+                "peer_node": l["peer_node"],
+                "state": l["state"],
+                "link": l["link"],
+                "lag_bytes": l["lag_bytes"],
+                "lag_writes": l["lag_writes"],
+                "queue_depth": l["queue_depth"],
+                "sent_bytes": l["bytes"],
+                "sent_writes": l["writes"],
+                "applied_bytes": l["applied_bytes"],
+                "applied_writes": l["applied_writes"],
+                "out_of_sync_bytes": l["out_of_sync_bytes"],
+                "sync_done_bytes": l["sync_done_bytes"],
+                "sync_total_bytes": l["sync_total_bytes"],
+            })).collect::<Vec<_>>(),
+        })
+    }
 }
 
 #[derive(Deserialize)]

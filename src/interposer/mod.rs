@@ -28,9 +28,11 @@
 //! order ([`quiesce_many`]), which is how a group point in time is taken.
 
 pub mod passthrough;
+pub mod stats;
 
 use crate::device::{BlockDevice, Describe, DeviceError, LatencyClass, Result};
 use parking_lot::{RwLock, RwLockWriteGuard};
+use stats::Op;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,6 +132,8 @@ pub struct Volume {
     /// The stack's latency class, cached at every rebuild so frontends can
     /// ask per request without taking the stack lock.
     blocking: AtomicBool,
+    /// What every request through the volume did (`stats.rs`).
+    stats: stats::IoStats,
 }
 
 impl Volume {
@@ -159,6 +163,7 @@ impl Volume {
             blocking: AtomicBool::new(backend.latency_class() == LatencyClass::Blocking),
             backend,
             description,
+            stats: stats::IoStats::default(),
         }
     }
 
@@ -242,6 +247,25 @@ impl Volume {
         Ok(())
     }
 
+    /// Every request through the volume so far (`stats.rs`).
+    pub fn io_stats(&self) -> stats::IoSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Run one request through the stack, counted.
+    #[inline]
+    fn counted(
+        &self,
+        op: Op,
+        bytes: u64,
+        f: impl FnOnce(&dyn BlockDevice) -> Result<()>,
+    ) -> Result<()> {
+        let t = self.stats.start();
+        let r = self.with_top(f);
+        self.stats.end(t, op, bytes, r.is_ok());
+        r
+    }
+
     #[inline]
     fn with_top<T>(&self, f: impl FnOnce(&dyn BlockDevice) -> Result<T>) -> Result<T> {
         // The read lock is the admission gate of the quiesce protocol: one
@@ -260,19 +284,20 @@ impl BlockDevice for Volume {
         self.size_bytes
     }
     fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.with_top(|d| d.read(buf, offset))
+        let len = buf.len() as u64;
+        self.counted(Op::Read, len, |d| d.read(buf, offset))
     }
     fn write(&self, buf: &[u8], offset: u64, fua: bool) -> Result<()> {
-        self.with_top(|d| d.write(buf, offset, fua))
+        self.counted(Op::Write, buf.len() as u64, |d| d.write(buf, offset, fua))
     }
     fn flush(&self) -> Result<()> {
-        self.with_top(|d| d.flush())
+        self.counted(Op::Flush, 0, |d| d.flush())
     }
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        self.with_top(|d| d.discard(offset, len))
+        self.counted(Op::Discard, len, |d| d.discard(offset, len))
     }
     fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
-        self.with_top(|d| d.write_zeroes(offset, len, fua))
+        self.counted(Op::WriteZeroes, len, |d| d.write_zeroes(offset, len, fua))
     }
     fn block_size_bytes(&self) -> u32 {
         self.backend.block_size_bytes()

@@ -44,6 +44,8 @@ pub struct Daemon {
     pub stdout: Vec<String>,
     /// Run inside this network namespace (`ip netns exec`).
     pub netns: Option<String>,
+    /// More environment for `umbra serve` (`UMBRA_METRICS`, ...).
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -56,6 +58,24 @@ impl Daemon {
             child: None,
             stdout: Vec::new(),
             netns: None,
+            env: Vec::new(),
+        };
+        d.spawn();
+        d
+    }
+
+    /// [`Daemon::start`] with more environment for `umbra serve`.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut d = Daemon {
+            dir,
+            child: None,
+            stdout: Vec::new(),
+            netns: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         d.spawn();
         d
@@ -69,6 +89,7 @@ impl Daemon {
             child: None,
             stdout: Vec::new(),
             netns: Some(ns.to_owned()),
+            env: Vec::new(),
         };
         d.spawn();
         d
@@ -99,6 +120,7 @@ impl Daemon {
             .env("UMBRA_DATA_DIR", self.data_dir())
             .env("UMBRA_DEFAULT_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -1,0 +1,144 @@
+//! `umbra stats`: per-volume I/O rates, like `zpool iostat`.
+
+use super::commands::{call, human_bytes, print_json, table};
+use super::parse_duration_ms;
+use anyhow::Result;
+use clap::Args;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct StatsArgs {
+    /// Volumes to show (all when none is named)
+    volumes: Vec<String>,
+    /// Print rates over each interval (10s, 500ms), until interrupted or
+    /// --count intervals; without it, totals since the volume came online
+    #[arg(long, short, value_parser = parse_duration_ms, value_name = "DURATION")]
+    interval: Option<u64>,
+    /// Stop after this many intervals
+    #[arg(long, short)]
+    count: Option<u64>,
+    /// Print the daemon's counters as JSON (one object per sample)
+    #[arg(long)]
+    json: bool,
+}
+
+const OPS: [&str; 5] = ["read", "write", "flush", "discard", "write_zeroes"];
+
+fn sample(socket: &Path, vols: &[String]) -> Result<Value> {
+    call(socket, "stats", json!({"volumes": vols}))
+}
+
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+pub fn run(socket: &Path, a: StatsArgs) -> Result<()> {
+    let Some(every) = a.interval else {
+        let v = sample(socket, &a.volumes)?;
+        if a.json {
+            print_json(&v);
+        } else {
+            totals(&v);
+        }
+        return Ok(());
+    };
+    let every = Duration::from_millis(every.max(1));
+    let mut prev = sample(socket, &a.volumes)?;
+    let mut done = 0;
+    while a.count.is_none_or(|c| done < c) {
+        std::thread::sleep(every);
+        let cur = sample(socket, &a.volumes)?;
+        if a.json {
+            println!("{}", serde_json::to_string(&cur)?);
+        } else {
+            rates(&prev, &cur, done == 0);
+        }
+        prev = cur;
+        done += 1;
+    }
+    Ok(())
+}
+
+/// Totals since each volume came online, one row per volume.
+fn totals(v: &Value) {
+    let rows = volumes(v)
+        .map(|vol| {
+            let io = &vol["io"];
+            let mut r = vec![vol["volume"].as_str().unwrap_or("?").to_owned()];
+            for op in OPS.iter().take(3) {
+                r.push(n(&io[op]["ops"]).to_string());
+            }
+            r.push(human_bytes(n(&io["read"]["bytes"])));
+            r.push(human_bytes(n(&io["write"]["bytes"])));
+            r.push(
+                OPS.iter()
+                    .map(|op| n(&io[op]["errors"]))
+                    .sum::<u64>()
+                    .to_string(),
+            );
+            r.push(format!(
+                "{:.0}",
+                io["read"]["latency_us"]["p99"].as_f64().unwrap_or(0.0)
+            ));
+            r.push(format!(
+                "{:.0}",
+                io["write"]["latency_us"]["p99"].as_f64().unwrap_or(0.0)
+            ));
+            r
+        })
+        .collect();
+    table(
+        &[
+            "VOLUME",
+            "READS",
+            "WRITES",
+            "FLUSHES",
+            "READ",
+            "WRITTEN",
+            "ERRORS",
+            "R P99 µs",
+            "W P99 µs",
+        ],
+        rows,
+    );
+}
+
+fn volumes(v: &Value) -> impl Iterator<Item = &Value> {
+    v["volumes"].as_array().into_iter().flatten()
+}
+
+/// Rates over the interval between two samples, `zpool iostat` style.
+fn rates(prev: &Value, cur: &Value, header: bool) {
+    let secs = (n(&cur["unix_ms"]).saturating_sub(n(&prev["unix_ms"])) as f64 / 1000.0).max(1e-3);
+    let rate = |a: &Value, b: &Value| (n(b).saturating_sub(n(a))) as f64 / secs;
+    if header {
+        println!(
+            "{:<16} {:>8} {:>8} {:>7} {:>10} {:>10} {:>6} {:>5}",
+            "volume", "r/s", "w/s", "f/s", "read/s", "write/s", "err/s", "queue"
+        );
+    }
+    for vol in volumes(cur) {
+        let name = vol["volume"].as_str().unwrap_or("?");
+        let Some(old) = volumes(prev).find(|p| p["volume"] == name) else {
+            continue;
+        };
+        let (a, b) = (&old["io"], &vol["io"]);
+        let errs: f64 = OPS
+            .iter()
+            .map(|op| rate(&a[op]["errors"], &b[op]["errors"]))
+            .sum();
+        println!(
+            "{:<16} {:>8.0} {:>8.0} {:>7.0} {:>10} {:>10} {:>6.0} {:>5}",
+            name,
+            rate(&a["read"]["ops"], &b["read"]["ops"]),
+            rate(&a["write"]["ops"], &b["write"]["ops"]),
+            rate(&a["flush"]["ops"], &b["flush"]["ops"]),
+            human_bytes(rate(&a["read"]["bytes"], &b["read"]["bytes"]) as u64),
+            human_bytes(rate(&a["write"]["bytes"], &b["write"]["bytes"]) as u64),
+            errs,
+            n(&b["in_flight"]),
+        );
+    }
+}
