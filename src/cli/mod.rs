@@ -6,6 +6,7 @@
 mod cluster;
 mod commands;
 mod group;
+mod hook;
 mod image;
 mod repl;
 mod serve;
@@ -85,6 +86,10 @@ Example:\n  umbra serve --data-dir /var/lib/umbra")]
     /// Forward TCP with injected one-way delay (replication benchmarks)
     #[command(hide = true)]
     FaultProxy(repl::FaultProxyArgs),
+
+    /// Run a command on events (notification hooks): add, list, remove
+    #[command(subcommand)]
+    Hook(hook::HookCommand),
 
     /// Per-volume I/O: requests, bytes, errors, latency; rates with --interval
     #[command(
@@ -419,6 +424,7 @@ pub fn main() -> i32 {
         Command::Cluster(c) => cluster::run(&socket, c),
         Command::FaultProxy(a) => repl::fault_proxy(a),
         Command::Stats(a) => stats::run(&socket, a),
+        Command::Hook(c) => hook::run(&socket, c),
         Command::Status(j) => commands::status(&socket, j.json),
         Command::Events(a) => commands::events(&socket, a),
     };

@@ -32,6 +32,9 @@ pub struct Config {
     /// Replication: this node's identity, listener, peers and sets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repl: Option<ReplConfig>,
+    /// Notification hooks (`umbra hook`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<crate::control::hooks::HookConfig>,
 }
 
 pub use crate::services::repl::config::{PeerConfig, ReplConfig, ReplRole, ReplSetConfig};
@@ -54,6 +57,7 @@ impl Default for Config {
             image_groups: Vec::new(),
             image_overflows: Vec::new(),
             repl: None,
+            hooks: Vec::new(),
         }
     }
 }
@@ -213,6 +217,13 @@ impl Config {
                 }
             }
         }
+        let mut hooks = std::collections::HashSet::new();
+        for h in &self.hooks {
+            h.validate()?;
+            if !hooks.insert(&h.name) {
+                return Err(format!("hook {} is listed twice", h.name));
+            }
+        }
         let mut groups = std::collections::HashSet::new();
         for g in &self.image_groups {
             crate::control::validate_name(&g.name)?;
@@ -303,11 +314,23 @@ mod tests {
                 groups: Vec::new(),
                 cluster: None,
             }),
+            hooks: vec![crate::control::hooks::HookConfig {
+                name: "pager".into(),
+                on: vec!["repl.*".into()],
+                run: "/usr/local/bin/page".into(),
+                timeout_ms: 5000,
+            }],
         };
         cfg.save(dir.path()).unwrap();
         assert_eq!(Config::load(dir.path()).unwrap(), Some(cfg.clone()));
         assert!(!dir.path().join("umbra.json.tmp").exists());
 
+        let mut bad = cfg.clone();
+        bad.hooks.push(bad.hooks[0].clone());
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .contains("hook pager is listed twice"));
         let mut bad = cfg.clone();
         bad.images[0].shadow = "nope".into();
         assert!(bad.validate().unwrap_err().contains("unknown volume nope"));

@@ -93,6 +93,8 @@ pub struct Daemon {
     /// This daemon, for threads it starts (replication sync and links).
     weak: std::sync::OnceLock<std::sync::Weak<Daemon>>,
     stopping: AtomicBool,
+    /// Notification hooks: their threads read the event bus.
+    hooks: crate::control::hooks::Hooks,
     /// Where `serve --metrics` listens, once it does.
     metrics_addr: std::sync::OnceLock<std::net::SocketAddr>,
     started: Instant,
@@ -131,6 +133,7 @@ impl Daemon {
         let loaded = Config::load(&data_dir)?;
         let created_default = loaded.is_none();
         let repl = crate::services::repl::Replication::new();
+        let events = Arc::new(EventBus::default());
         let daemon = Arc::new(Daemon {
             data_dir: data_dir.clone(),
             state: Mutex::new(State {
@@ -142,7 +145,8 @@ impl Daemon {
                 ublk: HashMap::new(),
                 ublk_control: None,
             }),
-            events: Arc::new(EventBus::default()),
+            hooks: crate::control::hooks::Hooks::start(events.clone()),
+            events,
             imaging: Imaging::default(),
             cluster: crate::cluster::Cluster::new(repl.clone()),
             repl,
@@ -248,6 +252,9 @@ impl Daemon {
             st.volumes.insert(vc.name.clone(), entry);
         }
         st.config = cfg.clone();
+        for h in &cfg.hooks {
+            self.hooks.add(h.clone());
+        }
         self.restore_images(&mut st);
         // Replication looks volumes up and persists through the daemon:
         // it runs with the state unlocked, before any export serves.
@@ -327,6 +334,12 @@ impl Daemon {
             "cache.enable" => self.cache_enable(parse(op, args)?),
             "cache.disable" => self.cache_disable(parse(op, args)?),
             "cache.stats" => self.cache_stats(parse(op, args)?),
+            "hook.add" => self.hook_add(parse(op, args)?),
+            "hook.list" => {
+                let _: NoArgs = parse(op, args)?;
+                Ok(Value::Array(self.hooks.list()))
+            }
+            "hook.remove" => self.hook_remove(parse(op, args)?),
             "stats" => {
                 let a: StatsArgs = parse(op, args)?;
                 let vols = self.volume_stats(&a.volumes)?;
@@ -821,6 +834,77 @@ impl Daemon {
         Ok(volume_json(&st, &a.volume))
     }
 
+    /// `hook add`: store the hook, then start it. The same hook again is
+    /// a no-op; another with that name is refused.
+    fn hook_add(&self, a: HookAddArgs) -> Result<Value, OpError> {
+        let cfg = crate::control::hooks::HookConfig {
+            name: a.name,
+            on: a.on,
+            run: a.run,
+            timeout_ms: a
+                .timeout_ms
+                .unwrap_or(crate::control::hooks::DEFAULT_HOOK_TIMEOUT_MS),
+        };
+        cfg.validate().map_err(OpError::invalid)?;
+        if !cfg.run.is_file() {
+            return Err(OpError::invalid(format!(
+                "hook {}: {} is not a file",
+                cfg.name,
+                cfg.run.display()
+            )));
+        }
+        let mut st = self.state.lock();
+        if let Some(old) = st.config.hooks.iter().find(|h| h.name == cfg.name) {
+            if *old == cfg {
+                return Ok(self.hook_json(&cfg.name));
+            }
+            return Err(OpError::new(
+                ErrorCode::Exists,
+                format!(
+                    "hook {} exists with other settings; `umbra hook remove {}` first",
+                    cfg.name, cfg.name
+                ),
+            ));
+        }
+        st.config.hooks.push(cfg.clone());
+        if let Err(e) = self.persist(&st) {
+            st.config.hooks.pop();
+            return Err(e);
+        }
+        drop(st);
+        self.hooks.add(cfg.clone());
+        self.events.publish(
+            "hook.added",
+            &cfg.name,
+            format!("on {} runs {}", cfg.on.join(","), cfg.run.display()),
+        );
+        Ok(self.hook_json(&cfg.name))
+    }
+
+    fn hook_json(&self, name: &str) -> Value {
+        self.hooks
+            .list()
+            .into_iter()
+            .find(|h| h["name"] == name)
+            .unwrap_or(Value::Null)
+    }
+
+    fn hook_remove(&self, a: NameArgs) -> Result<Value, OpError> {
+        let mut st = self.state.lock();
+        let Some(i) = st.config.hooks.iter().position(|h| h.name == a.name) else {
+            return Err(OpError::not_found(format!("no hook named {}", a.name)));
+        };
+        let old = st.config.hooks.remove(i);
+        if let Err(e) = self.persist(&st) {
+            st.config.hooks.insert(i, old);
+            return Err(e);
+        }
+        drop(st);
+        self.hooks.remove(&a.name);
+        self.events.publish("hook.removed", &a.name, "");
+        Ok(json!({"name": a.name, "removed": true}))
+    }
+
     /// Every counter of volumes `names` (all when empty): I/O at the
     /// volume, its cache, its replication legs. The state lock is held only
     /// to read the counters; replication is asked after it is released.
@@ -919,6 +1003,7 @@ impl Daemon {
         drop(st);
         self.cluster.stop();
         self.repl.shutdown();
+        self.hooks.stop();
         let st = self.state.lock();
         for (name, entry) in &st.volumes {
             if let Some(v) = &entry.volume {
@@ -1288,6 +1373,11 @@ struct NameArgs {
     name: String,
 }
 
+/// An operation without arguments: anything given is refused.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoArgs {}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NameOrVolume {
@@ -1338,6 +1428,16 @@ struct CacheEnableArgs {
     safe_store: Option<PathBuf>,
     #[serde(default)]
     safe_store_bytes: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HookAddArgs {
+    name: String,
+    on: Vec<String>,
+    run: PathBuf,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod hooks;
 pub mod metrics;
 
 use std::path::PathBuf;

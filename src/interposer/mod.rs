@@ -260,6 +260,9 @@ impl Volume {
         bytes: u64,
         f: impl FnOnce(&dyn BlockDevice) -> Result<()>,
     ) -> Result<()> {
+        if !cfg!(feature = "io-stats") {
+            return self.with_top(f);
+        }
         let t = self.stats.start();
         let r = self.with_top(f);
         self.stats.end(t, op, bytes, r.is_ok());

@@ -185,6 +185,17 @@ impl Daemon {
         String::from_utf8(out.stdout).expect("utf8 stdout")
     }
 
+    /// Run the CLI and insist it fails; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            !out.status.success(),
+            "umbra {args:?} succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     /// Run a `--json` read command and parse its output.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut a = args.to_vec();
