@@ -365,3 +365,100 @@ fn a_read_only_export_refuses_writes_with_eperm() {
     assert_eq!(c.read(0, 512).unwrap(), vec![0; 512], "nothing was written");
     assert_eq!(c.flush(), 0);
 }
+
+/// The man pages and completions in `doc/` are what the CLI generates
+/// now: a changed option without `umbra generate-docs doc` fails here.
+#[test]
+fn checked_in_man_pages_and_completions_match_the_cli() {
+    let out = tempfile::tempdir().unwrap();
+    let st = std::process::Command::new(common::UMBRA)
+        .args(["generate-docs", out.path().to_str().unwrap()])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("doc");
+    for sub in ["man", "completions"] {
+        let list = |d: &std::path::Path| {
+            let mut v: Vec<String> = std::fs::read_dir(d.join(sub))
+                .unwrap_or_else(|e| panic!("{}: {e}", d.join(sub).display()))
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let (fresh, kept) = (list(out.path()), list(&repo));
+        assert_eq!(
+            fresh, kept,
+            "doc/{sub} lists other files than the CLI generates; run `umbra generate-docs doc`"
+        );
+        for f in fresh {
+            assert!(
+                std::fs::read(out.path().join(sub).join(&f)).unwrap()
+                    == std::fs::read(repo.join(sub).join(&f)).unwrap(),
+                "doc/{sub}/{f} differs from what the CLI generates; run `umbra generate-docs doc`"
+            );
+        }
+    }
+}
+
+/// Under systemd (`Type=notify`): READY=1 comes once the exports serve
+/// (an NBD client connected the moment it arrives gets data), STOPPING=1
+/// when SIGTERM starts the shutdown, and the log lines carry the journal's
+/// `<N>` priority instead of a timestamp.
+#[test]
+fn under_systemd_ready_means_serving_and_stopping_is_said() {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(UMBRA)
+        .arg("serve")
+        .env("UMBRA_DATA_DIR", dir.path().join("data"))
+        .env("UMBRA_DEFAULT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("NOTIFY_SOCKET", &notify)
+        .env("JOURNAL_STREAM", "8:12345")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("READY=1 within 30 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        msg.contains("READY=1") && msg.contains("STATUS=serving 1 volumes"),
+        "{msg}"
+    );
+    // The moment READY arrives, the default export serves.
+    let mut c = NbdClient::connect(&format!("127.0.0.1:{port}"), "default");
+    assert_eq!(c.read(0, 4096).unwrap().len(), 4096);
+    c.disconnect();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let n = sock.recv(&mut buf).expect("STOPPING=1 after SIGTERM");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.contains("STOPPING=1"), "{msg}");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let log = String::from_utf8_lossy(&out.stderr);
+    let first = log.lines().next().unwrap_or_default();
+    assert!(first.starts_with("<6>"), "journal priority prefix: {log}");
+    assert!(
+        !first.contains("Z "),
+        "no timestamp under the journal: {log}"
+    );
+    assert!(log.contains("<6>umbra::"), "{log}");
+}

@@ -5,6 +5,7 @@
 
 mod cluster;
 mod commands;
+mod docs;
 mod group;
 mod hook;
 mod image;
@@ -82,6 +83,10 @@ Example:\n  umbra serve --data-dir /var/lib/umbra")]
     /// Membership of a cluster on etcd: leases, group locks, automatic failover
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+
+    /// Write the man pages and shell completions (from these definitions) into DIR
+    #[command(hide = true)]
+    GenerateDocs(docs::GenerateDocs),
 
     /// Forward TCP with injected one-way delay (replication benchmarks)
     #[command(hide = true)]
@@ -423,6 +428,7 @@ pub fn main() -> i32 {
         Command::Group(c) => group::run(&socket, c),
         Command::Cluster(c) => cluster::run(&socket, c),
         Command::FaultProxy(a) => repl::fault_proxy(a),
+        Command::GenerateDocs(a) => docs::run(a),
         Command::Stats(a) => stats::run(&socket, a),
         Command::Hook(c) => hook::run(&socket, c),
         Command::Status(j) => commands::status(&socket, j.json),

@@ -30,10 +30,51 @@ fn parse_listen(s: &str) -> Result<ListenAddr, String> {
     s.parse()
 }
 
+/// Tell systemd (`Type=notify`) how the service is doing: one datagram to
+/// `$NOTIFY_SOCKET` (a path, or `@name` in the abstract namespace), as
+/// sd_notify(3) describes. Without the variable (not under systemd) it
+/// does nothing.
+fn sd_notify(state: &str) {
+    let Some(addr) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let r = (|| -> std::io::Result<()> {
+        let sock = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = addr.as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let a = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(state.as_bytes(), &a)?;
+        } else {
+            sock.send_to(state.as_bytes(), std::path::Path::new(&addr))?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        log::warn!("telling systemd {state:?}: {e}");
+    }
+}
+
 pub fn run(args: ServeArgs) -> i32 {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        // Under systemd stderr goes to the journal, which stamps the time
+        // itself and reads a syslog priority from a `<N>` prefix.
+        logger.format(|buf, rec| {
+            use std::io::Write;
+            let prio = match rec.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(buf, "<{prio}>{}: {}", rec.target(), rec.args())
+        });
+    } else {
+        logger.format_timestamp_millis();
+    }
+    logger.init();
     // Register before starting so a signal during start-up is not lost.
     let mut signals = match Signals::new([SIGTERM, SIGINT]) {
         Ok(s) => s,
@@ -87,9 +128,16 @@ pub fn run(args: ServeArgs) -> i32 {
         daemon.set_metrics_addr(m.addr);
     }
     print_banner(&daemon, &report);
+    // Every export serves and the admin socket answers: ready.
+    sd_notify(&format!(
+        "READY=1\nSTATUS=serving {} volumes, {} exports",
+        daemon.volume_stats(&[]).map(|v| v.len()).unwrap_or(0),
+        report.exports.len()
+    ));
 
     let signal = signals.forever().next().unwrap_or(SIGTERM);
     log::info!("signal {signal} received: shutting down");
+    sd_notify("STOPPING=1\nSTATUS=draining I/O, flushing volumes");
     if let Some(m) = metrics.as_mut() {
         m.stop();
     }
