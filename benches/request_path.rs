@@ -85,11 +85,26 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// What the statistics add to every request (`interposer/stats.rs`): the
+/// in-flight count, two clock reads and the counter and histogram adds,
+/// measured alone. `tools/bench-stats.sh` compares whole builds through
+/// NBD, where this is below the run-to-run noise.
+fn stats_cost(c: &mut Criterion) {
+    use umbra::interposer::stats::{IoStats, Op};
+    let s = IoStats::default();
+    c.bench_function("io_stats_start_end", |b| {
+        b.iter(|| {
+            let t = s.start();
+            s.end(t, Op::Write, 4096, true);
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(2));
-    targets = bench
+    targets = bench, stats_cost
 }
 criterion_main!(benches);

@@ -471,3 +471,20 @@ fn under_systemd_ready_means_serving_and_stopping_is_said() {
     );
     assert!(log.contains("<6>umbra::"), "{log}");
 }
+
+/// A client whose output pipe closes early ends quietly, as Unix tools
+/// do: no panic, no "Broken pipe" message.
+#[test]
+fn a_closed_output_pipe_ends_the_cli_quietly() {
+    let d = Daemon::start();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{UMBRA} stats --interval 50ms | head -n 2 >/dev/null"
+        ))
+        .env("UMBRA_SOCKET", d.socket())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.is_empty(), "stderr: {err}");
+}

@@ -1151,7 +1151,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__events)
-            opts="-f -h -V --follow --json --socket --help --version"
+            opts="-f -h -V --follow --now --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -554,6 +554,7 @@ complete -c umbra -n "__fish_umbra_using_subcommand status" -s h -l help -d 'Pri
 complete -c umbra -n "__fish_umbra_using_subcommand status" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand events" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand events" -s f -l follow -d 'Keep streaming until interrupted (the only mode today; accepted for clarity)'
+complete -c umbra -n "__fish_umbra_using_subcommand events" -l now -d 'Start with the current state of every object (`KIND.state` events: volumes, exports, image sets, replication sets, hooks), then `now.done`'
 complete -c umbra -n "__fish_umbra_using_subcommand events" -l json -d 'Print each event as one JSON line'
 complete -c umbra -n "__fish_umbra_using_subcommand events" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand events" -s V -l version -d 'Print version'

@@ -416,7 +416,7 @@ pub fn status(socket: &Path, json_out: bool) -> Result<()> {
 pub fn events(socket: &Path, a: EventsArgs) -> Result<()> {
     let _ = a.follow;
     let mut client = connect(socket)?;
-    let reply = client.call("events.follow", json!({}))?;
+    let reply = client.call("events.follow", json!({"now": a.now}))?;
     if !reply.ok {
         bail!("{}", reply.error.map(|e| e.message).unwrap_or_default());
     }

@@ -134,6 +134,10 @@ pub struct EventsArgs {
     /// Keep streaming until interrupted (the only mode today; accepted for clarity)
     #[arg(long, short)]
     follow: bool,
+    /// Start with the current state of every object (`KIND.state` events:
+    /// volumes, exports, image sets, replication sets, hooks), then `now.done`
+    #[arg(long)]
+    now: bool,
     /// Print each event as one JSON line
     #[arg(long)]
     json: bool,
@@ -412,8 +416,24 @@ pub(crate) fn parse_duration_ms(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("{s:?} is not a duration like 10s or 500ms"))
 }
 
+/// A client command whose output goes to a pipe that closes early
+/// (`umbra events --follow | head`) should end quietly, as Unix tools do,
+/// not panic in `println!`: restore SIGPIPE's default action (Rust ignores
+/// it). The daemon keeps ignoring it: a client that hangs up must never
+/// kill `serve`.
+fn quiet_on_closed_pipe() {
+    // SAFETY: signal(2) with SIG_DFL installs no handler code; it runs
+    // before any thread is started, so nothing races on the disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_) | Command::FaultProxy(_)) {
+        quiet_on_closed_pipe();
+    }
     let socket = cli
         .socket
         .clone()

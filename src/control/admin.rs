@@ -325,7 +325,25 @@ fn serve_client(stream: UnixStream, daemon: &Arc<Daemon>) -> io::Result<()> {
             continue;
         }
         if req.op == "events.follow" {
-            return follow_events(&mut writer, daemon, req.id);
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct FollowArgs {
+                #[serde(default)]
+                now: bool,
+            }
+            let args = if req.args.is_null() {
+                serde_json::json!({})
+            } else {
+                req.args.clone()
+            };
+            match serde_json::from_value::<FollowArgs>(args) {
+                Ok(a) => return follow_events(&mut writer, daemon, req.id, a.now),
+                Err(e) => {
+                    let err = OpError::invalid(format!("events.follow: bad arguments: {e}"));
+                    write_line(&mut writer, &Reply::err(req.id, err))?;
+                    continue;
+                }
+            }
         }
         let reply = match daemon.handle(&req.op, &req.args) {
             Ok(result) => Reply::ok(req.id, result),
@@ -335,9 +353,24 @@ fn serve_client(stream: UnixStream, daemon: &Arc<Daemon>) -> io::Result<()> {
     }
 }
 
-fn follow_events(w: &mut UnixStream, daemon: &Daemon, id: u64) -> io::Result<()> {
-    let rx = daemon.events().subscribe();
+/// Stream events; with `now`, first every object's state (`KIND.state`
+/// events carrying the sequence number of the last event before the
+/// stream), then `now.done`, then what happens.
+fn follow_events(w: &mut UnixStream, daemon: &Daemon, id: u64, now: bool) -> io::Result<()> {
+    let (rx, seq) = daemon.events().subscribe_at();
     write_line(w, &Reply::ok(id, serde_json::json!({"following": true})))?;
+    if now {
+        let states = daemon.object_states();
+        let n = states.len();
+        for (kind, name, state) in states {
+            let e = super::events::state_event(seq, kind, &name, state);
+            write_line(w, &serde_json::json!({ "event": e }))?;
+        }
+        let mut done =
+            super::events::state_event(seq, "daemon", "", serde_json::json!({"objects": n}));
+        done.kind = "now.done".into();
+        write_line(w, &serde_json::json!({ "event": done }))?;
+    }
     loop {
         match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(event) => write_line(w, &serde_json::json!({ "event": event }))?,

@@ -834,6 +834,41 @@ impl Daemon {
         Ok(volume_json(&st, &a.volume))
     }
 
+    /// `events --now`: every object as it is, once: volumes, exports, image
+    /// sets, replication sets (with every leg), hooks. Read after the
+    /// subscription, so an event that follows may already be reflected.
+    pub fn object_states(&self) -> Vec<(&'static str, String, Value)> {
+        let mut out: Vec<(&'static str, String, Value)> = Vec::new();
+        for v in self.volume_list() {
+            out.push(("volume", v["name"].as_str().unwrap_or_default().into(), v));
+        }
+        for e in self.export_list() {
+            let name = e["volume"].as_str().unwrap_or_default().to_owned();
+            out.push(("export", name, e));
+        }
+        if let Ok(Value::Array(sets)) = self.handle("image.list", &Value::Null) {
+            for i in sets {
+                out.push((
+                    "image_set",
+                    i["name"].as_str().unwrap_or_default().into(),
+                    i,
+                ));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for l in self.repl.list() {
+            let name = l["name"].as_str().unwrap_or_default().to_owned();
+            if seen.insert(name.clone()) {
+                let info = self.repl.info(&name, None).unwrap_or(l);
+                out.push(("set", name, info));
+            }
+        }
+        for h in self.hooks.list() {
+            out.push(("hook", h["name"].as_str().unwrap_or_default().into(), h));
+        }
+        out
+    }
+
     /// `hook add`: store the hook, then start it. The same hook again is
     /// a no-op; another with that name is refused.
     fn hook_add(&self, a: HookAddArgs) -> Result<Value, OpError> {

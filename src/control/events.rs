@@ -24,10 +24,42 @@ pub struct Event {
     pub time_ms: u64,
     /// What happened, e.g. `volume.created`, `export.removed`.
     pub kind: String,
+    /// What kind of object `object` names (see [`object_kind`]).
+    pub object_kind: &'static str,
     /// The object it happened to, e.g. a volume name.
     pub object: String,
     /// Human-readable detail.
     pub detail: String,
+    /// `events --now` only: the object as its `info` shows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<serde_json::Value>,
+}
+
+/// The kind of object an event of `kind` names, one spelling per kind:
+/// `volume` (volume and cache events), `export` (its volume's name),
+/// `image_set`, `image_group`, `overflow`, `set` (replication sets;
+/// several comma-separated when a consistency group acted together),
+/// `group` (a consistency group, `group.*` and the cluster's per-group
+/// events), `cluster`, `hook`, `daemon` (its data dir).
+pub fn object_kind(kind: &str) -> &'static str {
+    match kind.split('.').next().unwrap_or_default() {
+        "volume" | "cache" => "volume",
+        "export" => "export",
+        "image" if kind.starts_with("image.group_") => "image_group",
+        "image" if kind.starts_with("image.overflow_") => "overflow",
+        "image" => "image_set",
+        "repl" => "set",
+        "group" => "group",
+        "cluster" => match kind {
+            "cluster.joined"
+            | "cluster.left"
+            | "cluster.etcd_unreachable"
+            | "cluster.etcd_reachable" => "cluster",
+            _ => "group",
+        },
+        "hook" => "hook",
+        _ => "daemon",
+    }
 }
 
 #[derive(Default)]
@@ -38,29 +70,62 @@ pub struct EventBus {
 
 impl EventBus {
     pub fn publish(&self, kind: &str, object: &str, detail: impl Into<String>) {
+        // Numbered under the subscribers' lock, so a subscription sees
+        // exactly the events after the number it was told.
+        let mut subs = self.subscribers.lock();
         let event = Event {
             seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
-            time_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            time_ms: now_ms(),
             kind: kind.to_owned(),
+            object_kind: object_kind(kind),
             object: object.to_owned(),
             detail: detail.into(),
+            state: None,
         };
         log::info!("event {}: {} {}", event.kind, event.object, event.detail);
-        self.subscribers
-            .lock()
-            .retain(|tx| match tx.try_send(event.clone()) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
-            });
+        subs.retain(|tx| match tx.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+        });
     }
 
     pub fn subscribe(&self) -> Receiver<Event> {
+        self.subscribe_at().0
+    }
+
+    /// Subscribe, and learn the sequence number of the last event before
+    /// the subscription (taken together: nothing falls between).
+    pub fn subscribe_at(&self) -> (Receiver<Event>, u64) {
         let (tx, rx) = bounded(SUBSCRIBER_QUEUE_EVENTS);
-        self.subscribers.lock().push(tx);
-        rx
+        let mut subs = self.subscribers.lock();
+        subs.push(tx);
+        (rx, self.seq.load(Ordering::Relaxed))
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// An `events --now` line: `object` of `object_kind` as it is at `seq`
+/// (the last event before the stream started).
+pub fn state_event(
+    seq: u64,
+    object_kind: &'static str,
+    object: &str,
+    state: serde_json::Value,
+) -> Event {
+    Event {
+        seq,
+        time_ms: now_ms(),
+        kind: format!("{object_kind}.state"),
+        object_kind,
+        object: object.to_owned(),
+        detail: String::new(),
+        state: Some(state),
     }
 }
 

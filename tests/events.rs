@@ -1,0 +1,226 @@
+//! The event stream as scripts use it: `events --now` prints every object
+//! once, then `now.done`, then follows; every event names its object's
+//! kind; and the list of event kinds in docs/admin-protocol.md is the list
+//! the code emits.
+
+mod common;
+
+use common::repl::{enable_args, node, settle};
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn events_now_prints_each_object_once_then_follows() {
+    let (a, _) = node("a", "events-secret-0123456789", "b");
+    let (b, b_addr) = node("b", "events-secret-0123456789", "a");
+    for d in [&a, &b] {
+        d.ok(&["volume", "create", "v", "--size", "8M"]);
+    }
+    a.ok(&["volume", "create", "snap", "--size", "8M"]);
+    a.export_nbd("v");
+    a.ok(&[
+        "image",
+        "enable",
+        "nightly",
+        "--master",
+        "v",
+        "--shadow",
+        "snap",
+        "--mode",
+        "dependent",
+    ]);
+    a.ok(&enable_args(
+        "s",
+        "v",
+        &b_addr,
+        "v",
+        "async",
+        &["--no-sync"],
+    ));
+    settle(&a, "s");
+
+    let mut child = Command::new(UMBRA)
+        .args(["events", "--follow", "--now", "--json"])
+        .env("UMBRA_SOCKET", a.socket())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(serde_json::from_str(&l).unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let next = || rx.recv_timeout(Duration::from_secs(10)).expect("an event");
+    let mut states = Vec::new();
+    loop {
+        let e = next();
+        if e["kind"] == "now.done" {
+            break;
+        }
+        states.push(e);
+    }
+    let objs: Vec<(String, String)> = states
+        .iter()
+        .map(|e| {
+            assert_eq!(
+                e["kind"].as_str().unwrap(),
+                format!("{}.state", e["object_kind"].as_str().unwrap())
+            );
+            assert!(e["state"].is_object(), "{e}");
+            (
+                e["object_kind"].as_str().unwrap().to_owned(),
+                e["object"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let unique: BTreeSet<_> = objs.iter().cloned().collect();
+    assert_eq!(unique.len(), objs.len(), "each object once: {objs:?}");
+    for want in [
+        ("volume", "default"),
+        ("volume", "v"),
+        ("volume", "snap"),
+        ("export", "default"),
+        ("export", "v"),
+        ("image_set", "nightly"),
+        ("set", "s"),
+    ] {
+        assert!(
+            unique.contains(&(want.0.to_owned(), want.1.to_owned())),
+            "{want:?} missing from {objs:?}"
+        );
+    }
+    let set = states.iter().find(|e| e["object_kind"] == "set").unwrap();
+    assert_eq!(set["state"]["role"], "primary");
+    assert_eq!(set["state"]["peers"][0]["peer_node"], "b");
+    // The state lines carry the sequence number of the last event before
+    // the stream; what follows is numbered after it.
+    let at = states[0]["seq"].as_u64().unwrap();
+    assert!(states.iter().all(|e| e["seq"] == at));
+    a.ok(&["volume", "create", "late", "--size", "1M"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let created = loop {
+        let e = next();
+        if e["kind"] == "volume.created" {
+            break e;
+        }
+        assert!(Instant::now() < deadline);
+    };
+    assert_eq!(created["object"], "late");
+    assert_eq!(created["object_kind"], "volume");
+    assert!(created["seq"].as_u64().unwrap() > at);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Every literal event kind in the code (`publish("kind", ...)`, and the
+/// services' `emit` and `notify`).
+fn emitted_kinds(dir: &Path, out: &mut BTreeSet<String>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            emitted_kinds(&p, out);
+            continue;
+        }
+        if p.extension().is_none_or(|x| x != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        let calls = ["publish(", "emit(", "notify("];
+        for (i, call) in calls.iter().flat_map(|c| text.match_indices(c)) {
+            let rest = text[i + call.len()..].trim_start();
+            let Some(lit) = rest.strip_prefix('"') else {
+                continue;
+            };
+            let kind: String = lit.chars().take_while(|c| *c != '"').collect();
+            let shaped = kind.split_once('.').is_some_and(|(a, b)| {
+                !a.is_empty()
+                    && !b.is_empty()
+                    && kind
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.')
+            });
+            if shaped {
+                out.insert(kind);
+            }
+        }
+    }
+}
+
+/// Every event kind the Events section of docs/admin-protocol.md names.
+fn documented_kinds() -> BTreeSet<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/admin-protocol.md")).unwrap();
+    let section = &doc[doc.find("## Events").expect("an Events section")..];
+    let section = &section[..section[3..]
+        .find("\n## ")
+        .map(|i| i + 3)
+        .unwrap_or(section.len())];
+    section
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|t| {
+            t.split_once('.').is_some_and(|(a, b)| {
+                !a.is_empty()
+                    && !b.is_empty()
+                    && t.chars()
+                        .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.')
+            })
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_documented_event_kinds_are_the_emitted_ones() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut emitted = BTreeSet::new();
+    emitted_kinds(&root.join("src"), &mut emitted);
+    assert!(emitted.len() > 30, "the scan found only {emitted:?}");
+    let documented = documented_kinds();
+    let undocumented: Vec<_> = emitted.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "emitted but not in docs/admin-protocol.md's Events: {undocumented:?}"
+    );
+    // Documented but never emitted literally: only the replication state
+    // changes (`repl.<state>`, named after the state) and the `--now`
+    // lines may be.
+    let states: BTreeSet<String> = [
+        "logging",
+        "syncing",
+        "replicating",
+        "need_sync",
+        "reverse_syncing",
+        "need_reverse_sync",
+        "split_brain",
+        "failed",
+    ]
+    .iter()
+    .map(|s| format!("repl.{s}"))
+    .chain(
+        ["volume", "export", "image_set", "set", "hook"]
+            .iter()
+            .map(|k| format!("{k}.state")),
+    )
+    .chain(["now.done".to_owned()])
+    .collect();
+    let stale: Vec<_> = documented
+        .difference(&emitted)
+        .filter(|k| !states.contains(*k))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "documented but emitted nowhere: {stale:?}"
+    );
+}
