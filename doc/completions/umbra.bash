@@ -448,6 +448,9 @@ _umbra() {
             umbra__subcmd__help__subcmd__volume,remove)
                 cmd="umbra__subcmd__help__subcmd__volume__subcmd__remove"
                 ;;
+            umbra__subcmd__help__subcmd__volume,reopen)
+                cmd="umbra__subcmd__help__subcmd__volume__subcmd__reopen"
+                ;;
             umbra__subcmd__hook,add)
                 cmd="umbra__subcmd__hook__subcmd__add"
                 ;;
@@ -760,6 +763,9 @@ _umbra() {
             umbra__subcmd__volume,remove)
                 cmd="umbra__subcmd__volume__subcmd__remove"
                 ;;
+            umbra__subcmd__volume,reopen)
+                cmd="umbra__subcmd__volume__subcmd__reopen"
+                ;;
             umbra__subcmd__volume__subcmd__help,add)
                 cmd="umbra__subcmd__volume__subcmd__help__subcmd__add"
                 ;;
@@ -777,6 +783,9 @@ _umbra() {
                 ;;
             umbra__subcmd__volume__subcmd__help,remove)
                 cmd="umbra__subcmd__volume__subcmd__help__subcmd__remove"
+                ;;
+            umbra__subcmd__volume__subcmd__help,reopen)
+                cmd="umbra__subcmd__volume__subcmd__help__subcmd__reopen"
                 ;;
             *)
                 ;;
@@ -2865,7 +2874,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__help__subcmd__volume)
-            opts="create add remove list info"
+            opts="create add remove list info reopen"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2935,6 +2944,20 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__help__subcmd__volume__subcmd__remove)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        umbra__subcmd__help__subcmd__volume__subcmd__reopen)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -4813,7 +4836,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__volume)
-            opts="-h -V --socket --help --version create add remove list info help"
+            opts="-h -V --socket --help --version create add remove list info reopen help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -4887,7 +4910,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__volume__subcmd__help)
-            opts="create add remove list info help"
+            opts="create add remove list info reopen help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -4984,6 +5007,20 @@ _umbra() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        umbra__subcmd__volume__subcmd__help__subcmd__reopen)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         umbra__subcmd__volume__subcmd__info)
             opts="-h -V --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -5022,6 +5059,24 @@ _umbra() {
             ;;
         umbra__subcmd__volume__subcmd__remove)
             opts="-h -V --force --socket --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        umbra__subcmd__volume__subcmd__reopen)
+            opts="-h -V --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -193,6 +193,14 @@ pub fn volume(socket: &Path, cmd: VolumeCommand) -> Result<()> {
                 table(&["NAME", "STATE", "SIZE", "EXPORTS", "PATH"], rows);
             }
         }
+        VolumeCommand::Reopen(a) => {
+            let v = call(socket, "volume.reopen", json!({"name": a.name}))?;
+            if a.json {
+                print_json(&v);
+            } else {
+                println!("volume {} is {}", a.name, s(&v["state"]));
+            }
+        }
         VolumeCommand::Info(a) => {
             let v = call(socket, "volume.info", json!({"name": a.name}))?;
             if a.json {

@@ -172,6 +172,7 @@ impl Daemon {
                 .create_default(&opts.default_listen)
                 .map_err(|e| StartError::Default(e.message))?,
         }
+        daemon.watch_health();
         // The cluster agent last: every set and export is up, so the groups
         // it finds are the node's real state.
         if let Some(c) = daemon.repl.cluster_config() {
@@ -319,6 +320,7 @@ impl Daemon {
             "volume.create" => self.volume_create(parse(op, args)?),
             "volume.add" => self.volume_add(parse(op, args)?),
             "volume.remove" => self.volume_remove(parse(op, args)?),
+            "volume.reopen" => self.volume_reopen(parse(op, args)?),
             "volume.list" => Ok(Value::Array(self.volume_list())),
             "volume.info" => {
                 let a: NameArgs = parse(op, args)?;
@@ -375,6 +377,7 @@ impl Daemon {
             "uptime_s": self.started.elapsed().as_secs(),
             "volumes": st.volumes.len(),
             "volumes_offline": st.volumes.values().filter(|v| v.volume.is_none()).count(),
+            "volumes_failed": st.volumes.values().filter(|v| v.volume.as_ref().is_some_and(|v| v.failure().is_some())).count(),
             "exports": st.config.exports.len(),
             "image_sets": st.config.images.len(),
             "metrics": self.metrics_addr.get().map(|a| format!("http://{a}/metrics")),
@@ -834,6 +837,141 @@ impl Daemon {
         Ok(volume_json(&st, &a.volume))
     }
 
+    /// `volume reopen`: a volume whose backend failed (fail-stop) or that
+    /// could not be opened at start-up gets a fresh backend on the same
+    /// file, and its NBD exports serve from it. What the failed backend had
+    /// not made durable is gone (that is what its failure said); the new
+    /// one starts from what the file holds. A healthy volume is left alone.
+    fn volume_reopen(&self, a: NameArgs) -> Result<Value, OpError> {
+        let mut st = self.state.lock();
+        let entry = st.volumes.get(&a.name).ok_or_else(|| no_volume(&a.name))?;
+        let old = entry.volume.clone();
+        if old.as_ref().is_some_and(|v| v.failure().is_none()) {
+            return Ok(volume_json(&st, &a.name));
+        }
+        if let Some(v) = &old {
+            let services = v.service_names();
+            if !services.is_empty() {
+                return Err(OpError::new(
+                    ErrorCode::Busy,
+                    format!(
+                        "volume {} has services on it ({}); restart the daemon to reopen it with them",
+                        a.name,
+                        services.join(", ")
+                    ),
+                ));
+            }
+        }
+        let Some(vc) = st.config.volumes.iter().find(|v| v.name == a.name).cloned() else {
+            return Err(no_volume(&a.name));
+        };
+        if vc.cache.is_some() {
+            return Err(OpError::new(
+                ErrorCode::Busy,
+                format!(
+                    "volume {} has a cache configured; restart the daemon to reopen it with its cache",
+                    a.name
+                ),
+            ));
+        }
+        if st
+            .config
+            .exports
+            .iter()
+            .any(|e| e.volume == a.name && e.kind == ExportKind::Ublk)
+        {
+            return Err(OpError::new(
+                ErrorCode::Busy,
+                format!(
+                    "volume {} has a ublk export; remove it (`umbra export remove {} --kind ublk`), reopen, export again",
+                    a.name, a.name
+                ),
+            ));
+        }
+        let be = FileBackend::open(&vc.path, vc.options).map_err(|e| {
+            OpError::failed(format!(
+                "volume {}: reopening {}: {e}",
+                a.name,
+                vc.path.display()
+            ))
+        })?;
+        let description = be.describe();
+        let size = vc.virtual_size_bytes.unwrap_or(be.size_bytes());
+        let volume = Arc::new(Volume::with_size(&a.name, Arc::new(be), description, size));
+        let entry = st.volumes.get_mut(&a.name).expect("looked up above");
+        entry.volume = Some(volume.clone());
+        entry.error = None;
+        let exports: Vec<ExportConfig> = st
+            .config
+            .exports
+            .iter()
+            .filter(|e| e.volume == a.name)
+            .cloned()
+            .collect();
+        for ec in &exports {
+            st.export_errors.remove(&ec.volume);
+            if let Err(e) = start_export(&mut st, ec) {
+                st.export_errors.insert(ec.volume.clone(), e.message);
+            }
+        }
+        // The old backend refuses everything; its connections end on
+        // their own errors.
+        if let Some(v) = old {
+            let _ = v.close();
+        }
+        self.events.publish(
+            "volume.reopened",
+            &a.name,
+            format!("on {}", vc.path.display()),
+        );
+        Ok(volume_json(&st, &a.name))
+    }
+
+    /// Publish `volume.failed` once for each volume whose backend fails
+    /// (fail-stop after a failed flush or FUA write), polled twice a second
+    /// off every data path: the failure is visible in `volume info`,
+    /// `status`, `export list` and the metrics at once, and here as an
+    /// event.
+    fn watch_health(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let _ = std::thread::Builder::new()
+            .name("volume-health".into())
+            .spawn(move || {
+                let mut said: HashMap<String, String> = HashMap::new();
+                loop {
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    let Some(d) = weak.upgrade() else { return };
+                    if d.is_stopping() {
+                        return;
+                    }
+                    let failed: Vec<(String, String)> = {
+                        let st = d.state.lock();
+                        st.volumes
+                            .iter()
+                            .filter_map(|(n, e)| {
+                                e.volume
+                                    .as_ref()
+                                    .and_then(|v| v.failure())
+                                    .map(|f| (n.clone(), f))
+                            })
+                            .collect()
+                    };
+                    said.retain(|n, _| failed.iter().any(|(m, _)| m == n));
+                    for (n, why) in failed {
+                        if said.insert(n.clone(), why.clone()).is_none() {
+                            d.events.publish(
+                                "volume.failed",
+                                &n,
+                                format!(
+                                    "{why}; every request fails until `umbra volume reopen {n}`"
+                                ),
+                            );
+                        }
+                    }
+                }
+            });
+    }
+
     /// `events --now`: every object as it is, once: volumes, exports, image
     /// sets, replication sets (with every leg), hooks. Read after the
     /// subscription, so an event that follows may already be reflected.
@@ -959,6 +1097,7 @@ impl Daemon {
                 out.push(VolumeStats {
                     volume: name.clone(),
                     online: e.volume.is_some(),
+                    failure: e.volume.as_ref().and_then(|v| v.failure()),
                     io: e.volume.as_ref().map(|v| v.io_stats()),
                     cache: e.cache.as_ref().map(|c| c.stats()),
                     exports: st
@@ -1209,6 +1348,14 @@ fn server_key(addr: &ListenAddr) -> Option<String> {
     }
 }
 
+/// Why volume `name`'s backend refuses all I/O, if it does.
+fn volume_failure(st: &State, name: &str) -> Option<String> {
+    st.volumes
+        .get(name)
+        .and_then(|e| e.volume.as_ref())
+        .and_then(|v| v.failure())
+}
+
 fn volume_json(st: &State, name: &str) -> Value {
     let cfg = st.config.volumes.iter().find(|v| v.name == name);
     let entry = &st.volumes[name];
@@ -1221,8 +1368,14 @@ fn volume_json(st: &State, name: &str) -> Value {
         .collect();
     json!({
         "name": name,
-        "state": if entry.volume.is_some() { "online" } else { "offline" },
-        "error": entry.error,
+        "state": match (&entry.volume, volume_failure(st, name)) {
+            (None, _) => "offline",
+            (Some(_), Some(_)) => "failed",
+            (Some(_), None) => "online",
+        },
+        "error": entry.error.clone().or(volume_failure(st, name).map(|f| {
+            format!("{f}; every request fails until `umbra volume reopen {name}`")
+        })),
         "size_bytes": entry.volume.as_ref().map(|v| v.size_bytes()),
         "path": cfg.map(|c| c.path.clone()),
         "engine": cfg.map(|c| c.options.engine),
@@ -1278,14 +1431,15 @@ fn export_json(st: &State, ec: &ExportConfig) -> Value {
         Some(ListenAddr::Unix(p)) => format!("nbd+unix:///{}?socket={}", ec.volume, p.display()),
         _ => format!("nbd://{}/{}", ec.listen, ec.volume),
     };
+    let failed = volume_failure(st, &ec.volume);
     json!({
         "volume": ec.volume,
         "kind": "nbd",
         "listen": ec.listen,
         "uri": uri,
         "read_only": ec.read_only,
-        "state": if server.is_some() { "serving" } else { "failed" },
-        "error": st.export_errors.get(&ec.volume),
+        "state": if server.is_none() || failed.is_some() { "failed" } else { "serving" },
+        "error": st.export_errors.get(&ec.volume).cloned().or(failed.map(|f| format!("volume {} failed: {f}", ec.volume))),
         "clients": server.map(|s| s.clients_of(&ec.volume)).unwrap_or(0),
     })
 }
@@ -1486,6 +1640,8 @@ struct StatsArgs {
 pub struct VolumeStats {
     pub volume: String,
     pub online: bool,
+    /// Why its backend refuses all I/O (fail-stop), if it does.
+    pub failure: Option<String>,
     /// Requests through the volume (none while it is offline).
     pub io: Option<crate::interposer::stats::IoSnapshot>,
     pub cache: Option<crate::services::cache::CacheStats>,
@@ -1499,7 +1655,12 @@ impl VolumeStats {
     pub fn to_json(&self) -> Value {
         json!({
             "volume": self.volume,
-            "state": if self.online { "online" } else { "offline" },
+            "state": match (self.online, &self.failure) {
+                (false, _) => "offline",
+                (true, Some(_)) => "failed",
+                (true, None) => "online",
+            },
+            "error": self.failure,
             "io": self.io.as_ref().map(|i| i.to_json()),
             "cache": self.cache.as_ref().map(|c| json!({
                 "unit": "4 KiB blocks",

@@ -252,10 +252,22 @@ impl Collector for Snapshot {
         gauge(
             e,
             "umbra_volume_online",
-            "1 when the volume serves, 0 when it is offline.",
+            "1 when the volume serves, 0 when it is offline or failed.",
             self.0
                 .iter()
-                .map(|v| (vec![("volume", v.volume.clone())], v.online as i64))
+                .map(|v| {
+                    let up = v.online && v.failure.is_none();
+                    (vec![("volume", v.volume.clone())], up as i64)
+                })
+                .collect(),
+        )?;
+        gauge(
+            e,
+            "umbra_volume_failed",
+            "1 when the volume's backend failed (fail-stop: every request fails until `umbra volume reopen`).",
+            self.0
+                .iter()
+                .map(|v| (vec![("volume", v.volume.clone())], v.failure.is_some() as i64))
                 .collect(),
         )?;
         family(

@@ -128,6 +128,12 @@ pub trait BlockDevice: Send + Sync {
         let _ = (offset, len);
         self.latency_class() == LatencyClass::Blocking
     }
+
+    /// Why the device refuses all I/O, once it does (a file backend after
+    /// a failed flush or FUA write: fail-stop); `None` while it serves.
+    fn failure(&self) -> Option<String> {
+        None
+    }
 }
 
 /// See [`BlockDevice::latency_class`].
@@ -179,6 +185,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
     }
     fn write_may_block(&self, offset: u64, len: u64) -> bool {
         (**self).write_may_block(offset, len)
+    }
+    fn failure(&self) -> Option<String> {
+        (**self).failure()
     }
 }
 

@@ -286,6 +286,11 @@ impl BlockDevice for Volume {
     fn size_bytes(&self) -> u64 {
         self.size_bytes
     }
+    /// The backend's failure (fail-stop): every request through the stack
+    /// ends there.
+    fn failure(&self) -> Option<String> {
+        self.backend.failure()
+    }
     fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let len = buf.len() as u64;
         self.counted(Op::Read, len, |d| d.read(buf, offset))

@@ -365,6 +365,12 @@ fn unsupported(e: &io::Error) -> bool {
 }
 
 impl BlockDevice for FileBackend {
+    fn failure(&self) -> Option<String> {
+        self.failed
+            .load(Ordering::Acquire)
+            .then(|| self.failed_reason.lock().clone())
+    }
+
     fn size_bytes(&self) -> u64 {
         self.size_bytes
     }
