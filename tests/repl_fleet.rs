@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::netns::Switch;
 use common::repl::{all_settled, enable_args, info, leg, mesh, node_trusting, wait_for, wait_role};
 use common::*;
 use std::path::Path;
@@ -55,72 +56,6 @@ fn unix_uri(d: &Daemon, vol: &str) -> String {
         &format!("unix:{}", sock.display()),
     ]);
     format!("nbd+unix:///{vol}?socket={}", sock.display())
-}
-
-fn ip(cmd: &str) {
-    sh(&format!("ip {cmd} && echo ok"));
-}
-
-/// Three namespaces A, B, C on one bridge (in a fourth, the switch), so a
-/// host's link can be cut at the switch port.
-struct Switch {
-    tag: u32,
-}
-
-impl Switch {
-    fn new() -> Switch {
-        let tag = std::process::id() % 100_000;
-        let s = Switch { tag };
-        s.cleanup();
-        let sw = s.ns("S");
-        ip(&format!("netns add {sw}"));
-        ip(&format!("-n {sw} link add br0 type bridge"));
-        ip(&format!("-n {sw} link set br0 up"));
-        ip(&format!("-n {sw} link set lo up"));
-        for (i, h) in ["A", "B", "C"].iter().enumerate() {
-            let ns = s.ns(h);
-            ip(&format!("netns add {ns}"));
-            ip(&format!(
-                "link add vh{h}{tag} netns {ns} type veth peer name vs{h}{tag} netns {sw}"
-            ));
-            ip(&format!(
-                "-n {ns} addr add 10.78.0.{}/24 dev vh{h}{tag}",
-                i + 1
-            ));
-            ip(&format!("-n {ns} link set vh{h}{tag} up"));
-            ip(&format!("-n {ns} link set lo up"));
-            ip(&format!("-n {sw} link set vs{h}{tag} master br0"));
-            ip(&format!("-n {sw} link set vs{h}{tag} up"));
-        }
-        s
-    }
-
-    fn ns(&self, h: &str) -> String {
-        format!("um{h}{}", self.tag)
-    }
-
-    fn port(&self, h: &str, up: bool) {
-        ip(&format!(
-            "-n {} link set vs{h}{} {}",
-            self.ns("S"),
-            self.tag,
-            if up { "up" } else { "down" }
-        ));
-    }
-
-    fn cleanup(&self) {
-        for h in ["A", "B", "C", "S"] {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &self.ns(h)])
-                .status();
-        }
-    }
-}
-
-impl Drop for Switch {
-    fn drop(&mut self) {
-        self.cleanup();
-    }
 }
 
 #[test]

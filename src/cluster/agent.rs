@@ -651,7 +651,7 @@ impl Agent {
         self.spawn_op(g, "join", {
             let (repl, g, shared) = (self.repl.clone(), g.to_owned(), self.shared.clone());
             move || {
-                let r = repl.group_join(&g, Some(60_000)).map(|_| ());
+                let r = repl.group_demote_to_secondary(&g, Some(60_000)).map(|_| ());
                 if r.is_ok() {
                     shared.fenced.lock().remove(&g);
                     repl.fence_group(&g, false);
@@ -716,9 +716,14 @@ impl Agent {
         if self.refused.contains(&(g.to_owned(), failed.clone())) {
             return Ok(());
         }
-        let vac = self.vacant.entry(g.to_owned()).or_insert(Vacancy {
-            failed: failed.clone(),
-            seen: Instant::now(),
+        let vac = self.vacant.entry(g.to_owned()).or_insert_with(|| {
+            log::info!(
+                "cluster: group {g} has no owner (last: {failed}); this node is a candidate"
+            );
+            Vacancy {
+                failed: failed.clone(),
+                seen: Instant::now(),
+            }
         });
         if vac.failed != failed {
             *vac = Vacancy {
@@ -765,6 +770,7 @@ impl Agent {
                 TxnOp::put(last.clone(), json!(self.me).to_string(), None),
             ]);
         if !timed(c.txn(txn)).await?.succeeded() {
+            log::info!("cluster: group {g}: another candidate took the lock first (rank {rank})");
             return Ok(()); // another candidate was first
         }
         self.vacant.remove(g);

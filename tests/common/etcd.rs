@@ -119,6 +119,65 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// One etcd member inside network namespace `ns`, serving clients on
+    /// `ip:2379`; waits until it answers `/health` (asked with curl from
+    /// inside the namespace).
+    pub fn start_in_netns(ns: &str, ip: &str) -> Etcd {
+        super::require_tool("etcd");
+        super::require_tool("curl");
+        let dir = tempfile::tempdir().unwrap();
+        let client = format!("http://{ip}:2379");
+        let peer = format!("http://{ip}:2380");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "etcd", "--name", "m0", "--data-dir"])
+            .arg(dir.path().join("m0"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &format!("m0={peer}"),
+                "--initial-cluster-state",
+                "new",
+                "--log-level",
+                "error",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        let e = Etcd {
+            dir,
+            members: vec![Member {
+                child: Some(child),
+                client: client.clone(),
+            }],
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new("ip")
+                .args(["netns", "exec", ns, "curl", "-s", "-m", "2"])
+                .arg(format!("{client}/health"))
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&out.stdout).contains("\"health\":\"true\"") {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd in {ns} at {client} did not become healthy"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 impl Drop for Etcd {
     fn drop(&mut self) {
         for i in 0..self.members.len() {

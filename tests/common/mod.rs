@@ -8,6 +8,7 @@
 
 pub mod etcd;
 pub mod nbd;
+pub mod netns;
 pub mod repl;
 
 use std::io::{BufRead, BufReader};

@@ -648,10 +648,29 @@ impl Replication {
     /// resynced. A node that wrote meanwhile is in split brain, which
     /// only `repl resolve` ends.
     pub fn group_join(&self, g: &str, timeout_ms: Option<u64>) -> RResult<Value> {
+        self.join_until(g, timeout_ms, true)
+    }
+
+    /// The cluster agent's join: done once this node is a secondary (the
+    /// resync then runs by itself), so the agent is free again to stand as
+    /// a candidate should the production node fail meanwhile.
+    pub fn group_demote_to_secondary(&self, g: &str, timeout_ms: Option<u64>) -> RResult<Value> {
+        self.join_until(g, timeout_ms, false)
+    }
+
+    fn join_until(&self, g: &str, timeout_ms: Option<u64>, in_sync: bool) -> RResult<Value> {
         let deadline =
             Instant::now() + Duration::from_millis(timeout_ms.unwrap_or(DEFAULT_GROUP_TIMEOUT_MS));
         loop {
             let mine = self.node_view(g)?;
+            if mine.role == ReplRole::Secondary && !in_sync {
+                self.publish(
+                    "group.joined",
+                    g,
+                    format!("secondary of {} (resyncing by itself)", mine.production),
+                );
+                return self.group_status(g);
+            }
             if mine.role == ReplRole::Secondary {
                 let prod = self.production_view(&mine, g);
                 let synced = prod.as_ref().is_some_and(|p| {

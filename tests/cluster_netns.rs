@@ -1,0 +1,259 @@
+//! Seed 004 across hosts: three umbra nodes in network namespaces on one
+//! bridge, etcd on the switch, two groups each replicated from A to both
+//! other nodes. fio writes a verifiable pattern, then A is killed with -9
+//! under fio load; the less loaded candidate takes both groups over, the
+//! clients reconnect to it and fio's verify passes, and the lock and
+//! owner records in etcd say so. Then the old primary comes back (as a
+//! secondary, by itself) and the new one dies: priority picks the other
+//! candidate again.
+
+mod common;
+
+use common::etcd::Etcd;
+use common::netns::{host_ip, Switch, SWITCH_IP};
+use common::repl::{all_settled, enable_args, leg, node_trusting, wait_for, wait_role};
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "cluster-netns-secret-0123456789";
+const NBD_PORT: u16 = 10809;
+
+/// fio's NBD engine, run on the switch (a client host of its own).
+fn fio(net: &Switch, host: &str, vol: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args([
+        "netns",
+        "exec",
+        &net.ns("S"),
+        "fio",
+        "--name=j",
+        "--ioengine=nbd",
+    ])
+    .arg(format!("--uri=nbd://{}:{NBD_PORT}/{vol}", host_ip(host)))
+    .args(args)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    c
+}
+
+/// The verifiable pattern: every 4 KiB block of the first 8 MiB carries a
+/// crc32c header fio checks later.
+const PATTERN: [&str; 5] = [
+    "--rw=write",
+    "--bs=4k",
+    "--size=8M",
+    "--verify=crc32c",
+    "--do_verify=0",
+];
+
+fn owner(d: &Daemon, g: &str) -> Option<String> {
+    d.json(&["cluster", "status"])["groups"]
+        .as_array()?
+        .iter()
+        .find(|x| x["group"] == g)?["owner"]["node"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[test]
+fn a_killed_primary_of_two_groups_fails_over_and_fio_verifies_on_the_new_one() {
+    require_root();
+    require_tool("ip");
+    require_tool("fio");
+    let net = Switch::new();
+    let etcd = Etcd::start_in_netns(&net.ns("S"), SWITCH_IP);
+    let host = |h: &str, name: &str| {
+        let others: Vec<&str> = ["a", "b", "c"].into_iter().filter(|n| *n != name).collect();
+        node_trusting(
+            Daemon::start_in_netns(&net.ns(h)),
+            name,
+            &format!("{}:7800", host_ip(h)),
+            SECRET,
+            &others,
+        )
+        .0
+    };
+    let (mut a, b, c) = (host("A", "a"), host("B", "b"), host("C", "c"));
+    for (d, h) in [(&a, "A"), (&b, "B"), (&c, "C")] {
+        for v in ["v1", "v2"] {
+            d.ok(&["volume", "create", v, "--size", "32M"]);
+            d.ok(&[
+                "export",
+                "nbd",
+                v,
+                "--listen",
+                &format!("{}:{NBD_PORT}", host_ip(h)),
+            ]);
+        }
+    }
+    // Two groups (a set each), each replicated in sync mode from A to B
+    // and to C.
+    for (set, vol) in [("s1", "v1"), ("s2", "v2")] {
+        for peer in ["B", "C"] {
+            a.ok(&enable_args(
+                set,
+                vol,
+                &format!("{}:7800", host_ip(peer)),
+                vol,
+                "sync",
+                &["--no-sync", "--timeout", "2s"],
+            ));
+        }
+        wait_for(&a, set, "settled on both", all_settled, 60);
+        a.ok(&["group", "policy", set, "--auto-failover", "on"]);
+    }
+    let endpoint = format!("http://{SWITCH_IP}:2379");
+    for d in [&a, &b, &c] {
+        d.ok(&[
+            "cluster", "join", "--etcd", &endpoint, "--name", "n", "--ttl", "3",
+        ]);
+    }
+    // C is the loaded candidate: B must win both groups.
+    c.ok(&["cluster", "priority", "--bias", "100000"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owner(&b, "s1").as_deref() != Some("a") || owner(&b, "s2").as_deref() != Some("a") {
+        assert!(Instant::now() < deadline, "A never held both locks");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The pattern on both groups, acknowledged by B and C (sync mode).
+    for vol in ["v1", "v2"] {
+        let out = fio(&net, "A", vol, &PATTERN).output().unwrap();
+        assert!(
+            out.status.success(),
+            "fio pattern on {vol}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Load elsewhere on the volumes while A dies.
+    let loads: Vec<_> = ["v1", "v2"]
+        .iter()
+        .map(|vol| {
+            fio(
+                &net,
+                "A",
+                vol,
+                &[
+                    "--rw=randwrite",
+                    "--bs=4k",
+                    "--offset=16M",
+                    "--size=8M",
+                    "--iodepth=8",
+                    "--time_based",
+                    "--runtime=30",
+                ],
+            )
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    a.kill9();
+    let t0 = Instant::now();
+    for set in ["s1", "s2"] {
+        wait_role(&b, set, "primary", 60);
+    }
+    let took = t0.elapsed();
+    eprintln!("both groups failed over to B in {took:?}");
+    assert!(
+        took < Duration::from_secs(3 + 2 + 15),
+        "failover took {took:?} (TTL 3 s, voting window, two takeovers)"
+    );
+    for mut l in loads {
+        let _ = l.kill();
+        let _ = l.wait();
+    }
+    // etcd says B owns both; C stayed a secondary and follows B.
+    for set in ["s1", "s2"] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while owner(&c, set).as_deref() != Some("b") {
+            assert!(Instant::now() < deadline, "etcd never named b for {set}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(common::repl::info(&c, set)["role"], "secondary");
+        wait_for(
+            &b,
+            set,
+            "c following",
+            |v| common::repl::settled(leg(v, "c")),
+            60,
+        );
+    }
+    // The clients reconnect to the new primary: the pattern is all there.
+    for vol in ["v1", "v2"] {
+        let mut verify: Vec<&str> = PATTERN.to_vec();
+        verify[0] = "--rw=read";
+        verify[4] = "--do_verify=1";
+        let out = fio(&net, "B", vol, &verify).output().unwrap();
+        assert!(
+            out.status.success(),
+            "fio verify on B's {vol}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // And B takes new writes.
+        let out = fio(
+            &net,
+            "B",
+            vol,
+            &["--rw=randwrite", "--bs=4k", "--offset=24M", "--size=1M"],
+        )
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "writes on B's {vol}");
+    }
+
+    // A second run, other winner: A comes back (it rejoins as B's
+    // secondary by itself), then B dies; C is still the loaded one, so A
+    // takes both groups.
+    a.spawn();
+    for set in ["s1", "s2"] {
+        wait_role(&a, set, "secondary", 60);
+        wait_for(&b, set, "a and c settled", all_settled, 90);
+    }
+    let mut b = b;
+    let ev = EventLog::follow(&a);
+    b.kill9();
+    let t0 = Instant::now();
+    for set in ["s1", "s2"] {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while common::repl::info(&a, set)["role"] != "primary" {
+            assert!(
+                Instant::now() < deadline,
+                "A never took {set}: {}; events {:?}; c: {}",
+                a.json(&["cluster", "status"]),
+                ev.of_kind("cluster.refused")
+                    .into_iter()
+                    .chain(ev.of_kind("cluster.takeover"))
+                    .collect::<Vec<_>>(),
+                common::repl::info(&c, set)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    eprintln!("both groups failed over to A in {:?}", t0.elapsed());
+    for set in ["s1", "s2"] {
+        assert_eq!(
+            common::repl::info(&c, set)["role"],
+            "secondary",
+            "the loaded candidate stayed out again"
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while owner(&c, set).as_deref() != Some("a") {
+            assert!(Instant::now() < deadline, "etcd never named a for {set}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    for vol in ["v1", "v2"] {
+        let mut verify: Vec<&str> = PATTERN.to_vec();
+        verify[0] = "--rw=read";
+        verify[4] = "--do_verify=1";
+        let out = fio(&net, "A", vol, &verify).output().unwrap();
+        assert!(
+            out.status.success(),
+            "fio verify on A's {vol} after the second failover: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    drop(etcd);
+}
