@@ -7,7 +7,7 @@ mod common;
 use common::repl::{
     differing_blocks, enable_args, info, node, settle, wait_acked, wait_state, writer,
 };
-use common::{fill, require_tool, scribble, sha, Daemon, EventLog};
+use common::{fill, nbd_read_only, require_tool, scribble, sha, Daemon, EventLog};
 use std::time::{Duration, Instant};
 use umbra::services::repl::proxy::{Fault, FaultProxy};
 
@@ -163,6 +163,12 @@ fn swaps_under_writers_on_both_nodes_leave_no_write_untracked() {
         &["--no-sync", "--timeout", "2s"],
     ));
     settle(&a, "s");
+    // The secondary's export is offered read-only; the primary's is not.
+    assert!(
+        nbd_read_only(&b.uri_of("v")),
+        "a secondary offers read-only"
+    );
+    assert!(!nbd_read_only(&a.uri_of("v")));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers = [
         writer(a.addr_of("v"), 0xa, stop.clone()),
@@ -189,6 +195,14 @@ fn swaps_under_writers_on_both_nodes_leave_no_write_untracked() {
         }
         swapped.push(t0.elapsed());
         assert_eq!(info(s, "s")["role"], "primary", "swap {round}");
+        if round == 0 {
+            // New connections see the roles as they are now.
+            assert!(
+                nbd_read_only(&a.uri_of("v")),
+                "the old primary is read-only now"
+            );
+            assert!(!nbd_read_only(&b.uri_of("v")));
+        }
         settle(s, "s");
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);

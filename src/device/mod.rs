@@ -129,6 +129,12 @@ pub trait BlockDevice: Send + Sync {
         self.latency_class() == LatencyClass::Blocking
     }
 
+    /// Whether every client write is refused right now (a replication
+    /// secondary's guard): exports then offer the device read-only.
+    fn refuses_writes(&self) -> bool {
+        false
+    }
+
     /// Why the device refuses all I/O, once it does (a file backend after
     /// a failed flush or FUA write: fail-stop); `None` while it serves.
     fn failure(&self) -> Option<String> {
@@ -188,6 +194,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
     }
     fn failure(&self) -> Option<String> {
         (**self).failure()
+    }
+    fn refuses_writes(&self) -> bool {
+        (**self).refuses_writes()
     }
 }
 

@@ -291,6 +291,10 @@ impl BlockDevice for Volume {
     fn failure(&self) -> Option<String> {
         self.backend.failure()
     }
+    /// What the top of the stack says (a secondary's guard is on top).
+    fn refuses_writes(&self) -> bool {
+        self.stack.read().top.refuses_writes()
+    }
     fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let len = buf.len() as u64;
         self.counted(Op::Read, len, |d| d.read(buf, offset))

@@ -371,6 +371,22 @@ pub fn scribble(addr: &str, volume: &str, n: u64, seed: u8) {
     c.disconnect();
 }
 
+/// Whether the NBD server at `uri` offers its export read-only, as
+/// nbdinfo (libnbd) sees it.
+pub fn nbd_read_only(uri: &str) -> bool {
+    let out = Command::new("nbdinfo")
+        .args(["--json", uri])
+        .output()
+        .expect("run nbdinfo");
+    assert!(
+        out.status.success(),
+        "nbdinfo {uri}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nbdinfo JSON");
+    v["exports"][0]["is_read_only"] == true
+}
+
 pub fn sh(cmd: &str) -> String {
     let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
     assert!(

@@ -406,21 +406,33 @@ fn transmission_flags(export: &Export) -> u16 {
 
 /// Resolve a requested export name. The empty name is the default export:
 /// the one named `default`, or the only one there is.
+///
+/// A volume that refuses writes right now (a replication secondary) is
+/// offered read-only, so clients know before they try; a connection keeps
+/// what it negotiated (after a promotion, clients reconnect to write).
 fn lookup(inner: &Inner, name: &str) -> Option<(String, Export)> {
-    let exports = inner.exports.read();
-    if let Some(e) = exports.get(name) {
-        return Some((name.to_owned(), e.clone()));
-    }
-    if name.is_empty() {
-        if let Some(e) = exports.get("default") {
-            return Some(("default".into(), e.clone()));
+    let found = {
+        let exports = inner.exports.read();
+        if let Some(e) = exports.get(name) {
+            Some((name.to_owned(), e.clone()))
+        } else if name.is_empty() {
+            exports
+                .get("default")
+                .map(|e| ("default".to_owned(), e.clone()))
+                .or_else(|| {
+                    (exports.len() == 1).then(|| {
+                        let (n, e) = exports.iter().next().expect("len is 1");
+                        (n.clone(), e.clone())
+                    })
+                })
+        } else {
+            None
         }
-        if exports.len() == 1 {
-            let (n, e) = exports.iter().next().expect("len is 1");
-            return Some((n.clone(), e.clone()));
-        }
-    }
-    None
+    };
+    found.map(|(n, mut e)| {
+        e.read_only |= e.volume.refuses_writes();
+        (n, e)
+    })
 }
 
 fn handshake(inner: &Inner, s: &mut Stream) -> Result<Option<(String, Export)>, HandshakeError> {

@@ -106,6 +106,9 @@ impl BlockDevice for GuardDevice {
     fn write_may_block(&self, _offset: u64, _len: u64) -> bool {
         false
     }
+    fn refuses_writes(&self) -> bool {
+        true
+    }
 }
 
 /// A secondary set: the target volume of a primary elsewhere.
