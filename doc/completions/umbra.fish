@@ -56,7 +56,7 @@ complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove list info reopen help" -f -a "remove" -d 'Stop serving a volume (its backing file is kept)'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove list info reopen help" -f -a "list" -d 'List volumes'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove list info reopen help" -f -a "info" -d 'Show one volume in detail'
-complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove list info reopen help" -f -a "reopen" -d 'Reopen a volume whose backend failed (or that could not be opened)'
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove list info reopen help" -f -a "reopen" -d 'Reopen a volume whose backend failed (or that could not be opened); alias: reset'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove list info reopen help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from create" -l size -d 'Size, e.g. 1G, 512M, 4096 (binary units; a multiple of 512 bytes)' -r
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from create" -l path -d 'Backing file to create [default: DATA_DIR/NAME.img]' -r -F
@@ -96,7 +96,7 @@ complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subc
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from help" -f -a "remove" -d 'Stop serving a volume (its backing file is kept)'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from help" -f -a "list" -d 'List volumes'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from help" -f -a "info" -d 'Show one volume in detail'
-complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from help" -f -a "reopen" -d 'Reopen a volume whose backend failed (or that could not be opened)'
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from help" -f -a "reopen" -d 'Reopen a volume whose backend failed (or that could not be opened); alias: reset'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c umbra -n "__fish_umbra_using_subcommand export; and not __fish_seen_subcommand_from nbd ublk list remove help" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand export; and not __fish_seen_subcommand_from nbd ublk list remove help" -s h -l help -d 'Print help'
@@ -584,7 +584,7 @@ complete -c umbra -n "__fish_umbra_using_subcommand help; and __fish_seen_subcom
 complete -c umbra -n "__fish_umbra_using_subcommand help; and __fish_seen_subcommand_from volume" -f -a "remove" -d 'Stop serving a volume (its backing file is kept)'
 complete -c umbra -n "__fish_umbra_using_subcommand help; and __fish_seen_subcommand_from volume" -f -a "list" -d 'List volumes'
 complete -c umbra -n "__fish_umbra_using_subcommand help; and __fish_seen_subcommand_from volume" -f -a "info" -d 'Show one volume in detail'
-complete -c umbra -n "__fish_umbra_using_subcommand help; and __fish_seen_subcommand_from volume" -f -a "reopen" -d 'Reopen a volume whose backend failed (or that could not be opened)'
+complete -c umbra -n "__fish_umbra_using_subcommand help; and __fish_seen_subcommand_from volume" -f -a "reopen" -d 'Reopen a volume whose backend failed (or that could not be opened); alias: reset'
 complete -c umbra -n "__fish_umbra_using_subcommand help; and __fish_seen_subcommand_from export" -f -a "nbd" -d 'Export a volume over NBD (export name = volume name)'
 complete -c umbra -n "__fish_umbra_using_subcommand help; and __fish_seen_subcommand_from export" -f -a "ublk" -d 'Export a volume as a Linux block device /dev/ublkbN (needs ublk_drv)'
 complete -c umbra -n "__fish_umbra_using_subcommand help; and __fish_seen_subcommand_from export" -f -a "list" -d 'List exports'

@@ -177,10 +177,11 @@ Example:\n  umbra volume list --json"
 Example:\n  umbra volume info db --json"
     )]
     Info(NameJson),
-    /// Reopen a volume whose backend failed (or that could not be opened)
+    /// Reopen a volume whose backend failed (or that could not be opened); alias: reset
     #[command(
-        long_about = "Reopen a volume whose backend failed: after a failed flush or FUA write the file backend refuses every request (the kernel may have dropped the data it could not write, and a later flush would report success for it), and `volume info` says `failed`. Once the cause is fixed (space freed, the device back), reopen gives the volume a fresh backend on the same file and its NBD exports serve from it; what the failed backend had not made durable is lost. Also opens a volume that was offline since start-up. A healthy volume is left alone. Volumes with services (cache, image, replication) or a ublk export are refused: restart the daemon for those.\n\nExample:\n  umbra volume reopen db"
+        long_about = "Reopen a volume whose backend failed: after a failed flush or FUA write the file backend refuses writes and flushes (the kernel may have dropped the data it could not write, and a later flush would report success for it; reads go on), and `volume info` says `failed`. Once the cause is fixed (space freed, the device back), reopen gives the volume a fresh backend on the same file and its NBD exports serve from it; what the failed backend had not made durable is lost. Refused while the storage plainly still fails (the first block is written back and flushed first; a device that fails only for new allocations passes and fails again at its next flush). Also opens a volume that was offline since start-up. A healthy volume is left alone. Volumes with services (cache, image, replication) or a ublk export are refused: restart the daemon for those.\n\nExample:\n  umbra volume reopen db"
     )]
+    #[command(alias = "reset")]
     Reopen(NameJson),
 }
 

@@ -320,7 +320,7 @@ impl Daemon {
             "volume.create" => self.volume_create(parse(op, args)?),
             "volume.add" => self.volume_add(parse(op, args)?),
             "volume.remove" => self.volume_remove(parse(op, args)?),
-            "volume.reopen" => self.volume_reopen(parse(op, args)?),
+            "volume.reopen" | "volume.reset" => self.volume_reopen(parse(op, args)?),
             "volume.list" => Ok(Value::Array(self.volume_list())),
             "volume.info" => {
                 let a: NameArgs = parse(op, args)?;
@@ -895,6 +895,24 @@ impl Daemon {
                 vc.path.display()
             ))
         })?;
+        // Refused while the storage plainly still fails: the first block is
+        // written back as it is and flushed (a dead or detached device
+        // fails here). Storage that fails only for new allocations (a full
+        // filesystem or thin pool) passes, and fails again at its next
+        // flush.
+        let probe = (|| {
+            let n = 4096.min(be.size_bytes()) as usize;
+            let mut b = vec![0u8; n];
+            be.read(&mut b, 0)?;
+            be.write(&b, 0, false)?;
+            be.flush()
+        })();
+        if let Err(e) = probe {
+            return Err(OpError::failed(format!(
+                "volume {}: its storage still fails (rewriting its first block and flushing: {e}); fix it, then reopen",
+                a.name
+            )));
+        }
         let description = be.describe();
         let size = vc.virtual_size_bytes.unwrap_or(be.size_bytes());
         let volume = Arc::new(Volume::with_size(&a.name, Arc::new(be), description, size));
@@ -1374,7 +1392,7 @@ fn volume_json(st: &State, name: &str) -> Value {
             (Some(_), None) => "online",
         },
         "error": entry.error.clone().or(volume_failure(st, name).map(|f| {
-            format!("{f}; every request fails until `umbra volume reopen {name}`")
+            format!("{f}; writes and flushes fail until `umbra volume reopen {name}`")
         })),
         "size_bytes": entry.volume.as_ref().map(|v| v.size_bytes()),
         "path": cfg.map(|c| c.path.clone()),

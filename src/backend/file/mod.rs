@@ -16,8 +16,10 @@
 //!
 //! Fail-stop: once a flush fails, the kernel may already have dropped the
 //! dirty pages it could not write, and a later fsync would report success
-//! for data that is gone. So the backend refuses every request after a
-//! failed flush until it is reopened.
+//! for data that is gone. So after a failed flush (or FUA write) the
+//! backend refuses every write, flush, discard and write-zeroes until it is
+//! reopened; reads are still served (they return what the device holds,
+//! which is all anyone can have now).
 
 mod engine_sync;
 mod engine_uring;
@@ -287,7 +289,7 @@ impl FileBackend {
         *self.failed_reason.lock() = format!("{what} on {}: {err}", self.path.display());
         self.failed.store(true, Ordering::Release);
         log::error!(
-            "{}: {what} failed ({err}); refusing further I/O until reopened",
+            "{}: {what} failed ({err}); refusing writes and flushes until reopened",
             self.path.display()
         );
     }
@@ -377,7 +379,7 @@ impl BlockDevice for FileBackend {
 
     fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_range(offset, buf.len() as u64, self.size_bytes)?;
-        self.check_live()?;
+        // No fail-stop check: reads of what the device holds go on.
         if buf.is_empty() {
             return Ok(());
         }
