@@ -293,14 +293,18 @@ fn conformance_in_write_back_mode() {
 
 #[test]
 fn write_back_coalesces_small_sequential_writes_and_cancels_rewrites() {
-    let backend = Arc::new(testing::RecordingDevice::new(Arc::new(MemoryBackend::new(
-        8 << 20,
-    ))));
+    // A volume that takes 100 ms per write: the destage thread is busy
+    // with its first batch while every write below lands in the log, so
+    // what it finds next coalesces and the rewrites cancel whatever the
+    // machine's load (with a fast volume the counts depend on the timing).
     let (v, cache) = write_back_volume(
-        backend.clone(),
+        Arc::new(SlowDevice(MemoryBackend::new(8 << 20))),
         Arc::new(MemoryBackend::new(STORE_BYTES)),
         true,
     );
+    // Something to keep the destage thread busy first.
+    v.write(&pattern(7, 6 << 20, 4096), 6 << 20, false).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
     // 256 sequential 4 KiB writes, then one block rewritten 10 times.
     for i in 0..256u64 {
         v.write(&pattern(i, i * 4096, 4096), i * 4096, false)
@@ -315,10 +319,11 @@ fn write_back_coalesces_small_sequential_writes_and_cancels_rewrites() {
     cache.shutdown(true).unwrap();
     let s = cache.stats().write_back.unwrap();
     assert_eq!(s.dirty_bytes, 0);
-    assert!(s.write_cancellations >= 9, "{s:?}");
+    // 9, or 8 if the destage thread took the first of the ten before the
+    // rest arrived.
+    assert!(s.write_cancellations >= 8, "{s:?}");
     // 266 logged blocks reached the volume in a handful of writes.
     assert!(s.writes_coalesced >= 200, "{s:?}");
-    let _ = backend;
     let mut b = vec![0u8; 4096];
     dev.read(&mut b, 4 << 20).unwrap();
     assert_eq!(b, pattern(1009, 0, 4096));
