@@ -241,6 +241,108 @@ fn a_primary_cut_from_etcd_fences_itself_before_another_takes_over() {
     proxy.stop();
 }
 
+/// The `block` fence: a production node cut from etcd holds its writers
+/// (no error, no acknowledgement) instead of failing them, and when the
+/// cut heals before anyone takes over (here nobody may: no automatic
+/// failover) the held writes complete and writing goes on.
+#[test]
+fn a_block_fence_holds_writes_and_releases_them_when_the_lease_is_back() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use umbra::services::repl::proxy::{Fault, FaultProxy};
+    let etcd = Etcd::start(1);
+    let [(a, _), (b, b_addr)] = mesh(["a", "b"], KEY);
+    for d in [&a, &b] {
+        d.ok(&["volume", "create", "v", "--size", "16M"]);
+        d.export_nbd("v");
+    }
+    a.ok(&enable_args(
+        "s",
+        "v",
+        &b_addr,
+        "v",
+        "sync",
+        &["--no-sync", "--timeout", "2s"],
+    ));
+    wait_for(&a, "s", "settled", common::repl::settled, 30);
+    a.ok(&["group", "policy", "s", "--fence", "block"]);
+    assert_eq!(
+        a.json(&["group", "status", "s"])["policy"]["fence"],
+        "block"
+    );
+    let etcd_addr = etcd.members[0]
+        .client
+        .trim_start_matches("http://")
+        .to_owned();
+    let proxy = FaultProxy::start("127.0.0.1:0", &etcd_addr).unwrap();
+    join(&a, &format!("http://{}", proxy.addr), "blk", 3);
+    join(&b, &etcd.endpoints(), "blk", 3);
+    wait_owners(&b, &[("s", "a")], 30);
+    // A writer that counts what it got back.
+    let (ok, failed, stop) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let w = {
+        let (ok, failed, stop, addr) = (ok.clone(), failed.clone(), stop.clone(), a.addr_of("v"));
+        std::thread::spawn(move || {
+            let mut c = common::nbd::NbdClient::connect(&addr, "v");
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                match c.write((i % 2048) * 4096, &[9; 4096], 0) {
+                    0 => ok.fetch_add(1, Ordering::SeqCst),
+                    _ => failed.fetch_add(1, Ordering::SeqCst),
+                };
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            c.disconnect();
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ok.load(Ordering::SeqCst) < 10 {
+        assert!(Instant::now() < deadline, "the writer made no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proxy.set_fault(Fault::Partition);
+    proxy.drop_connections();
+    // Fenced within 2/3 of the TTL: the writer is held.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster_status(&a)["fenced_groups"] != serde_json::json!(["s"]) {
+        assert!(
+            Instant::now() < deadline,
+            "A never fenced: {}",
+            cluster_status(&a)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let held_at = ok.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        ok.load(Ordering::SeqCst) <= held_at + 1,
+        "writes were acknowledged while fenced"
+    );
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "a held write failed");
+    // The cut heals: a new lease, the lock again, the writes complete.
+    proxy.set_fault(Fault::Pass);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ok.load(Ordering::SeqCst) < held_at + 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the held writes never resumed: {}",
+            cluster_status(&a)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::SeqCst);
+    w.join().unwrap();
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "no write failed at all");
+    assert_eq!(owner(&b, "s").as_deref(), Some("a"));
+    assert_eq!(info(&a, "s")["role"], "primary");
+    drop(proxy);
+}
+
 #[test]
 fn etcd_member_loss_changes_nothing_and_a_full_outage_fails_nothing_over() {
     require_tool("nbdcopy");

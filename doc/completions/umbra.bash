@@ -1716,7 +1716,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__group__subcmd__policy)
-            opts="-h -V --preferred --max-lag-on-failover --auto-failover --auto-accept-data-loss --offline-exports --json --socket --help --version"
+            opts="-h -V --preferred --max-lag-on-failover --auto-failover --auto-accept-data-loss --offline-exports --fence --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1740,6 +1740,10 @@ _umbra() {
                     ;;
                 --offline-exports)
                     COMPREPLY=($(compgen -W "read-only remove keep" -- "${cur}"))
+                    return 0
+                    ;;
+                --fence)
+                    COMPREPLY=($(compgen -W "eio block" -- "${cur}"))
                     return 0
                     ;;
                 --socket)

@@ -466,6 +466,8 @@ off\t''"
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from policy" -l offline-exports -d 'What `group offline` does to the exports' -r -f -a "read-only\t''
 remove\t''
 keep\t''"
+complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from policy" -l fence -d 'A fenced production node (lease not renewed): fail writes with EIO, or hold them until the lease is back (or the node steps down)' -r -f -a "eio\t''
+block\t''"
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from policy" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from policy" -l json
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from policy" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -147,6 +147,12 @@ enum OnOff {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum FenceArg {
+    Eio,
+    Block,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum ExportsArg {
     ReadOnly,
     Remove,
@@ -169,6 +175,10 @@ pub struct PolicyArgs {
     /// What `group offline` does to the exports
     #[arg(long, value_enum)]
     offline_exports: Option<ExportsArg>,
+    /// A fenced production node (lease not renewed): fail writes with EIO,
+    /// or hold them until the lease is back (or the node steps down)
+    #[arg(long, value_enum)]
+    fence: Option<FenceArg>,
     #[arg(long)]
     json: bool,
 }
@@ -387,6 +397,10 @@ pub fn run(socket: &Path, cmd: GroupCommand) -> Result<()> {
                         ExportsArg::ReadOnly => "read-only",
                         ExportsArg::Remove => "remove",
                         ExportsArg::Keep => "keep",
+                    }),
+                    "fence": a.fence.map(|f| match f {
+                        FenceArg::Eio => "eio",
+                        FenceArg::Block => "block",
                     }),
                 }),
             )?;

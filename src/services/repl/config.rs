@@ -60,6 +60,20 @@ pub enum OfflineExports {
     Keep,
 }
 
+/// What a fenced production node does with new writes (the cluster agent
+/// fences when it cannot renew its lease).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FenceMode {
+    /// Fail them with EIO at once.
+    #[default]
+    Eio,
+    /// Hold them until the lease is renewed (they then complete) or the
+    /// node steps down (they then fail with EIO): applications stall
+    /// instead of seeing errors, like DRBD's `suspend-io`.
+    Block,
+}
+
 /// A group's policy (seed 000: the user's decisions), stored with the
 /// group on every member.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -83,6 +97,8 @@ pub struct GroupConfig {
     pub auto_accept_data_loss: bool,
     #[serde(default)]
     pub offline_exports: OfflineExports,
+    #[serde(default)]
+    pub fence: FenceMode,
     /// This node's exports `group offline` took writes from (volume,
     /// listen): `group online` restores them. Local state, not policy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -102,6 +118,7 @@ impl GroupConfig {
             auto_failover: false,
             auto_accept_data_loss: false,
             offline_exports: OfflineExports::default(),
+            fence: FenceMode::default(),
             fenced_exports: Vec::new(),
         }
     }

@@ -67,6 +67,8 @@ pub struct PolicyOptions {
     pub auto_accept_data_loss: Option<bool>,
     #[serde(default)]
     pub offline_exports: Option<OfflineExports>,
+    #[serde(default)]
+    pub fence: Option<super::config::FenceMode>,
 }
 
 /// What bringing the group online on this node takes.
@@ -764,6 +766,9 @@ impl Replication {
         if let Some(v) = o.offline_exports {
             p.offline_exports = v;
         }
+        if let Some(v) = o.fence {
+            p.fence = v;
+        }
         self.store_policy(&p)?;
         let mut notes = Vec::new();
         for (node, addr) in self.group_peers(&o.group) {
@@ -928,14 +933,18 @@ impl Replication {
     /// Fence (or unfence) every leg of group `g`'s sets here: fenced
     /// writes fail with EIO.
     pub fn fence_group(&self, g: &str, on: bool) {
+        let block = self.group_policy(g).fence == super::config::FenceMode::Block;
         for c in self.group_sets(g).unwrap_or_default() {
             for l in self.legs(&c.name) {
+                l.fence_blocks.store(block, Ordering::SeqCst);
                 l.fenced.store(on, Ordering::SeqCst);
             }
         }
         log::warn!(
             "group {g}: {}",
-            if on {
+            if on && block {
+                "fenced (writes wait)"
+            } else if on {
                 "fenced (writes fail)"
             } else {
                 "unfenced"

@@ -49,6 +49,13 @@ impl Replication {
         }
         let link = sets[0].link().clone();
         let others: Vec<Arc<ReplSet>> = sets.iter().flat_map(|s| s.siblings()).collect();
+        // Writes held by a `block` fence would hold the quiesce below:
+        // they fail now (never acknowledged here; the peer takes over).
+        for l in sets.iter().chain(others.iter()) {
+            if l.fenced.load(Ordering::SeqCst) {
+                l.fence_release();
+            }
+        }
         let listen = self.listen_addr().unwrap_or_default();
         let host = self.host()?;
         let vols: Vec<_> = sets
@@ -408,7 +415,7 @@ impl Replication {
             // quiesce drains what passed the fence before it was set (their
             // bits are durable before the layer below is touched).
             for l in self.legs(n) {
-                l.fenced.store(true, Ordering::SeqCst);
+                l.fence_release();
             }
             if self.primary(n).is_some() {
                 drop(

@@ -120,6 +120,9 @@ pub struct ReplSet {
     /// cluster lease could not be renewed, or another node holds the
     /// group's lock).
     pub fenced: AtomicBool,
+    /// While fenced, writes wait for the fence to lift instead of failing
+    /// (the group's `fence` policy); cleared to release them with EIO.
+    pub fence_blocks: AtomicBool,
     link: Arc<Link>,
     lower: RwLock<Option<Arc<dyn BlockDevice>>>,
     /// Local writes in progress per chunk (a resync reads a chunk only
@@ -194,6 +197,7 @@ impl ReplSet {
             peer_lost: AtomicBool::new(false),
             suspended: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
+            fence_blocks: AtomicBool::new(false),
             link,
             lower: RwLock::new(None),
             inflight: (0..chunks)
@@ -398,7 +402,7 @@ impl ReplSet {
                 reason: format!("replication set {} failed", self.name),
             });
         }
-        if self.fenced.load(Ordering::Relaxed) {
+        if self.fenced.load(Ordering::Relaxed) && !self.wait_unfenced() {
             return Err(self.fenced_error());
         }
         self.enter(offset, len)?;
@@ -489,6 +493,25 @@ impl ReplSet {
             return Err(self.peer_lost_error());
         }
         r
+    }
+
+    /// A fenced write under the `block` policy waits here until the fence
+    /// lifts (true: go on) or is turned into EIO (false: a step-down or a
+    /// swap releases the waiters so its quiesce can drain).
+    fn wait_unfenced(&self) -> bool {
+        while self.fence_blocks.load(Ordering::SeqCst) {
+            if !self.fenced.load(Ordering::SeqCst) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        !self.fenced.load(Ordering::SeqCst)
+    }
+
+    /// Fence the leg for good (a role change): waiting writes fail now.
+    pub fn fence_release(&self) {
+        self.fence_blocks.store(false, Ordering::SeqCst);
+        self.fenced.store(true, Ordering::SeqCst);
     }
 
     fn fenced_error(&self) -> DeviceError {
