@@ -343,6 +343,64 @@ fn a_block_fence_holds_writes_and_releases_them_when_the_lease_is_back() {
     drop(proxy);
 }
 
+/// Planned swaps move the group's lock with the group; `cluster leave`
+/// hands every production group over first (a planned swap), then gives up
+/// its lease: the other node is production and holds the lock, the leaver
+/// is gone from etcd; leaving again changes nothing.
+#[test]
+fn leaving_the_cluster_hands_groups_over_first() {
+    require_tool("nbdcopy");
+    let etcd = Etcd::start(1);
+    let [(a, _), (b, b_addr)] = mesh(["a", "b"], KEY);
+    for d in [&a, &b] {
+        d.ok(&["volume", "create", "v", "--size", "32M"]);
+        d.export_nbd("v");
+    }
+    a.ok(&enable_args(
+        "s",
+        "v",
+        &b_addr,
+        "v",
+        "sync",
+        &["--no-sync", "--timeout", "2s"],
+    ));
+    wait_for(&a, "s", "settled", common::repl::settled, 30);
+    scribble(&a.addr_of("v"), "v", 20, 3);
+    wait_for(&a, "s", "settled", common::repl::settled, 30);
+    for d in [&a, &b] {
+        join(d, &etcd.endpoints(), "lv", 3);
+    }
+    wait_owners(&b, &[("s", "a")], 30);
+    // A planned swap moves the lock with the group: the old holder gives
+    // it up, the new production node takes it and is not fenced.
+    a.ok(&["group", "swap", "s"]);
+    wait_owners(&a, &[("s", "b")], 30);
+    assert_eq!(cluster_status(&b)["fenced_groups"], serde_json::json!([]));
+    scribble(&b.addr_of("v"), "v", 10, 4);
+    b.ok(&["group", "swap", "s"]);
+    wait_owners(&b, &[("s", "a")], 30);
+    assert_eq!(cluster_status(&a)["fenced_groups"], serde_json::json!([]));
+    wait_for(&a, "s", "settled", common::repl::settled, 30);
+    let good = sha(&a.uri_of("v"));
+    a.ok(&["cluster", "leave"]);
+    assert_eq!(
+        info(&b, "s")["role"],
+        "primary",
+        "handed over before leaving"
+    );
+    assert_eq!(info(&a, "s")["role"], "secondary");
+    wait_owners(&b, &[("s", "b")], 30);
+    let members = cluster_status(&b)["members"].clone();
+    assert!(
+        members.as_array().unwrap().iter().all(|m| m["node"] != "a"),
+        "a is gone from etcd: {members}"
+    );
+    assert_eq!(sha(&b.uri_of("v")), good);
+    // Leaving again is a no-op success.
+    let again = a.json(&["cluster", "leave"]);
+    assert!(again["cluster"].is_null(), "{again}");
+}
+
 #[test]
 fn etcd_member_loss_changes_nothing_and_a_full_outage_fails_nothing_over() {
     require_tool("nbdcopy");

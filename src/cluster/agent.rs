@@ -204,7 +204,8 @@ impl Cluster {
             .as_ref()
             .map(|r| (r.cfg.clone(), r.shared.clone()))
         else {
-            return Err(ReplError::Invalid("this node is in no cluster".into()));
+            // Leaving twice is done already (scripts repeat operations).
+            return Ok(json!({"cluster": null, "note": "this node is in no cluster"}));
         };
         let mut notes = Vec::new();
         for (g, v) in self.repl.groups_here() {
@@ -576,12 +577,44 @@ impl Agent {
                     }
                     ReplRole::Secondary => {
                         self.held.remove(g);
+                        self.release_if_mine(&mut c, lease, g, &groups).await?;
                         self.candidate(&mut c, lease, g, &groups).await?
                     }
                 }
             }
             tokio::time::sleep(TICK).await;
         }
+    }
+
+    /// A secondary here that still holds the group's lock (it handed the
+    /// group over in a planned swap, `group swap` or `cluster leave`):
+    /// give the lock up, so the new production node can take it.
+    async fn release_if_mine(
+        &mut self,
+        c: &mut Client,
+        lease: i64,
+        g: &str,
+        groups: &HashMap<String, Vec<u8>>,
+    ) -> Result<(), String> {
+        let owner = self.key(&format!("groups/{g}/owner"));
+        let mine = groups
+            .get(&owner)
+            .and_then(|v| serde_json::from_slice::<Value>(v).ok())
+            .is_some_and(|v| v["node"] == self.me.as_str());
+        if !mine {
+            return Ok(());
+        }
+        let txn = Txn::new()
+            .when([Compare::lease(owner.clone(), CompareOp::Equal, lease)])
+            .and_then([TxnOp::delete(owner, None)]);
+        if timed(c.txn(txn)).await?.succeeded() {
+            self.repl.publish(
+                "cluster.released",
+                g,
+                "this node is a secondary now: the lock goes to the production node".into(),
+            );
+        }
+        Ok(())
     }
 
     /// Production here: hold the group's lock, or find that another node
@@ -638,6 +671,20 @@ impl Agent {
             }
             self.unfence(g);
             return Ok(true);
+        }
+        // A holder that is our own secondary handed the group to us in a
+        // planned swap and has not given its lock up yet: wait for it.
+        let follows = {
+            let (repl, g, holder) = (self.repl.clone(), g.to_owned(), holder.clone());
+            tokio::task::spawn_blocking(move || repl.peer_follows_me(&g, &holder))
+                .await
+                .unwrap_or(false)
+        };
+        if follows {
+            log::info!(
+                "cluster: group {g}: {holder} still holds the lock but follows this node; waiting for it to let go"
+            );
+            return Ok(false);
         }
         // Another node is production: stop writes here at once, then join
         // it as a secondary (generations decide; split brain stops there).

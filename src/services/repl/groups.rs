@@ -645,6 +645,26 @@ impl Replication {
             })
     }
 
+    /// Whether `node` says it is a secondary of this node for group `g`
+    /// (asked over the peer link): a lock it still holds in etcd is then
+    /// left from a planned swap, not a sign that it is production.
+    pub fn peer_follows_me(&self, g: &str, node: &str) -> bool {
+        let Ok(addr) = self.address_of(g, node) else {
+            return false;
+        };
+        peer::request_within(
+            &self.ctx,
+            &addr,
+            &PeerRequest::GroupStatus {
+                group: g.to_owned(),
+            },
+            QUERY_TIMEOUT,
+        )
+        .ok()
+        .and_then(|(v, _)| serde_json::from_value::<NodeView>(v).ok())
+        .is_some_and(|v| v.role == ReplRole::Secondary && v.production == self.ctx.name())
+    }
+
     /// `group join G` on a node back after a forced takeover elsewhere:
     /// step down toward the production node and wait until its copy is
     /// resynced. A node that wrote meanwhile is in split brain, which
