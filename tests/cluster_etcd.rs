@@ -97,6 +97,25 @@ fn the_best_candidate_takes_over_a_dead_primary_and_the_old_one_rejoins() {
     wait_owners(&b, &[("s", "a")], 30);
     let st = cluster_status(&b);
     assert_eq!(st["members"].as_array().unwrap().len(), 3, "{st}");
+    // The candidates' list lives in etcd too: both secondaries, consistent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = cluster_status(&b);
+        let cands: Vec<String> = st["groups"][0]["candidates"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .filter(|c| c["consistent"] == true)
+                    .map(|c| c["node"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if cands == ["b", "c"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "candidates in etcd: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     scribble(&a.addr_of("v"), "v", 40, 6);
     let good = sha(&a.uri_of("v"));

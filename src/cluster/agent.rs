@@ -274,6 +274,15 @@ impl Cluster {
                         let e = groups
                             .entry(name.to_owned())
                             .or_insert(json!({"group": name}));
+                        if let Some(n) = field.strip_prefix("candidates/") {
+                            let mut v = val;
+                            v["node"] = json!(n);
+                            match e["candidates"].as_array_mut() {
+                                Some(list) => list.push(v),
+                                None => e["candidates"] = json!([v]),
+                            }
+                            continue;
+                        }
                         e[field] = if field == "owner" {
                             let mut o = val.clone();
                             o["lease"] = json!(kv.lease());
@@ -402,6 +411,8 @@ struct Agent {
     held: HashMap<String, (i64, Instant)>,
     /// The policies this node last wrote to etcd.
     shared_policies: HashMap<String, String>,
+    /// Groups this node stands as a candidate for: with which lease, since.
+    stood: HashMap<String, (i64, Instant)>,
 }
 
 impl Agent {
@@ -419,6 +430,7 @@ impl Agent {
             retry_now: true,
             held: HashMap::new(),
             shared_policies: HashMap::new(),
+            stood: HashMap::new(),
         }
     }
 
@@ -562,6 +574,7 @@ impl Agent {
                     // The lock is bound to the lease: once it is held,
                     // checking it once per renewal is enough.
                     ReplRole::Primary => {
+                        self.withdraw(&mut c, g).await?;
                         let due = self
                             .held
                             .get(g)
@@ -578,12 +591,61 @@ impl Agent {
                     ReplRole::Secondary => {
                         self.held.remove(g);
                         self.release_if_mine(&mut c, lease, g, &groups).await?;
+                        self.stand(&mut c, lease, g, v).await?;
                         self.candidate(&mut c, lease, g, &groups).await?
                     }
                 }
             }
             tokio::time::sleep(TICK).await;
         }
+    }
+
+    /// A secondary here tells etcd what it could take over with
+    /// (`groups/G/candidates/NODE`, bound to the lease, refreshed once per
+    /// renewal): the candidates' list in the shared repository, which
+    /// `cluster status` shows. A node that is production withdraws.
+    async fn stand(
+        &mut self,
+        c: &mut Client,
+        lease: i64,
+        g: &str,
+        v: &crate::services::repl::groups::NodeView,
+    ) -> Result<(), String> {
+        let renew_every = Duration::from_millis(self.cfg.ttl_s * 1000 / 3);
+        if self
+            .stood
+            .get(g)
+            .is_some_and(|(l, t)| *l == lease && t.elapsed() < renew_every)
+        {
+            return Ok(());
+        }
+        let consistent = v.sets.iter().all(|s| s.safety_snapshot.is_none());
+        let me = json!({
+            "consistent": consistent,
+            "connected": v.sets.iter().all(|s| s.connected),
+            "lag_bytes": v.sets.iter().map(|s| s.lag_bytes).sum::<u64>(),
+            "updated_unix_ms": now_ms(),
+        });
+        timed(c.put(
+            self.key(&format!("groups/{g}/candidates/{}", self.me)),
+            me.to_string(),
+            Some(PutOptions::new().with_lease(lease)),
+        ))
+        .await?;
+        self.stood.insert(g.to_owned(), (lease, Instant::now()));
+        Ok(())
+    }
+
+    /// Production here: no longer a candidate for `g`.
+    async fn withdraw(&mut self, c: &mut Client, g: &str) -> Result<(), String> {
+        if self.stood.remove(g).is_some() {
+            timed(c.delete(
+                self.key(&format!("groups/{g}/candidates/{}", self.me)),
+                None,
+            ))
+            .await?;
+        }
+        Ok(())
     }
 
     /// A secondary here that still holds the group's lock (it handed the
