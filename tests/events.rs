@@ -7,6 +7,7 @@ mod common;
 
 use common::repl::{enable_args, node, settle};
 use common::*;
+use common::{Daemon, EventLog};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -223,4 +224,52 @@ fn the_documented_event_kinds_are_the_emitted_ones() {
         stale.is_empty(),
         "documented but emitted nowhere: {stale:?}"
     );
+}
+
+/// Events say only what happened: an `image enable` that created its
+/// shadow volume and then failed removes the volume again and says so,
+/// truthfully about its backing file.
+#[test]
+fn a_failed_image_enable_takes_back_the_shadow_it_created_and_says_so() {
+    let d = Daemon::start();
+    d.ok(&["volume", "create", "v", "--size", "4M"]);
+    let ev = EventLog::follow(&d);
+    // The stream is up once it carries an event made after it started.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut i = 0;
+    while ev.of_kind("volume.created").is_empty() {
+        assert!(Instant::now() < deadline, "the event stream never started");
+        i += 1;
+        d.ok(&["volume", "create", &format!("marker{i}"), "--size", "1M"]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let e = d.fails(&[
+        "image",
+        "enable",
+        "s",
+        "--master",
+        "v",
+        "--shadow",
+        "snap",
+        "--mode",
+        "dependent",
+        "--bitmap",
+        "/nonexistent-dir/s.bitmap",
+    ]);
+    assert!(e.contains("s.bitmap") || e.contains("bitmap"), "{e}");
+    let removed = ev.wait_for("volume.removed", Duration::from_secs(10));
+    assert_eq!(removed["object"], "snap");
+    assert!(
+        removed["detail"].as_str().unwrap().contains("deleted"),
+        "{removed}"
+    );
+    assert!(
+        ev.of_kind("volume.created")
+            .iter()
+            .any(|e| e["object"] == "snap"),
+        "its creation was said first"
+    );
+    let vols = d.json(&["volume", "list"]);
+    assert!(vols.as_array().unwrap().iter().all(|v| v["name"] != "snap"));
+    assert!(!d.data_dir().join("snap.img").exists());
 }

@@ -573,9 +573,26 @@ impl Daemon {
             }
         }
         let _ = self.persist(st);
-        if let Some(p) = path {
-            let _ = std::fs::remove_file(p);
-        }
+        let deleted = path
+            .as_ref()
+            .is_some_and(|p| std::fs::remove_file(p).is_ok());
+        // `volume.created` was said for it: say it is gone again, and
+        // truthfully what became of its file.
+        self.events.publish(
+            "volume.removed",
+            name,
+            match (&path, deleted) {
+                (Some(p), true) => format!(
+                    "created for an image set whose enable failed; backing file {} deleted",
+                    p.display()
+                ),
+                (Some(p), false) => format!(
+                    "created for an image set whose enable failed; backing file {} kept",
+                    p.display()
+                ),
+                (None, _) => "created for an image set whose enable failed".into(),
+            },
+        );
     }
 }
 
