@@ -216,3 +216,31 @@ fn nbd_port_survives_garbage_and_bad_requests() {
     assert!(d.alive());
     d.ok(&["status"]);
 }
+
+/// Read-only operations refuse arguments they do not take, as the protocol
+/// says (unknown fields are refused), instead of ignoring them.
+#[test]
+fn read_only_operations_refuse_junk_arguments() {
+    let d = Daemon::start();
+    let mut c = umbra::control::admin::Client::connect(&d.socket()).unwrap();
+    for op in [
+        "status",
+        "volume.list",
+        "export.list",
+        "image.list",
+        "image.group.list",
+        "hook.list",
+        "repl.list",
+        "repl.status",
+        "cluster.status",
+    ] {
+        for junk in [serde_json::json!({"bogus": 1}), serde_json::json!(["db"])] {
+            let r = c.call(op, junk.clone()).unwrap();
+            assert!(!r.ok, "{op} accepted {junk}");
+            let e = r.error.unwrap();
+            assert!(e.message.contains(op), "{op}: {}", e.message);
+        }
+        // Without arguments (or an empty object) it answers.
+        assert!(c.call(op, serde_json::json!({})).unwrap().ok, "{op}");
+    }
+}

@@ -316,12 +316,18 @@ impl Daemon {
             ));
         }
         match op {
-            "status" => Ok(self.status()),
+            "status" => {
+                parse::<NoArgs>(op, args)?;
+                Ok(self.status())
+            }
             "volume.create" => self.volume_create(parse(op, args)?),
             "volume.add" => self.volume_add(parse(op, args)?),
             "volume.remove" => self.volume_remove(parse(op, args)?),
             "volume.reopen" | "volume.reset" => self.volume_reopen(parse(op, args)?),
-            "volume.list" => Ok(Value::Array(self.volume_list())),
+            "volume.list" => {
+                parse::<NoArgs>(op, args)?;
+                Ok(Value::Array(self.volume_list()))
+            }
             "volume.info" => {
                 let a: NameArgs = parse(op, args)?;
                 self.volume_list()
@@ -331,7 +337,10 @@ impl Daemon {
             }
             "export.nbd" => self.export_nbd(parse(op, args)?),
             "export.ublk" => self.export_ublk(parse(op, args)?),
-            "export.list" => Ok(Value::Array(self.export_list())),
+            "export.list" => {
+                parse::<NoArgs>(op, args)?;
+                Ok(Value::Array(self.export_list()))
+            }
             "export.remove" => self.export_remove(parse(op, args)?),
             "cache.enable" => self.cache_enable(parse(op, args)?),
             "cache.disable" => self.cache_disable(parse(op, args)?),
@@ -1583,7 +1592,7 @@ struct NameArgs {
 /// An operation without arguments: anything given is refused.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NoArgs {}
+pub(super) struct NoArgs {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

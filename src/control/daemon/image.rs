@@ -113,6 +113,7 @@ impl Daemon {
                 self.image_info(&a.name)
             }
             "image.list" => {
+                parse::<super::NoArgs>(op, args)?;
                 let st = self.state.lock();
                 Ok(Value::Array(
                     st.config
@@ -203,6 +204,7 @@ impl Daemon {
                 Ok(json!({"name": a.name}))
             }
             "image.group.list" => {
+                parse::<super::NoArgs>(op, args)?;
                 let st = self.state.lock();
                 Ok(serde_json::to_value(&st.config.image_groups).expect("groups serialise"))
             }

@@ -7,7 +7,7 @@
 //! here only for the instant a volume is looked up or the configuration is
 //! changed and persisted, never across a peer request or a quiesce.
 
-use super::{online_volume, parse, Daemon};
+use super::{online_volume, parse, Daemon, NoArgs};
 use crate::control::admin::{ErrorCode, OpError};
 use crate::control::config::ReplConfig;
 use crate::interposer::Volume;
@@ -280,10 +280,6 @@ impl Host for Daemon {
         self.is_stopping()
     }
 }
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoArgs {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
