@@ -355,10 +355,7 @@ impl Daemon {
                 let a: StatsArgs = parse(op, args)?;
                 let vols = self.volume_stats(&a.volumes)?;
                 Ok(json!({
-                    "unix_ms": std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_millis() as u64)
-                        .unwrap_or(0),
+                    "unix_ms": crate::control::events::now_ms(),
                     "volumes": vols.iter().map(VolumeStats::to_json).collect::<Vec<_>>(),
                 }))
             }
@@ -1386,6 +1383,7 @@ fn volume_failure(st: &State, name: &str) -> Option<String> {
 fn volume_json(st: &State, name: &str) -> Value {
     let cfg = st.config.volumes.iter().find(|v| v.name == name);
     let entry = &st.volumes[name];
+    let failure = volume_failure(st, name);
     let exports: Vec<_> = st
         .config
         .exports
@@ -1395,12 +1393,12 @@ fn volume_json(st: &State, name: &str) -> Value {
         .collect();
     json!({
         "name": name,
-        "state": match (&entry.volume, volume_failure(st, name)) {
+        "state": match (&entry.volume, &failure) {
             (None, _) => "offline",
             (Some(_), Some(_)) => "failed",
             (Some(_), None) => "online",
         },
-        "error": entry.error.clone().or(volume_failure(st, name).map(|f| {
+        "error": entry.error.clone().or(failure.map(|f| {
             format!("{f}; writes and flushes fail until `umbra volume reopen {name}`")
         })),
         "size_bytes": entry.volume.as_ref().map(|v| v.size_bytes()),

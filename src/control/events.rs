@@ -103,7 +103,8 @@ impl EventBus {
     }
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch (event and hook time stamps).
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -222,7 +222,7 @@ fn runner(cfg: &HookConfig, rx: &Receiver<Event>, status: &Mutex<HookStatus>) {
         s.running = false;
         s.runs += 1;
         s.last_event_seq = Some(ev.seq);
-        s.last_run_unix_ms = Some(ev_now_ms());
+        s.last_run_unix_ms = Some(super::events::now_ms());
         s.last_duration_ms = Some(t.elapsed().as_millis() as u64);
         match r {
             Ok(()) => s.last_error = None,
@@ -233,13 +233,6 @@ fn runner(cfg: &HookConfig, rx: &Receiver<Event>, status: &Mutex<HookStatus>) {
             }
         }
     }
-}
-
-fn ev_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Run the hook's command for one event: JSON on stdin, the fields in the
