@@ -60,6 +60,33 @@ fn wait_owners(d: &Daemon, owners: &[(&str, &str)], secs: u64) {
     }
 }
 
+/// Two nodes A and B, volume `v` (32 MiB, exported over NBD) on each,
+/// set `s` replicating it from A to B in `mode`, settled.
+fn two_sites(mode: &str) -> [Daemon; 2] {
+    let [(a, _), (b, b_addr)] = mesh(["a", "b"], KEY);
+    for d in [&a, &b] {
+        d.ok(&["volume", "create", "v", "--size", "32M"]);
+        d.export_nbd("v");
+    }
+    a.ok(&enable_args(
+        "s",
+        "v",
+        &b_addr,
+        "v",
+        mode,
+        &["--no-sync", "--timeout", "2s"],
+    ));
+    wait_for(&a, "s", "settled", common::repl::settled, 30);
+    [a, b]
+}
+
+/// A proxy in front of the (single) etcd member, which a test can cut to
+/// separate one node from etcd only.
+fn etcd_proxy(etcd: &Etcd) -> std::sync::Arc<umbra::services::repl::proxy::FaultProxy> {
+    let addr = etcd.members[0].client.trim_start_matches("http://");
+    umbra::services::repl::proxy::FaultProxy::start("127.0.0.1:0", addr).unwrap()
+}
+
 #[test]
 fn the_best_candidate_takes_over_a_dead_primary_and_the_old_one_rejoins() {
     require_tool("nbdcopy");
@@ -164,30 +191,13 @@ fn the_best_candidate_takes_over_a_dead_primary_and_the_old_one_rejoins() {
 
 #[test]
 fn a_primary_cut_from_etcd_fences_itself_before_another_takes_over() {
-    use umbra::services::repl::proxy::{Fault, FaultProxy};
+    use umbra::services::repl::proxy::Fault;
     require_tool("nbdcopy");
     let etcd = Etcd::start(1);
-    let [(mut a, _), (b, b_addr)] = mesh(["a", "b"], KEY);
-    for d in [&a, &b] {
-        d.ok(&["volume", "create", "v", "--size", "32M"]);
-        d.export_nbd("v");
-    }
-    a.ok(&enable_args(
-        "s",
-        "v",
-        &b_addr,
-        "v",
-        "sync",
-        &["--no-sync", "--timeout", "2s"],
-    ));
-    wait_for(&a, "s", "settled", common::repl::settled, 30);
+    let [mut a, b] = two_sites("sync");
     a.ok(&["group", "policy", "s", "--auto-failover", "on"]);
     // A reaches etcd only through a proxy the test can cut.
-    let etcd_addr = etcd.members[0]
-        .client
-        .trim_start_matches("http://")
-        .to_owned();
-    let proxy = FaultProxy::start("127.0.0.1:0", &etcd_addr).unwrap();
+    let proxy = etcd_proxy(&etcd);
     join(&a, &format!("http://{}", proxy.addr), "f", 3);
     join(&b, &etcd.endpoints(), "f", 3);
     wait_owners(&b, &[("s", "a")], 30);
@@ -268,32 +278,15 @@ fn a_primary_cut_from_etcd_fences_itself_before_another_takes_over() {
 fn a_block_fence_holds_writes_and_releases_them_when_the_lease_is_back() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
-    use umbra::services::repl::proxy::{Fault, FaultProxy};
+    use umbra::services::repl::proxy::Fault;
     let etcd = Etcd::start(1);
-    let [(a, _), (b, b_addr)] = mesh(["a", "b"], KEY);
-    for d in [&a, &b] {
-        d.ok(&["volume", "create", "v", "--size", "16M"]);
-        d.export_nbd("v");
-    }
-    a.ok(&enable_args(
-        "s",
-        "v",
-        &b_addr,
-        "v",
-        "sync",
-        &["--no-sync", "--timeout", "2s"],
-    ));
-    wait_for(&a, "s", "settled", common::repl::settled, 30);
+    let [a, b] = two_sites("sync");
     a.ok(&["group", "policy", "s", "--fence", "block"]);
     assert_eq!(
         a.json(&["group", "status", "s"])["policy"]["fence"],
         "block"
     );
-    let etcd_addr = etcd.members[0]
-        .client
-        .trim_start_matches("http://")
-        .to_owned();
-    let proxy = FaultProxy::start("127.0.0.1:0", &etcd_addr).unwrap();
+    let proxy = etcd_proxy(&etcd);
     join(&a, &format!("http://{}", proxy.addr), "blk", 3);
     join(&b, &etcd.endpoints(), "blk", 3);
     wait_owners(&b, &[("s", "a")], 30);
@@ -370,20 +363,7 @@ fn a_block_fence_holds_writes_and_releases_them_when_the_lease_is_back() {
 fn leaving_the_cluster_hands_groups_over_first() {
     require_tool("nbdcopy");
     let etcd = Etcd::start(1);
-    let [(a, _), (b, b_addr)] = mesh(["a", "b"], KEY);
-    for d in [&a, &b] {
-        d.ok(&["volume", "create", "v", "--size", "32M"]);
-        d.export_nbd("v");
-    }
-    a.ok(&enable_args(
-        "s",
-        "v",
-        &b_addr,
-        "v",
-        "sync",
-        &["--no-sync", "--timeout", "2s"],
-    ));
-    wait_for(&a, "s", "settled", common::repl::settled, 30);
+    let [a, b] = two_sites("sync");
     scribble(&a.addr_of("v"), "v", 20, 3);
     wait_for(&a, "s", "settled", common::repl::settled, 30);
     for d in [&a, &b] {
@@ -424,20 +404,7 @@ fn leaving_the_cluster_hands_groups_over_first() {
 fn etcd_member_loss_changes_nothing_and_a_full_outage_fails_nothing_over() {
     require_tool("nbdcopy");
     let mut etcd = Etcd::start(3);
-    let [(a, _), (b, b_addr)] = mesh(["a", "b"], KEY);
-    for d in [&a, &b] {
-        d.ok(&["volume", "create", "v", "--size", "32M"]);
-        d.export_nbd("v");
-    }
-    a.ok(&enable_args(
-        "s",
-        "v",
-        &b_addr,
-        "v",
-        "async",
-        &["--no-sync", "--timeout", "2s"],
-    ));
-    wait_for(&a, "s", "settled", common::repl::settled, 30);
+    let [a, b] = two_sites("async");
     a.ok(&["group", "policy", "s", "--auto-failover", "on"]);
     for d in [&a, &b] {
         join(d, &etcd.endpoints(), "o", 9);
