@@ -40,6 +40,39 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The command line of etcd member `name` of a new cluster `initial`.
+fn member_args(
+    name: &str,
+    data_dir: &std::path::Path,
+    client: &str,
+    peer: &str,
+    initial: &str,
+) -> Vec<String> {
+    [
+        "--name",
+        name,
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--listen-client-urls",
+        client,
+        "--advertise-client-urls",
+        client,
+        "--listen-peer-urls",
+        peer,
+        "--initial-advertise-peer-urls",
+        peer,
+        "--initial-cluster",
+        initial,
+        "--initial-cluster-state",
+        "new",
+        "--log-level",
+        "error",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 impl Etcd {
     /// Start an etcd cluster of `n` members and wait until every client
     /// port accepts connections.
@@ -57,26 +90,13 @@ impl Etcd {
             let client = format!("http://127.0.0.1:{c}");
             let peer = format!("http://127.0.0.1:{p}");
             let child = Command::new("etcd")
-                .args([
-                    "--name",
+                .args(member_args(
                     &format!("m{i}"),
-                    "--data-dir",
-                    dir.path().join(format!("m{i}")).to_str().unwrap(),
-                    "--listen-client-urls",
+                    &dir.path().join(format!("m{i}")),
                     &client,
-                    "--advertise-client-urls",
-                    &client,
-                    "--listen-peer-urls",
                     &peer,
-                    "--initial-advertise-peer-urls",
-                    &peer,
-                    "--initial-cluster",
                     &initial.join(","),
-                    "--initial-cluster-state",
-                    "new",
-                    "--log-level",
-                    "error",
-                ])
+                ))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -130,24 +150,14 @@ impl Etcd {
         let client = format!("http://{ip}:2379");
         let peer = format!("http://{ip}:2380");
         let child = Command::new("ip")
-            .args(["netns", "exec", ns, "etcd", "--name", "m0", "--data-dir"])
-            .arg(dir.path().join("m0"))
-            .args([
-                "--listen-client-urls",
+            .args(["netns", "exec", ns, "etcd"])
+            .args(member_args(
+                "m0",
+                &dir.path().join("m0"),
                 &client,
-                "--advertise-client-urls",
-                &client,
-                "--listen-peer-urls",
                 &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--initial-cluster",
                 &format!("m0={peer}"),
-                "--initial-cluster-state",
-                "new",
-                "--log-level",
-                "error",
-            ])
+            ))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
