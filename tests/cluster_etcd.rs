@@ -137,6 +137,25 @@ fn the_best_candidate_takes_over_a_dead_primary_and_the_old_one_rejoins() {
     wait_owners(&b, &[("s", "a")], 30);
     let st = cluster_status(&b);
     assert_eq!(st["members"].as_array().unwrap().len(), 3, "{st}");
+    // The group's definition lives in etcd (written by its production
+    // node), and `group verify` checks every member against it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let def = loop {
+        let d = cluster_status(&b)["groups"][0]["definition"].clone();
+        if !d.is_null() {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "no definition in etcd");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(def["nodes"], serde_json::json!(["a", "b", "c"]), "{def}");
+    assert_eq!(def["sets"][0]["name"], "s", "{def}");
+    assert_eq!(def["policy"]["auto_failover"], true, "{def}");
+    for d in [&b, &c] {
+        let v = d.json(&["group", "verify", "s"]);
+        assert_eq!(v["consistent"], true, "{v}");
+        assert_eq!(v["etcd"]["definition"]["sets"], def["sets"], "{v}");
+    }
     // The candidates' list lives in etcd too: both secondaries, consistent.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -241,6 +241,13 @@ impl Cluster {
         self.status()
     }
 
+    /// Group `g`'s definition as etcd has it, for `group verify`; `None`
+    /// when this node is in no cluster.
+    pub fn shared_definition(&self, g: &str) -> Option<Result<Option<Value>, String>> {
+        let cfg = self.repl.cluster_config()?;
+        Some(Agent::shared_definition_in_etcd(&cfg, g))
+    }
+
     /// `cluster status`: members with their leases and load keys, groups
     /// with their owners, as etcd has them; and this agent's state.
     pub fn status(&self) -> RResult<Value> {
@@ -409,8 +416,8 @@ struct Agent {
     retry_now: bool,
     /// Groups whose lock this node holds: with which lease, checked when.
     held: HashMap<String, (i64, Instant)>,
-    /// The policies this node last wrote to etcd.
-    shared_policies: HashMap<String, String>,
+    /// The policies and definitions this node last wrote to etcd.
+    shared_policies: HashMap<String, (String, String)>,
     /// Groups this node stands as a candidate for: with which lease, since.
     stood: HashMap<String, (i64, Instant)>,
 }
@@ -582,7 +589,7 @@ impl Agent {
                         if due {
                             if self.hold(&mut c, lease, g).await? {
                                 self.held.insert(g.clone(), (lease, Instant::now()));
-                                self.share_policy(&mut c, g).await?;
+                                self.share_definition(&mut c, g).await?;
                             } else {
                                 self.held.remove(g);
                             }
@@ -771,16 +778,53 @@ impl Agent {
         Ok(false)
     }
 
-    /// The production node keeps the group's policy in etcd, the shared
-    /// repository every candidate decides from (written when it changed).
-    async fn share_policy(&mut self, c: &mut Client, g: &str) -> Result<(), String> {
+    /// The production node keeps the group's policy and definition (its
+    /// sets, its nodes) in etcd, the shared repository every candidate
+    /// decides from and `group verify` checks against (written when they
+    /// changed).
+    async fn share_definition(&mut self, c: &mut Client, g: &str) -> Result<(), String> {
         let p = serde_json::to_string(&self.repl.group_policy(g).policy()).expect("serialisable");
-        if self.shared_policies.get(g) == Some(&p) {
+        let mut d = match self.repl.group_definition(g) {
+            Ok(d) => d,
+            Err(e) => return Err(format!("group {g}: {e}")),
+        };
+        let mut nodes = self.repl.group_members(g);
+        nodes.push(self.me.clone());
+        nodes.sort();
+        d["nodes"] = json!(nodes);
+        let d = d.to_string();
+        let both = (p, d);
+        if self.shared_policies.get(g) == Some(&both) {
             return Ok(());
         }
-        timed(c.put(self.key(&format!("groups/{g}/policy")), p.clone(), None)).await?;
-        self.shared_policies.insert(g.to_owned(), p);
+        let txn = Txn::new().and_then([
+            TxnOp::put(
+                self.key(&format!("groups/{g}/policy")),
+                both.0.clone(),
+                None,
+            ),
+            TxnOp::put(
+                self.key(&format!("groups/{g}/definition")),
+                both.1.clone(),
+                None,
+            ),
+        ]);
+        timed(c.txn(txn)).await?;
+        self.shared_policies.insert(g.to_owned(), both);
         Ok(())
+    }
+
+    /// The definition of group `g` its production node keeps in etcd
+    /// (`None`: none written yet).
+    fn shared_definition_in_etcd(cfg: &ClusterConfig, g: &str) -> Result<Option<Value>, String> {
+        block_on(async {
+            let mut c = connect(&cfg.etcd).await?;
+            let key = format!("{}groups/{g}/definition", prefix(&cfg.name));
+            let r = timed(c.get(key, None)).await?;
+            Ok(r.kvs()
+                .first()
+                .map(|kv| serde_json::from_slice(kv.value()).unwrap_or(Value::Null)))
+        })
     }
 
     fn unfence(&self, g: &str) {

@@ -99,7 +99,12 @@ impl Daemon {
                 let a: GroupWaitArgs = parse(op, args)?;
                 r.group_wait(&a.group, &a.state, a.timeout_ms)?
             }
-            "group.verify" => r.group_verify(&parse::<GroupArg>(op, args)?.group)?,
+            "group.verify" => {
+                let g = parse::<GroupArg>(op, args)?.group;
+                // etcd is asked before the peers, with no lock held.
+                let shared = self.cluster.shared_definition(&g);
+                r.group_verify(&g, shared)?
+            }
             "group.policy" => r.group_set_policy(parse::<PolicyOptions>(op, args)?)?,
             "cluster.join" => {
                 let a: ClusterJoinArgs = parse(op, args)?;

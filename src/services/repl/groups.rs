@@ -836,10 +836,28 @@ impl Replication {
 
     /// `group verify G`: the group's definition (its sets, their volumes
     /// and modes, its policy) as every member sees it, and what differs.
-    pub fn group_verify(&self, g: &str) -> RResult<Value> {
+    /// `group verify`: the definition here against every member's and,
+    /// in a cluster, against the one its production node keeps in etcd
+    /// (`shared`: `Ok(None)` when etcd has none yet, `Err` when etcd does
+    /// not answer).
+    pub fn group_verify(
+        &self,
+        g: &str,
+        shared: Option<Result<Option<Value>, String>>,
+    ) -> RResult<Value> {
         let mine = self.group_definition(g)?;
         let mut nodes = vec![json!({"node": self.ctx.name(), "definition": mine})];
         let mut problems = Vec::new();
+        let differences = |who: &str, d: &Value, problems: &mut Vec<String>| {
+            for field in ["sets", "policy"] {
+                if d[field] != mine[field] {
+                    problems.push(format!(
+                        "{who} has the {field} {} where this node has {}",
+                        d[field], mine[field]
+                    ));
+                }
+            }
+        };
         for (node, addr) in self.group_peers(g) {
             match peer::request_within(
                 &self.ctx,
@@ -850,18 +868,7 @@ impl Replication {
                 QUERY_TIMEOUT,
             ) {
                 Ok((d, _)) => {
-                    if d["sets"] != mine["sets"] {
-                        problems.push(format!(
-                            "node {node} has the sets {} where this node has {}",
-                            d["sets"], mine["sets"]
-                        ));
-                    }
-                    if d["policy"] != mine["policy"] {
-                        problems.push(format!(
-                            "node {node} has the policy {} where this node has {}",
-                            d["policy"], mine["policy"]
-                        ));
-                    }
+                    differences(&format!("node {node}"), &d, &mut problems);
                     nodes.push(json!({"node": node, "definition": d}));
                 }
                 Err(e) => {
@@ -870,17 +877,35 @@ impl Replication {
                 }
             }
         }
+        let etcd = match shared {
+            None => Value::Null,
+            Some(Ok(Some(d))) => {
+                differences("etcd", &d, &mut problems);
+                json!({"definition": d})
+            }
+            Some(Ok(None)) => {
+                problems.push(format!(
+                    "etcd has no definition of group {g} yet (its production node writes it)"
+                ));
+                json!({"definition": null})
+            }
+            Some(Err(e)) => {
+                problems.push(format!("etcd does not answer: {e}"));
+                json!({"error": e})
+            }
+        };
         Ok(json!({
             "group": g,
             "consistent": problems.is_empty(),
             "problems": problems,
             "nodes": nodes,
+            "etcd": etcd,
         }))
     }
 
     /// What must be the same on every member: each set's name and mode
     /// (volumes may be named differently per node), and the policy.
-    pub(super) fn group_definition(&self, g: &str) -> RResult<Value> {
+    pub fn group_definition(&self, g: &str) -> RResult<Value> {
         let mut sets: Vec<Value> = self
             .group_sets(g)?
             .iter()
