@@ -5,60 +5,15 @@
 
 mod common;
 
+use common::cluster::{assert_converged, cluster_status, join, owner, wait_owners};
 use common::etcd::Etcd;
 use common::repl::{
-    all_settled, differing_blocks, enable_args, info, leg, mesh, wait_acked, wait_for, wait_role,
-    writer,
+    all_settled, enable_args, info, leg, mesh, wait_acked, wait_for, wait_role, writer,
 };
 use common::*;
 use std::time::{Duration, Instant};
 
 const KEY: &str = "cluster-test-secret-0123456789";
-
-fn cluster_status(d: &Daemon) -> serde_json::Value {
-    d.json(&["cluster", "status"])
-}
-
-fn owner(d: &Daemon, g: &str) -> Option<String> {
-    cluster_status(d)["groups"]
-        .as_array()?
-        .iter()
-        .find(|x| x["group"] == g)?["owner"]["node"]
-        .as_str()
-        .map(str::to_owned)
-}
-
-/// `cluster join` of `d` to the etcd at `etcd`, as cluster `name` with a
-/// lease of `ttl` seconds.
-fn join(d: &Daemon, etcd: &str, name: &str, ttl: u32) {
-    d.ok(&[
-        "cluster",
-        "join",
-        "--etcd",
-        etcd,
-        "--name",
-        name,
-        "--ttl",
-        &ttl.to_string(),
-    ]);
-}
-
-/// Wait until etcd, read through `d`, gives each group of `owners` its
-/// owner.
-fn wait_owners(d: &Daemon, owners: &[(&str, &str)], secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while owners
-        .iter()
-        .any(|(g, n)| owner(d, g).as_deref() != Some(*n))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "etcd never said {owners:?}: {}",
-            cluster_status(d)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Two nodes A and B, volume `v` (32 MiB, exported over NBD) on each,
 /// set `s` replicating it from A to B in `mode`, settled.
@@ -85,19 +40,6 @@ fn two_sites(mode: &str) -> [Daemon; 2] {
 fn etcd_proxy(etcd: &Etcd) -> std::sync::Arc<umbra::services::repl::proxy::FaultProxy> {
     let addr = etcd.members[0].client.trim_start_matches("http://");
     umbra::services::repl::proxy::FaultProxy::start("127.0.0.1:0", addr).unwrap()
-}
-
-/// A's and B's copies of `v` are the same, block for block (a resync
-/// still finishing gets its time); otherwise name the blocks, whose
-/// writer's bytes each side holds, and both sides' state of set `s`.
-fn assert_converged(a: &Daemon, b: &Daemon, after: &str) {
-    let differ = differing_blocks(a, b, "v");
-    assert!(
-        differ.is_empty(),
-        "blocks differ after {after} (block, byte on A, byte on B): {differ:x?}; A: {}; B: {}",
-        info(a, "s"),
-        info(b, "s")
-    );
 }
 
 #[test]

@@ -5,13 +5,19 @@
 //! clients reconnect to it and fio's verify passes, and the lock and
 //! owner records in etcd say so. Then the old primary comes back (as a
 //! secondary, by itself) and the new one dies: priority picks the other
-//! candidate again.
+//! candidate again. And fencing: a production node cut from the etcd
+//! network only (it still reaches its peer) stops acknowledging writes
+//! before its lease can expire, the peer takes over, and when the cut
+//! heals it rejoins as a secondary and the copies converge.
 
 mod common;
 
+use common::cluster::{assert_converged, cluster_status, join, owner, wait_owners};
 use common::etcd::Etcd;
-use common::netns::{host_ip, Switch, SWITCH_IP};
-use common::repl::{all_settled, enable_args, leg, node_trusting, wait_for, wait_role};
+use common::netns::{host_ip, Switch, CONTROL_IP, SWITCH_IP};
+use common::repl::{
+    all_settled, enable_args, leg, node_trusting, wait_acked, wait_for, wait_role, writer_in,
+};
 use common::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,15 +52,6 @@ const PATTERN: [&str; 5] = [
     "--verify=crc32c",
     "--do_verify=0",
 ];
-
-fn owner(d: &Daemon, g: &str) -> Option<String> {
-    d.json(&["cluster", "status"])["groups"]
-        .as_array()?
-        .iter()
-        .find(|x| x["group"] == g)?["owner"]["node"]
-        .as_str()
-        .map(str::to_owned)
-}
 
 #[test]
 fn a_killed_primary_of_two_groups_fails_over_and_fio_verifies_on_the_new_one() {
@@ -255,5 +252,199 @@ fn a_killed_primary_of_two_groups_fails_over_and_fio_verifies_on_the_new_one() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    drop(etcd);
+}
+
+#[test]
+fn a_primary_cut_from_the_etcd_network_fences_itself_and_rejoins_when_it_heals() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    require_root();
+    require_tool("ip");
+    require_tool("nbdcopy");
+    let net = Switch::new();
+    // etcd on the control network only: cutting a host's control port
+    // leaves its replication link and its clients alone.
+    let etcd = Etcd::start_in_netns(&net.ns("S"), CONTROL_IP);
+    let host = |h: &str, name: &str, other: &str| {
+        node_trusting(
+            Daemon::start_in_netns(&net.ns(h)),
+            name,
+            &format!("{}:7800", host_ip(h)),
+            SECRET,
+            &[other],
+        )
+        .0
+    };
+    let (mut a, b) = (host("A", "a", "b"), host("B", "b", "a"));
+    for d in [&a, &b] {
+        d.ok(&["volume", "create", "v", "--size", "32M"]);
+        d.export_nbd("v");
+    }
+    a.ok(&enable_args(
+        "s",
+        "v",
+        &format!("{}:7800", host_ip("B")),
+        "v",
+        "sync",
+        &["--no-sync", "--timeout", "2s"],
+    ));
+    wait_for(&a, "s", "settled", common::repl::settled, 30);
+    a.ok(&["group", "policy", "s", "--auto-failover", "on"]);
+    for d in [&a, &b] {
+        join(d, &format!("http://{CONTROL_IP}:2379"), "f", 3);
+    }
+    wait_owners(&b, &[("s", "a")], 30);
+
+    // Writers on both sides all along, each from inside its host.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let (wa, acks_a) = writer_in(a.netns.clone(), a.addr_of("v"), 0xa, stop.clone());
+    let (wb, acks_b) = writer_in(b.netns.clone(), b.addr_of("v"), 0xb, stop.clone());
+    wait_acked(&acks_a, "A before the cut", 30);
+    net.control_port("A", false);
+    let cut = Instant::now();
+    wait_role(&b, "s", "primary", 60);
+    let took = cut.elapsed();
+    wait_acked(&acks_b, "B after taking over", 30);
+    stop.store(true, Ordering::SeqCst);
+    wa.join().unwrap();
+    wb.join().unwrap();
+    let last_a = acks_a.lock().last().expect("A acknowledged writes").0;
+    let first_b = acks_b.lock().first().expect("B acknowledged writes").0;
+    assert!(
+        last_a < first_b,
+        "A acknowledged a write {:?} after B's first",
+        last_a - first_b
+    );
+    // Its lease was renewed at the cut at the latest, so it expires at
+    // etcd within a TTL of the cut: A stopped acknowledging before that.
+    assert!(
+        last_a < cut + Duration::from_secs(3),
+        "A acknowledged writes {:?} after the cut (TTL 3 s)",
+        last_a - cut
+    );
+    eprintln!(
+        "A's last ack {:?} after the cut, {:?} before B's first; B production {took:?} after the cut",
+        last_a.saturating_duration_since(cut),
+        first_b - last_a
+    );
+    assert_eq!(owner(&b, "s").as_deref(), Some("b"));
+    // A reached B all along: B's takeover was a planned swap, A is its
+    // secondary and the copies converge even before the cut heals.
+    wait_role(&a, "s", "secondary", 60);
+    wait_for(&b, "s", "settled", common::repl::settled, 60);
+    assert_converged(&a, &b, "the swap");
+
+    // The cut heals: A finds B holding the lock, gets a lease again, stays
+    // B's secondary, and new writes on B reach it.
+    net.control_port("A", true);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = cluster_status(&a);
+        let back = st["etcd_reachable"] == true
+            && st["fenced_groups"] == serde_json::json!([])
+            && st["members"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|n| n["node"] == "a"));
+        if back {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never came back: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(common::repl::info(&a, "s")["role"], "secondary");
+    let addr = b.addr_of("v");
+    b.in_net(move || scribble(&addr, "v", 20, 9));
+    wait_for(&b, "s", "settled", common::repl::settled, 60);
+    assert_converged(&a, &b, "the rejoin");
+    a.stop();
+    drop(etcd);
+}
+
+/// A production node cut off from everything (etcd and both its peers;
+/// only its own clients still reach it) fences itself before its lease
+/// can expire although no peer answers its probe, so its writes stop
+/// before the best candidate takes over; back on the network it rejoins
+/// as a secondary and the copies converge.
+#[test]
+fn an_isolated_primary_stops_acknowledging_before_a_candidate_takes_over() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    require_root();
+    require_tool("ip");
+    require_tool("nbdcopy");
+    let net = Switch::new();
+    let etcd = Etcd::start_in_netns(&net.ns("S"), CONTROL_IP);
+    let host = |h: &str, name: &str| {
+        let others: Vec<&str> = ["a", "b", "c"].into_iter().filter(|n| *n != name).collect();
+        node_trusting(
+            Daemon::start_in_netns(&net.ns(h)),
+            name,
+            &format!("{}:7800", host_ip(h)),
+            SECRET,
+            &others,
+        )
+        .0
+    };
+    let (mut a, b, c) = (host("A", "a"), host("B", "b"), host("C", "c"));
+    for d in [&a, &b, &c] {
+        d.ok(&["volume", "create", "v", "--size", "32M"]);
+        d.export_nbd("v");
+    }
+    for peer in ["B", "C"] {
+        a.ok(&enable_args(
+            "s",
+            "v",
+            &format!("{}:7800", host_ip(peer)),
+            "v",
+            "sync",
+            &["--no-sync", "--timeout", "2s"],
+        ));
+    }
+    wait_for(&a, "s", "settled on both", all_settled, 30);
+    a.ok(&["group", "policy", "s", "--auto-failover", "on"]);
+    for d in [&a, &b, &c] {
+        join(d, &format!("http://{CONTROL_IP}:2379"), "i", 3);
+    }
+    c.ok(&["cluster", "priority", "--bias", "100000"]);
+    wait_owners(&b, &[("s", "a")], 30);
+
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let (wa, acks_a) = writer_in(a.netns.clone(), a.addr_of("v"), 0xa, stop.clone());
+    let (wb, acks_b) = writer_in(b.netns.clone(), b.addr_of("v"), 0xb, stop.clone());
+    wait_acked(&acks_a, "A before the cut", 30);
+    net.port("A", false);
+    net.control_port("A", false);
+    let cut = Instant::now();
+    wait_role(&b, "s", "primary", 60);
+    eprintln!("B production {:?} after the cut", cut.elapsed());
+    wait_acked(&acks_b, "B after taking over", 30);
+    stop.store(true, Ordering::SeqCst);
+    wa.join().unwrap();
+    wb.join().unwrap();
+    let last_a = acks_a.lock().last().expect("A acknowledged writes").0;
+    let first_b = acks_b.lock().first().expect("B acknowledged writes").0;
+    eprintln!(
+        "A's last ack {:?} after the cut, {:?} before B's first",
+        last_a.saturating_duration_since(cut),
+        first_b.saturating_duration_since(last_a)
+    );
+    assert!(
+        last_a < first_b,
+        "A acknowledged a write {:?} after B's first",
+        last_a - first_b
+    );
+    assert!(
+        last_a < cut + Duration::from_secs(3),
+        "A acknowledged writes {:?} after the cut (TTL 3 s)",
+        last_a - cut
+    );
+    assert_eq!(common::repl::info(&c, "s")["role"], "secondary");
+
+    // Back on the network: B holds the lock, A joins it by itself.
+    net.port("A", true);
+    net.control_port("A", true);
+    wait_role(&a, "s", "secondary", 60);
+    wait_for(&b, "s", "settled on a and c", all_settled, 90);
+    assert_converged(&a, &b, "the rejoin");
+    a.stop();
     drop(etcd);
 }

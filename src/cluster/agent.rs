@@ -18,7 +18,9 @@ const TICK: Duration = Duration::from_millis(500);
 /// 6.7 s before the watchdog fences).
 const ETCD_TIMEOUT: Duration = Duration::from_secs(1);
 /// A peer's question "do you reach etcd?" is answered within this long.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// The watchdog looks at the lease this often.
+const WATCH_EVERY: Duration = Duration::from_millis(200);
 /// The voting window: candidate number k (by priority, from 0) waits k
 /// steps after it saw the owner's lease go, so the best one is first and
 /// a later one only tries when the better ones did not take the group.
@@ -1001,7 +1003,7 @@ impl Agent {
 /// take over, writes go on).
 fn watchdog(repl: &Replication, shared: &Shared) {
     while !shared.stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(WATCH_EVERY);
         // A fence ends with the role: a group that became a secondary here
         // (a swap while fenced, a join) refuses client writes by itself.
         let demoted = if shared.fenced.lock().is_empty() {
@@ -1027,11 +1029,24 @@ fn watchdog(repl: &Replication, shared: &Shared) {
         if renewed == 0 || now_ms().saturating_sub(renewed) < ttl * 2 / 3 {
             continue;
         }
-        for (g, v) in repl.groups_here() {
-            if v.role != ReplRole::Primary || shared.fenced.lock().contains(&g) {
-                continue;
-            }
-            let peers = repl.probe_peers(&g);
+        let due: Vec<String> = repl
+            .groups_here()
+            .into_iter()
+            .filter(|(g, v)| v.role == ReplRole::Primary && !shared.fenced.lock().contains(g))
+            .map(|(g, _)| g)
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        // The lease can expire at etcd a TTL after the last renewal; the
+        // watchdog looked at 2/3 of it: the peers' answers must be in
+        // within the third left, less a look's delay and a margin.
+        let within = Duration::from_millis(ttl / 3)
+            .saturating_sub(2 * WATCH_EVERY)
+            .clamp(Duration::from_millis(100), Duration::from_secs(3));
+        let said = repl.probe_peers(&due, within);
+        for g in due {
+            let peers = said.get(&g).map(Vec::as_slice).unwrap_or_default();
             let outage = !peers.is_empty() && peers.iter().all(|ok| !*ok);
             if outage {
                 continue;

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod etcd;
 pub mod nbd;
 pub mod netns;
@@ -223,6 +224,26 @@ impl Daemon {
 
     pub fn uri_of(&self, volume: &str) -> String {
         self.export_of(volume)["uri"].as_str().unwrap().to_owned()
+    }
+
+    /// Run `f` on a thread inside this daemon's network namespace, where
+    /// its exports on 127.0.0.1 are reachable (here when it has none).
+    pub fn in_net<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        match self.netns.clone() {
+            None => f(),
+            Some(ns) => std::thread::spawn(move || {
+                netns::enter(&ns);
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        }
+    }
+
+    /// SHA-256 of `volume` read through its NBD export.
+    pub fn sha_of(&self, volume: &str) -> String {
+        let uri = self.uri_of(volume);
+        self.in_net(move || sha(&uri))
     }
 
     /// `host:port` of a TCP export.

@@ -141,9 +141,22 @@ pub fn writer(
     byte: u8,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> (std::thread::JoinHandle<()>, Acks) {
+    writer_in(None, addr, byte, stop)
+}
+
+/// [`writer`] from inside network namespace `ns`.
+pub fn writer_in(
+    ns: Option<String>,
+    addr: String,
+    byte: u8,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (std::thread::JoinHandle<()>, Acks) {
     let acked = Acks::default();
     let log = acked.clone();
     let h = std::thread::spawn(move || {
+        if let Some(ns) = ns {
+            super::netns::enter(&ns);
+        }
         let mut i = 0u64;
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
             let Ok(s) = std::net::TcpStream::connect(&addr) else {
@@ -184,7 +197,7 @@ pub fn wait_acked(acks: &Acks, who: &str, secs: u64) {
 /// each side's first byte (which writer's bytes it holds; 0 for none).
 pub fn differing_blocks(a: &Daemon, b: &Daemon, v: &str) -> Vec<(usize, u8, u8)> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while super::sha(&a.uri_of(v)) != super::sha(&b.uri_of(v)) && Instant::now() < deadline {
+    while a.sha_of(v) != b.sha_of(v) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
     }
     let img = format!("{v}.img");

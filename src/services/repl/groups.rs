@@ -26,6 +26,7 @@ use super::SetState;
 use crate::device::BlockDevice;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -320,7 +321,14 @@ impl Replication {
                     let worst = legs
                         .iter()
                         .map(|l| l.state())
-                        .max_by_key(|s| *s != SetState::Replicating)
+                        // A split brain or a failed leg first: what needs
+                        // a person (or a join) shows over a leg merely
+                        // logging.
+                        .max_by_key(|s| match s {
+                            SetState::Replicating => 0,
+                            SetState::SplitBrain | SetState::Failed => 2,
+                            _ => 1,
+                        })
                         .map(|s| s.as_str().to_owned())
                         .unwrap_or_else(|| "offline".into());
                     view.sets.push(SetView {
@@ -710,10 +718,35 @@ impl Replication {
                     return self.group_status(g);
                 }
             } else if let Some(s) = mine.sets.iter().find(|s| s.state == "split brain") {
-                return Err(ReplError::SplitBrain(format!(
-                    "group {g}: set {} is in split brain: this node wrote while another was production; `umbra repl resolve {} --discard here` to join",
-                    s.name, s.name
-                )));
+                // This node wrote while another took production (it was
+                // cut off, or the takeover was forced). Joining means the
+                // production side's data wins: what this node wrote since
+                // they last agreed is discarded, and said so with its size
+                // (never silently), then it resyncs as a secondary.
+                let Some(leg) = self
+                    .legs(&s.name)
+                    .into_iter()
+                    .find(|l| l.state() == SetState::SplitBrain)
+                else {
+                    return Err(ReplError::SplitBrain(format!(
+                        "group {g}: set {} is in split brain; `umbra repl resolve {} --discard here` to join",
+                        s.name, s.name
+                    )));
+                };
+                let bytes = leg.scoreboard.oos_bytes();
+                self.resolve(&s.name, super::roles::Discard::Here, Some(&leg.peer_node))?;
+                self.publish(
+                    "group.discarded",
+                    g,
+                    json!({
+                        "set": s.name,
+                        "production": leg.peer_node,
+                        "out_of_sync_bytes": bytes,
+                        "why": "this node wrote while the other was production; joining it discards those writes",
+                    })
+                    .to_string(),
+                );
+                continue;
             } else {
                 // Still primary here: the autosync's comparison makes it
                 // step down when the peer took over; ask for one now.
@@ -997,20 +1030,54 @@ impl Replication {
         );
     }
 
-    /// Ask every other node of group `g` whether it reaches etcd; one
-    /// entry per node that answered.
-    pub fn probe_peers(&self, g: &str) -> Vec<bool> {
-        self.group_peers(g)
+    /// Ask every other node of the groups `groups` whether it reaches
+    /// etcd: for each group, one entry per node of it that answered. Each
+    /// node is asked once, all at once, and no later than `within` in all:
+    /// the caller must decide before its lease can expire. A node still
+    /// being asked then counts as silent (its thread ends by its own
+    /// timeouts).
+    pub fn probe_peers(&self, groups: &[String], within: Duration) -> HashMap<String, Vec<bool>> {
+        let deadline = Instant::now() + within;
+        let members: Vec<(String, Vec<(String, String)>)> = groups
+            .iter()
+            .map(|g| (g.clone(), self.group_peers(g)))
+            .collect();
+        let mut addrs: Vec<String> = members
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(|(_, a)| a.clone()))
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for addr in addrs {
+            let (ctx, tx) = (self.ctx.clone(), tx.clone());
+            let _ = std::thread::Builder::new()
+                .name("cluster-probe".into())
+                .spawn(move || {
+                    let r =
+                        peer::request_within(&ctx, &addr, &PeerRequest::ClusterProbe {}, within)
+                            .ok()
+                            .map(|(v, _)| v["etcd_ok"] == true);
+                    let _ = tx.send((addr, r));
+                });
+        }
+        drop(tx);
+        let mut answers: HashMap<String, bool> = HashMap::new();
+        while let Ok((addr, r)) =
+            rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if let Some(ok) = r {
+                answers.insert(addr, ok);
+            }
+        }
+        members
             .into_iter()
-            .filter_map(|(_, addr)| {
-                peer::request_within(
-                    &self.ctx,
-                    &addr,
-                    &PeerRequest::ClusterProbe {},
-                    QUERY_TIMEOUT,
-                )
-                .ok()
-                .map(|(v, _)| v["etcd_ok"] == true)
+            .map(|(g, peers)| {
+                let said = peers
+                    .iter()
+                    .filter_map(|(_, a)| answers.get(a).copied())
+                    .collect();
+                (g, said)
             })
             .collect()
     }
