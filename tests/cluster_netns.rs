@@ -208,6 +208,24 @@ fn a_killed_primary_of_two_groups_fails_over_and_fio_verifies_on_the_new_one() {
         wait_role(&a, set, "secondary", 60);
         wait_for(&b, set, "a and c settled", all_settled, 90);
     }
+    // B wrote without A (sync mode): etcd recorded A's copies as outdated
+    // until they were in sync again; only then is A a candidate.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = b.json(&["cluster", "status"]);
+        let marks: Vec<&serde_json::Value> = st["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g.get("outdated"))
+            .filter(|m| m.as_object().is_some_and(|m| !m.is_empty()))
+            .collect();
+        if marks.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A stayed outdated: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let mut b = b;
     let ev = EventLog::follow(&a);
     b.kill9();
@@ -446,5 +464,125 @@ fn an_isolated_primary_stops_acknowledging_before_a_candidate_takes_over() {
     wait_for(&b, "s", "settled on a and c", all_settled, 90);
     assert_converged(&a, &b, "the rejoin");
     a.stop();
+    drop(etcd);
+}
+
+/// Sync mode, the partition in two steps: A loses its peers first (etcd
+/// still reachable), so before it acknowledges a write they lack it
+/// records their copies as outdated in etcd; then A loses etcd too and is
+/// fenced. Neither B nor C takes the group over (their copies lack
+/// acknowledged writes), and when A is back it is production again, its
+/// secondaries resync and their marks go.
+#[test]
+fn secondaries_a_primary_wrote_without_never_take_over() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    require_root();
+    require_tool("ip");
+    require_tool("nbdcopy");
+    let net = Switch::new();
+    let etcd = Etcd::start_in_netns(&net.ns("S"), CONTROL_IP);
+    let host = |h: &str, name: &str| {
+        let others: Vec<&str> = ["a", "b", "c"].into_iter().filter(|n| *n != name).collect();
+        node_trusting(
+            Daemon::start_in_netns(&net.ns(h)),
+            name,
+            &format!("{}:7800", host_ip(h)),
+            SECRET,
+            &others,
+        )
+        .0
+    };
+    let (a, b, c) = (host("A", "a"), host("B", "b"), host("C", "c"));
+    for d in [&a, &b, &c] {
+        d.ok(&["volume", "create", "v", "--size", "32M"]);
+        d.export_nbd("v");
+    }
+    for peer in ["B", "C"] {
+        a.ok(&enable_args(
+            "s",
+            "v",
+            &format!("{}:7800", host_ip(peer)),
+            "v",
+            "sync",
+            &["--no-sync", "--timeout", "2s"],
+        ));
+    }
+    wait_for(&a, "s", "settled on both", all_settled, 30);
+    a.ok(&["group", "policy", "s", "--auto-failover", "on"]);
+    for d in [&a, &b, &c] {
+        join(d, &format!("http://{CONTROL_IP}:2379"), "o", 3);
+    }
+    wait_owners(&b, &[("s", "a")], 30);
+
+    // Step 1: A loses its peers; it goes on writing once etcd says they
+    // are outdated.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let (wa, acks_a) = writer_in(a.netns.clone(), a.addr_of("v"), 0xa, stop.clone());
+    wait_acked(&acks_a, "A before the cut", 30);
+    net.port("A", false);
+    let cut = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let outdated = |st: &serde_json::Value| -> Vec<String> {
+        let mut v: Vec<String> = st["groups"][0]["outdated"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    while outdated(&cluster_status(&b)) != ["b", "c"] {
+        assert!(
+            Instant::now() < deadline,
+            "etcd never marked b and c outdated: {}",
+            cluster_status(&b)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let n = acks_a.lock().len();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while acks_a.lock().len() < n + 5 {
+        assert!(
+            Instant::now() < deadline,
+            "A took no write without its peers"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("A writes alone {:?} after losing its peers", cut.elapsed());
+    // Step 2: A loses etcd as well; it is fenced, its lease expires, and
+    // neither outdated copy takes over.
+    net.control_port("A", false);
+    std::thread::sleep(Duration::from_secs(3 + 2 * 2 + 3));
+    for d in [&b, &c] {
+        assert_eq!(
+            common::repl::info(d, "s")["role"],
+            "secondary",
+            "{}",
+            cluster_status(d)
+        );
+    }
+    let st = cluster_status(&b);
+    assert!(
+        st["groups"][0]["owner"].is_null(),
+        "nobody may hold the lock: {st}"
+    );
+    stop.store(true, Ordering::SeqCst);
+    wa.join().unwrap();
+
+    // A is back: production again (the lock was free), the secondaries
+    // resync and are candidates again.
+    net.port("A", true);
+    net.control_port("A", true);
+    wait_owners(&b, &[("s", "a")], 30);
+    wait_for(&a, "s", "settled on b and c", all_settled, 90);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !outdated(&cluster_status(&b)).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the outdated marks stayed: {}",
+            cluster_status(&b)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_converged(&a, &b, "the resync");
     drop(etcd);
 }

@@ -44,12 +44,18 @@ struct Shared {
     /// The last thing the agent could not do, for `cluster status`.
     last_error: Mutex<Option<String>>,
     lease: AtomicU64,
+    /// Groups for which this node marked a secondary outdated: the agent
+    /// looks at their marks every tick (not once per renewal) until none
+    /// is left, so a copy in sync again is a candidate again soon.
+    marked: Mutex<HashSet<String>>,
 }
 
 /// The cluster agent of one daemon.
 pub struct Cluster {
     repl: Arc<Replication>,
     running: Mutex<Option<Running>>,
+    /// An agent runs (read without the lock by writes in logging mode).
+    active: AtomicBool,
 }
 
 /// A started agent: its configuration, shared state and threads.
@@ -64,6 +70,7 @@ impl Cluster {
         Arc::new(Cluster {
             repl,
             running: Mutex::new(None),
+            active: AtomicBool::new(false),
         })
     }
 
@@ -77,6 +84,7 @@ impl Cluster {
             fenced: Mutex::new(HashSet::new()),
             last_error: Mutex::new(None),
             lease: AtomicU64::new(0),
+            marked: Mutex::new(HashSet::new()),
         });
         let mut threads = Vec::new();
         {
@@ -108,10 +116,12 @@ impl Cluster {
             shared,
             threads,
         });
+        self.active.store(true, Ordering::SeqCst);
     }
 
     /// Stop the agent (its lease expires by itself unless `leave` revoked it).
     pub fn stop(&self) {
+        self.active.store(false, Ordering::SeqCst);
         let r = self.running.lock().take();
         if let Some(Running {
             shared, threads, ..
@@ -243,6 +253,44 @@ impl Cluster {
         self.status()
     }
 
+    /// For a sync-mode leg about to acknowledge a write without `peer`:
+    /// record in etcd that `peer`'s copy of group `g` is outdated, only
+    /// while this node holds the group's lock with its current lease (one
+    /// transaction). `None`: no agent runs, or the group does not fail
+    /// over by itself (no candidate would take it: nothing to fence).
+    pub fn outdate(&self, g: &str, peer: &str) -> Option<Result<(), String>> {
+        if !self.active.load(Ordering::SeqCst) {
+            return None;
+        }
+        let (cfg, shared) = self
+            .running
+            .lock()
+            .as_ref()
+            .map(|r| (r.cfg.clone(), r.shared.clone()))?;
+        let lease = shared.lease.load(Ordering::SeqCst) as i64;
+        if !self.repl.group_policy(g).auto_failover {
+            return None;
+        }
+        let me = self.repl.node_name();
+        Some(block_on(async {
+            let mut c = connect(&cfg.etcd).await?;
+            let owner = format!("{}groups/{g}/owner", prefix(&cfg.name));
+            let out = format!("{}groups/{g}/outdated/{peer}", prefix(&cfg.name));
+            let mark = json!({"by": me, "since_unix_ms": now_ms()}).to_string();
+            let txn = Txn::new()
+                .when([Compare::lease(owner, CompareOp::Equal, lease)])
+                .and_then([TxnOp::put(out, mark, None)]);
+            if timed(c.txn(txn)).await?.succeeded() {
+                shared.marked.lock().insert(g.to_owned());
+                Ok(())
+            } else {
+                Err(format!(
+                    "this node does not hold group {g}'s lock with lease {lease:x}"
+                ))
+            }
+        }))
+    }
+
     /// Group `g`'s definition as etcd has it, for `group verify`; `None`
     /// when this node is in no cluster.
     pub fn shared_definition(&self, g: &str) -> Option<Result<Option<Value>, String>> {
@@ -290,6 +338,13 @@ impl Cluster {
                                 Some(list) => list.push(v),
                                 None => e["candidates"] = json!([v]),
                             }
+                            continue;
+                        }
+                        if let Some(n) = field.strip_prefix("outdated/") {
+                            if !e["outdated"].is_object() {
+                                e["outdated"] = json!({});
+                            }
+                            e["outdated"][n] = val;
                             continue;
                         }
                         e[field] = if field == "owner" {
@@ -592,15 +647,24 @@ impl Agent {
                             if self.hold(&mut c, lease, g).await? {
                                 self.held.insert(g.clone(), (lease, Instant::now()));
                                 self.share_definition(&mut c, g).await?;
+                                if self.clear_outdated(&mut c, g).await? > 0 {
+                                    self.shared.marked.lock().insert(g.clone());
+                                }
                             } else {
                                 self.held.remove(g);
                             }
+                        } else if self.shared.marked.lock().contains(g)
+                            && self.clear_outdated(&mut c, g).await? == 0
+                        {
+                            self.shared.marked.lock().remove(g);
                         }
                     }
                     ReplRole::Secondary => {
                         self.held.remove(g);
                         self.release_if_mine(&mut c, lease, g, &groups).await?;
-                        self.stand(&mut c, lease, g, v).await?;
+                        let outdated = groups
+                            .contains_key(&self.key(&format!("groups/{g}/outdated/{}", self.me)));
+                        self.stand(&mut c, lease, g, v, outdated).await?;
                         self.candidate(&mut c, lease, g, &groups).await?
                     }
                 }
@@ -619,6 +683,7 @@ impl Agent {
         lease: i64,
         g: &str,
         v: &crate::services::repl::groups::NodeView,
+        outdated: bool,
     ) -> Result<(), String> {
         let renew_every = Duration::from_millis(self.cfg.ttl_s * 1000 / 3);
         if self
@@ -628,9 +693,10 @@ impl Agent {
         {
             return Ok(());
         }
-        let consistent = v.sets.iter().all(|s| s.safety_snapshot.is_none());
+        let consistent = !outdated && v.sets.iter().all(|s| s.safety_snapshot.is_none());
         let me = json!({
             "consistent": consistent,
+            "outdated": outdated,
             "connected": v.sets.iter().all(|s| s.connected),
             "lag_bytes": v.sets.iter().map(|s| s.lag_bytes).sum::<u64>(),
             "updated_unix_ms": now_ms(),
@@ -643,6 +709,44 @@ impl Agent {
         .await?;
         self.stood.insert(g.to_owned(), (lease, Instant::now()));
         Ok(())
+    }
+
+    /// Production here: a secondary whose copy was recorded as outdated
+    /// and is in sync again is a candidate again. The mark is read before
+    /// the leg's state and deleted only if unchanged since, so a mark a
+    /// new loss wrote meanwhile stays.
+    /// Returns how many marks are left.
+    async fn clear_outdated(&mut self, c: &mut Client, g: &str) -> Result<usize, String> {
+        let dir = self.key(&format!("groups/{g}/outdated/"));
+        let marks = timed(c.get(dir.clone(), Some(GetOptions::new().with_prefix()))).await?;
+        let mut left = 0;
+        for kv in marks.kvs() {
+            let Some(node) = kv.key_str().ok().and_then(|k| k.strip_prefix(&dir)) else {
+                continue;
+            };
+            if !self.repl.peer_in_sync(g, node) {
+                left += 1;
+                continue;
+            }
+            let key = kv.key_str().unwrap_or_default().to_owned();
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                )])
+                .and_then([TxnOp::delete(key, None)]);
+            if timed(c.txn(txn)).await?.succeeded() {
+                self.repl.publish(
+                    "cluster.peer_current",
+                    g,
+                    format!("{node} is in sync again: a candidate again"),
+                );
+            } else {
+                left += 1;
+            }
+        }
+        Ok(left)
     }
 
     /// Production here: no longer a candidate for `g`.
@@ -861,6 +965,18 @@ impl Agent {
             self.vacant.remove(g);
             return Ok(());
         }
+        if groups.contains_key(&self.key(&format!("groups/{g}/outdated/{}", self.me))) {
+            // The production node acknowledged writes this copy lacks.
+            if self.refused.insert((g.to_owned(), String::new())) {
+                self.repl.publish(
+                    "cluster.refused",
+                    g,
+                    format!("{}'s copy is outdated in etcd: not a candidate", self.me),
+                );
+            }
+            return Ok(());
+        }
+        self.refused.remove(&(g.to_owned(), String::new()));
         let failed: String = groups
             .get(&last)
             .and_then(|v| serde_json::from_slice(v).ok())

@@ -165,6 +165,12 @@ impl Daemon {
             daemon
                 .repl
                 .set_cluster_probe(Box::new(move || cluster.upgrade().and_then(|c| c.probe())));
+            let cluster = Arc::downgrade(&daemon.cluster);
+            daemon
+                .repl
+                .set_outdater(Arc::new(move |g: &str, peer: &str| {
+                    cluster.upgrade().and_then(|c| c.outdate(g, peer))
+                }));
         }
         match loaded {
             Some(cfg) => daemon.restore(cfg),

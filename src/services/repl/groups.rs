@@ -1082,6 +1082,24 @@ impl Replication {
             .collect()
     }
 
+    /// Whether every set of group `g` here replicates to `node` (its legs
+    /// toward it are in sync and connected).
+    pub fn peer_in_sync(&self, g: &str, node: &str) -> bool {
+        let sets = self.group_sets(g).unwrap_or_default();
+        !sets.is_empty()
+            && sets.iter().all(|c| {
+                self.legs(&c.name)
+                    .iter()
+                    .any(|l| l.peer_node == node && l.state() == SetState::Replicating)
+            })
+    }
+
+    /// The cluster agent tells the sync-mode legs how to record a peer's
+    /// copy as outdated in etcd.
+    pub fn set_outdater(&self, f: super::Outdater) {
+        let _ = self.outdater.set(f);
+    }
+
     /// The cluster agent tells the service how to answer `cluster_probe`.
     pub fn set_cluster_probe(&self, f: Box<dyn Fn() -> Option<bool> + Send + Sync>) {
         let _ = self.cluster_probe.set(f);

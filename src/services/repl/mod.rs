@@ -62,6 +62,12 @@ pub const MAX_GROUP_WRITES: u32 = 2048;
 /// Publishes an event: (kind, object, detail).
 pub type Notifier = Arc<dyn Fn(&str, &str, String) + Send + Sync>;
 
+/// How a sync-mode primary in a cluster tells etcd that a secondary's copy
+/// is outdated (group, secondary node), while it still holds the group's
+/// lock, before it acknowledges a write that secondary does not have:
+/// `None` when this node is in no cluster, else whether etcd recorded it.
+pub type Outdater = Arc<dyn Fn(&str, &str) -> Option<Result<(), String>> + Send + Sync>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {

@@ -101,6 +101,9 @@ pub struct Replication {
     /// Whether this node reaches its cluster's etcd (the cluster agent
     /// answers; none: not in a cluster), for peers' `cluster_probe`.
     pub(super) cluster_probe: OnceLock<Box<dyn Fn() -> Option<bool> + Send + Sync>>,
+    /// Set by the cluster agent; every sync-mode leg asks it before it
+    /// acknowledges a write without its peer.
+    pub(super) outdater: Arc<OnceLock<super::Outdater>>,
     host: OnceLock<Weak<dyn Host>>,
     me: Weak<Replication>,
 }
@@ -155,6 +158,7 @@ impl Replication {
             table: LinkTable::default(),
             reserved: Mutex::new(HashSet::new()),
             cluster_probe: OnceLock::new(),
+            outdater: Arc::new(OnceLock::new()),
             host: OnceLock::new(),
             me: me.clone(),
         })
@@ -536,6 +540,7 @@ impl Replication {
             Some(self.notifier()),
         ));
         set.suspended.store(c.suspended, Ordering::SeqCst);
+        set.set_outdater(group_name(c), self.outdater.clone());
         set.sync_rate
             .store(c.sync_rate.unwrap_or(0), Ordering::SeqCst);
         if c.split_brain {

@@ -17,13 +17,13 @@
 use super::link::{Link, Waiter};
 use super::scoreboard::Scoreboard;
 use super::wire;
-use super::{Mode, Notifier, PeerLoss, SetState};
+use super::{Mode, Notifier, Outdater, PeerLoss, SetState};
 use crate::device::{check_range, BlockDevice, DeviceError, Result};
 use crate::interposer::Service;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Name of a primary layer in a volume's stack: one per secondary (leg).
@@ -87,6 +87,11 @@ impl Legs {
         })
     }
 }
+/// How long a write without its peer waits for etcd to record the peer's
+/// copy as outdated (sync mode in a cluster) before it fails: a TTL of the
+/// default lease; a node cut from etcd is fenced well before.
+const OUTDATE_WAIT: Duration = Duration::from_secs(10);
+
 /// Largest piece one WRITE frame carries.
 const PIECE_BYTES: u64 = 1 << 20;
 
@@ -141,6 +146,13 @@ pub struct ReplSet {
     pub sync_rate: AtomicU64,
     legs: std::sync::Weak<Legs>,
     notify: Option<Notifier>,
+    /// The group this leg belongs to and the cluster's outdater (sync
+    /// mode: see [`ReplSet::may_ack_without_peer`]).
+    outdate: OnceLock<(String, Arc<OnceLock<Outdater>>)>,
+    /// etcd knows this leg's peer is outdated (until the leg replicates
+    /// again); one writer asks at a time.
+    peer_outdated: AtomicBool,
+    outdating: Mutex<()>,
 }
 
 /// Chunks held by [`ReplSet::hold_chunks`]: writers to them wait until
@@ -212,7 +224,84 @@ impl ReplSet {
             sync_rate: AtomicU64::new(0),
             legs: Arc::downgrade(legs),
             notify,
+            outdate: OnceLock::new(),
+            peer_outdated: AtomicBool::new(false),
+            outdating: Mutex::new(()),
         }
+    }
+
+    /// Which group this leg is part of and whom to ask before a write is
+    /// acknowledged without the peer (set once, after construction).
+    pub fn set_outdater(&self, group: &str, o: Arc<OnceLock<Outdater>>) {
+        let _ = self.outdate.set((group.to_owned(), o));
+    }
+
+    /// Sync mode in a cluster: before a write is acknowledged without this
+    /// leg's peer, etcd records the peer's copy as outdated, in one
+    /// transaction that holds only while this node still holds the
+    /// group's lock (DRBD's fence-peer). So a secondary that lacks
+    /// acknowledged writes never takes the group over, and a node that
+    /// lost the lock never acknowledges alone. The first such write asks;
+    /// the answer holds until the leg replicates again. False (the write
+    /// fails with EIO, never acknowledged): etcd did not confirm before
+    /// this node was fenced, or within [`OUTDATE_WAIT`].
+    fn may_ack_without_peer(&self) -> bool {
+        if self.mode != Mode::Sync || self.peer_outdated.load(Ordering::SeqCst) {
+            return true;
+        }
+        let Some(ask) = self.outdate.get().and_then(|(g, o)| Some((g, o.get()?))) else {
+            return true; // no cluster agent on this node
+        };
+        let _one = self.outdating.lock();
+        let deadline = std::time::Instant::now() + OUTDATE_WAIT;
+        loop {
+            if self.peer_outdated.load(Ordering::SeqCst) {
+                return true;
+            }
+            match (ask.1)(ask.0, &self.peer_node) {
+                None => return true, // not in a cluster
+                Some(Ok(())) => {
+                    self.peer_outdated.store(true, Ordering::SeqCst);
+                    self.notify(
+                        "repl.peer_outdated",
+                        format!(
+                            "etcd records {}'s copy as outdated: it is no candidate until it is in sync again",
+                            self.peer_node
+                        ),
+                    );
+                    return true;
+                }
+                Some(Err(e)) => {
+                    let fenced = self.fenced.load(Ordering::SeqCst)
+                        && !self.fence_blocks.load(Ordering::SeqCst);
+                    if fenced || std::time::Instant::now() >= deadline {
+                        *self.last_error.lock() = Some(format!(
+                            "a write without {} was refused: etcd did not record its copy as outdated ({e})",
+                            self.peer_node
+                        ));
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// An event about this set, on the daemon's bus.
+    fn notify(&self, kind: &str, detail: String) {
+        if let Some(n) = &self.notify {
+            n(kind, &self.name, detail);
+        }
+    }
+
+    fn unconfirmed_error(&self) -> DeviceError {
+        DeviceError::io(
+            0,
+            std::io::Error::other(format!(
+                "replication set {}: peer {} lost and etcd could not record its copy as outdated",
+                self.name, self.peer_node
+            )),
+        )
     }
 
     /// The other legs of this set (every secondary but this one's).
@@ -287,6 +376,10 @@ impl ReplSet {
                 Ok(_) => break,
                 Err(v) => cur = v,
             }
+        }
+        if s == SetState::Replicating {
+            // In sync again: the next loss asks etcd again.
+            self.peer_outdated.store(false, Ordering::SeqCst);
         }
         log::info!(
             "replication set {}: {} -> {} ({why})",
@@ -413,6 +506,11 @@ impl ReplSet {
                 self.count_inflight(chunks, false);
                 return Err(self.peer_lost_error());
             }
+            if !self.may_ack_without_peer() {
+                self.scoreboard.end(offset, len, true);
+                self.count_inflight(chunks, false);
+                return Err(self.unconfirmed_error());
+            }
             // Writing without the peer: the first such write starts a new
             // generation (generation.rs), durable before the data changes.
             if let Err(e) = self.diverge() {
@@ -492,6 +590,9 @@ impl ReplSet {
         if !all_acked && self.policy == PeerLoss::Fail {
             return Err(self.peer_lost_error());
         }
+        if (!all_acked || failed) && r.is_ok() && !self.may_ack_without_peer() {
+            return Err(self.unconfirmed_error());
+        }
         r
     }
 
@@ -544,6 +645,9 @@ impl ReplSet {
         };
         if !ok && self.policy == PeerLoss::Fail {
             return Err(self.peer_lost_error());
+        }
+        if !ok && !self.may_ack_without_peer() {
+            return Err(self.unconfirmed_error());
         }
         Ok(())
     }
