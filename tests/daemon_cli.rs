@@ -488,3 +488,123 @@ fn a_closed_output_pipe_ends_the_cli_quietly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.is_empty(), "stderr: {err}");
 }
+
+/// Every file, directory and socket under `dir`, with its mode.
+fn modes_under(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, u32, bool)>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        out.push((p.clone(), m.permissions().mode() & 0o777, m.is_dir()));
+        if m.is_dir() {
+            modes_under(&p, out);
+        }
+    }
+}
+
+#[test]
+fn everything_the_daemon_creates_is_private() {
+    let key = "private-files-secret-0123456789";
+    let [(a, _), (b, b_addr)] = common::repl::mesh(["a", "b"], key);
+    // A volume, an image set with its shadow and bitmap, a write-back cache
+    // with its safe store, a replication set (scoreboard on A, secondary
+    // state on B), NBD on a unix socket.
+    for d in [&a, &b] {
+        d.ok(&["volume", "create", "v", "--size", "8M"]);
+    }
+    a.ok(&["volume", "create", "m", "--size", "8M"]);
+    a.ok(&[
+        "image",
+        "enable",
+        "snap",
+        "--master",
+        "m",
+        "--shadow",
+        "s",
+        "--mode",
+        "dependent",
+    ]);
+    a.ok(&["volume", "create", "c", "--size", "8M"]);
+    let store = a.data_dir().join("c.safe");
+    a.ok(&[
+        "cache",
+        "enable",
+        "c",
+        "--mode",
+        "write-back",
+        "--safe-store",
+        store.to_str().unwrap(),
+        "--safe-store-size",
+        "16M",
+    ]);
+    a.ok(&common::repl::enable_args(
+        "r",
+        "v",
+        &b_addr,
+        "v",
+        "sync",
+        &["--no-sync", "--timeout", "2s"],
+    ));
+    common::repl::wait_for(&a, "r", "settled", common::repl::settled, 30);
+    let sock = a.data_dir().join("m.nbd");
+    a.ok(&[
+        "export",
+        "nbd",
+        "m",
+        "--listen",
+        &format!("unix:{}", sock.display()),
+    ]);
+    for d in [&a, &b] {
+        let data = d.data_dir();
+        let dir_mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dir_mode, 0o700, "{}", data.display());
+        let mut all = Vec::new();
+        modes_under(&data, &mut all);
+        assert!(all.len() >= 3, "{all:?}");
+        for (p, mode, is_dir) in &all {
+            let want = if *is_dir { 0o700 } else { 0o600 };
+            assert_eq!(*mode, want, "{} is {mode:o}", p.display());
+        }
+    }
+    // An export that should be shared says so, and only a socket may.
+    let shared = a.dir.path().join("shared.nbd");
+    a.ok(&[
+        "export",
+        "nbd",
+        "v",
+        "--listen",
+        &format!("unix:{}", shared.display()),
+        "--mode",
+        "0660",
+    ]);
+    let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    let out = a.cli(&[
+        "export",
+        "nbd",
+        "c",
+        "--listen",
+        "127.0.0.1:0",
+        "--mode",
+        "0660",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unix:PATH"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = a.cli(&[
+        "export",
+        "nbd",
+        "c",
+        "--listen",
+        "unix:/tmp/x.nbd",
+        "--mode",
+        "99",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a mode that is not octal is a usage error"
+    );
+}

@@ -1298,13 +1298,17 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__export__subcmd__nbd)
-            opts="-h -V --listen --read-only --socket --help --version"
+            opts="-h -V --listen --read-only --mode --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mode)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -107,6 +107,7 @@ complete -c umbra -n "__fish_umbra_using_subcommand export; and not __fish_seen_
 complete -c umbra -n "__fish_umbra_using_subcommand export; and not __fish_seen_subcommand_from nbd ublk list remove help" -f -a "remove" -d 'Stop exporting a volume (its clients are disconnected)'
 complete -c umbra -n "__fish_umbra_using_subcommand export; and not __fish_seen_subcommand_from nbd ublk list remove help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from nbd" -l listen -d 'HOST:PORT or unix:PATH [default: 127.0.0.1:10809]' -r
+complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from nbd" -l mode -d 'unix:PATH only: the socket\'s permission bits, octal [default: 0600, only the daemon\'s user may connect]' -r
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from nbd" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from nbd" -l read-only -d 'Refuse writes from clients'
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from nbd" -s h -l help -d 'Print help (see more with \'--help\')'

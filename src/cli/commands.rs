@@ -239,7 +239,7 @@ pub fn export(socket: &Path, cmd: ExportCommand) -> Result<()> {
             let v = call(
                 socket,
                 "export.nbd",
-                json!({"volume": a.volume, "listen": a.listen, "read_only": a.read_only}),
+                json!({"volume": a.volume, "listen": a.listen, "read_only": a.read_only, "mode": a.mode}),
             )?;
             println!("exported {} over NBD at {}", s(&v["volume"]), s(&v["uri"]));
         }

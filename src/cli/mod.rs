@@ -360,6 +360,22 @@ pub struct ExportNbd {
     /// Refuse writes from clients
     #[arg(long)]
     read_only: bool,
+    /// unix:PATH only: the socket's permission bits, octal [default: 0600,
+    /// only the daemon's user may connect]
+    #[arg(long, value_parser = parse_mode)]
+    mode: Option<u32>,
+}
+
+/// An octal permission mode such as `0660` or `660`.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let m = u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("{s:?} is not an octal mode such as 0660"))?;
+    if m > 0o777 {
+        return Err(format!(
+            "{s:?}: a mode has permission bits only (at most 0777)"
+        ));
+    }
+    Ok(m)
 }
 
 #[derive(Args)]

@@ -10,6 +10,7 @@ use crate::backend::FileOptions;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub const CONFIG_FILE: &str = "umbra.json";
@@ -128,6 +129,9 @@ pub struct ExportConfig {
     /// same `/dev/ublkbN` (user recovery).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev_id: Option<u32>,
+    /// NBD on a unix socket: its permission bits (none: 0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
@@ -247,7 +251,13 @@ impl Config {
         };
         let mut text = serde_json::to_string_pretty(self).expect("config serialises");
         text.push('\n');
-        let mut f = File::create(&tmp).map_err(werr)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(werr)?;
         f.write_all(text.as_bytes()).map_err(werr)?;
         f.sync_all().map_err(werr)?;
         drop(f);
@@ -285,6 +295,7 @@ mod tests {
                 queues: None,
                 depth: None,
                 dev_id: None,
+                mode: None,
             }],
             images: vec![ImageConfig {
                 name: "snap".into(),

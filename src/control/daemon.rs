@@ -27,6 +27,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::net::ToSocketAddrs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -111,10 +112,28 @@ impl Daemon {
     /// Take the data dir, restore the configuration (or create the default
     /// one), start every export.
     pub fn start(opts: DaemonOptions) -> Result<(Arc<Daemon>, StartReport), StartError> {
-        std::fs::create_dir_all(&opts.data_dir).map_err(|source| StartError::DataDir {
-            path: opts.data_dir.clone(),
-            source,
-        })?;
+        // Private by default: every file and directory the daemon creates
+        // (volumes, bitmaps, safe stores, scoreboards, the configuration,
+        // sockets) is for its own user only, whatever umask it was given.
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&opts.data_dir)
+            .map_err(|source| StartError::DataDir {
+                path: opts.data_dir.clone(),
+                source,
+            })?;
+        if let Ok(m) = std::fs::metadata(&opts.data_dir) {
+            use std::os::unix::fs::MetadataExt;
+            if m.mode() & 0o077 != 0 {
+                log::warn!(
+                    "data dir {} is open to other users (mode {:o}): `chmod 700` it to keep the volumes private",
+                    opts.data_dir.display(),
+                    m.mode() & 0o777
+                );
+            }
+        }
         let data_dir = opts
             .data_dir
             .canonicalize()
@@ -620,7 +639,22 @@ impl Daemon {
             queues: None,
             depth: None,
             dev_id: None,
+            mode: a.mode,
         };
+        if let Some(m) = a.mode {
+            if !ec.listen.starts_with("unix:") {
+                return Err(OpError::invalid(format!(
+                    "export of {}: --mode applies to a unix:PATH socket, not {}",
+                    a.volume, ec.listen
+                )));
+            }
+            if m > 0o777 {
+                return Err(OpError::invalid(format!(
+                    "export of {}: mode {m:o} has more than permission bits",
+                    a.volume
+                )));
+            }
+        }
         // Record the bound address so a port-0 request keeps its port.
         ec.listen = start_export(&mut st, &ec)?;
         self.commit_export(&mut st, ec)
@@ -655,6 +689,7 @@ impl Daemon {
             queues: Some(a.queues.unwrap_or(DEFAULT_QUEUES)),
             depth: Some(a.depth.unwrap_or(DEFAULT_DEPTH)),
             dev_id: None,
+            mode: None,
         };
         let (path, id) = start_ublk(&mut st, &ec)?;
         ec.listen = path;
@@ -1256,6 +1291,18 @@ fn start_export(st: &mut State, ec: &ExportConfig) -> Result<String, OpError> {
             s
         }
     };
+    if let ListenAddr::Unix(p) = &addr {
+        // Only the daemon's user may connect unless the export says
+        // otherwise (the socket is the export's only access control).
+        let mode = ec.mode.unwrap_or(0o600);
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+            OpError::failed(format!(
+                "export of {}: cannot set mode {mode:o} on {}: {e}",
+                ec.volume,
+                p.display()
+            ))
+        })?;
+    }
     server.add_export(&ec.volume, volume, ec.read_only);
     Ok(server.local_addr().to_owned())
 }
@@ -1757,4 +1804,6 @@ struct ExportNbdArgs {
     listen: Option<String>,
     #[serde(default)]
     read_only: bool,
+    #[serde(default)]
+    mode: Option<u32>,
 }

@@ -178,6 +178,7 @@ impl FileBackend {
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(path)
             .map_err(|source| match source.kind() {
                 io::ErrorKind::AlreadyExists => OpenError::Exists {
