@@ -18,12 +18,16 @@ use std::cell::RefCell;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 /// Largest segment of one request. 256 KiB matches common device
 /// `max_sectors_kb` limits, so a segment is one device request.
 const SEGMENT_BYTES: usize = 256 * 1024;
 /// Ring size per thread: a 32 MiB request (the NBD maximum) is 128 segments.
 const RING_ENTRIES: u32 = 128;
+/// How long [`wait`] retries an `io_uring_enter` that keeps failing while
+/// this thread's SQEs may be in flight, before it stops the process.
+const WAIT_GIVE_UP: Duration = Duration::from_secs(30);
 
 thread_local! {
     /// This thread's ring, created on its first request. Rings are not tied
@@ -72,8 +76,14 @@ impl UringEngine {
                 .user_data(0);
             // SAFETY: an fsync SQE references no memory.
             unsafe { ring.submission().push(&sqe) }.map_err(|_| io::Error::other("ring full"))?;
-            wait(ring, 1)?;
-            let cqe = ring.completion().next().expect("waited for one");
+            wait(ring, 1);
+            let cqe = loop {
+                let next = ring.completion().next();
+                match next {
+                    Some(c) => break c,
+                    None => wait(ring, 1),
+                }
+            };
             result(cqe.result()).map(|_| ())
         })
     }
@@ -131,12 +141,12 @@ impl UringEngine {
                     if pushed == 0 {
                         break;
                     }
-                    wait(ring, pushed)?;
+                    wait(ring, pushed);
                     let mut first_err = None;
                     let mut reaped = 0;
                     while reaped < pushed {
                         let Some(cqe) = ring.completion().next() else {
-                            wait(ring, pushed - reaped)?;
+                            wait(ring, pushed - reaped);
                             continue;
                         };
                         reaped += 1;
@@ -164,15 +174,78 @@ impl UringEngine {
     }
 }
 
-/// Submit what is queued and wait for `n` completions. EINTR is retried:
-/// returning early would hand the caller back a buffer the kernel may still
-/// be using.
-fn wait(ring: &mut IoUring, n: usize) -> io::Result<()> {
+/// Submit what is queued and wait for `n` completions. It never returns
+/// an error: when `io_uring_enter` fails, SQEs of the caller's request may
+/// be in flight, or still queued in the submission ring (the next enter
+/// would submit them), and they point into the caller's buffer. Returning
+/// would hand that buffer back while the kernel may still read or write
+/// it, and leave completions behind that a later request on this ring
+/// would take for its own. So a failure is retried (EINTR at once; EAGAIN
+/// and EBUSY, a short-lived lack of memory or a full completion queue,
+/// with a growing pause), and one that lasts [`WAIT_GIVE_UP`] stops the
+/// process: the kernel's state is unknown, and the daemon's restart
+/// recovery holds for a crash at any instant.
+fn wait(ring: &mut IoUring, n: usize) {
+    let mut failing: Option<(Instant, Duration)> = None;
     loop {
-        match ring.submit_and_wait(n) {
+        let r = match inject::take() {
+            Some(e) => Err(e),
+            None => ring.submit_and_wait(n),
+        };
+        let e = match r {
+            Ok(_) => return,
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-            other => return other.map(|_| ()),
+            Err(e) => e,
+        };
+        let (since, pause) = failing.get_or_insert_with(|| {
+            log::warn!("io_uring_enter failed ({e}) with requests in flight; retrying");
+            (Instant::now(), Duration::from_millis(1))
+        });
+        if since.elapsed() >= WAIT_GIVE_UP {
+            log::error!(
+                "io_uring_enter has failed for {WAIT_GIVE_UP:?} ({e}) with requests in flight that point into callers' buffers: stopping the process"
+            );
+            std::process::abort();
         }
+        std::thread::sleep(*pause);
+        *pause = (*pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Failures a test makes `wait` see before the real `io_uring_enter`.
+#[cfg(test)]
+pub(super) mod inject {
+    use std::cell::Cell;
+
+    thread_local! {
+        static FAILURES: Cell<(u32, i32)> = const { Cell::new((0, 0)) };
+    }
+
+    /// The next `n` waits on this thread fail with `errno` first.
+    pub fn fail_next(n: u32, errno: i32) {
+        FAILURES.with(|f| f.set((n, errno)));
+    }
+
+    pub fn take() -> Option<std::io::Error> {
+        FAILURES.with(|f| {
+            let (n, errno) = f.get();
+            (n > 0).then(|| {
+                f.set((n - 1, errno));
+                std::io::Error::from_raw_os_error(errno)
+            })
+        })
+    }
+
+    pub fn left() -> u32 {
+        FAILURES.with(|f| f.get().0)
+    }
+}
+
+#[cfg(not(test))]
+mod inject {
+    #[inline(always)]
+    pub fn take() -> Option<std::io::Error> {
+        None
     }
 }
 
@@ -192,4 +265,58 @@ fn with_ring<T>(f: impl FnOnce(&mut IoUring) -> io::Result<T>) -> io::Result<T> 
         }
         f(slot.as_mut().expect("just set"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(bytes: usize) -> (tempfile::TempDir, UringEngine) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.set_len(bytes as u64).unwrap();
+        (dir, UringEngine::new(f).unwrap())
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    /// Failing enters (before anything was submitted, the worst case: the
+    /// SQEs stay queued) neither end a request early nor leave completions
+    /// that the next request takes for its own.
+    #[test]
+    fn a_failing_enter_is_retried_and_leaves_no_stale_completion() {
+        let len = 3 * SEGMENT_BYTES + 4096;
+        let (_d, e) = engine(4 << 20);
+        for errno in [libc::EAGAIN, libc::EBUSY, libc::EINTR] {
+            let data = pattern(len, errno as u8);
+            inject::fail_next(3, errno);
+            e.write_at(&data, 8192, false).unwrap();
+            assert_eq!(inject::left(), 0, "every injected failure was seen");
+            let mut back = vec![0u8; len];
+            inject::fail_next(2, errno);
+            e.read_at(&mut back, 8192).unwrap();
+            assert!(back == data, "errno {errno}: the read came back whole");
+            inject::fail_next(1, errno);
+            e.sync_data().unwrap();
+            // The next requests, with no failure, see only their own
+            // completions: a small read of a different range.
+            let mut small = vec![0u8; 4096];
+            e.read_at(&mut small, 8192 + 4096).unwrap();
+            assert!(small[..] == data[4096..8192]);
+            let mut zero = vec![1u8; 4096];
+            e.read_at(&mut zero, 0).unwrap();
+            assert!(zero.iter().all(|b| *b == 0));
+        }
+    }
 }
