@@ -9,5 +9,6 @@ pub mod cluster;
 pub mod control;
 pub mod device;
 pub mod export;
+pub mod fault;
 pub mod interposer;
 pub mod services;

@@ -608,3 +608,41 @@ fn everything_the_daemon_creates_is_private() {
         "a mode that is not octal is a usage error"
     );
 }
+
+/// A panic on a data-path thread stops the whole daemon (SIGABRT) rather
+/// than leaving it running with half-updated state; the restart recovers
+/// the volume with every flushed write.
+#[test]
+fn a_panic_on_a_data_path_thread_stops_the_daemon_and_a_restart_recovers() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut d = Daemon::start();
+    d.ok(&["volume", "create", "v", "--size", "8M"]);
+    d.export_nbd("v");
+    let mut c = NbdClient::connect(&d.addr_of("v"), "v");
+    assert_eq!(c.write(4096, &[0x5a; 4096], 0), 0);
+    assert_eq!(c.flush(), 0);
+    c.disconnect();
+    assert_eq!(d.stop(), 0);
+    // The same daemon with a panic injected into its NBD writes.
+    d.env = vec![("UMBRA_INJECT_PANIC".into(), "nbd.write".into())];
+    d.spawn();
+    let addr = d.addr_of("v");
+    let _ = std::panic::catch_unwind(move || {
+        let mut c = NbdClient::connect(&addr, "v");
+        c.write(8192, &[0xa5; 4096], 0)
+    });
+    let status = common::wait_timeout(
+        d.child.as_mut().unwrap(),
+        std::time::Duration::from_secs(10),
+    )
+    .expect("the daemon stopped after the panic");
+    d.child = None;
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+    // Back without the fault: the volume and its flushed write are there.
+    d.env.clear();
+    d.spawn();
+    let mut c = NbdClient::connect(&d.addr_of("v"), "v");
+    let data = c.read(4096, 4096).expect("the read succeeds");
+    assert!(data.iter().all(|b| *b == 0x5a));
+    c.disconnect();
+}

@@ -75,6 +75,22 @@ pub fn run(args: ServeArgs) -> i32 {
         logger.format_timestamp_millis();
     }
     logger.init();
+    // A panic on any thread stops the daemon. Its threads share state
+    // behind locks that do not poison (parking_lot) and counters that a
+    // half-done operation leaves wrong (a scoreboard's in-flight counts, a
+    // link's queue); running on could acknowledge writes that are not
+    // tracked. Stopping is the state every volume already recovers from
+    // (kill -9 at any instant is tested), and the service manager restarts
+    // the daemon (contrib/umbra.service: Restart=on-failure).
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        log::error!(
+            "thread {} panicked: {info}; stopping the daemon (a restart recovers every volume)",
+            std::thread::current().name().unwrap_or("unnamed")
+        );
+        std::process::abort();
+    }));
     // Register before starting so a signal during start-up is not lost.
     let mut signals = match Signals::new([SIGTERM, SIGINT]) {
         Ok(s) => s,

@@ -793,7 +793,10 @@ impl Conn<'_> {
                 ensure_len(buf, req.length as usize);
                 self.volume.read(&mut buf[..], req.offset)
             }
-            CMD_WRITE => self.volume.write(&buf[..], req.offset, fua),
+            CMD_WRITE => {
+                crate::fault::panic_point("nbd.write");
+                self.volume.write(&buf[..], req.offset, fua)
+            }
             CMD_FLUSH => self.volume.flush(),
             CMD_TRIM => self.volume.discard(req.offset, len).and_then(|_| {
                 if fua {
