@@ -646,3 +646,44 @@ fn a_panic_on_a_data_path_thread_stops_the_daemon_and_a_restart_recovers() {
     assert!(data.iter().all(|b| *b == 0x5a));
     c.disconnect();
 }
+
+/// A user who may not manage the daemon is told so, every time: when the
+/// socket itself is out of reach, and when the daemon refuses its uid
+/// (never a "broken pipe" from a request the daemon did not read).
+#[test]
+fn a_user_who_may_not_manage_the_daemon_gets_a_permission_error() {
+    use std::os::unix::process::CommandExt;
+    common::require_root();
+    let d = Daemon::start();
+    let as_nobody = |args: &[&str]| {
+        Command::new(UMBRA)
+            .arg("--socket")
+            .arg(d.socket())
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    // The data dir is 0700: the socket is out of reach.
+    let out = as_nobody(&["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("permission denied"), "{err}");
+    // Reachable (an administrator opened it up), but the daemon checks
+    // the caller's uid.
+    for p in [d.dir.path(), &d.data_dir()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    std::fs::set_permissions(d.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    for _ in 0..20 {
+        let out = as_nobody(&["volume", "create", "x", "--size", "1M"]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("uid 65534 may not manage this daemon"),
+            "{err}"
+        );
+    }
+    assert_eq!(d.json(&["volume", "list"]).as_array().unwrap().len(), 1);
+}

@@ -7,12 +7,20 @@ use std::path::{Path, PathBuf};
 use umbra::control::admin::Client;
 
 fn connect(socket: &Path) -> Result<Client> {
-    Client::connect(socket).with_context(|| {
-        format!(
-            "cannot reach the umbra daemon at {} (is `umbra serve` running? \
-             pass --socket or set UMBRA_SOCKET)",
-            socket.display()
-        )
+    Client::connect(socket).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            anyhow::anyhow!(
+                "permission denied on the umbra daemon's socket {}: only root or the \
+                 daemon's own user may manage it (run as that user, or with sudo)",
+                socket.display()
+            )
+        } else {
+            anyhow::Error::new(e).context(format!(
+                "cannot reach the umbra daemon at {} (is `umbra serve` running? \
+                 pass --socket or set UMBRA_SOCKET)",
+                socket.display()
+            ))
+        }
     })
 }
 

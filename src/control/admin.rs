@@ -251,6 +251,22 @@ fn check_peer(stream: &UnixStream) -> Result<(), String> {
     }
 }
 
+/// Write all of `buf` to `s` with MSG_NOSIGNAL: a closed peer is an
+/// EPIPE error, never a SIGPIPE (the CLI keeps SIGPIPE's default action
+/// for its own stdout).
+fn send_all(s: &UnixStream, mut buf: &[u8]) -> io::Result<()> {
+    use nix::sys::socket::{send, MsgFlags};
+    use std::os::fd::AsRawFd;
+    while !buf.is_empty() {
+        match send(s.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL) {
+            Ok(n) => buf = &buf[n..],
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(io::Error::from(e)),
+        }
+    }
+    Ok(())
+}
+
 fn write_line(w: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
     let mut line = serde_json::to_vec(value).map_err(io::Error::other)?;
     line.push(b'\n');
@@ -406,18 +422,33 @@ impl Client {
     }
 
     /// Send one request and wait for its reply.
+    ///
+    /// A daemon that refuses the client (its uid, too many clients) writes
+    /// one error reply and closes at once, maybe before the request is
+    /// sent: the send then fails (EPIPE, without the signal) and the
+    /// refusal is read from what the daemon wrote, not lost behind a
+    /// "broken pipe".
     pub fn call(&mut self, op: &str, args: Value) -> io::Result<Reply> {
         let id = self.next_id;
         self.next_id += 1;
-        write_line(
-            &mut self.writer,
-            &Request {
-                v: PROTOCOL_VERSION,
-                id,
-                op: op.to_owned(),
-                args,
-            },
-        )?;
+        let mut line = serde_json::to_vec(&Request {
+            v: PROTOCOL_VERSION,
+            id,
+            op: op.to_owned(),
+            args,
+        })
+        .map_err(io::Error::other)?;
+        line.push(b'\n');
+        if let Err(e) = send_all(&self.writer, &line) {
+            let closed = matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            );
+            return match self.read_reply() {
+                Ok(r) if closed => Ok(r),
+                _ => Err(e),
+            };
+        }
         self.read_reply()
     }
 
