@@ -120,12 +120,22 @@ while True:
                 pass
 PY
 
-primary() { for n in a b c; do
-  [ -S "$WORK/$n/umbra.sock" ] && on $n repl info s --json 2>/dev/null | grep -q '"role": *"primary"' && { echo $n; return; }
-done; }
+# The production node (waits up to 30 s for one: a rejoin may still be
+# settling); says what each node reports when there is none.
+primary() {
+  for _ in $(seq 300); do
+    for n in a b c; do
+      [ -S "$WORK/$n/umbra.sock" ] && on $n repl info s --json 2>/dev/null | grep -q '"role": *"primary"' && { echo $n; return 0; }
+    done
+    sleep 0.1
+  done
+  for n in a b c; do echo "node $n: $(on $n group status s --json 2>&1 | tr -d '\n' | cut -c1-400)" >&2; done
+  return 1
+}
+trap 'echo "bench-failover: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 RESULTS=$WORK/results; : >"$RESULTS"
 for run in $(seq "$RUNS"); do
-  p=$(primary)
+  p=$(primary) || { echo "run $run: no production node" >&2; exit 1; }
   echo "${NBD[$p]}" >"$WORK/target"
   : >"$WORK/acks"
   python3 "$WORK/writer.py" "$WORK" &
