@@ -176,7 +176,14 @@ impl Config {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(ConfigError::Read { path, source }),
         };
-        let cfg: Config = serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
+        Self::parse(&text, &path).map(Some)
+    }
+
+    /// The configuration in `text` (read from `path`, named in errors):
+    /// JSON of this version whose cross-references hold.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let path = path.to_owned();
+        let cfg: Config = serde_json::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.clone(),
             source,
         })?;
@@ -188,7 +195,7 @@ impl Config {
         }
         cfg.validate()
             .map_err(|problem| ConfigError::Invalid { path, problem })?;
-        Ok(Some(cfg))
+        Ok(cfg)
     }
 
     /// Check cross-references: unique volume names, exports of known volumes.
