@@ -244,3 +244,62 @@ fn read_only_operations_refuse_junk_arguments() {
         assert!(c.call(op, serde_json::json!({})).unwrap().ok, "{op}");
     }
 }
+
+/// Threads of the daemon right now.
+fn threads(d: &Daemon) -> usize {
+    std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+        .unwrap()
+        .count()
+}
+
+/// Connections to the replication port that never authenticate cost a
+/// bounded number of threads and are dropped after the handshake timeout;
+/// a real peer works once they are gone.
+#[test]
+fn unauthenticated_replication_connections_are_bounded_and_time_out() {
+    let key = "preauth-secret-0123456789abcdef";
+    let [(a, a_addr), (b, b_addr)] = common::repl::mesh(["a", "b"], key);
+    let before = threads(&a);
+    let idle: Vec<TcpStream> = (0..200)
+        .filter_map(|_| TcpStream::connect(&a_addr).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let during = threads(&a);
+    assert!(
+        during <= before + 16 + 2,
+        "{} idle connections cost {} threads (from {before})",
+        idle.len(),
+        during - before
+    );
+    // The daemon drops them once their handshake time is up.
+    let mut s = idle.into_iter().next().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+    }
+    // The first connection was accepted (not closed at once): it is held
+    // for the handshake timeout (5 s), no longer.
+    assert!(
+        t0.elapsed() > Duration::from_secs(3) && t0.elapsed() < Duration::from_secs(10),
+        "dropped after {:?}",
+        t0.elapsed()
+    );
+    drop(s);
+    // A real peer gets in.
+    for d in [&a, &b] {
+        d.ok(&["volume", "create", "v", "--size", "4M"]);
+    }
+    a.ok(&common::repl::enable_args(
+        "s",
+        "v",
+        &b_addr,
+        "v",
+        "sync",
+        &["--no-sync", "--timeout", "2s"],
+    ));
+    common::repl::wait_for(&a, "s", "settled", common::repl::settled, 30);
+}

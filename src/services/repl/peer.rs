@@ -14,12 +14,19 @@ use super::{Mode, NodeCtx};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a handshake or a control request may take.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections still authenticating at once: beyond this a new one is
+/// closed at accept (each costs a thread until its handshake ends). A
+/// handful of peers reconnecting together fit many times over.
+const MAX_UNAUTHENTICATED: usize = 16;
+/// An unauthenticated connection gets this long per read of its
+/// handshake (a few small messages), then it is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the service does with peers' requests.
 pub trait PeerHandler: Send + Sync {
@@ -145,19 +152,37 @@ impl Listener {
         let bound = l.local_addr().map_err(|e| e.to_string())?.to_string();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let unauthenticated = Arc::new(AtomicUsize::new(0));
         let thread = std::thread::Builder::new()
             .name("repl-listen".into())
             .spawn(move || {
+                let mut refused = 0u64;
                 // Blocking accept; `stop` wakes it with a connection of its own.
                 while !stop2.load(Ordering::SeqCst) {
                     match l.accept() {
                         Ok(_) if stop2.load(Ordering::SeqCst) => return,
                         Ok((s, from)) => {
-                            let ctx = ctx.clone();
-                            let handler = handler.clone();
-                            let _ = std::thread::Builder::new()
+                            if unauthenticated.load(Ordering::SeqCst) >= MAX_UNAUTHENTICATED {
+                                refused += 1;
+                                if refused.is_power_of_two() {
+                                    log::warn!(
+                                        "replication listener: {MAX_UNAUTHENTICATED} connections are still authenticating; closed the one from {from} ({refused} so far)"
+                                    );
+                                }
+                                drop(s);
+                                continue;
+                            }
+                            unauthenticated.fetch_add(1, Ordering::SeqCst);
+                            let (ctx, handler, pending) =
+                                (ctx.clone(), handler.clone(), unauthenticated.clone());
+                            let spawned = std::thread::Builder::new()
                                 .name("repl-peer".into())
-                                .spawn(move || serve_peer(ctx, s, from.to_string(), handler));
+                                .spawn(move || {
+                                    serve_peer(ctx, s, from.to_string(), handler, &pending)
+                                });
+                            if spawned.is_err() {
+                                unauthenticated.fetch_sub(1, Ordering::SeqCst);
+                            }
                         }
                         Err(e) => {
                             log::warn!("replication listener: accept: {e}");
@@ -196,12 +221,23 @@ impl Drop for Listener {
     }
 }
 
-fn serve_peer(ctx: Arc<NodeCtx>, mut s: TcpStream, from: String, handler: Arc<dyn PeerHandler>) {
+fn serve_peer(
+    ctx: Arc<NodeCtx>,
+    mut s: TcpStream,
+    from: String,
+    handler: Arc<dyn PeerHandler>,
+    unauthenticated: &AtomicUsize,
+) {
     let _ = s.set_nonblocking(false);
     let _ = s.set_nodelay(true);
-    let _ = s.set_read_timeout(Some(CONTROL_TIMEOUT));
+    let _ = s.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    let _ = s.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
     let name = ctx.name();
-    let peer = match wire::handshake_with(&mut s, Role::Listener, &name, &|p: &str| ctx.secret(p)) {
+    let shook = wire::handshake_with(&mut s, Role::Listener, &name, &|p: &str| ctx.secret(p));
+    unauthenticated.fetch_sub(1, Ordering::SeqCst);
+    let _ = s.set_read_timeout(Some(CONTROL_TIMEOUT));
+    let _ = s.set_write_timeout(None);
+    let peer = match shook {
         Ok(p) => p,
         Err(e) => {
             log::warn!("replication: refused peer from {from}: {e}");
