@@ -33,6 +33,11 @@ use std::time::Duration;
 /// Name of the guard layer in a secondary volume's stack.
 pub const SECONDARY_LAYER: &str = "repl-secondary";
 const WORKERS: usize = 4;
+/// Writes dispatched to the apply workers and not yet collected (sync
+/// mode; the ordered modes keep at most `WORKERS`). A sync-mode primary
+/// has at most its link window in flight; 64 keeps the four workers busy
+/// with room to spare, and bounds the two channels.
+const MAX_APPLYING: usize = 64;
 
 /// The guard: reads pass, client writes are refused (EPERM). The applier
 /// writes below it.
@@ -361,9 +366,14 @@ pub fn serve_link(
             })
             .ok()
     };
-    let (job_tx, job_rx) = crossbeam_channel::unbounded::<(Arc<SecondarySet>, WriteFrame)>();
+    // Bounded both ways: at most MAX_APPLYING writes are dispatched and
+    // not yet reaped (sync mode waits for one before it dispatches more;
+    // the ordered modes keep at most WORKERS), so neither send can block
+    // on a full channel while the other side waits.
+    let (job_tx, job_rx) =
+        crossbeam_channel::bounded::<(Arc<SecondarySet>, WriteFrame)>(MAX_APPLYING);
     let (done_tx, done_rx) =
-        crossbeam_channel::unbounded::<(u64, std::result::Result<(), String>)>();
+        crossbeam_channel::bounded::<(u64, std::result::Result<(), String>)>(MAX_APPLYING);
     let mut workers = Vec::new();
     for i in 0..WORKERS {
         let job_rx = job_rx.clone();
@@ -643,6 +653,15 @@ impl Overlaps {
         let (start, end) = (w.offset, w.offset + w.len as u64);
         let clash = |r: &(u64, u32, u64, u64)| r.1 == w.set_id && r.2 < end && start < r.3;
         while self.running.iter().any(clash) {
+            let (seq, r) = done_rx
+                .recv()
+                .map_err(|_| "the workers stopped".to_string())?;
+            self.done(seq);
+            r?;
+        }
+        // Bounded: past MAX_APPLYING dispatched writes the reader waits
+        // for one (TCP back-pressure on the primary, not memory here).
+        while self.running.len() >= MAX_APPLYING {
             let (seq, r) = done_rx
                 .recv()
                 .map_err(|_| "the workers stopped".to_string())?;
