@@ -317,12 +317,23 @@ impl BlockDevice for FaultyDevice {
 }
 
 /// Counts flushes across a group of [`CrashDevice`]s and freezes all their
-/// durable states at the N-th one: what a power cut right after that flush
-/// would leave on every disk at once.
+/// durable states at the N-th one: what a power cut at that moment would
+/// leave on every disk at once.
+///
+/// Two kinds of cut. [`CrashClock::new`]: right after the N-th flush
+/// completed; every write acknowledged before it is there, nothing after
+/// it. [`CrashClock::reordering`]: during the N-th flush, before it
+/// completed (CrashMonkey's in-flush-epoch reordering): each device keeps
+/// what its flush before made durable and its FUA writes, plus any subset
+/// of the other writes since, each of them kept whole or torn at 512-byte
+/// sectors (any subset of its sectors), in an order a device could have
+/// written them. Writes and flushes after the cut reach nothing durable.
 pub struct CrashClock {
     flushes: std::sync::atomic::AtomicU64,
     freeze_at: u64,
     frozen: std::sync::atomic::AtomicBool,
+    /// Reordering cut: the random choices' state (splitmix64).
+    reorder: Option<parking_lot::Mutex<u64>>,
 }
 
 impl CrashClock {
@@ -332,6 +343,19 @@ impl CrashClock {
             flushes: Default::default(),
             freeze_at,
             frozen: Default::default(),
+            reorder: None,
+        })
+    }
+
+    /// Cut power during the `freeze_at`-th flush, keeping a subset of the
+    /// writes since the flush before it (torn or whole), chosen from
+    /// `seed`: the same seed makes the same choices.
+    pub fn reordering(freeze_at: u64, seed: u64) -> Arc<Self> {
+        Arc::new(CrashClock {
+            flushes: Default::default(),
+            freeze_at,
+            frozen: Default::default(),
+            reorder: Some(parking_lot::Mutex::new(seed)),
         })
     }
 
@@ -343,33 +367,66 @@ impl CrashClock {
     pub fn flushes(&self) -> u64 {
         self.flushes.load(std::sync::atomic::Ordering::SeqCst)
     }
+
+    /// The next random number of a reordering cut (splitmix64).
+    fn next(&self) -> u64 {
+        let mut s = self.reorder.as_ref().expect("a reordering clock").lock();
+        *s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// One write since the last flush: where, what, and whether it was FUA
+/// (durable when acknowledged, so a cut keeps it).
+struct Pending {
+    offset: usize,
+    data: Vec<u8>,
+    fua: bool,
 }
 
 /// A memory device with two images: what reads see, and what would survive
 /// a crash (updated by flushes and FUA writes until its clock freezes).
 pub struct CrashDevice {
     current: parking_lot::RwLock<Vec<u8>>,
+    /// What the last flush made durable.
     durable: parking_lot::Mutex<Vec<u8>>,
-    /// 4 KiB pages written since the last flush (a flush copies only them).
-    dirty: parking_lot::Mutex<std::collections::BTreeSet<usize>>,
+    /// Writes since the last flush, in the order they completed.
+    pending: parking_lot::Mutex<Vec<Pending>>,
     clock: Arc<CrashClock>,
 }
 
-const CRASH_PAGE: usize = 4096;
+/// The unit a write can tear at.
+const SECTOR: usize = 512;
 
 impl CrashDevice {
     pub fn new(image: Vec<u8>, clock: Arc<CrashClock>) -> Self {
         CrashDevice {
             durable: parking_lot::Mutex::new(image.clone()),
             current: parking_lot::RwLock::new(image),
-            dirty: Default::default(),
+            pending: Default::default(),
             clock,
         }
     }
 
-    /// The bytes a crash would leave.
+    /// The bytes a crash would leave: after the cut, what the cut left;
+    /// before it, what the last flush made durable and the FUA writes
+    /// since.
     pub fn durable_image(&self) -> Vec<u8> {
-        self.durable.lock().clone()
+        let mut durable = self.durable.lock();
+        if self.clock.frozen() {
+            // The cut came at another device's flush: this one's writes
+            // since its last flush are cut now (idempotent).
+            self.cut(&mut durable);
+            return durable.clone();
+        }
+        let mut img = durable.clone();
+        for p in self.pending.lock().iter().filter(|p| p.fua) {
+            img[p.offset..p.offset + p.data.len()].copy_from_slice(&p.data);
+        }
+        img
     }
 
     fn apply(&self, offset: u64, len: u64, data: Option<&[u8]>, fua: bool) -> super::Result<()> {
@@ -380,14 +437,58 @@ impl CrashDevice {
             Some(d) => cur[r.clone()].copy_from_slice(d),
             None => cur[r.clone()].fill(0),
         }
-        if fua && !self.clock.frozen() {
-            self.durable.lock()[r.clone()].copy_from_slice(&cur[r.clone()]);
-        } else if len > 0 {
-            let mut dirty = self.dirty.lock();
-            dirty.extend(r.start / CRASH_PAGE..=(r.end - 1) / CRASH_PAGE);
+        if len > 0 && !self.clock.frozen() {
+            self.pending.lock().push(Pending {
+                offset: r.start,
+                data: cur[r].to_vec(),
+                fua,
+            });
         }
         Ok(())
     }
+
+    /// The cut, for this device: of the writes since its last flush keep
+    /// the FUA ones and, in a reordering cut, a random subset of the
+    /// others, each whole or torn.
+    fn cut(&self, durable: &mut [u8]) {
+        for p in std::mem::take(&mut *self.pending.lock()) {
+            let keep = if p.fua {
+                Keep::Whole
+            } else if self.clock.reorder.is_none() {
+                Keep::Nothing
+            } else {
+                match self.clock.next() % 4 {
+                    0 => Keep::Nothing,
+                    1 => Keep::Torn,
+                    _ => Keep::Whole,
+                }
+            };
+            let at = p.offset;
+            match keep {
+                Keep::Nothing => {}
+                Keep::Whole => durable[at..at + p.data.len()].copy_from_slice(&p.data),
+                Keep::Torn => {
+                    // Sector by sector (the first and last may be partial
+                    // when the write is not aligned): each kept or not.
+                    let mut i = 0;
+                    while i < p.data.len() {
+                        let end = ((at + i) / SECTOR + 1) * SECTOR - at;
+                        let end = end.min(p.data.len());
+                        if self.clock.next() % 2 == 0 {
+                            durable[at + i..at + end].copy_from_slice(&p.data[i..end]);
+                        }
+                        i = end;
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Keep {
+    Nothing,
+    Torn,
+    Whole,
 }
 
 impl BlockDevice for CrashDevice {
@@ -405,15 +506,20 @@ impl BlockDevice for CrashDevice {
     }
     fn flush(&self) -> super::Result<()> {
         use std::sync::atomic::Ordering;
-        let cur = self.current.read();
+        let _cur = self.current.read();
         let mut durable = self.durable.lock();
         let n = self.clock.flushes.fetch_add(1, Ordering::SeqCst) + 1;
         if self.clock.frozen() {
             return Ok(());
         }
-        for page in std::mem::take(&mut *self.dirty.lock()) {
-            let r = page * CRASH_PAGE..((page + 1) * CRASH_PAGE).min(cur.len());
-            durable[r.clone()].copy_from_slice(&cur[r]);
+        if n == self.clock.freeze_at && self.clock.reorder.is_some() {
+            // Power goes during this flush: it makes nothing durable.
+            self.cut(&mut durable);
+            self.clock.frozen.store(true, Ordering::SeqCst);
+            return Ok(());
+        }
+        for p in std::mem::take(&mut *self.pending.lock()) {
+            durable[p.offset..p.offset + p.data.len()].copy_from_slice(&p.data);
         }
         if n == self.clock.freeze_at {
             self.clock.frozen.store(true, Ordering::SeqCst);

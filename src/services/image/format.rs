@@ -440,17 +440,25 @@ pub struct OverflowHeader {
     pub name: String,
 }
 
+/// Version 2 of the overflow header keeps all of it, checksum included,
+/// in its first 512-byte sector: the header is rewritten in place (each
+/// chunk handed out), and a device writes one sector whole or not at all,
+/// while a 4 KiB write can tear between sectors. Version 1 (checksum at
+/// byte 4092) is still read.
+const OVERFLOW_VERSION: u32 = 2;
+const OVERFLOW_CRC_OFFSET: usize = 508;
+
 impl OverflowHeader {
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; HEADER_BYTES as usize];
         b[0..8].copy_from_slice(OVERFLOW_MAGIC);
-        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&OVERFLOW_VERSION.to_le_bytes());
         b[12..16].copy_from_slice(&self.chunk_bytes.to_le_bytes());
         b[16..24].copy_from_slice(&self.capacity_chunks.to_le_bytes());
         b[24..32].copy_from_slice(&self.next_chunk.to_le_bytes());
         put_name(&mut b, 32, &self.name);
-        let crc = crc32c::crc32c(&b[..CRC_OFFSET]);
-        b[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..OVERFLOW_CRC_OFFSET]);
+        b[OVERFLOW_CRC_OFFSET..OVERFLOW_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
         b
     }
 
@@ -458,14 +466,19 @@ impl OverflowHeader {
         if b.len() != HEADER_BYTES as usize || &b[0..8] != OVERFLOW_MAGIC {
             return bad("wrong magic: not an umbra overflow volume");
         }
-        let crc = crc32c::crc32c(&b[..CRC_OFFSET]);
-        if u32_at(b, CRC_OFFSET) != crc {
+        // Where the checksum is and what it covers; what lies between the
+        // fields and it must be zero.
+        let (crc_at, reserved) = match u32_at(b, 8) {
+            1 => (CRC_OFFSET, 96..CRC_OFFSET),
+            // Bytes 512.. may still hold a version 1 checksum (an upgrade
+            // torn between sectors): unused, not checked.
+            OVERFLOW_VERSION => (OVERFLOW_CRC_OFFSET, 96..OVERFLOW_CRC_OFFSET),
+            v => return bad(format!("unsupported overflow version {v}")),
+        };
+        if u32_at(b, crc_at) != crc32c::crc32c(&b[..crc_at]) {
             return bad("overflow header checksum mismatch");
         }
-        if u32_at(b, 8) != VERSION {
-            return bad(format!("unsupported overflow version {}", u32_at(b, 8)));
-        }
-        if b[96..CRC_OFFSET].iter().any(|&c| c != 0) {
+        if b[reserved].iter().any(|&c| c != 0) {
             return bad("reserved overflow header bytes are not zero");
         }
         let h = OverflowHeader {
@@ -494,6 +507,35 @@ impl OverflowHeader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overflow_headers_of_version_1_still_read_and_version_2_survives_a_torn_write() {
+        let h = OverflowHeader {
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+            capacity_chunks: 8,
+            next_chunk: 3,
+            name: "spill".into(),
+        };
+        let dev = OVERFLOW_DATA_OFFSET + 8 * DEFAULT_CHUNK_BYTES as u64;
+        let v2 = h.encode();
+        assert_eq!(OverflowHeader::decode(&v2, dev).unwrap(), h);
+        // Version 1: checksum of bytes 0..4092 at 4092.
+        let mut v1 = v2.clone();
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        v1[OVERFLOW_CRC_OFFSET..OVERFLOW_CRC_OFFSET + 4].fill(0);
+        let crc = crc32c::crc32c(&v1[..CRC_OFFSET]);
+        v1[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(OverflowHeader::decode(&v1, dev).unwrap(), h);
+        // Rewriting a version 1 header torn after its first sector (the
+        // old checksum left at 4092) reads as the new one.
+        let next = OverflowHeader {
+            next_chunk: 4,
+            ..h.clone()
+        };
+        let mut torn = v1.clone();
+        torn[..512].copy_from_slice(&next.encode()[..512]);
+        assert_eq!(OverflowHeader::decode(&torn, dev).unwrap(), next);
+    }
 
     pub fn sample() -> Header {
         Header {

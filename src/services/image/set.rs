@@ -510,8 +510,18 @@ impl ImageSet {
                 o.device().flush()?;
             }
         }
-        if !blocks.is_empty() {
-            for (which, b, image) in &blocks {
+        // A compact set's index (where each copied chunk lives) is durable
+        // before the bits that say the chunk was copied: within one flush
+        // a device may keep either write without the other, and a bit
+        // whose chunk has no place would be a copy lost.
+        let (index, bits): (Vec<_>, Vec<_>) = blocks
+            .iter()
+            .partition(|(which, _, _)| *which == Which::Index);
+        for part in [index, bits] {
+            if part.is_empty() {
+                continue;
+            }
+            for (which, b, image) in part {
                 self.store
                     .write(image, self.block_offset(*which, *b), false)?;
             }

@@ -681,10 +681,17 @@ mod tests {
     fn a_crash_at_any_flush_keeps_every_begun_write_marked() {
         // Freeze the file at every flush while writers begin, end and the
         // cleaner runs: every chunk with a write begun and not ended in
-        // sync before the freeze has its bit in the frozen image.
-        for n in 1..40 {
+        // sync before the freeze has its bit in the frozen image. Cut
+        // right after each flush, and during it (any subset of the writes
+        // since the flush before kept, torn at sectors).
+        let clocks = (1..40u64).flat_map(|n| {
+            [CrashClock::new(n)]
+                .into_iter()
+                .chain((1..=3u64).map(move |seed| CrashClock::reordering(n, seed * 1000 + n)))
+                .map(move |c| (n, c))
+        });
+        for (n, clock) in clocks {
             let vol = 256 * 4096;
-            let clock = CrashClock::new(n);
             let crash = Arc::new(CrashDevice::new(
                 vec![0; file_bytes_for(vol, 4096) as usize],
                 clock.clone(),
