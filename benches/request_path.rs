@@ -34,6 +34,7 @@ fn volumes(dir: &std::path::Path) -> Vec<(String, Volume)> {
                 FileOptions {
                     engine,
                     direct: false,
+                    ..Default::default()
                 },
             )
             .expect("create bench file");

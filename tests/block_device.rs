@@ -37,7 +37,15 @@ fn conformance_on_a_loop_block_device_for_every_engine() {
     );
     for engine in [EngineKind::Auto, EngineKind::Uring, EngineKind::Sync] {
         for direct in [false, true] {
-            let be = FileBackend::open(dev.0.as_ref(), FileOptions { engine, direct }).unwrap();
+            let be = FileBackend::open(
+                dev.0.as_ref(),
+                FileOptions {
+                    engine,
+                    direct,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             assert_eq!(be.size_bytes(), 16 << 20, "size read from the device");
             assert!(
                 be.describe().starts_with("block device"),

@@ -165,7 +165,11 @@ proptest! {
         direct in any::<bool>(),
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let be = FileBackend::create(&dir.path().join("v"), SIZE, FileOptions { engine, direct }).unwrap();
+        let be = FileBackend::create(&dir.path().join("v"), SIZE, FileOptions {
+                    engine,
+                    direct,
+                    ..Default::default()
+                }).unwrap();
         let vol = Volume::with_describe("f", be);
         run(&vol, &ops)?;
     }

@@ -106,6 +106,31 @@ R2=$("$UMBRA" export ublk raw2 --depth 16 2>>"$W/export.err")
 check "fio verify in copy mode" fio --name=c --filename="$R2" --ioengine=io_uring --direct=1 \
   --rw=randrw --bs=16k --size=32M --iodepth=8 --verify=crc32c --verify_fatal=1 --verify_state_save=0
 
+# 7. Many requests in flight per queue: a volume that takes 2 ms per
+#    request (--latency), read at queue depth 16 through one ublk queue.
+#    The queue hands requests to its workers, so the volume has many in
+#    flight at once (it had one at a time before).
+"$UMBRA" volume create slow --size 64M --latency 2ms >/dev/null
+QDEV=$("$UMBRA" export ublk slow --depth 32 2>>"$W/export.err")
+iops() { # depth seconds
+  fio --name=qd --filename="$QDEV" --ioengine=io_uring --direct=1 --rw=randread --bs=4k \
+    --size=64M --iodepth="$1" --time_based --runtime="$2" --output-format=json 2>/dev/null |
+    python3 -c 'import json,sys; print(round(json.load(sys.stdin)["jobs"][0]["read"]["iops"]))'
+}
+iops 16 4 > "$W/qd16" &
+FIO=$!
+sleep 1
+max=0
+for i in 1 2 3 4 5 6 7 8 9 10; do
+  n=$("$UMBRA" stats slow --json | grep -o '"in_flight": *[0-9]*' | head -1 | grep -o '[0-9]*$')
+  [ "${n:-0}" -gt "$max" ] && max=$n
+  sleep 0.2
+done
+wait "$FIO"
+check "one queue keeps many requests in flight (at most $max seen, 8 needed)" test "$max" -ge 8
+echo "info: 2 ms per request, 4 KiB randread, one queue: QD1 $(iops 1 2) IOPS, QD16 $(cat "$W/qd16") IOPS"
+"$UMBRA" export remove slow --kind ublk >/dev/null 2>&1
+
 "$UMBRA" export remove fs --kind ublk >/dev/null 2>&1
 kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null
 if [ "$fail" -gt 0 ]; then echo "---- daemon log"; tail -40 "$W/daemon.log"; cat "$W/export.err"; fi

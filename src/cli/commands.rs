@@ -163,7 +163,7 @@ pub fn volume(socket: &Path, cmd: VolumeCommand) -> Result<()> {
         VolumeCommand::Create(a) => {
             let mut args = json!({
                 "name": a.name, "size_bytes": a.size,
-                "engine": a.backend.engine, "direct": a.backend.direct,
+                "engine": a.backend.engine, "direct": a.backend.direct, "latency_ms": a.backend.latency,
             });
             if let Some(p) = a.path {
                 args["path"] = json!(absolute(&p)?);
@@ -173,7 +173,7 @@ pub fn volume(socket: &Path, cmd: VolumeCommand) -> Result<()> {
         VolumeCommand::Add(a) => {
             let args = json!({
                 "name": a.name, "path": absolute(&a.path)?,
-                "engine": a.backend.engine, "direct": a.backend.direct,
+                "engine": a.backend.engine, "direct": a.backend.direct, "latency_ms": a.backend.latency,
             });
             print_volume("added", &call(socket, "volume.add", args)?);
         }

@@ -218,6 +218,30 @@ pub struct BackendArgs {
     /// Open the backing file with O_DIRECT (bypass the page cache)
     #[arg(long)]
     direct: bool,
+    /// Add this delay to every request (`2ms`, `500us`): a slow device for
+    /// tests and benchmarks, like dm-delay
+    #[arg(long, value_parser = parse_latency_ms, value_name = "DURATION")]
+    latency: Option<f64>,
+}
+
+/// `2ms`, `500us`, `0.5ms`, `1s` as milliseconds.
+fn parse_latency_ms(s: &str) -> Result<f64, String> {
+    let (num, scale) = if let Some(n) = s.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        return Err(format!("{s:?}: give a unit, such as 2ms or 500us"));
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 2ms or 500us"))?;
+    if !(0.0..=10_000.0).contains(&(v * scale)) {
+        return Err(format!("{s:?}: give 0 to 10s"));
+    }
+    Ok(v * scale)
 }
 
 #[derive(Args)]

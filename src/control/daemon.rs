@@ -445,6 +445,7 @@ impl Daemon {
         let options = FileOptions {
             engine: a.engine.unwrap_or_default(),
             direct: a.direct,
+            latency_us: latency_us(a.latency_ms)?,
         };
         let mut st = self.state.lock();
         ensure_no_volume(&st, &a.name)?;
@@ -462,6 +463,7 @@ impl Daemon {
         let options = FileOptions {
             engine: a.engine.unwrap_or_default(),
             direct: a.direct,
+            latency_us: latency_us(a.latency_ms)?,
         };
         let mut st = self.state.lock();
         ensure_no_volume(&st, &a.name)?;
@@ -1625,6 +1627,17 @@ fn absolute(p: &Path) -> Result<PathBuf, OpError> {
     }
 }
 
+/// A volume's added latency (`latency_ms`, up to 10 s) in microseconds.
+fn latency_us(ms: Option<f64>) -> Result<u32, OpError> {
+    match ms {
+        None => Ok(0),
+        Some(ms) if (0.0..=10_000.0).contains(&ms) => Ok((ms * 1000.0).round() as u32),
+        Some(ms) => Err(OpError::invalid(format!(
+            "latency {ms} ms: give 0 to 10000 ms"
+        ))),
+    }
+}
+
 fn parse<T: for<'de> Deserialize<'de>>(op: &str, args: &Value) -> Result<T, OpError> {
     let args = if args.is_null() {
         json!({})
@@ -1662,6 +1675,9 @@ struct VolumeCreateArgs {
     engine: Option<EngineKind>,
     #[serde(default)]
     direct: bool,
+    /// Added to every request (tests and benchmarks).
+    #[serde(default)]
+    latency_ms: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -1673,6 +1689,9 @@ struct VolumeAddArgs {
     engine: Option<EngineKind>,
     #[serde(default)]
     direct: bool,
+    /// Added to every request (tests and benchmarks).
+    #[serde(default)]
+    latency_ms: Option<f64>,
 }
 
 #[derive(Deserialize)]

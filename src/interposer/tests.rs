@@ -24,7 +24,11 @@ fn conformance_passthrough_on_each_file_engine() {
             let be = FileBackend::create(
                 &dir.path().join("v"),
                 8 << 20,
-                FileOptions { engine, direct },
+                FileOptions {
+                    engine,
+                    direct,
+                    ..Default::default()
+                },
             )
             .unwrap();
             let v = Arc::new(Volume::with_describe("v", be));

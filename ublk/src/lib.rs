@@ -441,8 +441,66 @@ fn io_sqe(cdev: &File, op: u32, q: u16, tag: u16, result: i32, addr: u64) -> squ
         .user_data(tag as u64)
 }
 
-/// One queue thread: arm every tag, then answer requests until the device
-/// stops (every fetch completes with ABORT).
+/// Worker threads per queue, at most. Requests run on the workers, so a
+/// queue has as many in flight as it has workers (the kernel hands it at
+/// most `depth`). With a backend request of latency L and CPU cost c, w
+/// workers serve min(w / L, cores / c) requests per second: 16 keep a
+/// 1 ms device at 16k IOPS per queue, where one request at a time gave
+/// 1k, while a blocked worker costs no CPU; more would only add threads
+/// per device, which a daemon with a thousand volumes pays for.
+pub const MAX_WORKERS_PER_QUEUE: u16 = 16;
+
+/// The `user_data` of the eventfd read that wakes the queue thread when a
+/// worker finished (tags are below 65536).
+const WAKE: u64 = u64::MAX;
+
+/// A tag's buffer, handed to the worker that serves the tag's request.
+struct TagBuf(*mut u8);
+
+// SAFETY: a tag's buffer is touched by one thread at a time: the worker
+// serving its request, from the fetch's completion until the worker hands
+// back the result; the queue thread commits (and re-arms) the tag only
+// after that.
+unsafe impl Send for TagBuf {}
+
+/// A fetched request on its way to a worker.
+struct Job {
+    tag: u16,
+    desc: sys::IoDesc,
+    buf: TagBuf,
+}
+
+/// What a queue thread and its workers share.
+struct Work {
+    jobs: Mutex<(std::collections::VecDeque<Job>, bool)>,
+    more: std::sync::Condvar,
+    /// Finished requests: (tag, result to commit).
+    done: Mutex<Vec<(u16, i32)>>,
+    /// Written by a worker after it added to `done`.
+    wake: std::os::fd::OwnedFd,
+}
+
+impl Work {
+    fn finished(&self, tag: u16, result: i32) {
+        self.done.lock().expect("done list").push((tag, result));
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: an 8-byte write from a live buffer to our eventfd.
+        let n = unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+        if n != 8 {
+            log::error!(
+                "ublk: waking the queue thread: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// One queue thread: arm every tag, hand each fetched request to a worker
+/// (up to [`MAX_WORKERS_PER_QUEUE`], so requests that block overlap), and
+/// commit the results as the workers finish them, out of order, each with
+/// the re-arm of its tag (COMMIT_AND_FETCH_REQ), all pending ones in one
+/// `io_uring_enter`; until the device stops (every fetch completes with
+/// ABORT).
 fn serve_queue(
     cdev: &File,
     q: u16,
@@ -452,8 +510,22 @@ fn serve_queue(
     handler: Arc<dyn Handler>,
 ) -> io::Result<()> {
     let descs = DescArea::map(cdev, q, depth)?;
+    // SAFETY: eventfd(2) with valid flags; the fd is owned right below.
+    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if efd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: efd is a fresh descriptor nobody else owns.
+    let wake = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(efd) };
+    let work = Work {
+        jobs: Mutex::new((std::collections::VecDeque::new(), false)),
+        more: std::sync::Condvar::new(),
+        done: Mutex::new(Vec::new()),
+        wake,
+    };
+    // Every tag's commit and the wake-up read can be queued at once.
     let mut ring = IoUring::<squeue::Entry, cqueue::Entry>::builder()
-        .build((depth as u32).next_power_of_two())?;
+        .build((depth as u32 + 1).next_power_of_two())?;
     // One page-aligned buffer per tag.
     let layout = std::alloc::Layout::from_size_align(max_io.max(4096), 4096)
         .map_err(|e| io::Error::other(e.to_string()))?;
@@ -467,67 +539,139 @@ fn serve_queue(
         }
         ptrs.push(p);
     }
-    let result = (|| -> io::Result<()> {
-        for tag in 0..depth {
-            let addr = if user_copy {
-                0
-            } else {
-                ptrs[tag as usize] as u64
-            };
-            let sqe = io_sqe(cdev, sys::U_IO_FETCH_REQ, q, tag, 0, addr);
-            // SAFETY: addr points at this tag's buffer, alive until the
-            // ring is dropped (the buffers are freed after).
-            unsafe { ring.submission().push(&sqe) }
-                .map_err(|_| io::Error::other("queue ring full"))?;
-        }
-        ring.submit()?;
-        let mut aborted = 0u32;
-        loop {
-            match ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => return Err(e),
+    // The eventfd read's target, alive as long as the buffers.
+    let mut wake_buf = Box::new([0u8; 8]);
+    let workers = depth.clamp(1, MAX_WORKERS_PER_QUEUE);
+    let result = std::thread::scope(|scope| {
+        for i in 0..workers {
+            let (work, handler) = (&work, handler.as_ref());
+            let spawned = std::thread::Builder::new()
+                .name(format!("ublk-q{q}-w{i}"))
+                .spawn_scoped(scope, move || loop {
+                    let job = {
+                        let mut g = work.jobs.lock().expect("job queue");
+                        loop {
+                            if let Some(j) = g.0.pop_front() {
+                                break j;
+                            }
+                            if g.1 {
+                                return;
+                            }
+                            g = work.more.wait(g).expect("job queue");
+                        }
+                    };
+                    // SAFETY: this worker owns the tag's buffer until it
+                    // reports the result (see TagBuf); max_io bytes long.
+                    let buf = unsafe { std::slice::from_raw_parts_mut(job.buf.0, max_io) };
+                    let r = serve_one(cdev, q, job.tag, &job.desc, buf, user_copy, handler);
+                    work.finished(job.tag, r);
+                });
+            if let Err(e) = spawned {
+                // The workers already started must not wait forever.
+                work.jobs.lock().expect("job queue").1 = true;
+                work.more.notify_all();
+                return Err(e);
             }
-            let done: Vec<(u16, i32)> = ring
-                .completion()
-                .map(|c| (c.user_data() as u16, c.result()))
-                .collect();
-            for (tag, res) in done {
-                if res == sys::IO_RES_ABORT {
-                    aborted += 1;
-                    if aborted >= depth as u32 {
-                        return Ok(());
-                    }
-                    continue;
-                }
-                if res < 0 {
-                    return Err(io::Error::other(format!(
-                        "fetch of tag {tag} failed: {}",
-                        errno(res)
-                    )));
-                }
-                let desc = descs.get(tag);
-                // SAFETY: the buffer of `tag` is only touched by this
-                // thread between the fetch's completion and the commit
-                // below; max_io bytes long.
-                let buf = unsafe { std::slice::from_raw_parts_mut(ptrs[tag as usize], max_io) };
-                let r = serve_one(cdev, q, tag, &desc, buf, user_copy, handler.as_ref());
+        }
+        let served = (|| -> io::Result<()> {
+            for tag in 0..depth {
                 let addr = if user_copy {
                     0
                 } else {
                     ptrs[tag as usize] as u64
                 };
-                let sqe = io_sqe(cdev, sys::U_IO_COMMIT_AND_FETCH_REQ, q, tag, r, addr);
-                // SAFETY: as for the fetch above.
+                let sqe = io_sqe(cdev, sys::U_IO_FETCH_REQ, q, tag, 0, addr);
+                // SAFETY: addr points at this tag's buffer, alive until the
+                // ring is dropped (the buffers are freed after).
                 unsafe { ring.submission().push(&sqe) }
                     .map_err(|_| io::Error::other("queue ring full"))?;
             }
-        }
-    })();
+            let arm_wake = |ring: &mut IoUring, buf: &mut [u8; 8]| -> io::Result<()> {
+                let sqe = opcode::Read::new(types::Fd(work.wake.as_raw_fd()), buf.as_mut_ptr(), 8)
+                    .build()
+                    .user_data(WAKE);
+                // SAFETY: the 8-byte target lives until after the ring is
+                // dropped; one such read is in flight at a time.
+                unsafe { ring.submission().push(&sqe) }
+                    .map_err(|_| io::Error::other("queue ring full"))
+            };
+            arm_wake(&mut ring, &mut wake_buf)?;
+            ring.submit()?;
+            let mut aborted = 0u32;
+            loop {
+                match ring.submit_and_wait(1) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) => return Err(e),
+                }
+                let cqes: Vec<(u64, i32)> = ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result()))
+                    .collect();
+                let mut rearm = false;
+                let mut handed = 0;
+                for (data, res) in cqes {
+                    if data == WAKE {
+                        rearm = true;
+                        continue;
+                    }
+                    let tag = data as u16;
+                    if res == sys::IO_RES_ABORT {
+                        aborted += 1;
+                        if aborted >= depth as u32 {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    if res < 0 {
+                        return Err(io::Error::other(format!(
+                            "fetch of tag {tag} failed: {}",
+                            errno(res)
+                        )));
+                    }
+                    let job = Job {
+                        tag,
+                        desc: descs.get(tag),
+                        buf: TagBuf(ptrs[tag as usize]),
+                    };
+                    work.jobs.lock().expect("job queue").0.push_back(job);
+                    handed += 1;
+                }
+                match handed {
+                    0 => {}
+                    1 => work.more.notify_one(),
+                    _ => work.more.notify_all(),
+                }
+                // Commit what the workers finished, each with its tag's
+                // re-arm; all go in the next enter.
+                let done = std::mem::take(&mut *work.done.lock().expect("done list"));
+                for (tag, r) in done {
+                    let addr = if user_copy {
+                        0
+                    } else {
+                        ptrs[tag as usize] as u64
+                    };
+                    let sqe = io_sqe(cdev, sys::U_IO_COMMIT_AND_FETCH_REQ, q, tag, r, addr);
+                    // SAFETY: as for the fetch above; the worker is done
+                    // with the buffer.
+                    unsafe { ring.submission().push(&sqe) }
+                        .map_err(|_| io::Error::other("queue ring full"))?;
+                }
+                if rearm {
+                    arm_wake(&mut ring, &mut wake_buf)?;
+                }
+            }
+        })();
+        // Stop the workers (they finish what they hold first).
+        work.jobs.lock().expect("job queue").1 = true;
+        work.more.notify_all();
+        served
+    });
     drop(ring);
+    drop(wake_buf);
     for p in ptrs {
-        // SAFETY: allocated above with this layout; the ring is gone, so
-        // nothing refers to it any more.
+        // SAFETY: allocated above with this layout; the ring is gone and
+        // the workers have ended, so nothing refers to it any more.
         unsafe { std::alloc::dealloc(p, layout) };
     }
     result

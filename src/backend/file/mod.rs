@@ -73,6 +73,16 @@ pub struct FileOptions {
     /// Open with O_DIRECT (bypass the page cache).
     #[serde(default)]
     pub direct: bool,
+    /// Added before every request (read, write, flush, discard, write
+    /// zeroes), microseconds: a slow device for tests and benchmarks
+    /// (dm-delay, nbdkit's delay filter), so queue depth can be measured
+    /// on a machine whose storage is memory. 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub latency_us: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// Errors opening or creating a backing file.
@@ -269,6 +279,15 @@ impl FileBackend {
         self.options
     }
 
+    /// The configured per-request latency (`FileOptions::latency_us`).
+    fn delay(&self) {
+        if self.options.latency_us > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(
+                self.options.latency_us as u64,
+            ));
+        }
+    }
+
     /// The engine actually driving the file (`Auto` resolved).
     pub fn engine_in_use(&self) -> EngineKind {
         match self.engine {
@@ -380,6 +399,7 @@ impl BlockDevice for FileBackend {
 
     fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_range(offset, buf.len() as u64, self.size_bytes)?;
+        self.delay();
         // No fail-stop check: reads of what the device holds go on.
         if buf.is_empty() {
             return Ok(());
@@ -395,6 +415,7 @@ impl BlockDevice for FileBackend {
     fn write(&self, buf: &[u8], offset: u64, fua: bool) -> Result<()> {
         check_range(offset, buf.len() as u64, self.size_bytes)?;
         self.check_live()?;
+        self.delay();
         if buf.is_empty() {
             return self.after_fua(fua, offset);
         }
@@ -408,6 +429,7 @@ impl BlockDevice for FileBackend {
 
     fn flush(&self) -> Result<()> {
         self.check_live()?;
+        self.delay();
         self.engine.sync_data().map_err(|source| {
             self.fail_stop("flush", &source);
             DeviceError::Flush { source }
@@ -417,6 +439,7 @@ impl BlockDevice for FileBackend {
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
         check_range(offset, len, self.size_bytes)?;
         self.check_live()?;
+        self.delay();
         if len == 0 {
             return Ok(());
         }
@@ -440,6 +463,7 @@ impl BlockDevice for FileBackend {
     fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
         check_range(offset, len, self.size_bytes)?;
         self.check_live()?;
+        self.delay();
         if len == 0 {
             return self.after_fua(fua, offset);
         }
@@ -508,7 +532,11 @@ impl Describe for FileBackend {
             } else {
                 ""
             }
-        )
+        ) + &if self.options.latency_us > 0 {
+            format!(", {} us added per request", self.options.latency_us)
+        } else {
+            String::new()
+        }
     }
 }
 
@@ -521,7 +549,16 @@ mod tests {
     fn conformance(engine: EngineKind, direct: bool) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vol.img");
-        let dev = FileBackend::create(&path, 8 << 20, FileOptions { engine, direct }).unwrap();
+        let dev = FileBackend::create(
+            &path,
+            8 << 20,
+            FileOptions {
+                engine,
+                direct,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         testing::run_all(&format!("file/{engine:?}/direct={direct}"), Arc::new(dev));
     }
 
@@ -560,6 +597,7 @@ mod tests {
             FileOptions {
                 engine: EngineKind::Auto,
                 direct: true,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -601,6 +639,7 @@ mod tests {
                 FileOptions {
                     engine: EngineKind::Uring,
                     direct,
+                    ..Default::default()
                 },
             )
             .unwrap();

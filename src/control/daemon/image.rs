@@ -41,6 +41,7 @@ fn bitmap_options() -> FileOptions {
     FileOptions {
         engine: EngineKind::Sync,
         direct: false,
+        ..Default::default()
     }
 }
 

@@ -33,6 +33,7 @@ fn conformance_with_cache_on_memory_and_each_file_engine() {
             FileOptions {
                 engine,
                 direct: false,
+                ..Default::default()
             },
         )
         .unwrap();

@@ -127,6 +127,7 @@ pub(super) fn sb_options() -> FileOptions {
     FileOptions {
         engine: EngineKind::Sync,
         direct: false,
+        ..Default::default()
     }
 }
 
