@@ -687,3 +687,50 @@ fn a_user_who_may_not_manage_the_daemon_gets_a_permission_error() {
     }
     assert_eq!(d.json(&["volume", "list"]).as_array().unwrap().len(), 1);
 }
+
+/// `--latency` makes a slow device (tests and benchmarks): every request
+/// waits that long first, it shows in `volume info`, and it survives a
+/// restart.
+#[test]
+fn a_volume_with_added_latency_is_slow_and_says_so() {
+    let mut d = Daemon::start();
+    d.ok(&[
+        "volume",
+        "create",
+        "slow",
+        "--size",
+        "4M",
+        "--latency",
+        "5ms",
+    ]);
+    let info = d.json(&["volume", "info", "slow"]);
+    assert!(
+        info.to_string().contains("5000 us added per request"),
+        "{info}"
+    );
+    d.export_nbd("slow");
+    let time_reads = |d: &Daemon| {
+        let mut c = NbdClient::connect(&d.addr_of("slow"), "slow");
+        let t0 = std::time::Instant::now();
+        for i in 0..10 {
+            c.read(i * 4096, 4096).expect("a read");
+        }
+        let took = t0.elapsed();
+        c.disconnect();
+        took
+    };
+    // A lower bound only: ten requests one after the other each waited.
+    let took = time_reads(&d);
+    assert!(took >= std::time::Duration::from_millis(50), "{took:?}");
+    assert_eq!(d.stop(), 0);
+    d.spawn();
+    let took = time_reads(&d);
+    assert!(
+        took >= std::time::Duration::from_millis(50),
+        "after a restart: {took:?}"
+    );
+    for bad in ["5", "-1ms", "20s", "fast"] {
+        let out = d.cli(&["volume", "create", "x", "--size", "1M", "--latency", bad]);
+        assert_eq!(out.status.code(), Some(2), "--latency {bad}");
+    }
+}

@@ -4862,7 +4862,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__volume__subcmd__add)
-            opts="-h -V --path --engine --direct --socket --help --version"
+            opts="-h -V --path --engine --direct --latency --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -4874,6 +4874,10 @@ _umbra() {
                     ;;
                 --engine)
                     COMPREPLY=($(compgen -W "auto uring sync" -- "${cur}"))
+                    return 0
+                    ;;
+                --latency)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --socket)
@@ -4888,7 +4892,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__volume__subcmd__create)
-            opts="-h -V --size --path --engine --direct --socket --help --version"
+            opts="-h -V --size --path --engine --direct --latency --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -4904,6 +4908,10 @@ _umbra() {
                     ;;
                 --engine)
                     COMPREPLY=($(compgen -W "auto uring sync" -- "${cur}"))
+                    return 0
+                    ;;
+                --latency)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --socket)

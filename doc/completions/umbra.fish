@@ -63,6 +63,7 @@ complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subc
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from create" -l engine -d 'I/O engine: auto = io_uring for O_DIRECT and raw devices, pread/pwrite for buffered files' -r -f -a "auto\t'io_uring where requests wait on a device (O_DIRECT, raw block devices), pread/pwrite on buffered regular files, where a request is a page-cache copy and a hand-off to the ring thread (and the kernel\'s io-wq) costs more than the copy. Measured in tools/bench-nbd.sh'
 uring\t'io_uring, batched submission from a ring thread'
 sync\t'pread/pwrite from the calling thread'"
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from create" -l latency -d 'Add this delay to every request (`2ms`, `500us`): a slow device for tests and benchmarks, like dm-delay' -r
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from create" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from create" -l direct -d 'Open the backing file with O_DIRECT (bypass the page cache)'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -71,6 +72,7 @@ complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subc
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from add" -l engine -d 'I/O engine: auto = io_uring for O_DIRECT and raw devices, pread/pwrite for buffered files' -r -f -a "auto\t'io_uring where requests wait on a device (O_DIRECT, raw block devices), pread/pwrite on buffered regular files, where a request is a page-cache copy and a hand-off to the ring thread (and the kernel\'s io-wq) costs more than the copy. Measured in tools/bench-nbd.sh'
 uring\t'io_uring, batched submission from a ring thread'
 sync\t'pread/pwrite from the calling thread'"
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from add" -l latency -d 'Add this delay to every request (`2ms`, `500us`): a slow device for tests and benchmarks, like dm-delay' -r
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from add" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from add" -l direct -d 'Open the backing file with O_DIRECT (bypass the page cache)'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help (see more with \'--help\')'
