@@ -106,11 +106,12 @@ R2=$("$UMBRA" export ublk raw2 --depth 16 2>>"$W/export.err")
 check "fio verify in copy mode" fio --name=c --filename="$R2" --ioengine=io_uring --direct=1 \
   --rw=randrw --bs=16k --size=32M --iodepth=8 --verify=crc32c --verify_fatal=1 --verify_state_save=0
 
-# 7. Many requests in flight per queue: a volume that takes 2 ms per
-#    request (--latency), read at queue depth 16 through one ublk queue.
-#    The queue hands requests to its workers, so the volume has many in
-#    flight at once (it had one at a time before).
-"$UMBRA" volume create slow --size 64M --latency 2ms >/dev/null
+# 7. Many requests in flight per queue: a volume that takes 50 ms per
+#    request (--latency; long enough that the device, not the emulated
+#    CPU, is what a request waits for), read at queue depth 16 through one
+#    ublk queue. The queue hands requests to its workers, so the volume has
+#    many in flight at once (it had one at a time before).
+"$UMBRA" volume create slow --size 64M --latency 50ms >/dev/null
 QDEV=$("$UMBRA" export ublk slow --depth 32 2>>"$W/export.err")
 iops() { # depth seconds
   fio --name=qd --filename="$QDEV" --ioengine=io_uring --direct=1 --rw=randread --bs=4k \
@@ -128,7 +129,7 @@ for i in 1 2 3 4 5 6 7 8 9 10; do
 done
 wait "$FIO"
 check "one queue keeps many requests in flight (at most $max seen, 8 needed)" test "$max" -ge 8
-echo "info: 2 ms per request, 4 KiB randread, one queue: QD1 $(iops 1 2) IOPS, QD16 $(cat "$W/qd16") IOPS"
+echo "info: 50 ms per request, 4 KiB randread, one queue: QD1 $(iops 1 3) IOPS, QD16 $(cat "$W/qd16") IOPS"
 "$UMBRA" export remove slow --kind ublk >/dev/null 2>&1
 
 "$UMBRA" export remove fs --kind ublk >/dev/null 2>&1
