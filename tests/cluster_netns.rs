@@ -8,7 +8,10 @@
 //! candidate again. And fencing: a production node cut from the etcd
 //! network only (it still reaches its peer) stops acknowledging writes
 //! before its lease can expire, the peer takes over, and when the cut
-//! heals it rejoins as a secondary and the copies converge.
+//! heals it rejoins as a secondary and the copies converge; a primary
+//! isolated from everything; one that lost its peers before etcd (their
+//! outdated copies never take over); and the cascade of a group the first
+//! candidate cannot serve to the next.
 
 mod common;
 
@@ -584,5 +587,85 @@ fn secondaries_a_primary_wrote_without_never_take_over() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_converged(&a, &b, "the resync");
+    drop(etcd);
+}
+
+/// Cascade across hosts: B, the first candidate, holds a copy of group s2
+/// cut mid-resync (it cannot serve it), so when A dies B takes s1, gives
+/// s2's lock back (`cluster.refused`), and C, the next candidate, takes s2.
+#[test]
+fn what_the_first_candidate_cannot_serve_cascades_to_the_next_host() {
+    require_root();
+    require_tool("ip");
+    let net = Switch::new();
+    let etcd = Etcd::start_in_netns(&net.ns("S"), CONTROL_IP);
+    let host = |h: &str, name: &str| {
+        let others: Vec<&str> = ["a", "b", "c"].into_iter().filter(|n| *n != name).collect();
+        node_trusting(
+            Daemon::start_in_netns(&net.ns(h)),
+            name,
+            &format!("{}:7800", host_ip(h)),
+            SECRET,
+            &others,
+        )
+        .0
+    };
+    let (mut a, b, c) = (host("A", "a"), host("B", "b"), host("C", "c"));
+    for d in [&a, &b, &c] {
+        for v in ["v1", "v2"] {
+            d.ok(&["volume", "create", v, "--size", "32M"]);
+            d.export_nbd(v);
+        }
+    }
+    for (set, vol) in [("s1", "v1"), ("s2", "v2")] {
+        for peer in ["B", "C"] {
+            a.ok(&enable_args(
+                set,
+                vol,
+                &format!("{}:7800", host_ip(peer)),
+                vol,
+                "sync",
+                &["--no-sync", "--timeout", "2s"],
+            ));
+        }
+        wait_for(&a, set, "settled on both", all_settled, 60);
+        a.ok(&["group", "policy", set, "--auto-failover", "on"]);
+    }
+    // B's copy of s2 is cut mid-resync: every chunk out of sync, resynced
+    // at 1 MiB/s.
+    a.ok(&["repl", "log", "s2", "--secondary", "b"]);
+    let addr = a.addr_of("v2");
+    a.in_net(move || scribble(&addr, "v2", 1200, 4));
+    a.ok(&[
+        "repl",
+        "tune",
+        "s2",
+        "--secondary",
+        "b",
+        "--sync-rate",
+        "1M",
+    ]);
+    a.ok(&["repl", "sync", "s2", "--secondary", "b"]);
+    wait_for(
+        &b,
+        "s2",
+        "in a resync",
+        |v| !v["safety_snapshot"].is_null(),
+        30,
+    );
+    for d in [&a, &b, &c] {
+        join(d, &format!("http://{CONTROL_IP}:2379"), "k", 3);
+    }
+    c.ok(&["cluster", "priority", "--bias", "100000"]); // B is the first candidate
+    wait_owners(&b, &[("s1", "a"), ("s2", "a")], 30);
+    let ev_b = EventLog::follow(&b);
+    a.kill9();
+    wait_role(&b, "s1", "primary", 60);
+    wait_role(&c, "s2", "primary", 60);
+    wait_owners(&c, &[("s1", "b"), ("s2", "c")], 20);
+    let refused = ev_b.wait_for("cluster.refused", Duration::from_secs(10));
+    assert_eq!(refused["object"], "s2", "{refused}");
+    assert_eq!(common::repl::info(&b, "s2")["role"], "secondary");
+    assert_eq!(common::repl::info(&c, "s1")["role"], "secondary");
     drop(etcd);
 }
