@@ -734,3 +734,56 @@ fn a_volume_with_added_latency_is_slow_and_says_so() {
         assert_eq!(out.status.code(), Some(2), "--latency {bad}");
     }
 }
+
+/// `volume resize` grows a volume (new NBD clients see the size, data
+/// stays) and refuses what would cut what others use; `volume remove
+/// --delete-data` deletes the backing file, only with --yes when no one
+/// can be asked.
+#[test]
+fn resize_and_remove_with_its_data() {
+    let d = Daemon::start();
+    d.ok(&["volume", "create", "g", "--size", "4M"]);
+    d.export_nbd("g");
+    let mut c = NbdClient::connect(&d.addr_of("g"), "g");
+    assert_eq!(c.write(4096, &[0x77; 4096], 0), 0);
+    assert_eq!(c.flush(), 0);
+    c.disconnect();
+    let v = d.json(&["volume", "resize", "g", "--size", "8M"]);
+    assert_eq!(v["size_bytes"], 8 << 20, "{v}");
+    let mut c = NbdClient::connect(&d.addr_of("g"), "g");
+    let data = c.read(4096, 4096).expect("old data");
+    assert!(data.iter().all(|b| *b == 0x77));
+    // The new end is there and reads as zeroes.
+    let end = c.read((8 << 20) - 4096, 4096).expect("the new end");
+    assert!(end.iter().all(|b| *b == 0));
+    c.disconnect();
+    let out = d.cli(&["volume", "resize", "g", "--size", "2M"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is exported"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = d.cli(&["volume", "resize", "g", "--size", "1000"]);
+    assert_ne!(out.status.code(), Some(0), "not a multiple of 512");
+    // Same size: nothing to do.
+    d.ok(&["volume", "resize", "g", "--size", "8M"]);
+    let path = std::path::PathBuf::from(d.json(&["volume", "info", "g"])["path"].as_str().unwrap());
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 8 << 20);
+    // No terminal to ask: --delete-data needs --yes.
+    let out = d.cli(&["volume", "remove", "g", "--force", "--delete-data"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--yes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(path.exists(), "nothing was deleted without --yes");
+    d.ok(&["volume", "remove", "g", "--force", "--delete-data", "--yes"]);
+    assert!(!path.exists(), "the backing file is gone");
+    // Without --delete-data the file stays.
+    d.ok(&["volume", "create", "k", "--size", "1M"]);
+    let kept = d.data_dir().join("k.img");
+    d.ok(&["volume", "remove", "k"]);
+    assert!(kept.exists());
+}

@@ -451,6 +451,9 @@ _umbra() {
             umbra__subcmd__help__subcmd__volume,reopen)
                 cmd="umbra__subcmd__help__subcmd__volume__subcmd__reopen"
                 ;;
+            umbra__subcmd__help__subcmd__volume,resize)
+                cmd="umbra__subcmd__help__subcmd__volume__subcmd__resize"
+                ;;
             umbra__subcmd__hook,add)
                 cmd="umbra__subcmd__hook__subcmd__add"
                 ;;
@@ -766,6 +769,9 @@ _umbra() {
             umbra__subcmd__volume,reopen)
                 cmd="umbra__subcmd__volume__subcmd__reopen"
                 ;;
+            umbra__subcmd__volume,resize)
+                cmd="umbra__subcmd__volume__subcmd__resize"
+                ;;
             umbra__subcmd__volume__subcmd__help,add)
                 cmd="umbra__subcmd__volume__subcmd__help__subcmd__add"
                 ;;
@@ -786,6 +792,9 @@ _umbra() {
                 ;;
             umbra__subcmd__volume__subcmd__help,reopen)
                 cmd="umbra__subcmd__volume__subcmd__help__subcmd__reopen"
+                ;;
+            umbra__subcmd__volume__subcmd__help,resize)
+                cmd="umbra__subcmd__volume__subcmd__help__subcmd__resize"
                 ;;
             *)
                 ;;
@@ -2882,7 +2891,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__help__subcmd__volume)
-            opts="create add remove list info reopen"
+            opts="create add remove resize list info reopen"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2966,6 +2975,20 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__help__subcmd__volume__subcmd__reopen)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        umbra__subcmd__help__subcmd__volume__subcmd__resize)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -4844,7 +4867,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__volume)
-            opts="-h -V --socket --help --version create add remove list info reopen help"
+            opts="-h -V --socket --help --version create add remove resize list info reopen help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -4926,7 +4949,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__volume__subcmd__help)
-            opts="create add remove list info reopen help"
+            opts="create add remove resize list info reopen help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -5037,6 +5060,20 @@ _umbra() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        umbra__subcmd__volume__subcmd__help__subcmd__resize)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         umbra__subcmd__volume__subcmd__info)
             opts="-h -V --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -5074,7 +5111,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__volume__subcmd__remove)
-            opts="-h -V --force --socket --help --version"
+            opts="-y -h -V --force --delete-data --yes --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -5098,6 +5135,28 @@ _umbra() {
                 return 0
             fi
             case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        umbra__subcmd__volume__subcmd__resize)
+            opts="-h -V --size --json --socket --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --socket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -48,16 +48,17 @@ complete -c umbra -n "__fish_umbra_using_subcommand serve" -l metrics -d 'Serve 
 complete -c umbra -n "__fish_umbra_using_subcommand serve" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand serve" -s V -l version -d 'Print version'
-complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove list info reopen help" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
-complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove list info reopen help" -s h -l help -d 'Print help'
-complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove list info reopen help" -s V -l version -d 'Print version'
-complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove list info reopen help" -f -a "create" -d 'Create a new volume on a sparse backing file'
-complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove list info reopen help" -f -a "add" -d 'Serve an existing file or raw block device as a volume'
-complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove list info reopen help" -f -a "remove" -d 'Stop serving a volume (its backing file is kept)'
-complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove list info reopen help" -f -a "list" -d 'List volumes'
-complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove list info reopen help" -f -a "info" -d 'Show one volume in detail'
-complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove list info reopen help" -f -a "reopen" -d 'Reopen a volume whose backend failed (or that could not be opened); alias: reset'
-complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove list info reopen help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove resize list info reopen help" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove resize list info reopen help" -s h -l help -d 'Print help'
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove resize list info reopen help" -s V -l version -d 'Print version'
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove resize list info reopen help" -f -a "create" -d 'Create a new volume on a sparse backing file'
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove resize list info reopen help" -f -a "add" -d 'Serve an existing file or raw block device as a volume'
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove resize list info reopen help" -f -a "remove" -d 'Stop serving a volume (its backing file is kept unless --delete-data)'
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove resize list info reopen help" -f -a "resize" -d 'Grow (or shrink) a volume\'s backing file'
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove resize list info reopen help" -f -a "list" -d 'List volumes'
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove resize list info reopen help" -f -a "info" -d 'Show one volume in detail'
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove resize list info reopen help" -f -a "reopen" -d 'Reopen a volume whose backend failed (or that could not be opened); alias: reset'
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove resize list info reopen help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from create" -l size -d 'Size, e.g. 1G, 512M, 4096 (binary units; a multiple of 512 bytes)' -r
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from create" -l path -d 'Backing file to create [default: DATA_DIR/NAME.img]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from create" -l engine -d 'I/O engine: auto = io_uring for O_DIRECT and raw devices, pread/pwrite for buffered files' -r -f -a "auto\t'io_uring where requests wait on a device (O_DIRECT, raw block devices), pread/pwrite on buffered regular files, where a request is a page-cache copy and a hand-off to the ring thread (and the kernel\'s io-wq) costs more than the copy. Measured in tools/bench-nbd.sh'
@@ -79,8 +80,15 @@ complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subc
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from add" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from remove" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from remove" -l force -d 'Remove the volume\'s exports first (their clients are disconnected)'
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from remove" -l delete-data -d 'Delete the backing file too (a block device is never deleted)'
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from remove" -s y -l yes -d 'Do not ask before deleting data'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from remove" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from remove" -s V -l version -d 'Print version'
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from resize" -l size -d 'New size, e.g. 20G (binary units; a multiple of 512 bytes)' -r
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from resize" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from resize" -l json -d 'Print the volume as JSON after the change'
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from resize" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from resize" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from list" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from list" -l json -d 'Print machine-readable JSON'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -95,7 +103,8 @@ complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subc
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from reopen" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from help" -f -a "create" -d 'Create a new volume on a sparse backing file'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from help" -f -a "add" -d 'Serve an existing file or raw block device as a volume'
-complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from help" -f -a "remove" -d 'Stop serving a volume (its backing file is kept)'
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from help" -f -a "remove" -d 'Stop serving a volume (its backing file is kept unless --delete-data)'
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from help" -f -a "resize" -d 'Grow (or shrink) a volume\'s backing file'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from help" -f -a "list" -d 'List volumes'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from help" -f -a "info" -d 'Show one volume in detail'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from help" -f -a "reopen" -d 'Reopen a volume whose backend failed (or that could not be opened); alias: reset'
@@ -586,7 +595,8 @@ complete -c umbra -n "__fish_umbra_using_subcommand help; and not __fish_seen_su
 complete -c umbra -n "__fish_umbra_using_subcommand help; and not __fish_seen_subcommand_from serve volume export cache image repl group cluster generate-docs fault-proxy hook stats status events help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c umbra -n "__fish_umbra_using_subcommand help; and __fish_seen_subcommand_from volume" -f -a "create" -d 'Create a new volume on a sparse backing file'
 complete -c umbra -n "__fish_umbra_using_subcommand help; and __fish_seen_subcommand_from volume" -f -a "add" -d 'Serve an existing file or raw block device as a volume'
-complete -c umbra -n "__fish_umbra_using_subcommand help; and __fish_seen_subcommand_from volume" -f -a "remove" -d 'Stop serving a volume (its backing file is kept)'
+complete -c umbra -n "__fish_umbra_using_subcommand help; and __fish_seen_subcommand_from volume" -f -a "remove" -d 'Stop serving a volume (its backing file is kept unless --delete-data)'
+complete -c umbra -n "__fish_umbra_using_subcommand help; and __fish_seen_subcommand_from volume" -f -a "resize" -d 'Grow (or shrink) a volume\'s backing file'
 complete -c umbra -n "__fish_umbra_using_subcommand help; and __fish_seen_subcommand_from volume" -f -a "list" -d 'List volumes'
 complete -c umbra -n "__fish_umbra_using_subcommand help; and __fish_seen_subcommand_from volume" -f -a "info" -d 'Show one volume in detail'
 complete -c umbra -n "__fish_umbra_using_subcommand help; and __fish_seen_subcommand_from volume" -f -a "reopen" -d 'Reopen a volume whose backend failed (or that could not be opened); alias: reset'

@@ -178,16 +178,56 @@ pub fn volume(socket: &Path, cmd: VolumeCommand) -> Result<()> {
             print_volume("added", &call(socket, "volume.add", args)?);
         }
         VolumeCommand::Remove(a) => {
+            if a.delete_data && !a.yes {
+                let info = call(socket, "volume.info", json!({"name": a.name}))?;
+                let path = s(&info["path"]);
+                if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                    bail!(
+                        "volume {}: --delete-data deletes {path}; pass --yes to do it without a question",
+                        a.name
+                    );
+                }
+                eprint!(
+                    "delete volume {} and its data ({path}, {} bytes)? [y/N] ",
+                    a.name,
+                    s(&info["size_bytes"])
+                );
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer)?;
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    bail!("volume {}: left as it is", a.name);
+                }
+            }
             let v = call(
                 socket,
                 "volume.remove",
-                json!({"name": a.name, "force": a.force}),
+                json!({"name": a.name, "force": a.force, "delete_data": a.delete_data}),
             )?;
-            println!(
-                "removed volume {}; backing file kept at {}",
-                s(&v["name"]),
-                s(&v["backing_kept"])
-            );
+            if v["deleted"].is_string() {
+                println!(
+                    "removed volume {}; deleted {}",
+                    s(&v["name"]),
+                    s(&v["deleted"])
+                );
+            } else {
+                println!(
+                    "removed volume {}; backing file kept at {}",
+                    s(&v["name"]),
+                    s(&v["backing_kept"])
+                );
+            }
+        }
+        VolumeCommand::Resize(a) => {
+            let v = call(
+                socket,
+                "volume.resize",
+                json!({"name": a.name, "size_bytes": a.size}),
+            )?;
+            if a.json {
+                print_json(&v);
+            } else {
+                println!("volume {} is now {} bytes", a.name, s(&v["size_bytes"]));
+            }
         }
         VolumeCommand::List(j) => {
             let v = call(socket, "volume.list", json!({}))?;

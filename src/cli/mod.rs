@@ -158,13 +158,25 @@ its size is the file's or device's size.\n\n\
 Examples:\n  umbra volume add data --path /dev/sdb\n  umbra volume add vm1 --path /srv/vm1.raw --direct"
     )]
     Add(VolumeAdd),
-    /// Stop serving a volume (its backing file is kept)
+    /// Stop serving a volume (its backing file is kept unless --delete-data)
     #[command(
         long_about = "Stop serving a volume and forget it. The backing file or device is \
-kept. A volume that is exported is refused unless --force, which removes its exports first.\n\n\
-Example:\n  umbra volume remove scratch --force"
+kept, unless --delete-data deletes the backing file (asked first on a terminal; --yes to \
+skip the question, which scripts must pass; a block device is never deleted). A volume that \
+is exported is refused unless --force, which removes its exports first.\n\n\
+Examples:\n  umbra volume remove scratch --force\n  umbra volume remove scratch --delete-data --yes"
     )]
     Remove(VolumeRemove),
+    /// Grow (or shrink) a volume's backing file
+    #[command(
+        long_about = "Change a volume's size: its backing file grows (sparse) or shrinks to \
+--size. NBD clients that connect afterwards see the new size; connected ones keep the size \
+they negotiated. Shrinking is refused while the volume is exported (clients may use the \
+end); any resize is refused while services (a cache, an image set, replication) or a ublk \
+export use the volume, and for a raw block device (resize the device itself).\n\n\
+Example:\n  umbra volume resize db --size 20G"
+    )]
+    Resize(VolumeResize),
     /// List volumes
     #[command(
         long_about = "List volumes with their state, size, exports and backing path.\n\n\
@@ -251,6 +263,24 @@ pub struct VolumeRemove {
     /// Remove the volume's exports first (their clients are disconnected)
     #[arg(long)]
     force: bool,
+    /// Delete the backing file too (a block device is never deleted)
+    #[arg(long)]
+    delete_data: bool,
+    /// Do not ask before deleting data
+    #[arg(long, short = 'y')]
+    yes: bool,
+}
+
+#[derive(Args)]
+pub struct VolumeResize {
+    /// Volume name
+    name: String,
+    /// New size, e.g. 20G (binary units; a multiple of 512 bytes)
+    #[arg(long, value_parser = parse_size)]
+    size: u64,
+    /// Print the volume as JSON after the change
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]

@@ -349,6 +349,7 @@ impl Daemon {
             "volume.add" => self.volume_add(parse(op, args)?),
             "volume.remove" => self.volume_remove(parse(op, args)?),
             "volume.reopen" | "volume.reset" => self.volume_reopen(parse(op, args)?),
+            "volume.resize" => self.volume_resize(parse(op, args)?),
             "volume.list" => {
                 parse::<NoArgs>(op, args)?;
                 Ok(Value::Array(self.volume_list()))
@@ -612,14 +613,149 @@ impl Daemon {
             .volumes
             .iter()
             .find(|v| v.name == a.name)
-            .map(|v| v.path.display().to_string())
+            .map(|v| v.path.clone())
             .unwrap_or_default();
+        let shown = path.display().to_string();
+        if a.delete_data {
+            // Only a regular file: a block device is someone's disk.
+            let deleted = std::fs::symlink_metadata(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|m| {
+                    if m.file_type().is_file() {
+                        std::fs::remove_file(&path).map_err(|e| e.to_string())
+                    } else {
+                        Err("not a regular file; left as it is".into())
+                    }
+                });
+            return match deleted {
+                Ok(()) => {
+                    self.events.publish(
+                        "volume.removed",
+                        &a.name,
+                        format!("backing file {shown} deleted"),
+                    );
+                    Ok(json!({"name": a.name, "backing_kept": null, "deleted": shown}))
+                }
+                Err(e) => {
+                    self.events.publish(
+                        "volume.removed",
+                        &a.name,
+                        format!("backing file kept at {shown}: deleting it failed: {e}"),
+                    );
+                    Err(OpError::failed(format!(
+                        "volume {} removed, but its backing file {shown} was not deleted: {e}",
+                        a.name
+                    )))
+                }
+            };
+        }
         self.events.publish(
             "volume.removed",
             &a.name,
-            format!("backing file kept at {path}"),
+            format!("backing file kept at {shown}"),
         );
-        Ok(json!({"name": a.name, "backing_kept": path}))
+        Ok(json!({"name": a.name, "backing_kept": shown}))
+    }
+
+    /// `volume resize`: the backing file grows (sparse) or shrinks, and
+    /// the volume gets a backend of the new size; its NBD exports serve
+    /// it to clients that connect from now on.
+    fn volume_resize(&self, a: VolumeResizeArgs) -> Result<Value, OpError> {
+        let mut st = self.state.lock();
+        let entry = st.volumes.get(&a.name).ok_or_else(|| no_volume(&a.name))?;
+        let Some(old) = entry.volume.clone() else {
+            return Err(OpError::failed(format!(
+                "volume {} is offline; `umbra volume reopen {}` first",
+                a.name, a.name
+            )));
+        };
+        if a.size_bytes == 0 || a.size_bytes % SECTOR_SIZE_BYTES != 0 {
+            return Err(OpError::invalid(format!(
+                "volume {}: size {} must be a positive multiple of {SECTOR_SIZE_BYTES} bytes",
+                a.name, a.size_bytes
+            )));
+        }
+        let from = old.size_bytes();
+        if a.size_bytes == from {
+            return Ok(volume_json(&st, &a.name));
+        }
+        let busy = |why: String| Err(OpError::new(ErrorCode::Busy, why));
+        let services = old.service_names();
+        if !services.is_empty() {
+            return busy(format!(
+                "volume {} has services on it ({}); they need its size: disable them first",
+                a.name,
+                services.join(", ")
+            ));
+        }
+        let Some(vc) = st.config.volumes.iter().find(|v| v.name == a.name).cloned() else {
+            return Err(no_volume(&a.name));
+        };
+        if vc.cache.is_some() || vc.virtual_size_bytes.is_some() {
+            return busy(format!(
+                "volume {} has a cache or a compact shadow's size: disable it first",
+                a.name
+            ));
+        }
+        let exports: Vec<ExportConfig> = st
+            .config
+            .exports
+            .iter()
+            .filter(|e| e.volume == a.name)
+            .cloned()
+            .collect();
+        if exports.iter().any(|e| e.kind == ExportKind::Ublk) {
+            return busy(format!(
+                "volume {} has a ublk export; remove it first (`umbra export remove {} --kind ublk`)",
+                a.name, a.name
+            ));
+        }
+        if a.size_bytes < from && !exports.is_empty() {
+            return busy(format!(
+                "volume {} is exported: its clients may use the end that shrinking would cut; remove the export first",
+                a.name
+            ));
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&vc.path)
+            .map_err(|e| {
+                OpError::failed(format!("volume {}: {}: {e}", a.name, vc.path.display()))
+            })?;
+        let meta = file
+            .metadata()
+            .map_err(|e| OpError::failed(format!("volume {}: {e}", a.name)))?;
+        if !meta.file_type().is_file() {
+            return Err(OpError::invalid(format!(
+                "volume {}: {} is a block device; resize the device, then remove and add the volume",
+                a.name,
+                vc.path.display()
+            )));
+        }
+        // Everything written so far is on disk before the file changes.
+        old.flush()
+            .map_err(|e| OpError::failed(format!("volume {}: flush: {e}", a.name)))?;
+        file.set_len(a.size_bytes)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| OpError::failed(format!("volume {}: resizing: {e}", a.name)))?;
+        let be = FileBackend::open(&vc.path, vc.options).map_err(|e| {
+            OpError::failed(format!("volume {}: reopening at the new size: {e}", a.name))
+        })?;
+        let description = be.describe();
+        let size = be.size_bytes();
+        let volume = Arc::new(Volume::with_size(&a.name, Arc::new(be), description, size));
+        st.volumes.get_mut(&a.name).expect("looked up above").volume = Some(volume);
+        for ec in &exports {
+            if let Err(e) = start_export(&mut st, ec) {
+                st.export_errors.insert(ec.volume.clone(), e.message);
+            }
+        }
+        self.events.publish(
+            "volume.resized",
+            &a.name,
+            format!("from {from} to {} bytes", a.size_bytes),
+        );
+        Ok(volume_json(&st, &a.name))
     }
 
     fn volume_list(&self) -> Vec<Value> {
@@ -1700,6 +1836,15 @@ struct VolumeRemoveArgs {
     name: String,
     #[serde(default)]
     force: bool,
+    #[serde(default)]
+    delete_data: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VolumeResizeArgs {
+    name: String,
+    size_bytes: u64,
 }
 
 #[derive(Deserialize)]
