@@ -377,3 +377,55 @@ fn compact_shadow_with_an_overflow_volume_through_the_cli() {
     d.ok(&["image", "overflow", "remove", "spill"]);
     assert_eq!(d.stop(), 0);
 }
+
+/// `image enable` onto an existing shadow volume that holds data asks
+/// first: with nobody to ask it refuses (naming the volume and `--yes`)
+/// and leaves the data alone; `--yes` overwrites. An empty (sparse) one is
+/// taken without a question.
+#[test]
+fn enabling_over_a_shadow_that_holds_data_needs_yes() {
+    let d = Daemon::start();
+    d.ok(&["volume", "create", "m", "--size", "4M"]);
+    d.ok(&["volume", "create", "s", "--size", "4M"]);
+    d.ok(&["volume", "create", "empty", "--size", "4M"]);
+    d.export_nbd("s");
+    let mut c = common::nbd::NbdClient::connect(&d.addr_of("s"), "s");
+    assert_eq!(c.write(0, &[0x42; 4096], 0), 0);
+    assert_eq!(c.flush(), 0);
+    c.disconnect();
+    let args = |shadow: &str| {
+        vec![
+            "image".to_owned(),
+            "enable".into(),
+            format!("set-{shadow}"),
+            "--master".into(),
+            "m".into(),
+            "--shadow".into(),
+            shadow.into(),
+            "--mode".into(),
+            "dependent".into(),
+        ]
+    };
+    let a: Vec<String> = args("s");
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let out = d.cli(&a);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("volume s holds data") && err.contains("--yes"),
+        "{err}"
+    );
+    assert!(d.json(&["image", "list"]).as_array().unwrap().is_empty());
+    let mut c = common::nbd::NbdClient::connect(&d.addr_of("s"), "s");
+    assert!(
+        c.read(0, 4096).unwrap().iter().all(|b| *b == 0x42),
+        "untouched"
+    );
+    c.disconnect();
+    let mut yes = a.clone();
+    yes.push("--yes");
+    d.ok(&yes);
+    let e: Vec<String> = args("empty");
+    let e: Vec<&str> = e.iter().map(String::as_str).collect();
+    d.ok(&e);
+}

@@ -3237,7 +3237,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__image__subcmd__enable)
-            opts="-h -V --master --shadow --mode --bitmap --chunk-size --memory-bitmap --shadow-size --overflow --throttle-delay-ms --throttle-unit --wait --json --socket --help --version"
+            opts="-y -h -V --master --shadow --mode --bitmap --chunk-size --memory-bitmap --shadow-size --overflow --throttle-delay-ms --throttle-unit --wait --yes --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

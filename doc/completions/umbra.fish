@@ -197,6 +197,7 @@ complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subco
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from enable" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from enable" -l memory-bitmap -d 'Keep the bits in memory, written only at a clean shutdown: no bitmap I/O on writes, but after a crash an idle independent set is recopied in full (a new point in time) and any other set\'s shadow goes offline'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from enable" -l wait -d 'Wait for an independent set\'s copy to finish'
+complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from enable" -s y -l yes -d 'Overwrite an existing shadow volume that holds data without asking'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from enable" -l json
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from enable" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from enable" -s V -l version -d 'Print version'

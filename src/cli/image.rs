@@ -240,6 +240,9 @@ pub struct EnableArgs {
     /// Wait for an independent set's copy to finish
     #[arg(long)]
     wait: bool,
+    /// Overwrite an existing shadow volume that holds data without asking
+    #[arg(long, short = 'y')]
+    yes: bool,
     #[arg(long)]
     json: bool,
 }
@@ -322,27 +325,50 @@ pub struct GroupCreate {
 pub fn run(socket: &Path, cmd: ImageCommand) -> Result<()> {
     match cmd {
         ImageCommand::Enable(a) => {
-            let v = call(
-                socket,
-                "image.enable",
-                json!({
-                    "name": a.set,
-                    "master": a.master,
-                    "shadow": a.shadow,
-                    "mode": match a.mode {
-                        Mode::Independent => "independent",
-                        Mode::Dependent => "dependent",
-                        Mode::Compact => "compact",
-                    },
-                    "overflow": a.overflow,
-                    "chunk_bytes": u32::try_from(a.chunk_size).unwrap_or(u32::MAX),
-                    "bitmap": a.bitmap.as_deref().map(absolute).transpose()?,
-                    "memory_bitmap": a.memory_bitmap,
-                    "shadow_size_bytes": a.shadow_size,
-                    "throttle_delay_ms": a.throttle_delay_ms,
-                    "throttle_unit": a.throttle_unit,
-                }),
-            )?;
+            let enable = |overwrite: bool| {
+                call(
+                    socket,
+                    "image.enable",
+                    json!({
+                        "overwrite": overwrite,
+                        "name": a.set,
+                        "master": a.master,
+                        "shadow": a.shadow,
+                        "mode": match a.mode {
+                            Mode::Independent => "independent",
+                            Mode::Dependent => "dependent",
+                            Mode::Compact => "compact",
+                        },
+                        "overflow": a.overflow,
+                        "chunk_bytes": u32::try_from(a.chunk_size).unwrap_or(u32::MAX),
+                        "bitmap": a.bitmap.as_deref().map(absolute).transpose()?,
+                        "memory_bitmap": a.memory_bitmap,
+                        "shadow_size_bytes": a.shadow_size,
+                        "throttle_delay_ms": a.throttle_delay_ms,
+                        "throttle_unit": a.throttle_unit,
+                    }),
+                )
+            };
+            let v = match enable(a.yes) {
+                // A shadow that holds data: ask on a terminal.
+                Err(e) if e.to_string().contains("holds data") => {
+                    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                        return Err(e);
+                    }
+                    eprint!("{e}\noverwrite volume {}? [y/N] ", a.shadow);
+                    let mut answer = String::new();
+                    std::io::stdin().read_line(&mut answer)?;
+                    if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                        anyhow::bail!(
+                            "image set {}: not enabled; {} left as it is",
+                            a.set,
+                            a.shadow
+                        );
+                    }
+                    enable(true)?
+                }
+                other => other?,
+            };
             if a.json {
                 print_json(&v);
             } else {

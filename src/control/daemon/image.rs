@@ -37,6 +37,22 @@ impl From<ImageError> for OpError {
 
 /// Bitmap files are opened with pread/pwrite: their writes are small and
 /// always followed by a flush.
+/// Whether the backing file at `path` holds data, and what: a regular
+/// file with an allocated extent (SEEK_DATA), or any block device (its
+/// contents are not ours to judge). `None`: all holes.
+fn holds_data(path: &std::path::Path) -> Option<String> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).ok()?;
+    let m = f.metadata().ok()?;
+    if !m.file_type().is_file() {
+        return Some(format!("{} is a block device", path.display()));
+    }
+    match nix::unistd::lseek(f.as_raw_fd(), 0, nix::unistd::Whence::SeekData) {
+        Ok(at) if (at as u64) < m.len() => Some(format!("data at byte {at} of {}", path.display())),
+        _ => None,
+    }
+}
+
 fn bitmap_options() -> FileOptions {
     FileOptions {
         engine: EngineKind::Sync,
@@ -282,6 +298,19 @@ impl Daemon {
                  volume {} already exists",
                 a.name, a.shadow
             )));
+        }
+        if !created_shadow && !a.overwrite {
+            if let Some(vc) = st.config.volumes.iter().find(|v| v.name == a.shadow) {
+                if let Some(what) = holds_data(&vc.path) {
+                    return Err(OpError::new(
+                        ErrorCode::Exists,
+                        format!(
+                            "image set {}: shadow volume {} holds data ({what}); enabling overwrites it with the master's point in time: pass overwrite (--yes)",
+                            a.name, a.shadow
+                        ),
+                    ));
+                }
+            }
         }
         if compact && a.shadow_size_bytes.is_none() {
             return Err(OpError::invalid(format!(
@@ -735,6 +764,9 @@ struct EnableArgs {
     /// A compact set's overflow volume.
     #[serde(default)]
     overflow: Option<String>,
+    /// An existing shadow volume that holds data may be overwritten.
+    #[serde(default)]
+    overwrite: bool,
 }
 
 #[derive(Deserialize)]
