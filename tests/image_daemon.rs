@@ -141,6 +141,8 @@ fn kill_9_during_an_independent_copy_keeps_t0_and_the_copy_finishes() {
     d.export_nbd("s");
     // Concurrent master writes while the copy runs, then kill -9.
     let addr = d.addr_of("m");
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = written.clone();
     let writer = std::thread::spawn(move || {
         let mut c = NbdClient::connect(&addr, "m");
         for i in 0..4000u64 {
@@ -148,12 +150,22 @@ fn kill_9_during_an_independent_copy_keeps_t0_and_the_copy_finishes() {
             if c.write(off, &[(i % 250) as u8 + 1; 4096], 0) != 0 {
                 break;
             }
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if i % 64 == 63 && c.flush() != 0 {
                 break;
             }
         }
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // The kill comes once writes have raced the (throttled) copy for a
+    // while: a few flush intervals of them, however slow the machine.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while written.load(std::sync::atomic::Ordering::SeqCst) < 300 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let before = d.json(&["image", "info", "full"]);
     assert_eq!(
         before["state"], "copying",

@@ -278,7 +278,20 @@ fn kill9_of_the_primary_under_load_needs_only_an_update_sync() {
     wait_state(&a, "s", "replicating", 10);
     // fio writes into the first 4 MiB only: at most 64 of 1024 chunks.
     let mut fio = fio_load(&uri, "0", "4M", &[]);
-    std::thread::sleep(Duration::from_secs(2));
+    // The kill comes once fio's writes are flowing (the volume's own
+    // counters say so), however slow the machine.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while a.json(&["stats", "v"])["volumes"][0]["io"]["write"]["ops"]
+        .as_u64()
+        .unwrap_or(0)
+        < 500
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fio's writes never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     a.kill9();
     let _ = fio.kill();
     let _ = fio.wait();
