@@ -201,20 +201,36 @@ fn link_faults_through_the_proxy_end_byte_identical() {
             Box::new(|| proxy.set_delay(Duration::from_millis(5))),
         ),
     ];
+    let acked = |v: &serde_json::Value| b_leg(v)["acked_writes"].as_u64().unwrap_or(0);
     for (what, fault) in faults.iter() {
-        std::thread::sleep(Duration::from_millis(700));
+        // fio's writes reach B before each fault.
+        let start = acked(&info(&a, "s"));
+        wait_for(&a, "s", "writes reaching b", |v| acked(v) > start + 50, 30);
         let connects = b_leg(&info(&a, "s"))["connects"].as_u64().unwrap();
         fault();
-        // Longer than the peer timeout: a stall is noticed too.
-        std::thread::sleep(Duration::from_millis(2500));
-        let v = info(&a, "s");
-        if *what != "delay" {
-            let l = b_leg(&v);
-            assert!(
-                l["state"] != "replicating" || l["connects"].as_u64().unwrap() > connects,
-                "{what}: the link loss was noticed: {l}"
-            );
-        }
+        let v = if *what == "delay" {
+            // A slow link is no loss: writes go on reaching B through it.
+            let start = acked(&info(&a, "s"));
+            wait_for(
+                &a,
+                "s",
+                "writes through the delayed link",
+                |v| acked(v) > start + 20,
+                30,
+            )
+        } else {
+            // Noticed, a stall too (the peer timeout is 1.5 s).
+            wait_for(
+                &a,
+                "s",
+                &format!("{what} noticed"),
+                |v| {
+                    let l = b_leg(v);
+                    l["state"] != "replicating" || l["connects"].as_u64().unwrap() > connects
+                },
+                30,
+            )
+        };
         let cl = leg(&v, "c");
         assert_eq!(
             cl["state"], "replicating",
