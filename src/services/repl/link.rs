@@ -129,6 +129,10 @@ pub struct Link {
     pub stop: AtomicBool,
     /// A sync of this group is running (one at a time).
     pub syncing: AtomicBool,
+    /// The last sync could not connect to the peer: the link manager
+    /// probes it every tick and syncs as soon as it answers, instead of
+    /// waiting for the next autosync retry.
+    pub unreachable: AtomicBool,
     pub peer_node: Mutex<Option<String>>,
 }
 
@@ -178,6 +182,7 @@ impl Link {
             stats: LinkStats::default(),
             stop: AtomicBool::new(false),
             syncing: AtomicBool::new(false),
+            unreachable: AtomicBool::new(false),
             peer_node: Mutex::new(None),
         }
     }

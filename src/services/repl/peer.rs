@@ -239,6 +239,19 @@ fn serve_peer(
     let _ = s.set_write_timeout(None);
     let peer = match shook {
         Ok(p) => p,
+        // Closed before saying anything: a reachability probe (a link
+        // manager waiting to sync), not an authentication failure.
+        Err(WireError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            log::debug!("replication: connection from {from} closed before its handshake");
+            return;
+        }
         Err(e) => {
             log::warn!("replication: refused peer from {from}: {e}");
             ctx.notify("repl.peer_refused", &from, e.to_string());

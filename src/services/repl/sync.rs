@@ -38,6 +38,19 @@ const CLEAN_INTERVAL: Duration = Duration::from_secs(1);
 /// promotion compares.
 const RELEASE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Whether something accepts TCP connections at `addr` within
+/// [`PROBE_TIMEOUT`] (the peer's listener closes the connection quietly).
+fn answers(addr: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|sa| std::net::TcpStream::connect_timeout(&sa, PROBE_TIMEOUT).is_ok())
+}
+
+/// How long the link manager's reachability probe waits for a connect.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
+
 impl Replication {
     pub(super) fn spawn_link_manager(&self, link: Arc<Link>) {
         let weak = self.me();
@@ -65,6 +78,17 @@ impl Replication {
                         });
                     if link.is_up() {
                         backoff = AUTOSYNC_BACKOFF_FIRST;
+                        link.unreachable.store(false, Ordering::SeqCst);
+                    }
+                    // Waiting out a retry because the peer did not answer:
+                    // a connect (no handshake) tells when it is back, so a
+                    // sync starts within a tick of the link returning.
+                    if want
+                        && Instant::now() < next_try
+                        && link.unreachable.load(Ordering::SeqCst)
+                        && answers(&link.peer_addr)
+                    {
+                        next_try = Instant::now();
                     }
                     if want && Instant::now() >= next_try {
                         next_try = Instant::now() + backoff;
@@ -216,6 +240,8 @@ impl Replication {
                     s.set_peer_lost(true);
                 }
             }
+            link.unreachable
+                .store(why.starts_with("connecting to peer"), Ordering::SeqCst);
             log::warn!("replication group {}: sync stopped: {why}", link.group);
         };
         let ctx = &self.ctx;
