@@ -263,7 +263,22 @@ fn unauthenticated_replication_connections_are_bounded_and_time_out() {
     let idle: Vec<TcpStream> = (0..200)
         .filter_map(|_| TcpStream::connect(&a_addr).ok())
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // The listener has accepted every one once the last, far beyond the
+    // bound, is closed at accept.
+    let last = idle.last().unwrap();
+    last.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut b = [0u8; 1];
+        match (&*last).read(&mut b) {
+            Ok(0) => break,
+            _ => assert!(
+                std::time::Instant::now() < deadline,
+                "the listener never got to the last connection"
+            ),
+        }
+    }
     let during = threads(&a);
     assert!(
         during <= before + 16 + 2,

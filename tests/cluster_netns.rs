@@ -56,6 +56,20 @@ const PATTERN: [&str; 5] = [
     "--do_verify=0",
 ];
 
+/// Node `name` (of a, b, c) on host `h`, its replication listener on the
+/// data network, trusting the other two.
+fn host(net: &Switch, h: &str, name: &str) -> Daemon {
+    let others: Vec<&str> = ["a", "b", "c"].into_iter().filter(|n| *n != name).collect();
+    node_trusting(
+        Daemon::start_in_netns(&net.ns(h)),
+        name,
+        &format!("{}:7800", host_ip(h)),
+        SECRET,
+        &others,
+    )
+    .0
+}
+
 #[test]
 fn a_killed_primary_of_two_groups_fails_over_and_fio_verifies_on_the_new_one() {
     require_root();
@@ -63,18 +77,11 @@ fn a_killed_primary_of_two_groups_fails_over_and_fio_verifies_on_the_new_one() {
     require_tool("fio");
     let net = Switch::new();
     let etcd = Etcd::start_in_netns(&net.ns("S"), SWITCH_IP);
-    let host = |h: &str, name: &str| {
-        let others: Vec<&str> = ["a", "b", "c"].into_iter().filter(|n| *n != name).collect();
-        node_trusting(
-            Daemon::start_in_netns(&net.ns(h)),
-            name,
-            &format!("{}:7800", host_ip(h)),
-            SECRET,
-            &others,
-        )
-        .0
-    };
-    let (mut a, b, c) = (host("A", "a"), host("B", "b"), host("C", "c"));
+    let (mut a, b, c) = (
+        host(&net, "A", "a"),
+        host(&net, "B", "b"),
+        host(&net, "C", "c"),
+    );
     for (d, h) in [(&a, "A"), (&b, "B"), (&c, "C")] {
         for v in ["v1", "v2"] {
             d.ok(&["volume", "create", v, "--size", "32M"]);
@@ -286,17 +293,7 @@ fn a_primary_cut_from_the_etcd_network_fences_itself_and_rejoins_when_it_heals()
     // etcd on the control network only: cutting a host's control port
     // leaves its replication link and its clients alone.
     let etcd = Etcd::start_in_netns(&net.ns("S"), CONTROL_IP);
-    let host = |h: &str, name: &str, other: &str| {
-        node_trusting(
-            Daemon::start_in_netns(&net.ns(h)),
-            name,
-            &format!("{}:7800", host_ip(h)),
-            SECRET,
-            &[other],
-        )
-        .0
-    };
-    let (mut a, b) = (host("A", "a", "b"), host("B", "b", "a"));
+    let (mut a, b) = (host(&net, "A", "a"), host(&net, "B", "b"));
     for d in [&a, &b] {
         d.ok(&["volume", "create", "v", "--size", "32M"]);
         d.export_nbd("v");
@@ -394,18 +391,11 @@ fn an_isolated_primary_stops_acknowledging_before_a_candidate_takes_over() {
     require_tool("nbdcopy");
     let net = Switch::new();
     let etcd = Etcd::start_in_netns(&net.ns("S"), CONTROL_IP);
-    let host = |h: &str, name: &str| {
-        let others: Vec<&str> = ["a", "b", "c"].into_iter().filter(|n| *n != name).collect();
-        node_trusting(
-            Daemon::start_in_netns(&net.ns(h)),
-            name,
-            &format!("{}:7800", host_ip(h)),
-            SECRET,
-            &others,
-        )
-        .0
-    };
-    let (mut a, b, c) = (host("A", "a"), host("B", "b"), host("C", "c"));
+    let (mut a, b, c) = (
+        host(&net, "A", "a"),
+        host(&net, "B", "b"),
+        host(&net, "C", "c"),
+    );
     for d in [&a, &b, &c] {
         d.ok(&["volume", "create", "v", "--size", "32M"]);
         d.export_nbd("v");
@@ -484,18 +474,11 @@ fn secondaries_a_primary_wrote_without_never_take_over() {
     require_tool("nbdcopy");
     let net = Switch::new();
     let etcd = Etcd::start_in_netns(&net.ns("S"), CONTROL_IP);
-    let host = |h: &str, name: &str| {
-        let others: Vec<&str> = ["a", "b", "c"].into_iter().filter(|n| *n != name).collect();
-        node_trusting(
-            Daemon::start_in_netns(&net.ns(h)),
-            name,
-            &format!("{}:7800", host_ip(h)),
-            SECRET,
-            &others,
-        )
-        .0
-    };
-    let (a, b, c) = (host("A", "a"), host("B", "b"), host("C", "c"));
+    let (a, b, c) = (
+        host(&net, "A", "a"),
+        host(&net, "B", "b"),
+        host(&net, "C", "c"),
+    );
     for d in [&a, &b, &c] {
         d.ok(&["volume", "create", "v", "--size", "32M"]);
         d.export_nbd("v");
@@ -599,18 +582,11 @@ fn what_the_first_candidate_cannot_serve_cascades_to_the_next_host() {
     require_tool("ip");
     let net = Switch::new();
     let etcd = Etcd::start_in_netns(&net.ns("S"), CONTROL_IP);
-    let host = |h: &str, name: &str| {
-        let others: Vec<&str> = ["a", "b", "c"].into_iter().filter(|n| *n != name).collect();
-        node_trusting(
-            Daemon::start_in_netns(&net.ns(h)),
-            name,
-            &format!("{}:7800", host_ip(h)),
-            SECRET,
-            &others,
-        )
-        .0
-    };
-    let (mut a, b, c) = (host("A", "a"), host("B", "b"), host("C", "c"));
+    let (mut a, b, c) = (
+        host(&net, "A", "a"),
+        host(&net, "B", "b"),
+        host(&net, "C", "c"),
+    );
     for d in [&a, &b, &c] {
         for v in ["v1", "v2"] {
             d.ok(&["volume", "create", v, "--size", "32M"]);

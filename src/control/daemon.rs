@@ -433,12 +433,7 @@ impl Daemon {
 
     fn volume_create(&self, a: VolumeCreateArgs) -> Result<Value, OpError> {
         validate_name(&a.name).map_err(|e| OpError::invalid(format!("volume: {e}")))?;
-        if a.size_bytes == 0 || a.size_bytes % SECTOR_SIZE_BYTES != 0 {
-            return Err(OpError::invalid(format!(
-                "volume {}: size {} must be a positive multiple of {SECTOR_SIZE_BYTES} bytes",
-                a.name, a.size_bytes
-            )));
-        }
+        check_size(&a.name, a.size_bytes)?;
         let path = match a.path {
             Some(p) => absolute(&p)?,
             None => self.data_dir.join(format!("{}.img", a.name)),
@@ -569,13 +564,7 @@ impl Daemon {
                 ),
             ));
         }
-        let exported: Vec<_> = st
-            .config
-            .exports
-            .iter()
-            .filter(|e| e.volume == a.name)
-            .cloned()
-            .collect();
+        let exported: Vec<_> = exports_of(&st, &a.name);
         if !exported.is_empty() && !a.force {
             return Err(OpError::new(
                 ErrorCode::Busy,
@@ -669,12 +658,7 @@ impl Daemon {
                 a.name, a.name
             )));
         };
-        if a.size_bytes == 0 || a.size_bytes % SECTOR_SIZE_BYTES != 0 {
-            return Err(OpError::invalid(format!(
-                "volume {}: size {} must be a positive multiple of {SECTOR_SIZE_BYTES} bytes",
-                a.name, a.size_bytes
-            )));
-        }
+        check_size(&a.name, a.size_bytes)?;
         let from = old.size_bytes();
         if a.size_bytes == from {
             return Ok(volume_json(&st, &a.name));
@@ -697,13 +681,7 @@ impl Daemon {
                 a.name
             ));
         }
-        let exports: Vec<ExportConfig> = st
-            .config
-            .exports
-            .iter()
-            .filter(|e| e.volume == a.name)
-            .cloned()
-            .collect();
+        let exports: Vec<ExportConfig> = exports_of(&st, &a.name);
         if exports.iter().any(|e| e.kind == ExportKind::Ublk) {
             return busy(format!(
                 "volume {} has a ublk export; remove it first (`umbra export remove {} --kind ublk`)",
@@ -1104,13 +1082,7 @@ impl Daemon {
         let entry = st.volumes.get_mut(&a.name).expect("looked up above");
         entry.volume = Some(volume.clone());
         entry.error = None;
-        let exports: Vec<ExportConfig> = st
-            .config
-            .exports
-            .iter()
-            .filter(|e| e.volume == a.name)
-            .cloned()
-            .collect();
+        let exports: Vec<ExportConfig> = exports_of(&st, &a.name);
         for ec in &exports {
             st.export_errors.remove(&ec.volume);
             if let Err(e) = start_export(&mut st, ec) {
@@ -1761,6 +1733,26 @@ fn absolute(p: &Path) -> Result<PathBuf, OpError> {
             p.display()
         )))
     }
+}
+
+/// The exports of volume `name`, as configured.
+fn exports_of(st: &State, name: &str) -> Vec<ExportConfig> {
+    st.config
+        .exports
+        .iter()
+        .filter(|e| e.volume == name)
+        .cloned()
+        .collect()
+}
+
+/// A volume size must be a positive multiple of the sector size.
+fn check_size(name: &str, size_bytes: u64) -> Result<(), OpError> {
+    if size_bytes == 0 || size_bytes % SECTOR_SIZE_BYTES != 0 {
+        return Err(OpError::invalid(format!(
+            "volume {name}: size {size_bytes} must be a positive multiple of {SECTOR_SIZE_BYTES} bytes"
+        )));
+    }
+    Ok(())
 }
 
 /// A volume's added latency (`latency_ms`, up to 10 s) in microseconds.
