@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod etcd;
 pub mod nbd;
 pub mod netns;
+pub mod powerfs;
 pub mod repl;
 
 use std::io::{BufRead, BufReader};
@@ -51,29 +52,12 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Start a daemon on a fresh data dir. The first-start default export
-    /// listens on an ephemeral port so tests can run in parallel.
-    pub fn start() -> Daemon {
-        let dir = tempfile::tempdir().expect("temp dir");
+    fn new(dir: tempfile::TempDir, netns: Option<String>, env: &[(&str, &str)]) -> Daemon {
         let mut d = Daemon {
             dir,
             child: None,
             stdout: Vec::new(),
-            netns: None,
-            env: Vec::new(),
-        };
-        d.spawn();
-        d
-    }
-
-    /// [`Daemon::start`] with more environment for `umbra serve`.
-    pub fn start_with_env(env: &[(&str, &str)]) -> Daemon {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut d = Daemon {
-            dir,
-            child: None,
-            stdout: Vec::new(),
-            netns: None,
+            netns,
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -83,18 +67,29 @@ impl Daemon {
         d
     }
 
+    /// Start a daemon on a fresh data dir. The first-start default export
+    /// listens on an ephemeral port so tests can run in parallel.
+    pub fn start() -> Daemon {
+        Daemon::new(tempfile::tempdir().expect("temp dir"), None, &[])
+    }
+
+    /// [`Daemon::start`] with more environment for `umbra serve`.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Daemon {
+        Daemon::new(tempfile::tempdir().expect("temp dir"), None, env)
+    }
+
     /// [`Daemon::start`] inside network namespace `ns`.
     pub fn start_in_netns(ns: &str) -> Daemon {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut d = Daemon {
-            dir,
-            child: None,
-            stdout: Vec::new(),
-            netns: Some(ns.to_owned()),
-            env: Vec::new(),
-        };
-        d.spawn();
-        d
+        Daemon::new(
+            tempfile::tempdir().expect("temp dir"),
+            Some(ns.to_owned()),
+            &[],
+        )
+    }
+
+    /// [`Daemon::start`] with its data dir under `parent` (a powerfs mount).
+    pub fn start_in(parent: &Path) -> Daemon {
+        Daemon::new(tempfile::tempdir_in(parent).expect("temp dir"), None, &[])
     }
 
     pub fn data_dir(&self) -> PathBuf {
