@@ -17,14 +17,15 @@ mod common;
 use common::nbd::NbdClient;
 use common::powerfs::PowerFs;
 use common::repl::{differing_blocks, enable_args, node, node_trusting, settle};
+use common::tracker::{check_tracked, fill_v1, sector_data, tracker, Track, BLOCK};
 use common::{fio_load, require_tool, Daemon};
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,148 +86,9 @@ fn powerfs_keeps_synced_data_and_drops_the_rest() {
     assert_eq!(buf, vec![0u8; 4096], "its unsynced data is not");
 }
 
-const BLOCK: u64 = 4096;
-const SECTOR: usize = 512;
-/// The tracker's blocks: the first 8 MiB of a 32 MiB volume; fio writes
-/// (with a flush every 32 writes) over the rest.
-const TRACKED: u64 = 2048;
 const VOLUME: &str = "32M";
 const POWER_CYCLES: u64 = 6;
 const SECRET: &str = "power-loss-secret-0123456789";
-
-/// A tracked block: every 512-byte sector says which block, which version
-/// and which sector it is, so a torn or misplaced write is recognisable at
-/// the disk's unit of atomicity.
-fn sector_data(block: u64, version: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(BLOCK as usize);
-    for s in 0..(BLOCK as usize / SECTOR) as u64 {
-        while v.len() < (s as usize + 1) * SECTOR {
-            for x in [block, version, s] {
-                v.extend_from_slice(&x.to_le_bytes());
-            }
-        }
-        v.truncate((s as usize + 1) * SECTOR);
-    }
-    v
-}
-
-/// The version sector `s` of `block` holds (0: never written), or None.
-fn decode_sector(block: u64, s: usize, data: &[u8]) -> Option<u64> {
-    if data.iter().all(|&b| b == 0) {
-        return Some(0);
-    }
-    let version = u64::from_le_bytes(data[8..16].try_into().unwrap());
-    let want = sector_data(block, version);
-    (data == &want[s * SECTOR..(s + 1) * SECTOR]).then_some(version)
-}
-
-/// What the tracker has been told: versions written to each block, and
-/// the newest version of each that was made durable (covered by a
-/// completed flush, written FUA, or acknowledged when every acknowledged
-/// write is durable).
-#[derive(Default)]
-struct Track {
-    written: HashMap<u64, Vec<u64>>,
-    durable: HashMap<u64, u64>,
-    writes: u64,
-    flushes: u64,
-}
-
-/// Writes versioned blocks at random over the tracked region until the
-/// daemon dies: every 37th write FUA, a flush every 16 writes (a FUA
-/// write may sync the whole file, so a rare one leaves flushes to prove).
-fn tracker(
-    addr: String,
-    seed: u64,
-    acked_is_durable: bool,
-    track: Arc<Mutex<Track>>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut c = NbdClient::connect(&addr, "v");
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut acked: HashMap<u64, u64> = HashMap::new();
-        let base = track
-            .lock()
-            .written
-            .values()
-            .flatten()
-            .max()
-            .copied()
-            .unwrap_or(1);
-        for version in base + 1.. {
-            let block = rng.gen_range(0..TRACKED);
-            let fua = version % 37 == 0;
-            track.lock().written.entry(block).or_default().push(version);
-            let h = c.send(
-                1,
-                u16::from(fua),
-                block * BLOCK,
-                BLOCK as u32,
-                &sector_data(block, version),
-            );
-            match c.reply(None) {
-                Ok((rh, 0)) if rh == h => {}
-                _ => return,
-            }
-            acked.insert(block, version);
-            let mut t = track.lock();
-            t.writes += 1;
-            if fua || acked_is_durable {
-                t.durable.insert(block, version);
-            }
-            drop(t);
-            if version % 16 == 0 {
-                let snapshot = acked.clone();
-                let h = c.send(3, 0, 0, 0, &[]);
-                match c.reply(None) {
-                    Ok((rh, 0)) if rh == h => {}
-                    _ => return,
-                }
-                let mut t = track.lock();
-                t.flushes += 1;
-                for (b, v) in snapshot {
-                    let d = t.durable.entry(b).or_default();
-                    *d = (*d).max(v);
-                }
-            }
-        }
-    })
-}
-
-/// BRIEF invariant 1 over the tracked region: every sector holds a version
-/// that was written to its block, no older than the block's durable one.
-fn check_tracked(addr: &str, track: &Track, what: &str) {
-    let mut c = NbdClient::connect(addr, "v");
-    for block in 0..TRACKED {
-        let data = c.read(block * BLOCK, BLOCK as usize).unwrap();
-        let durable = track.durable.get(&block).copied().unwrap_or(0);
-        for (s, sector) in data.chunks(SECTOR).enumerate() {
-            let v = decode_sector(block, s, sector).unwrap_or_else(|| {
-                panic!("{what}: block {block} sector {s} holds data nobody wrote")
-            });
-            assert!(
-                v == 0 || v == 1 || track.written.get(&block).is_some_and(|w| w.contains(&v)),
-                "{what}: block {block} sector {s} holds version {v}, never written there"
-            );
-            assert!(
-                v >= durable,
-                "{what}: block {block} sector {s}: version {durable} was durable (flushed or FUA), found {v}"
-            );
-        }
-    }
-    c.disconnect();
-}
-
-/// Fill the whole volume with version 1 of every block (the point in time
-/// an imaging test's shadow must keep), and flush.
-fn fill_v1(addr: &str, volume: &str, blocks: u64) {
-    let mut c = NbdClient::connect(addr, volume);
-    for block in 0..blocks {
-        assert_eq!(c.write(block * BLOCK, &sector_data(block, 1), 0), 0);
-    }
-    assert_eq!(c.flush(), 0);
-    c.disconnect();
-}
 
 /// The volume kinds, each set up on a daemon whose data dir is on powerfs.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -314,6 +176,7 @@ fn power_cycles(kind: Kind) {
             rng.gen(),
             kind == Kind::WriteBack,
             track.clone(),
+            Arc::new(AtomicBool::new(false)),
         );
         std::thread::sleep(Duration::from_millis(rng.gen_range(800..2500)));
         d.kill9();
@@ -329,7 +192,8 @@ fn power_cycles(kind: Kind) {
             "{what}: the tracker made progress ({} writes)",
             t.writes
         );
-        check_tracked(&d.addr_of("v"), &t, &what);
+        let problems = check_tracked(&d.addr_of("v"), &t);
+        assert!(problems.is_empty(), "{what}: {problems:#?}");
         if kind == Kind::Imaging {
             // BRIEF invariants 2 and 3: the shadow is the point in time, so
             // every chunk written since has its copy and its bit.

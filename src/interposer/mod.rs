@@ -78,6 +78,13 @@ pub trait Service: Send + Sync {
     /// Unique within a volume's stack, e.g. `passthrough`, `image:nightly`.
     fn name(&self) -> &str;
 
+    /// Where the layer belongs in a stack. Every stack is kept ordered by
+    /// tier, bottom first, whatever order its layers were attached in (a
+    /// restart attaches them in another order than the commands did).
+    fn tier(&self) -> Tier {
+        Tier::Service
+    }
+
     /// Build this layer on top of `lower`. Called on attach and on every
     /// rebuild of the stack (another layer attached or detached), so the
     /// layer's state lives in the service, not in the returned device.
@@ -97,6 +104,27 @@ pub trait Service: Send + Sync {
     fn before_detach(&self) -> std::result::Result<(), String> {
         Ok(())
     }
+}
+
+/// The tiers of a stack, bottom first (layers of one tier keep the order
+/// they were attached in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tier {
+    /// Right above the backend: every other layer's reads benefit, and a
+    /// write-back destage writes what every layer above decided.
+    Cache,
+    /// A replication primary's layers: below imaging, so the writes the
+    /// imaging layer makes by itself (a restore's copies into the master)
+    /// reach the peers like a client's. Above imaging they would bypass
+    /// them and the peers would silently diverge.
+    Replication,
+    /// Imaging and every other service.
+    Service,
+    /// A replication secondary's guard, on top: it refuses client writes
+    /// before any layer acts on them, and the applier writes right below
+    /// it, so an imaging layer under it copies on write for replicated
+    /// writes too (a snapshot of a secondary keeps its point in time).
+    Guard,
 }
 
 struct Stack {
@@ -350,12 +378,14 @@ impl QuiesceGuard<'_> {
         &self.stack.services
     }
 
-    /// Replace the service list and rebuild the stack; on failure the old
-    /// stack stays in place and the error names the action.
+    /// Replace the service list and rebuild the stack, ordered by tier
+    /// (stable within a tier); on failure the old stack stays in place and
+    /// the error names the action.
     pub fn replace_services(
         &mut self,
-        services: Vec<Arc<dyn Service>>,
+        mut services: Vec<Arc<dyn Service>>,
     ) -> std::result::Result<(), VolumeError> {
+        services.sort_by_key(|s| s.tier());
         if services.len() > MAX_SERVICES {
             return Err(VolumeError::StackFull {
                 volume: self.volume.name.clone(),
@@ -377,14 +407,14 @@ impl QuiesceGuard<'_> {
         }
     }
 
-    /// Attach `service` on top of the stack.
+    /// Attach `service` on top of the layers of its tier.
     pub fn push(&mut self, service: Arc<dyn Service>) -> std::result::Result<(), VolumeError> {
         let top = self.stack.services.len();
         self.insert(top, service)
     }
 
-    /// Attach `service` at `position` (0 = right above the backend; a
-    /// cache goes there so every other service's reads benefit).
+    /// Attach `service` at `position` within the order of tiers (0 = as
+    /// low as its tier allows).
     pub fn insert(
         &mut self,
         position: usize,

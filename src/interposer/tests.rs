@@ -187,3 +187,41 @@ fn quiesce_many_dedups_and_orders() {
         .collect();
     assert_eq!(names, vec!["a", "b"]);
 }
+
+/// A passthrough that claims a tier.
+struct Tiered(&'static str, Tier);
+impl Service for Tiered {
+    fn name(&self) -> &str {
+        self.0
+    }
+    fn tier(&self) -> Tier {
+        self.1
+    }
+    fn stack_on(
+        &self,
+        lower: Arc<dyn BlockDevice>,
+    ) -> std::result::Result<Arc<dyn BlockDevice>, String> {
+        Passthrough::new(self.0).stack_on(lower)
+    }
+}
+
+#[test]
+fn stacks_are_ordered_by_tier_whatever_the_attach_order() {
+    let v = mem_volume(1 << 20);
+    v.attach(Arc::new(Tiered("guard", Tier::Guard))).unwrap();
+    v.attach(Arc::new(Tiered("image", Tier::Service))).unwrap();
+    v.attach(Arc::new(Tiered("repl:b", Tier::Replication)))
+        .unwrap();
+    v.attach(Arc::new(Tiered("cache", Tier::Cache))).unwrap();
+    v.attach(Arc::new(Tiered("repl:c", Tier::Replication)))
+        .unwrap();
+    v.attach(Arc::new(Passthrough::new("other"))).unwrap();
+    assert_eq!(
+        v.service_names(),
+        ["cache", "repl:b", "repl:c", "image", "other", "guard"]
+    );
+    v.write(&[7; 512], 0, false).unwrap();
+    let mut buf = [0; 512];
+    v.read(&mut buf, 0).unwrap();
+    assert_eq!(buf, [7; 512]);
+}

@@ -12,6 +12,7 @@ pub mod nbd;
 pub mod netns;
 pub mod powerfs;
 pub mod repl;
+pub mod tracker;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -521,6 +522,8 @@ pub fn decode_block(block: u64, data: &[u8]) -> Option<u64> {
 
 /// Start fio writing randomly over `[offset, offset + size)` of an NBD
 /// export for up to a minute (the test kills it sooner), with `extra` args.
+/// Its job runs as a thread of the one process (`--thread`): a forked job
+/// would go on writing for the whole minute after the kill.
 pub fn fio_load(uri: &str, offset: &str, size: &str, extra: &[&str]) -> Child {
     let mut args = vec![
         "--name=load".to_owned(),
@@ -531,6 +534,7 @@ pub fn fio_load(uri: &str, offset: &str, size: &str, extra: &[&str]) -> Child {
         format!("--offset={offset}"),
         format!("--size={size}"),
         "--iodepth=16".to_owned(),
+        "--thread".to_owned(),
         "--time_based".to_owned(),
         "--runtime=60".to_owned(),
     ];

@@ -241,6 +241,10 @@ impl Service for CacheService {
         "cache"
     }
 
+    fn tier(&self) -> crate::interposer::Tier {
+        crate::interposer::Tier::Cache
+    }
+
     fn stack_on(
         &self,
         lower: Arc<dyn BlockDevice>,

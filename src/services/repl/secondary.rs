@@ -70,6 +70,10 @@ impl Service for SecondaryGuard {
         SECONDARY_LAYER
     }
 
+    fn tier(&self) -> crate::interposer::Tier {
+        crate::interposer::Tier::Guard
+    }
+
     fn stack_on(
         &self,
         lower: Arc<dyn BlockDevice>,

@@ -815,6 +815,10 @@ impl Service for PrimaryLayer {
         &self.name
     }
 
+    fn tier(&self) -> crate::interposer::Tier {
+        crate::interposer::Tier::Replication
+    }
+
     fn stack_on(
         &self,
         lower: Arc<dyn BlockDevice>,
