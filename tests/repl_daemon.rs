@@ -652,16 +652,16 @@ fn a_restore_of_a_replicated_master_reaches_the_secondary() {
             "image", "update", "pit", "--to", "master", "--yes", "--force", "--wait",
         ]);
         settle(&a, "s");
+        assert_eq!(
+            a.sha_of("v"),
+            b.sha_of("v"),
+            "round {round}: the secondary has the restored master"
+        );
         let services = a.json(&["volume", "info", "v"])["services"].clone();
         assert_eq!(
             services,
             serde_json::json!(["repl:b", "image"]),
             "round {round}"
-        );
-        assert_eq!(
-            a.sha_of("v"),
-            b.sha_of("v"),
-            "round {round}: the secondary has the restored master"
         );
     }
 }
