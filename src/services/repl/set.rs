@@ -801,12 +801,19 @@ impl Pacer {
 pub struct PrimaryLayer {
     set: Arc<ReplSet>,
     name: String,
+    /// Serialises the read-modify-writes of partial sectors (rare: the
+    /// exports speak whole sectors) across rebuilds of the stack.
+    rmw: Arc<Mutex<()>>,
 }
 
 impl PrimaryLayer {
     pub fn new(set: Arc<ReplSet>) -> Self {
         let name = primary_layer(&set.peer_node);
-        PrimaryLayer { set, name }
+        PrimaryLayer {
+            set,
+            name,
+            rmw: Arc::default(),
+        }
     }
 }
 
@@ -827,6 +834,7 @@ impl Service for PrimaryLayer {
         Ok(Arc::new(PrimaryDevice {
             lower,
             set: self.set.clone(),
+            rmw: self.rmw.clone(),
         }))
     }
 
@@ -838,6 +846,67 @@ impl Service for PrimaryLayer {
 struct PrimaryDevice {
     lower: Arc<dyn BlockDevice>,
     set: Arc<ReplSet>,
+    rmw: Arc<Mutex<()>>,
+}
+
+/// The replication wire carries whole sectors (a secondary refuses less).
+const SECTOR: u64 = 512;
+
+impl PrimaryDevice {
+    /// Write `buf` at `offset` as the whole sectors it touches: read the
+    /// partial first and last sectors, lay `buf` over them, and replicate
+    /// that, locally and to the peers alike. A concurrent write into the
+    /// same partial sector that is not itself partial is not serialised
+    /// with it (as with any read-modify-write; block devices promise no
+    /// order between overlapping writes in flight).
+    fn write_whole_sectors(&self, buf: &[u8], offset: u64, fua: bool) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        let (start, whole_end) = (offset / SECTOR * SECTOR, end.div_ceil(SECTOR) * SECTOR);
+        let _g = self.rmw.lock();
+        let mut whole = vec![0u8; (whole_end - start) as usize];
+        let sector = SECTOR as usize;
+        if offset != start {
+            self.lower.read(&mut whole[..sector], start)?;
+        }
+        if end != whole_end {
+            let at = whole.len() - sector;
+            self.lower.read(&mut whole[at..], whole_end - SECTOR)?;
+        }
+        whole[(offset - start) as usize..][..buf.len()].copy_from_slice(buf);
+        self.set
+            .replicated(start, whole.len() as u64, Some(&whole), fua, || {
+                self.lower.write(&whole, start, fua)
+            })
+    }
+
+    /// Zero (discard or write-zeroes) `[offset, offset + len)`: the whole
+    /// sectors inside by `whole`, the partial ones at either end as writes
+    /// of zeroes.
+    fn zero_whole_sectors(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+        whole: impl Fn(u64, u64) -> Result<()>,
+    ) -> Result<()> {
+        let end = offset + len;
+        let (a, b) = (offset.div_ceil(SECTOR) * SECTOR, end / SECTOR * SECTOR);
+        if a >= b {
+            return self.write_whole_sectors(&vec![0; len as usize], offset, fua);
+        }
+        if offset < a {
+            self.write_whole_sectors(&vec![0; (a - offset) as usize], offset, fua)?;
+        }
+        whole(a, b - a)?;
+        if b < end {
+            self.write_whole_sectors(&vec![0; (end - b) as usize], b, fua)?;
+        }
+        Ok(())
+    }
+}
+
+fn sector_aligned(offset: u64, len: u64) -> bool {
+    offset % SECTOR == 0 && len % SECTOR == 0
 }
 
 impl BlockDevice for PrimaryDevice {
@@ -854,6 +923,9 @@ impl BlockDevice for PrimaryDevice {
         if buf.is_empty() {
             return Ok(());
         }
+        if !sector_aligned(offset, buf.len() as u64) {
+            return self.write_whole_sectors(buf, offset, fua);
+        }
         self.set
             .replicated(offset, buf.len() as u64, Some(buf), fua, || {
                 self.lower.write(buf, offset, fua)
@@ -869,8 +941,14 @@ impl BlockDevice for PrimaryDevice {
         if len == 0 {
             return Ok(());
         }
-        self.set
-            .replicated(offset, len, None, false, || self.lower.discard(offset, len))
+        let whole = |offset, len| {
+            self.set
+                .replicated(offset, len, None, false, || self.lower.discard(offset, len))
+        };
+        if !sector_aligned(offset, len) {
+            return self.zero_whole_sectors(offset, len, false, whole);
+        }
+        whole(offset, len)
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
@@ -878,9 +956,15 @@ impl BlockDevice for PrimaryDevice {
         if len == 0 {
             return Ok(());
         }
-        self.set.replicated(offset, len, None, fua, || {
-            self.lower.write_zeroes(offset, len, fua)
-        })
+        let whole = |offset, len| {
+            self.set.replicated(offset, len, None, fua, || {
+                self.lower.write_zeroes(offset, len, fua)
+            })
+        };
+        if !sector_aligned(offset, len) {
+            return self.zero_whole_sectors(offset, len, fua, whole);
+        }
+        whole(offset, len)
     }
 
     fn block_size_bytes(&self) -> u32 {

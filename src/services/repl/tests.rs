@@ -549,3 +549,73 @@ fn max_lag_throttles_writers_within_one_write_of_the_bound() {
     }
     proxy.stop();
 }
+
+/// The device conformance suite through a replication primary layer in
+/// every mode: the primary behaves as a block device should, and every
+/// write the suite made (FUA, discard, write-zeroes, unaligned, large,
+/// concurrent) reached the secondary's applier, below its guard, intact.
+#[test]
+fn conformance_over_the_primary_layer_and_the_secondary_applier() {
+    for mode in [Mode::Sync, Mode::Async, Mode::Hybrid] {
+        let size = 8u64 << 20;
+        let sec: Arc<dyn BlockDevice> = Arc::new(MemoryBackend::new(size));
+        let p = pair(mode, sec, None);
+        crate::device::testing::run_all(&format!("repl primary {mode:?}"), p.primary.clone());
+        p.primary.flush().unwrap();
+        p.legs[0].set.link().drain().unwrap();
+        assert_eq!(p.legs[0].set.state(), SetState::Replicating, "{mode:?}");
+        assert!(
+            image(&p.primary, size) == image(&p.legs[0].secondary_vol, size),
+            "{mode:?}: the secondary differs from the primary after the suite"
+        );
+    }
+}
+
+/// The secondary guard as a device: reads are the volume's, at any
+/// alignment and up to its last byte; out-of-range reads are refused;
+/// every kind of client write is refused as read-only and changes
+/// nothing; flush passes.
+#[test]
+fn conformance_of_the_secondary_guard() {
+    let size = 4u64 << 20;
+    let backend = Arc::new(MemoryBackend::new(size));
+    let data = crate::device::testing::pattern(3, 0, size as usize);
+    backend.write(&data, 0, false).unwrap();
+    let v = Volume::new("s", backend, "test".into());
+    v.attach(Arc::new(SecondaryGuard::new("s"))).unwrap();
+    for (off, len) in [
+        (0u64, 4096usize),
+        (1, 511),
+        (4095, 8193),
+        (size - 1, 1),
+        (0, 1 << 20),
+    ] {
+        let mut buf = vec![0u8; len];
+        v.read(&mut buf, off).unwrap();
+        assert_eq!(
+            buf,
+            data[off as usize..off as usize + len],
+            "read at {off}+{len}"
+        );
+    }
+    let mut buf = [0u8; 512];
+    assert!(matches!(
+        v.read(&mut buf, size),
+        Err(DeviceError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        v.write(&[9; 4096], 0, false),
+        Err(DeviceError::ReadOnly)
+    ));
+    assert!(matches!(
+        v.write(&[9; 4096], 4096, true),
+        Err(DeviceError::ReadOnly)
+    ));
+    assert!(matches!(v.discard(0, 65536), Err(DeviceError::ReadOnly)));
+    assert!(matches!(
+        v.write_zeroes(0, 65536, false),
+        Err(DeviceError::ReadOnly)
+    ));
+    v.flush().unwrap();
+    assert!(image(&v, size) == data, "refused writes changed nothing");
+}
