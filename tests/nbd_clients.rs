@@ -232,3 +232,102 @@ fn ext4_through_nbdfuse_and_losetup_mount_write_remount_verify() {
     l.umount(&mnt);
     sh(&format!("fsck.ext4 -n -f {loopdev}"));
 }
+
+/// The allocation map (`NBD_CMD_BLOCK_STATUS`, `base:allocation`, over
+/// structured replies): nbdinfo and qemu-img see the holes of a sparse
+/// volume, a qcow2 conversion and nbdcopy skip them and copy the data
+/// exactly; a shadow (whose reads may come from its master) claims no hole;
+/// a client that negotiated nothing gets EINVAL for the command.
+#[test]
+fn block_status_maps_holes_for_nbdinfo_qemu_img_and_nbdcopy() {
+    require_tool("nbdinfo");
+    require_tool("qemu-img");
+    require_tool("nbdcopy");
+    let d = Daemon::start();
+    d.ok(&["volume", "create", "sp", "--size", "64M"]);
+    let uri = d.export_nbd("sp");
+    let mut c = common::nbd::NbdClient::connect(&d.addr_of("sp"), "sp");
+    let data: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8 + 1).collect();
+    assert_eq!(c.write(16 << 20, &data, 0), 0);
+    assert_eq!(c.write(40 << 20, &data[..4096], 0), 0);
+    assert_eq!(c.flush(), 0);
+    // Without structured replies and a metadata context: refused.
+    let h = c.send(7, 0, 0, 4096, &[]);
+    assert_eq!(c.reply(None).unwrap(), (h, 22));
+    c.disconnect();
+
+    let map = sh(&format!("nbdinfo --map '{uri}'"));
+    let runs: Vec<(u64, u64, u32)> = map
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
+        })
+        .collect();
+    let (mib, hole) = (1u64 << 20, 3);
+    assert_eq!(
+        runs,
+        vec![
+            (0, 16 * mib, hole),
+            (16 * mib, mib, 0),
+            (17 * mib, 23 * mib, hole),
+            (40 * mib, 4096, 0),
+            (40 * mib + 4096, 24 * mib - 4096, hole),
+        ],
+        "{map}"
+    );
+    let qmap = sh(&format!("qemu-img map --output=json '{uri}'"));
+    let entries: serde_json::Value = serde_json::from_str(&qmap).unwrap();
+    let data_bytes: u64 = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["data"] == true)
+        .map(|e| e["length"].as_u64().unwrap())
+        .sum();
+    assert_eq!(data_bytes, mib + 4096, "{qmap}");
+
+    let q = d.dir.path().join("sp.qcow2");
+    sh(&format!(
+        "qemu-img convert -O qcow2 '{uri}' {}",
+        q.display()
+    ));
+    let out = sh(&format!(
+        "qemu-img compare -F qcow2 '{uri}' {}",
+        q.display()
+    ));
+    assert!(out.contains("Images are identical"), "{out}");
+    assert!(
+        std::fs::metadata(&q).unwrap().len() < 4 * mib,
+        "the qcow2 copy skipped the holes"
+    );
+    let raw = d.dir.path().join("sp.raw");
+    sh(&format!("nbdcopy '{uri}' {}", raw.display()));
+    let copy = std::fs::read(&raw).unwrap();
+    assert_eq!(copy.len() as u64, 64 * mib);
+    assert!(
+        copy[16 << 20..17 << 20] == data[..] && copy[40 << 20..(40 << 20) + 4096] == data[..4096]
+    );
+    assert!(copy[..16 << 20].iter().all(|&b| b == 0));
+
+    // A dependent shadow reads unchanged chunks from its master: all data.
+    d.ok(&[
+        "image",
+        "enable",
+        "pit",
+        "--master",
+        "sp",
+        "--shadow",
+        "sp-pit",
+        "--mode",
+        "dependent",
+    ]);
+    let shadow = d.export_nbd("sp-pit");
+    let smap = sh(&format!("nbdinfo --map '{shadow}'"));
+    assert_eq!(smap.lines().count(), 1, "{smap}");
+    assert!(smap.contains(" 0  data"), "{smap}");
+}

@@ -140,6 +140,26 @@ pub trait BlockDevice: Send + Sync {
     fn failure(&self) -> Option<String> {
         None
     }
+
+    /// Which parts of `[offset, offset + len)` are allocated, as runs that
+    /// start at `offset`, in order, the first non-empty; they may stop
+    /// short of `len` (the caller asks again from where they end). A hole
+    /// is unallocated and reads as zeroes. The safe answer, the default, is
+    /// "all data": a layer that may serve other data than its lower
+    /// device's (imaging, a write-back cache) must not pass the lower's
+    /// holes on.
+    fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        check_range(offset, len, self.size_bytes())?;
+        Ok(vec![Extent { len, hole: false }])
+    }
+}
+
+/// A run of [`BlockDevice::allocation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub len: u64,
+    /// Unallocated, reads as zeroes.
+    pub hole: bool,
 }
 
 /// See [`BlockDevice::latency_class`].
@@ -197,6 +217,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
     }
     fn refuses_writes(&self) -> bool {
         (**self).refuses_writes()
+    }
+    fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        (**self).allocation(offset, len)
     }
 }
 

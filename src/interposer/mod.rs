@@ -349,6 +349,9 @@ impl BlockDevice for Volume {
             LatencyClass::Memory
         }
     }
+    fn allocation(&self, offset: u64, len: u64) -> Result<Vec<crate::device::Extent>> {
+        self.with_top(|d| d.allocation(offset, len))
+    }
     fn write_may_block(&self, offset: u64, len: u64) -> bool {
         // Only a layer that asks (imaging) makes this differ from the
         // cached class; ask the stack only then.

@@ -387,6 +387,46 @@ fn unsupported(e: &io::Error) -> bool {
 }
 
 impl BlockDevice for FileBackend {
+    /// A regular file's holes (SEEK_DATA / SEEK_HOLE); a block device is
+    /// all data.
+    fn allocation(&self, offset: u64, len: u64) -> Result<Vec<crate::device::Extent>> {
+        use crate::device::Extent;
+        use nix::unistd::{lseek, Whence};
+        check_range(offset, len, self.size_bytes)?;
+        let end = offset + len;
+        if self.is_block_device || len == 0 {
+            return Ok(vec![Extent { len, hole: false }]);
+        }
+        let fd = self.file.as_raw_fd();
+        let seek = |at: u64, whence| match lseek(fd, at as i64, whence) {
+            Ok(o) => Ok((o as u64).min(end)),
+            // Past the last data (SEEK_DATA): the rest is a hole.
+            Err(nix::errno::Errno::ENXIO) => Ok(end),
+            Err(e) => Err(DeviceError::io(at, io::Error::from(e))),
+        };
+        let mut runs = Vec::new();
+        let mut at = offset;
+        // Bounded: a reply names at most this many runs, the caller asks on.
+        while at < end && runs.len() < 1024 {
+            let data = seek(at, Whence::SeekData)?;
+            if data > at {
+                runs.push(Extent {
+                    len: data - at,
+                    hole: true,
+                });
+                at = data;
+                continue;
+            }
+            let hole = seek(at, Whence::SeekHole)?.max(at + 1).min(end);
+            runs.push(Extent {
+                len: hole - at,
+                hole: false,
+            });
+            at = hole;
+        }
+        Ok(runs)
+    }
+
     fn failure(&self) -> Option<String> {
         self.failed
             .load(Ordering::Acquire)

@@ -341,7 +341,12 @@ fn serve_connection(inner: &Inner, id: u64, mut stream: Stream) {
     if stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_err() {
         return;
     }
-    let (name, export) = match handshake(inner, &mut stream) {
+    let Negotiated {
+        name,
+        export,
+        structured,
+        allocation,
+    } = match handshake(inner, &mut stream) {
         Ok(Some(chosen)) => chosen,
         Ok(None) => return,
         Err(e) => {
@@ -361,7 +366,7 @@ fn serve_connection(inner: &Inner, id: u64, mut stream: Stream) {
         return;
     }
     log::info!("NBD client {id} on {}: serving {name}", inner.addr);
-    transmission(id, &name, stream, export);
+    transmission(id, &name, stream, export, structured, allocation);
     log::info!("NBD client {id} on {}: {name} disconnected", inner.addr);
 }
 
@@ -435,7 +440,16 @@ fn lookup(inner: &Inner, name: &str) -> Option<(String, Export)> {
     })
 }
 
-fn handshake(inner: &Inner, s: &mut Stream) -> Result<Option<(String, Export)>, HandshakeError> {
+/// What a handshake settled: the export, and whether the client asked for
+/// structured replies and the `base:allocation` metadata context.
+struct Negotiated {
+    name: String,
+    export: Export,
+    structured: bool,
+    allocation: bool,
+}
+
+fn handshake(inner: &Inner, s: &mut Stream) -> Result<Option<Negotiated>, HandshakeError> {
     let mut hello = Vec::with_capacity(18);
     hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
     hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
@@ -449,6 +463,8 @@ fn handshake(inner: &Inner, s: &mut Stream) -> Result<Option<(String, Export)>, 
         return Err(HandshakeError::NotFixedNewstyle(client_flags));
     }
     let no_zeroes = client_flags & CLIENT_FLAG_NO_ZEROES != 0;
+    let mut structured = false;
+    let mut allocation = false;
 
     for _ in 0..MAX_OPTIONS {
         let magic = read_u64(s)?;
@@ -482,7 +498,56 @@ fn handshake(inner: &Inner, s: &mut Stream) -> Result<Option<(String, Export)>, 
                     reply.extend_from_slice(&[0u8; 124]);
                 }
                 s.write_all(&reply)?;
-                return Ok(Some((name, export)));
+                return Ok(Some(Negotiated {
+                    name,
+                    export,
+                    structured,
+                    allocation,
+                }));
+            }
+            OPT_STRUCTURED_REPLY => {
+                if !data.is_empty() {
+                    let msg = b"NBD_OPT_STRUCTURED_REPLY takes no data";
+                    s.write_all(&option_reply(option, REP_ERR_INVALID, msg))?;
+                    continue;
+                }
+                structured = true;
+                s.write_all(&option_reply(option, REP_ACK, &[]))?;
+            }
+            OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
+                let set = option == OPT_SET_META_CONTEXT;
+                let (name, queries) = match parse_meta_request(&data) {
+                    Ok(x) => x,
+                    Err(msg) => {
+                        s.write_all(&option_reply(option, REP_ERR_INVALID, msg.as_bytes()))?;
+                        continue;
+                    }
+                };
+                if set && !structured {
+                    let msg = b"negotiate NBD_OPT_STRUCTURED_REPLY before NBD_OPT_SET_META_CONTEXT";
+                    s.write_all(&option_reply(option, REP_ERR_INVALID, msg))?;
+                    continue;
+                }
+                if lookup(inner, &name).is_none() {
+                    let msg = format!("no export named {name:?}; try NBD_OPT_LIST");
+                    s.write_all(&option_reply(option, REP_ERR_UNKNOWN, msg.as_bytes()))?;
+                    continue;
+                }
+                // SET selects exactly what it names; LIST with no query (or
+                // the namespace) lists everything.
+                let wanted = queries.iter().any(|q| q == BASE_ALLOCATION)
+                    || (!set && (queries.is_empty() || queries.iter().any(|q| q == "base:")));
+                if set {
+                    allocation = wanted;
+                }
+                if wanted {
+                    let mut d = (if set { BASE_ALLOCATION_ID } else { 0 })
+                        .to_be_bytes()
+                        .to_vec();
+                    d.extend_from_slice(BASE_ALLOCATION.as_bytes());
+                    s.write_all(&option_reply(option, REP_META_CONTEXT, &d))?;
+                }
+                s.write_all(&option_reply(option, REP_ACK, &[]))?;
             }
             OPT_ABORT => {
                 let _ = s.write_all(&option_reply(option, REP_ACK, &[]));
@@ -536,7 +601,12 @@ fn handshake(inner: &Inner, s: &mut Stream) -> Result<Option<(String, Export)>, 
                 s.write_all(&option_reply(option, REP_INFO, &bs))?;
                 s.write_all(&option_reply(option, REP_ACK, &[]))?;
                 if option == OPT_GO {
-                    return Ok(Some((name, export)));
+                    return Ok(Some(Negotiated {
+                        name,
+                        export,
+                        structured,
+                        allocation,
+                    }));
                 }
             }
             _ => {
@@ -576,12 +646,63 @@ fn parse_info_request(data: &[u8]) -> Result<(String, Vec<u16>), String> {
     Ok((name, requests))
 }
 
+/// The payload of NBD_OPT_{LIST,SET}_META_CONTEXT: the export name and
+/// the queries (each a context name or a namespace prefix).
+fn parse_meta_request(data: &[u8]) -> Result<(String, Vec<String>), String> {
+    let bad = || "malformed NBD_OPT_*_META_CONTEXT payload".to_string();
+    let mut rest = data;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        if rest.len() < n {
+            return Err(bad());
+        }
+        let (a, b) = rest.split_at(n);
+        rest = b;
+        Ok(a)
+    };
+    let u32_of = |b: &[u8]| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize;
+    let name_len = u32_of(take(4)?);
+    let name = std::str::from_utf8(take(name_len)?)
+        .map_err(|_| "export name is not UTF-8".to_string())?
+        .to_owned();
+    let count = u32_of(take(4)?);
+    let mut queries = Vec::new();
+    for _ in 0..count {
+        let len = u32_of(take(4)?);
+        if len > 4096 {
+            return Err(bad());
+        }
+        let q = std::str::from_utf8(take(len)?).map_err(|_| "query is not UTF-8".to_string())?;
+        queries.push(q.to_owned());
+    }
+    if !rest.is_empty() {
+        return Err(bad());
+    }
+    Ok((name, queries))
+}
+
+/// A reply's header: simple, or the structured chunk header with what
+/// precedes the data (a read's offset, an error chunk's error).
+struct ReplyHeader {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl ReplyHeader {
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
 /// One client connection in the transmission phase.
 struct Conn<'a> {
     id: u64,
     name: &'a str,
     volume: &'a Volume,
     read_only: bool,
+    /// Structured replies negotiated: reads (and block status) use them.
+    structured: bool,
+    /// The `base:allocation` context was selected: block status served.
+    allocation: bool,
     /// Replies go out under this lock: the dispatcher's corked batches and
     /// the offload workers' single replies interleave whole.
     tx: Mutex<Stream>,
@@ -599,7 +720,14 @@ enum Stop {
     Drop(String),
 }
 
-fn transmission(id: u64, name: &str, stream: Stream, export: Export) {
+fn transmission(
+    id: u64,
+    name: &str,
+    stream: Stream,
+    export: Export,
+    structured: bool,
+    allocation: bool,
+) {
     let Ok(tx) = stream.try_clone() else {
         return;
     };
@@ -608,6 +736,8 @@ fn transmission(id: u64, name: &str, stream: Stream, export: Export) {
         name,
         volume: &export.volume,
         read_only: export.read_only,
+        structured,
+        allocation,
         tx: Mutex::new(tx),
     };
     let mut rx = BufReader::with_capacity(RECV_BUFFER_BYTES, stream);
@@ -675,7 +805,9 @@ impl Conn<'_> {
                 break Stop::Disconnect;
             }
             let may_block = match req.command {
-                CMD_READ => self.volume.latency_class() == LatencyClass::Blocking,
+                CMD_READ | CMD_BLOCK_STATUS => {
+                    self.volume.latency_class() == LatencyClass::Blocking
+                }
                 CMD_FLUSH => true,
                 _ => {
                     req.flags & CMD_FLAG_FUA != 0
@@ -714,17 +846,12 @@ impl Conn<'_> {
                 continue;
             }
             let error = self.execute(&req, &mut buf);
-            let header = simple_reply(error, req.handle);
-            let data: &[u8] = if req.command == CMD_READ && error == 0 {
-                &buf[..req.length as usize]
-            } else {
-                &[]
-            };
+            let (header, data) = self.reply(&req, error, &buf);
             let sent = if data.len() > CORK_COPY_MAX_BYTES {
                 self.send_cork(&mut cork)
-                    .and_then(|_| self.send(&header, data))
+                    .and_then(|_| self.send(header.as_slice(), data))
             } else {
-                cork.extend_from_slice(&header);
+                cork.extend_from_slice(header.as_slice());
                 cork.extend_from_slice(data);
                 if cork.len() >= CORK_MAX_BYTES {
                     self.send_cork(&mut cork)
@@ -744,18 +871,65 @@ impl Conn<'_> {
     fn offload_worker(&self, jobs: Receiver<Job>, free: Sender<AlignedBuf>) {
         for mut job in jobs.iter() {
             let error = self.execute(&job.req, &mut job.buf);
-            let header = simple_reply(error, job.req.handle);
-            let data: &[u8] = if job.req.command == CMD_READ && error == 0 {
-                &job.buf[..job.req.length as usize]
-            } else {
-                &[]
-            };
-            if let Err(e) = self.send(&header, data) {
+            let (header, data) = self.reply(&job.req, error, &job.buf);
+            if let Err(e) = self.send(header.as_slice(), data) {
                 log::debug!("NBD client {} ({}): reply lost: {e}", self.id, self.name);
                 self.tx.lock().shutdown(Shutdown::Both);
             }
             let _ = free.try_send(job.buf);
         }
+    }
+
+    /// The reply to `req` that ended with `error`, and the data after its
+    /// header (a read's bytes, block status descriptors, in `buf`). With
+    /// structured replies a read is one OFFSET_DATA chunk or one ERROR
+    /// chunk, never a simple reply (the spec forbids it); other commands
+    /// keep simple replies, which the spec allows.
+    fn reply<'b>(&self, req: &Request, error: u32, buf: &'b AlignedBuf) -> (ReplyHeader, &'b [u8]) {
+        let mut h = ReplyHeader {
+            bytes: [0u8; 32],
+            len: 0,
+        };
+        let mut put = |b: &[u8]| {
+            h.bytes[h.len..h.len + b.len()].copy_from_slice(b);
+            h.len += b.len();
+        };
+        let chunked = self.structured && matches!(req.command, CMD_READ | CMD_BLOCK_STATUS);
+        if !chunked {
+            put(&simple_reply(error, req.handle));
+            let ok_read = req.command == CMD_READ && error == 0;
+            return (h, if ok_read { &buf[..] } else { &[] });
+        }
+        if error != 0 {
+            put(&structured_header(
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_ERROR,
+                req.handle,
+                6,
+            ));
+            put(&error.to_be_bytes());
+            put(&0u16.to_be_bytes()); // no message
+            return (h, &[]);
+        }
+        if req.command == CMD_READ {
+            let len = 8 + buf.len() as u32;
+            put(&structured_header(
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_OFFSET_DATA,
+                req.handle,
+                len,
+            ));
+            put(&req.offset.to_be_bytes());
+        } else {
+            let len = buf.len() as u32;
+            put(&structured_header(
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_BLOCK_STATUS,
+                req.handle,
+                len,
+            ));
+        }
+        (h, &buf[..])
     }
 
     fn send(&self, header: &[u8], data: &[u8]) -> io::Result<()> {
@@ -773,9 +947,10 @@ impl Conn<'_> {
 
     /// Run one request; returns the NBD error to reply with (0 = success).
     fn execute(&self, req: &Request, buf: &mut AlignedBuf) -> u32 {
-        const KNOWN_FLAGS: u16 = CMD_FLAG_FUA | CMD_FLAG_NO_HOLE;
+        const KNOWN_FLAGS: u16 = CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_REQ_ONE;
         if req.flags & !KNOWN_FLAGS != 0
             || (req.flags & CMD_FLAG_NO_HOLE != 0 && req.command != CMD_WRITE_ZEROES)
+            || (req.flags & CMD_FLAG_REQ_ONE != 0 && req.command != CMD_BLOCK_STATUS)
         {
             return NBD_EINVAL;
         }
@@ -806,6 +981,15 @@ impl Conn<'_> {
                 }
             }),
             CMD_WRITE_ZEROES => self.volume.write_zeroes(req.offset, len, fua),
+            CMD_BLOCK_STATUS => {
+                if !self.allocation || len == 0 {
+                    return NBD_EINVAL;
+                }
+                let one = req.flags & CMD_FLAG_REQ_ONE != 0;
+                self.volume
+                    .allocation(req.offset, len)
+                    .map(|runs| encode_block_status(&runs, one, buf))
+            }
             _ => return NBD_EINVAL,
         };
         match result {
@@ -822,6 +1006,31 @@ impl Conn<'_> {
                 wire_errno(e.errno())
             }
         }
+    }
+}
+
+/// A BLOCK_STATUS chunk's payload in `buf`: the context id, then a (length,
+/// status) pair per run, neighbours of one status merged (just the first
+/// run for REQ_ONE).
+fn encode_block_status(runs: &[crate::device::Extent], one: bool, buf: &mut AlignedBuf) {
+    let mut merged: Vec<(u64, u32)> = Vec::with_capacity(runs.len());
+    for r in runs.iter().filter(|r| r.len > 0) {
+        let status = if r.hole { STATE_HOLE | STATE_ZERO } else { 0 };
+        match merged.last_mut() {
+            Some((len, s)) if *s == status => *len += r.len,
+            _ => merged.push((r.len, status)),
+        }
+    }
+    if one {
+        merged.truncate(1);
+    }
+    ensure_len(buf, 4 + 8 * merged.len());
+    buf[0..4].copy_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
+    for (i, (len, status)) in merged.iter().enumerate() {
+        // A run never exceeds the request's 32-bit length.
+        let at = 4 + 8 * i;
+        buf[at..at + 4].copy_from_slice(&(*len as u32).to_be_bytes());
+        buf[at + 4..at + 8].copy_from_slice(&status.to_be_bytes());
     }
 }
 

@@ -94,6 +94,9 @@ impl BlockDevice for GuardDevice {
     fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.lower.read(buf, offset)
     }
+    fn allocation(&self, offset: u64, len: u64) -> Result<Vec<crate::device::Extent>> {
+        self.lower.allocation(offset, len)
+    }
     fn write(&self, _buf: &[u8], _offset: u64, _fua: bool) -> Result<()> {
         Err(DeviceError::ReadOnly)
     }

@@ -918,6 +918,11 @@ impl BlockDevice for PrimaryDevice {
         self.lower.read(buf, offset)
     }
 
+    /// Reads are the lower device's, and so is its allocation.
+    fn allocation(&self, offset: u64, len: u64) -> Result<Vec<crate::device::Extent>> {
+        self.lower.allocation(offset, len)
+    }
+
     fn write(&self, buf: &[u8], offset: u64, fua: bool) -> Result<()> {
         check_range(offset, buf.len() as u64, self.size_bytes())?;
         if buf.is_empty() {
