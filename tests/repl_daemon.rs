@@ -665,3 +665,45 @@ fn a_restore_of_a_replicated_master_reaches_the_secondary() {
         );
     }
 }
+
+/// Sparse data stays sparse: a full sync of a 256 MiB volume holding 2 MiB
+/// moves about those 2 MiB (holes and zeroes go as zeroings), zeroes what
+/// the secondary held elsewhere, and leaves the secondary's file sparse.
+#[test]
+fn a_full_sync_of_a_sparse_volume_moves_only_its_data() {
+    require_tool("nbdcopy");
+    use std::os::unix::fs::MetadataExt;
+    let (a, _) = node("a", "sparse-sync-secret", "b");
+    let (b, b_addr) = node("b", "sparse-sync-secret", "a");
+    let proxy = FaultProxy::start("127.0.0.1:0", &b_addr).unwrap();
+    for d in [&a, &b] {
+        d.ok(&["volume", "create", "v", "--size", "256M"]);
+        d.export_nbd("v");
+    }
+    let data: Vec<u8> = (0..2 << 20).map(|i| (i * 13 % 251) as u8 + 1).collect();
+    let mut c = NbdClient::connect(&a.addr_of("v"), "v");
+    assert_eq!(c.write(100 << 20, &data, 0), 0);
+    // An allocated chunk of zeroes goes as a zeroing too.
+    assert_eq!(c.write(150 << 20, &[0; 65536], 0), 0);
+    assert_eq!(c.flush(), 0);
+    c.disconnect();
+    // What the secondary held where the primary has holes must go.
+    scribble(&b.addr_of("v"), "v", 32, 9);
+    a.ok(&enable_args("s", "v", &proxy.addr, "v", "async", &[]));
+    a.ok(&["repl", "sync", "s", "--wait"]);
+    settle(&a, "s");
+    assert_eq!(a.sha_of("v"), b.sha_of("v"), "the copies are identical");
+    let moved = proxy.bytes();
+    assert!(
+        moved < 4 << 20,
+        "a full sync of 2 MiB of data in 256 MiB moved {moved} bytes"
+    );
+    let allocated = std::fs::metadata(b.data_dir().join("v.img"))
+        .unwrap()
+        .blocks()
+        * 512;
+    assert!(
+        allocated < 8 << 20,
+        "the secondary's file stays sparse ({allocated} bytes allocated)"
+    );
+}

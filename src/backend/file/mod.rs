@@ -507,21 +507,25 @@ impl BlockDevice for FileBackend {
         if len == 0 {
             return self.after_fua(fua, offset);
         }
+        // A buffered file is sparse: punch (a replica of a sparse volume
+        // stays sparse). An O_DIRECT file was preallocated so that writes
+        // change no metadata: zero the range in place. Each falls back to
+        // the other where the filesystem lacks it.
+        let (punch, zero) = (
+            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            FallocateFlags::FALLOC_FL_ZERO_RANGE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        );
+        let (first, second) = if self.options.direct {
+            (zero, punch)
+        } else {
+            (punch, zero)
+        };
         let res = if self.is_block_device {
             ioctl::zero_out(&self.file, offset, len)
         } else {
-            self.fallocate(
-                FallocateFlags::FALLOC_FL_ZERO_RANGE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
-                offset,
-                len,
-            )
-            .or_else(|e| {
+            self.fallocate(first, offset, len).or_else(|e| {
                 if unsupported(&e) {
-                    self.fallocate(
-                        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
-                        offset,
-                        len,
-                    )
+                    self.fallocate(second, offset, len)
                 } else {
                     Err(e)
                 }

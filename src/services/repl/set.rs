@@ -746,15 +746,30 @@ impl ReplSet {
         if !self.scoreboard.take(c) {
             return Ok(0);
         }
-        let mut buf = vec![0u8; len as usize];
-        if let Err(e) = self.with_lower(|d| d.read(&mut buf, off)) {
-            self.scoreboard.set_oos(c);
-            return Err(format!("set {}: reading chunk {c}: {e}", self.name));
-        }
+        // Sparse data stays sparse: a chunk that is a hole here, or reads
+        // as zeroes, goes as a zeroing (no data bytes; the peer's file
+        // backend punches it), not as 64 KiB of zeroes.
+        let hole = self
+            .with_lower(|d| d.allocation(off, len))
+            .is_ok_and(|runs| runs.len() == 1 && runs[0].hole && runs[0].len == len);
+        let data = if hole {
+            None
+        } else {
+            let mut buf = vec![0u8; len as usize];
+            if let Err(e) = self.with_lower(|d| d.read(&mut buf, off)) {
+                self.scoreboard.set_oos(c);
+                return Err(format!("set {}: reading chunk {c}: {e}", self.name));
+            }
+            (!buf.iter().all(|&b| b == 0)).then(|| Arc::new(buf))
+        };
+        let (flags, sent) = match &data {
+            Some(_) => (0, len),
+            None => (wire::WRITE_ZEROES, 0),
+        };
         self.scoreboard.count(c..c + 1);
         if let Err(e) = self
             .link
-            .enqueue(self, off, len as u32, 0, Some(Arc::new(buf)), None, true)
+            .enqueue(self, off, len as u32, flags, data, None, true)
         {
             self.scoreboard.end(off, len, false);
             return Err(e.0);
@@ -763,7 +778,7 @@ impl ReplSet {
         self.stats
             .synced_chunks_total
             .fetch_add(1, Ordering::Relaxed);
-        Ok(len)
+        Ok(sent)
     }
 }
 
