@@ -20,6 +20,7 @@ minutes="${1:-20}"
 [[ "$minutes" =~ ^[0-9]+$ ]] || { echo "usage: tools/torture.sh [MINUTES]" >&2; exit 2; }
 tools/test --deps
 export UMBRA_TORTURE_SECS=$((minutes * 60))
+export UMBRA_TORTURE_SEED="${UMBRA_TORTURE_SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}"
 log="$(mktemp -t umbra-torture.XXXXXX.log)"
 echo "torture: ${minutes} min; cycle log in $log"
 if cargo test --release --test torture -- --nocapture 2>"$log" | tee -a "$log" | grep '^torture:'; then
