@@ -707,3 +707,83 @@ fn a_full_sync_of_a_sparse_volume_moves_only_its_data() {
         "the secondary's file stays sparse ({allocated} bytes allocated)"
     );
 }
+
+/// Replication over TLS (`UMBRA_REPL_TLS=always`, as it is by default for
+/// a peer off the host): the set replicates, and on the wire (captured by
+/// the fault proxy) there is no replication frame and no byte pattern of
+/// the data, only TLS records; a dialer that will not speak TLS is refused
+/// with a reason that says so.
+#[test]
+fn replication_over_tls_is_encrypted_and_a_plaintext_peer_is_refused() {
+    require_tool("nbdcopy");
+    let tls = [("UMBRA_REPL_TLS", "always")];
+    let secret = "tls-replication-secret";
+    let (a, _) = node_trusting(
+        Daemon::start_with_env(&tls),
+        "a",
+        "127.0.0.1:0",
+        secret,
+        &["b", "c"],
+    );
+    let (b, b_addr) = node_trusting(
+        Daemon::start_with_env(&tls),
+        "b",
+        "127.0.0.1:0",
+        secret,
+        &["a", "c"],
+    );
+    assert_eq!(a.json(&["repl", "status"])["tls"], "always");
+    let proxy = FaultProxy::start("127.0.0.1:0", &b_addr).unwrap();
+    for d in [&a, &b] {
+        d.ok(&["volume", "create", "v", "--size", "32M"]);
+        d.export_nbd("v");
+    }
+    a.ok(&enable_args(
+        "s",
+        "v",
+        &proxy.addr,
+        "v",
+        "sync",
+        &["--no-sync"],
+    ));
+    settle(&a, "s");
+    let marker: Vec<u8> = b"umbra-plaintext-marker-0123456789"
+        .iter()
+        .copied()
+        .cycle()
+        .take(4096)
+        .collect();
+    let mut c = NbdClient::connect(&a.addr_of("v"), "v");
+    for i in 0..256u64 {
+        assert_eq!(c.write(i * 4096, &marker, 0), 0);
+    }
+    assert_eq!(c.flush(), 0);
+    c.disconnect();
+    settle(&a, "s");
+    assert_eq!(a.sha_of("v"), b.sha_of("v"), "replicated through TLS");
+    let wire = proxy.captured();
+    assert!(wire.len() > 256 * 4096, "the data went through the proxy");
+    assert_eq!(wire[0], 0x16, "the connection starts with a TLS handshake");
+    let has = |needle: &[u8]| wire.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        !has(b"umbra-plaintext-marker"),
+        "the data is not readable on the wire"
+    );
+    assert!(
+        !has(b"UMRP"),
+        "no replication frame is readable on the wire"
+    );
+
+    // A node that refuses TLS cannot replicate to one that insists on it.
+    let (c_node, _) = node_trusting(
+        Daemon::start_with_env(&[("UMBRA_REPL_TLS", "never")]),
+        "c",
+        "127.0.0.1:0",
+        secret,
+        &["b"],
+    );
+    c_node.ok(&["volume", "create", "w", "--size", "4M"]);
+    b.ok(&["volume", "create", "w", "--size", "4M"]);
+    let e = c_node.fails(&enable_args("t", "w", &b_addr, "w", "sync", &["--no-sync"]));
+    assert!(e.contains("must use TLS"), "{e}");
+}

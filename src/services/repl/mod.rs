@@ -38,6 +38,7 @@ pub mod secondary;
 pub mod set;
 mod state;
 mod sync;
+pub mod tls;
 pub mod verify;
 pub mod wire;
 

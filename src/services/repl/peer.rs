@@ -9,6 +9,7 @@
 //! connection into a data link (see `secondary.rs`).
 
 use super::requests::{LinkSet, PeerRequest};
+use super::tls;
 use super::wire::{self, FrameType, Role, WireError};
 use super::{Mode, NodeCtx};
 use serde_json::{json, Value};
@@ -45,14 +46,26 @@ pub fn dial(ctx: &NodeCtx, addr: &str, timeout: Duration) -> Result<(TcpStream, 
         .map_err(|e| format!("peer address {addr}: {e}"))?
         .next()
         .ok_or_else(|| format!("peer address {addr} resolves to nothing"))?;
-    let mut s = TcpStream::connect_timeout(&sa, timeout.min(Duration::from_secs(5)))
+    let s = TcpStream::connect_timeout(&sa, timeout.min(Duration::from_secs(5)))
         .map_err(|e| format!("connecting to peer {addr}: {e}"))?;
     let _ = s.set_nodelay(true);
     s.set_read_timeout(Some(timeout.max(Duration::from_secs(2))))
         .map_err(|e| e.to_string())?;
+    let (mut s, binding) = if tls::required_for(&sa) {
+        let (s, b) = tls::client(s).map_err(|e| format!("peer {addr}: {e}"))?;
+        (s, b.to_vec())
+    } else {
+        (s, Vec::new())
+    };
     let name = ctx.name();
-    let peer = wire::handshake_with(&mut s, Role::Dialer, &name, &|p: &str| ctx.secret(p))
-        .map_err(|e| format!("peer {addr}: {e}"))?;
+    let peer = wire::handshake_with(
+        &mut s,
+        Role::Dialer,
+        &name,
+        &|p: &str| ctx.secret(p),
+        &binding,
+    )
+    .map_err(|e| format!("peer {addr}: {e}"))?;
     Ok((s, peer))
 }
 
@@ -232,8 +245,56 @@ fn serve_peer(
     let _ = s.set_nodelay(true);
     let _ = s.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
     let _ = s.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
+    // TLS or not, by the first byte (tls.rs); nothing at all is a probe.
+    let mut first = [0u8; 1];
+    let tls_hello = match s.peek(&mut first) {
+        Ok(1) => first[0] == tls::TLS_RECORD_HANDSHAKE,
+        _ => {
+            unauthenticated.fetch_sub(1, Ordering::SeqCst);
+            log::debug!("replication: connection from {from} closed before its handshake");
+            return;
+        }
+    };
+    let mut binding = Vec::new();
+    if tls_hello {
+        match tls::server(s) {
+            Ok((t, b)) => {
+                s = t;
+                binding = b.to_vec();
+            }
+            Err(e) => {
+                unauthenticated.fetch_sub(1, Ordering::SeqCst);
+                log::warn!("replication: refused peer from {from}: {e}");
+                ctx.notify("repl.peer_refused", &from, e.to_string());
+                return;
+            }
+        }
+    } else if s.peer_addr().map_or(true, |a| tls::required_for(&a)) {
+        unauthenticated.fetch_sub(1, Ordering::SeqCst);
+        let e = format!(
+            "replication from {from} must use TLS (UMBRA_REPL_TLS is {:?} here)",
+            tls::policy()
+        );
+        log::warn!("replication: refused peer from {from}: {e}");
+        ctx.notify("repl.peer_refused", &from, e.clone());
+        let _ = wire::write_frame(&mut s, FrameType::Error, e.as_bytes());
+        // Let the dialer read why: closing with its HELLO unread would
+        // reset the connection before our frame arrives.
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let _ = std::io::copy(
+            &mut Read::by_ref(&mut s).take(1 << 16),
+            &mut std::io::sink(),
+        );
+        return;
+    }
     let name = ctx.name();
-    let shook = wire::handshake_with(&mut s, Role::Listener, &name, &|p: &str| ctx.secret(p));
+    let shook = wire::handshake_with(
+        &mut s,
+        Role::Listener,
+        &name,
+        &|p: &str| ctx.secret(p),
+        &binding,
+    );
     unauthenticated.fetch_sub(1, Ordering::SeqCst);
     let _ = s.set_read_timeout(Some(CONTROL_TIMEOUT));
     let _ = s.set_write_timeout(None);

@@ -36,7 +36,13 @@ pub struct FaultProxy {
     conns: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
     bytes: Arc<AtomicU64>,
+    /// What went through, both directions, up to its capacity (tests that
+    /// look at the bytes on the wire).
+    captured: Mutex<Vec<u8>>,
 }
+
+/// How much [`FaultProxy::captured`] keeps.
+const CAPTURE_BYTES: usize = 16 << 20;
 
 impl FaultProxy {
     /// Listen on `listen` (port 0: any) and forward to `target`.
@@ -51,6 +57,7 @@ impl FaultProxy {
             conns: Arc::new(Mutex::new(Vec::new())),
             stop: Arc::new(AtomicBool::new(false)),
             bytes: Arc::new(AtomicU64::new(0)),
+            captured: Mutex::new(Vec::new()),
         });
         let me = p.clone();
         std::thread::Builder::new()
@@ -76,6 +83,11 @@ impl FaultProxy {
     }
 
     /// Bytes forwarded so far, both directions.
+    /// The first 16 MiB that went through, both directions interleaved.
+    pub fn captured(&self) -> Vec<u8> {
+        self.captured.lock().clone()
+    }
+
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
@@ -162,6 +174,9 @@ impl FaultProxy {
                         return;
                     }
                     me.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    let mut cap = me.captured.lock();
+                    let room = CAPTURE_BYTES - cap.len().min(CAPTURE_BYTES);
+                    cap.extend_from_slice(&data[..data.len().min(room)]);
                 }
                 let _ = to.shutdown(Shutdown::Write);
             });

@@ -742,6 +742,7 @@ impl Replication {
         json!({
             "node": rc.node,
             "listen": self.listen_addr(),
+            "tls": format!("{:?}", super::tls::policy()).to_lowercase(),
             "peers": rc.peers.iter().map(|p| json!({
                 "name": p.name,
                 "secret_file": p.secret_file,

@@ -359,7 +359,17 @@ fn parse_hello(p: &[u8]) -> Result<(u8, u8, String, [u8; NONCE_BYTES]), WireErro
     Ok((p[0], p[1], name, nonce))
 }
 
-fn mac(secret: &[u8], role: Role, own_name: &str, own: &[u8], peer: &[u8]) -> Hmac<Sha256> {
+/// The proof of `role`: HMAC-SHA256 under the shared secret over the
+/// role, the prover's name, both nonces and the TLS session's binding
+/// (empty without TLS), so a proof is good for one connection only.
+fn mac(
+    secret: &[u8],
+    role: Role,
+    own_name: &str,
+    own: &[u8],
+    peer: &[u8],
+    binding: &[u8],
+) -> Hmac<Sha256> {
     let mut m = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
     m.update(b"umbra-repl-v1");
     m.update(&[role_byte(role)]);
@@ -367,6 +377,7 @@ fn mac(secret: &[u8], role: Role, own_name: &str, own: &[u8], peer: &[u8]) -> Hm
     m.update(own_name.as_bytes());
     m.update(own);
     m.update(peer);
+    m.update(binding);
     m
 }
 
@@ -386,23 +397,33 @@ pub fn handshake(
     own_name: &str,
     secret: &[u8],
 ) -> Result<String, WireError> {
-    handshake_with(s, role, own_name, &|_: &str| Some(secret.to_vec()))
+    handshake_with(s, role, own_name, &|_: &str| Some(secret.to_vec()), &[])
 }
 
 /// [`handshake`] with the secret looked up by the peer's announced name
-/// (a secret per peer); an unknown peer is refused.
+/// (a secret per peer; an unknown peer is refused), and the TLS session's
+/// binding (`tls.rs`; empty on a plaintext connection) in both proofs.
 pub fn handshake_with(
     s: &mut (impl Read + Write),
     role: Role,
     own_name: &str,
     secret_of: &dyn Fn(&str) -> Option<Vec<u8>>,
+    binding: &[u8],
 ) -> Result<String, WireError> {
     if own_name.is_empty() || own_name.len() > MAX_NAME_BYTES {
         return Err(WireError::Auth(format!("bad node name {own_name:?}")));
     }
     let own_nonce = nonce()?;
     write_frame(s, FrameType::Hello, &hello_payload(own_name, &own_nonce))?;
+    // A listener that refuses us before the proofs says why in an ERROR.
+    let refused = |f: &Frame| {
+        (f.kind == FrameType::Error)
+            .then(|| WireError::Auth(format!("refused: {}", String::from_utf8_lossy(&f.payload))))
+    };
     let f = read_frame(s)?;
+    if let Some(e) = refused(&f) {
+        return Err(e);
+    }
     if f.kind != FrameType::Hello {
         return malformed(format!("expected HELLO, got {:?}", f.kind));
     }
@@ -421,11 +442,14 @@ pub fn handshake_with(
         )));
     };
     let secret = secret.as_slice();
-    let proof = mac(secret, role, own_name, &own_nonce, &peer_nonce)
+    let proof = mac(secret, role, own_name, &own_nonce, &peer_nonce, binding)
         .finalize()
         .into_bytes();
     write_frame(s, FrameType::Auth, &proof)?;
     let f = read_frame(s)?;
+    if let Some(e) = refused(&f) {
+        return Err(e);
+    }
     if f.kind != FrameType::Auth || f.payload.len() != MAC_BYTES {
         return malformed("expected a 32-byte AUTH");
     }
@@ -433,11 +457,16 @@ pub fn handshake_with(
         Role::Dialer => Role::Listener,
         Role::Listener => Role::Dialer,
     };
-    mac(secret, peer_role, &peer_name, &peer_nonce, &own_nonce)
-        .verify_slice(&f.payload)
-        .map_err(|_| {
-            WireError::Auth(format!("peer {peer_name} does not know the shared secret"))
-        })?;
+    mac(
+        secret,
+        peer_role,
+        &peer_name,
+        &peer_nonce,
+        &own_nonce,
+        binding,
+    )
+    .verify_slice(&f.payload)
+    .map_err(|_| WireError::Auth(format!("peer {peer_name} does not know the shared secret")))?;
     write_frame(s, FrameType::AuthOk, &[])?;
     let f = read_frame(s)?;
     if f.kind != FrameType::AuthOk {
@@ -518,6 +547,33 @@ mod tests {
         assert_eq!(b.unwrap(), "site-a");
         let (a, b) = pair(b"s3cret", b"wrong");
         assert!(matches!(a, Err(WireError::Auth(_))) || matches!(a, Err(WireError::Io(_))));
+        let e = b.unwrap_err().to_string();
+        assert!(e.contains("does not know the shared secret"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod binding_tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    /// The same secret on two different TLS sessions (a man in the middle
+    /// who terminates each side's TLS): the proofs do not carry over.
+    #[test]
+    fn proofs_are_bound_to_the_tls_session() {
+        let run = |ba: &'static [u8], bb: &'static [u8]| {
+            let (mut a, mut b) = UnixStream::pair().unwrap();
+            let secret = |_: &str| Some(b"s3cret".to_vec());
+            let t = std::thread::spawn(move || {
+                handshake_with(&mut b, Role::Listener, "site-b", &secret, bb)
+            });
+            let ra = handshake_with(&mut a, Role::Dialer, "site-a", &secret, ba);
+            drop(a);
+            (ra, t.join().unwrap())
+        };
+        let (a, b) = run(&[7; 32], &[7; 32]);
+        assert_eq!((a.unwrap(), b.unwrap()), ("site-b".into(), "site-a".into()));
+        let (_, b) = run(&[7; 32], &[8; 32]);
         let e = b.unwrap_err().to_string();
         assert!(e.contains("does not know the shared secret"), "{e}");
     }
