@@ -50,6 +50,7 @@ fsfreeze -u "$W/mnt"
 head -c 700000 /dev/urandom > "$W/mnt/file1"; rm -f "$W/mnt/file2"; head -c 100000 /dev/urandom > "$W/mnt/later"; sync
 SDEV=$("$UMBRA" export ublk fs-snap --read-only 2>>"$W/export.err")
 mkdir -p "$W/snap"
+check "a read-only export is a read-only disk" sh -c "[ \"\$(cat /sys/block/\$(basename '$SDEV')/ro)\" = 1 ]"
 check "shadow mounts read-only" mount -o ro,noload "$SDEV" "$W/snap"
 check "shadow has exactly the files of T0" sh -c "cd '$W/snap' && sha256sum -c --quiet '$W/sums' && [ ! -e later ]"
 umount "$W/snap" 2>/dev/null

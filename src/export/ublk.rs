@@ -89,6 +89,11 @@ impl UblkExport {
             // USER_COPY where the kernel offers it; UMBRA_UBLK_COPY_MODE=1
             // forces copy mode (the VM test runs both).
             user_copy: std::env::var_os(COPY_MODE_ENV).is_none(),
+            // A read-only export, or a volume that refuses writes now (a
+            // replication secondary): the disk says so, like the NBD
+            // export's READ_ONLY flag. Fixed for the device's life: after
+            // a promotion, export it again to write.
+            read_only: read_only || volume.refuses_writes(),
         };
         let handler = Arc::new(VolumeHandler { volume, read_only });
         let device = Device::start(control.clone(), &opts, handler, recover_id)?;

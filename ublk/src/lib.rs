@@ -77,6 +77,9 @@ pub struct Options {
     pub recovery: bool,
     /// Use USER_COPY when the kernel offers it.
     pub user_copy: bool,
+    /// A read-only disk (the kernel refuses writes before they reach us,
+    /// and `mount` mounts it read-only).
+    pub read_only: bool,
 }
 
 fn errno(res: i32) -> io::Error {
@@ -264,7 +267,9 @@ impl Device {
                     len: std::mem::size_of::<sys::Params>() as u32,
                     types: sys::PARAM_TYPE_BASIC | sys::PARAM_TYPE_DISCARD,
                     basic: sys::ParamBasic {
-                        attrs: sys::ATTR_VOLATILE_CACHE | sys::ATTR_FUA,
+                        attrs: sys::ATTR_VOLATILE_CACHE
+                            | sys::ATTR_FUA
+                            | if opts.read_only { sys::ATTR_READ_ONLY } else { 0 },
                         logical_bs_shift: 9,
                         physical_bs_shift: 12,
                         io_opt_shift: 12,

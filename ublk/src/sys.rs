@@ -52,6 +52,7 @@ pub const IO_F_FUA: u32 = 1 << 13;
 // Parameters.
 pub const PARAM_TYPE_BASIC: u32 = 1 << 0;
 pub const PARAM_TYPE_DISCARD: u32 = 1 << 1;
+pub const ATTR_READ_ONLY: u32 = 1 << 0;
 pub const ATTR_VOLATILE_CACHE: u32 = 1 << 2;
 pub const ATTR_FUA: u32 = 1 << 3;
 
