@@ -12,3 +12,4 @@ pub mod export;
 pub mod fault;
 pub mod interposer;
 pub mod services;
+pub mod tls;

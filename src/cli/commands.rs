@@ -287,7 +287,10 @@ pub fn export(socket: &Path, cmd: ExportCommand) -> Result<()> {
             let v = call(
                 socket,
                 "export.nbd",
-                json!({"volume": a.volume, "listen": a.listen, "read_only": a.read_only, "mode": a.mode}),
+                json!({
+                    "volume": a.volume, "listen": a.listen, "read_only": a.read_only, "mode": a.mode,
+                    "tls_certificates": a.tls_certificates.as_deref().map(absolute).transpose()?,
+                }),
             )?;
             println!("exported {} over NBD at {}", s(&v["volume"]), s(&v["uri"]));
         }

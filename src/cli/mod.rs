@@ -418,6 +418,12 @@ pub struct ExportNbd {
     /// only the daemon's user may connect]
     #[arg(long, value_parser = parse_mode)]
     mode: Option<u32>,
+    /// Serve TLS (NBD_OPT_STARTTLS; clients must use it) with the
+    /// certificate and key in DIR: server-cert.pem (the chain) and
+    /// server-key.pem, as qemu-nbd and nbdkit lay them out (clients use
+    /// the ca-cert.pem beside them). Applies to the whole TCP listener.
+    #[arg(long, value_name = "DIR")]
+    tls_certificates: Option<std::path::PathBuf>,
 }
 
 /// An octal permission mode such as `0660` or `660`.

@@ -132,6 +132,9 @@ pub struct ExportConfig {
     /// NBD on a unix socket: its permission bits (none: 0600).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<u32>,
+    /// NBD over TLS: the directory with server-cert.pem and server-key.pem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_certificates: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
@@ -303,6 +306,7 @@ mod tests {
                 depth: None,
                 dev_id: None,
                 mode: None,
+                tls_certificates: Some("/etc/umbra/pki".into()),
             }],
             images: vec![ImageConfig {
                 name: "snap".into(),

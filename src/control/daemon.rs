@@ -756,6 +756,7 @@ impl Daemon {
             depth: None,
             dev_id: None,
             mode: a.mode,
+            tls_certificates: a.tls_certificates,
         };
         if let Some(m) = a.mode {
             if !ec.listen.starts_with("unix:") {
@@ -806,6 +807,7 @@ impl Daemon {
             depth: Some(a.depth.unwrap_or(DEFAULT_DEPTH)),
             dev_id: None,
             mode: None,
+            tls_certificates: None,
         };
         let (path, id) = start_ublk(&mut st, &ec)?;
         ec.listen = path;
@@ -1389,9 +1391,22 @@ fn start_export(st: &mut State, ec: &ExportConfig) -> Result<String, OpError> {
         .map_err(|e: String| OpError::invalid(format!("export of {}: {e}", ec.volume)))?;
     let key = server_key(&addr);
     let server = match key.as_ref().and_then(|k| st.servers.get(k)) {
+        Some(s) if s.tls() != ec.tls_certificates.is_some() => {
+            return Err(OpError::invalid(format!(
+                "export of {}: the listener on {addr} serves {}; every export on one listener is served alike",
+                ec.volume,
+                if s.tls() { "TLS only (give --tls-certificates)" } else { "without TLS" }
+            )))
+        }
         Some(s) => s.clone(),
         None => {
-            let s = NbdServer::start(&addr).map_err(|e| {
+            let tls = match &ec.tls_certificates {
+                Some(dir) => Some(crate::export::nbd::load_tls(dir).map_err(|e| {
+                    OpError::invalid(format!("export of {}: TLS certificates: {e}", ec.volume))
+                })?),
+                None => None,
+            };
+            let s = NbdServer::start(&addr, tls).map_err(|e| {
                 OpError::failed(format!(
                     "export of {}: cannot listen on {addr}: {e}",
                     ec.volume
@@ -1617,6 +1632,7 @@ fn export_json(st: &State, ec: &ExportConfig) -> Value {
         .and_then(|k| st.servers.get(&k));
     let uri = match &addr {
         Some(ListenAddr::Unix(p)) => format!("nbd+unix:///{}?socket={}", ec.volume, p.display()),
+        _ if ec.tls_certificates.is_some() => format!("nbds://{}/{}", ec.listen, ec.volume),
         _ => format!("nbd://{}/{}", ec.listen, ec.volume),
     };
     let failed = volume_failure(st, &ec.volume);
@@ -1962,4 +1978,6 @@ struct ExportNbdArgs {
     read_only: bool,
     #[serde(default)]
     mode: Option<u32>,
+    #[serde(default)]
+    tls_certificates: Option<PathBuf>,
 }

@@ -245,7 +245,8 @@ impl Daemon {
     /// `host:port` of a TCP export.
     pub fn addr_of(&self, volume: &str) -> String {
         let uri = self.uri_of(volume);
-        uri.trim_start_matches("nbd://")
+        uri.trim_start_matches("nbds://")
+            .trim_start_matches("nbd://")
             .rsplit_once('/')
             .unwrap()
             .0

@@ -269,7 +269,11 @@ impl Device {
                     basic: sys::ParamBasic {
                         attrs: sys::ATTR_VOLATILE_CACHE
                             | sys::ATTR_FUA
-                            | if opts.read_only { sys::ATTR_READ_ONLY } else { 0 },
+                            | if opts.read_only {
+                                sys::ATTR_READ_ONLY
+                            } else {
+                                0
+                            },
                         logical_bs_shift: 9,
                         physical_bs_shift: 12,
                         io_opt_shift: 12,

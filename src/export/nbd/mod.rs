@@ -32,7 +32,7 @@
 pub mod proto;
 mod server;
 
-pub use server::{ListenAddr, NbdServer, DEFAULT_LISTEN};
+pub use server::{load_tls, ListenAddr, NbdServer, DEFAULT_LISTEN};
 
 /// Most offload workers per connection: enough to keep a device queue of 16
 /// busy from one connection (fio and the kernel client keep 32 to 128

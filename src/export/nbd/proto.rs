@@ -18,6 +18,7 @@ pub const CLIENT_FLAG_NO_ZEROES: u32 = 1 << 1;
 pub const OPT_EXPORT_NAME: u32 = 1;
 pub const OPT_ABORT: u32 = 2;
 pub const OPT_LIST: u32 = 3;
+pub const OPT_STARTTLS: u32 = 5;
 pub const OPT_INFO: u32 = 6;
 pub const OPT_GO: u32 = 7;
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
@@ -35,6 +36,7 @@ pub const REP_ERR_POLICY: u32 = REP_ERR | 2;
 pub const REP_ERR_INVALID: u32 = REP_ERR | 3;
 pub const REP_ERR_UNKNOWN: u32 = REP_ERR | 6;
 pub const REP_ERR_TOO_BIG: u32 = REP_ERR | 9;
+pub const REP_ERR_TLS_REQD: u32 = REP_ERR | 5;
 
 // NBD_REP_INFO payload types.
 pub const INFO_EXPORT: u16 = 0;

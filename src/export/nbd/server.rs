@@ -144,6 +144,9 @@ struct Registered {
 
 struct Inner {
     addr: ListenAddr,
+    /// TLS required on this listener (FORCEDTLS: every option but STARTTLS
+    /// and ABORT is refused until the client started TLS).
+    tls: Option<Arc<rustls::ServerConfig>>,
     exports: RwLock<HashMap<String, Export>>,
     conns: Mutex<HashMap<u64, Registered>>,
     handles: Mutex<Vec<JoinHandle<()>>>,
@@ -161,8 +164,18 @@ pub struct NbdServer {
 
 impl NbdServer {
     /// Bind `addr` and start accepting. A stale Unix socket file (nobody
-    /// listening) is replaced; a live one is an error.
-    pub fn start(addr: &ListenAddr) -> io::Result<Arc<NbdServer>> {
+    /// listening) is replaced; a live one is an error. With `tls`, clients
+    /// must start TLS (TCP listeners only).
+    pub fn start(
+        addr: &ListenAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> io::Result<Arc<NbdServer>> {
+        if tls.is_some() && matches!(addr, ListenAddr::Unix(_)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "TLS is served on TCP listeners only (a unix socket's permissions are its protection)",
+            ));
+        }
         let (listener, local_addr, fd) = match addr {
             ListenAddr::Tcp(a) => {
                 let l = TcpListener::bind(a)?;
@@ -187,6 +200,7 @@ impl NbdServer {
         };
         let inner = Arc::new(Inner {
             addr: addr.clone(),
+            tls,
             exports: RwLock::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             handles: Mutex::new(Vec::new()),
@@ -204,6 +218,11 @@ impl NbdServer {
             accept_thread: Mutex::new(Some(accept_thread)),
             local_addr,
         }))
+    }
+
+    /// Whether clients must use TLS.
+    pub fn tls(&self) -> bool {
+        self.inner.tls.is_some()
     }
 
     /// The bound address (with the real port when 0 was asked for).
@@ -382,6 +401,8 @@ enum HandshakeError {
     TooManyOptions,
     #[error("client asked for unknown export {0:?} with NBD_OPT_EXPORT_NAME")]
     UnknownExport(String),
+    #[error("client did not start TLS, which this listener requires")]
+    TlsRequired,
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -440,6 +461,31 @@ fn lookup(inner: &Inner, name: &str) -> Option<(String, Export)> {
     })
 }
 
+/// The TLS identity in `dir`: `server-cert.pem` (the certificate chain,
+/// the server's first) and `server-key.pem`, the layout qemu-nbd and
+/// nbdkit use.
+pub fn load_tls(dir: &std::path::Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_path = dir.join("server-cert.pem");
+    let key_path = dir.join("server-key.pem");
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| format!("{}: {e}", cert_path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in it", cert_path.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .map_err(|e| format!("{}: {e}", key_path.display()))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map(Arc::new)
+        .map_err(|e| format!("{}: {e}", dir.display()))
+}
+
 /// What a handshake settled: the export, and whether the client asked for
 /// structured replies and the `base:allocation` metadata context.
 struct Negotiated {
@@ -465,6 +511,7 @@ fn handshake(inner: &Inner, s: &mut Stream) -> Result<Option<Negotiated>, Handsh
     let no_zeroes = client_flags & CLIENT_FLAG_NO_ZEROES != 0;
     let mut structured = false;
     let mut allocation = false;
+    let mut in_tls = false;
 
     for _ in 0..MAX_OPTIONS {
         let magic = read_u64(s)?;
@@ -484,7 +531,41 @@ fn handshake(inner: &Inner, s: &mut Stream) -> Result<Option<Negotiated>, Handsh
         let mut data = vec![0u8; len as usize];
         s.read_exact(&mut data)?;
 
+        if inner.tls.is_some() && !in_tls {
+            match option {
+                OPT_STARTTLS | OPT_ABORT => {}
+                // No error reply exists for it: close.
+                OPT_EXPORT_NAME => return Err(HandshakeError::TlsRequired),
+                _ => {
+                    let msg = b"this server requires TLS: send NBD_OPT_STARTTLS first";
+                    s.write_all(&option_reply(option, REP_ERR_TLS_REQD, msg))?;
+                    continue;
+                }
+            }
+        }
         match option {
+            OPT_STARTTLS => {
+                let Some(config) = inner.tls.clone() else {
+                    let msg =
+                        b"TLS is not configured on this listener (export nbd --tls-certificates)";
+                    s.write_all(&option_reply(option, REP_ERR_POLICY, msg))?;
+                    continue;
+                };
+                if in_tls || !data.is_empty() {
+                    let msg = b"TLS is already running, or NBD_OPT_STARTTLS carried data";
+                    s.write_all(&option_reply(option, REP_ERR_INVALID, msg))?;
+                    continue;
+                }
+                s.write_all(&option_reply(option, REP_ACK, &[]))?;
+                let Stream::Tcp(tcp) = &*s else {
+                    return Err(HandshakeError::TlsRequired);
+                };
+                let tcp = tcp.try_clone()?;
+                let conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+                let (near, ()) = crate::tls::establish(conn.into(), tcp, |_| Ok(()))?;
+                *s = Stream::Tcp(near);
+                in_tls = true;
+            }
             OPT_EXPORT_NAME => {
                 let name = String::from_utf8_lossy(&data).into_owned();
                 let Some((name, export)) = lookup(inner, &name) else {
