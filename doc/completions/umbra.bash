@@ -1307,7 +1307,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__export__subcmd__nbd)
-            opts="-h -V --listen --read-only --mode --socket --help --version"
+            opts="-h -V --listen --read-only --mode --tls-certificates --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1318,6 +1318,10 @@ _umbra() {
                     return 0
                     ;;
                 --mode)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-certificates)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -119,6 +119,7 @@ complete -c umbra -n "__fish_umbra_using_subcommand export; and not __fish_seen_
 complete -c umbra -n "__fish_umbra_using_subcommand export; and not __fish_seen_subcommand_from nbd ublk list remove help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from nbd" -l listen -d 'HOST:PORT or unix:PATH [default: 127.0.0.1:10809]' -r
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from nbd" -l mode -d 'unix:PATH only: the socket\'s permission bits, octal [default: 0600, only the daemon\'s user may connect]' -r
+complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from nbd" -l tls-certificates -d 'Serve TLS (NBD_OPT_STARTTLS; clients must use it) with the certificate and key in DIR: server-cert.pem (the chain) and server-key.pem, as qemu-nbd and nbdkit lay them out (clients use the ca-cert.pem beside them). Applies to the whole TCP listener' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from nbd" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from nbd" -l read-only -d 'Refuse writes from clients'
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from nbd" -s h -l help -d 'Print help (see more with \'--help\')'
