@@ -74,6 +74,12 @@ fn tunnel(mut conn: Connection, mut tcp: TcpStream, mut far: TcpStream) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut tcp_done = false;
     let result: io::Result<()> = (|| loop {
+        // Plaintext rustls already holds: the handshake's last read may
+        // have brought application data along (a client's first request
+        // right behind its Finished), and no poll would announce it.
+        if to_far.len() < TUNNEL_BUFFER_BYTES && !tcp_done {
+            tcp_done = drain_plaintext(&mut conn, &mut to_far, &mut buf)?;
+        }
         let mut tcp_ev = PollFlags::empty();
         if !tcp_done && to_far.len() < TUNNEL_BUFFER_BYTES {
             tcp_ev |= PollFlags::POLLIN;
@@ -116,22 +122,7 @@ fn tunnel(mut conn: Connection, mut tcp: TcpStream, mut far: TcpStream) {
                     Err(e) => return Err(e),
                 }
                 conn.process_new_packets().map_err(io::Error::other)?;
-                loop {
-                    match conn.reader().read(&mut buf) {
-                        // The peer's close_notify.
-                        Ok(0) => {
-                            tcp_done = true;
-                            break;
-                        }
-                        Ok(n) => to_far.extend_from_slice(&buf[..n]),
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
-                            tcp_done = true;
-                            break;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
+                tcp_done |= drain_plaintext(&mut conn, &mut to_far, &mut buf)?;
             }
         }
         if fr.intersects(PollFlags::POLLIN | hangup) && far_ev.contains(PollFlags::POLLIN) {
@@ -177,6 +168,24 @@ fn tunnel(mut conn: Connection, mut tcp: TcpStream, mut far: TcpStream) {
     }
     let _ = tcp.shutdown(Shutdown::Both);
     let _ = far.shutdown(Shutdown::Both);
+}
+
+/// Move the plaintext rustls holds into `to_far`; true once the peer
+/// closed (its close_notify, or the end without one).
+fn drain_plaintext(
+    conn: &mut Connection,
+    to_far: &mut Vec<u8>,
+    buf: &mut [u8],
+) -> io::Result<bool> {
+    loop {
+        match conn.reader().read(buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => to_far.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(true),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]
