@@ -229,3 +229,45 @@ mod tests {
         assert_eq!(rest, 0, "the close arrived as end of stream");
     }
 }
+
+#[cfg(test)]
+mod first_bytes {
+    use super::*;
+    use crate::services::repl::tls::{client_config, server};
+
+    /// The peer's first bytes in the same segment as its handshake's last
+    /// message (a client's Finished and its first request, as gnutls
+    /// sends them) reach the reader: they arrive in the handshake's last
+    /// read, which no poll announces.
+    #[test]
+    fn bytes_in_the_handshakes_last_segment_are_delivered() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let srv = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let (mut s, _) = server(s).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut b = [0u8; 4];
+            s.read_exact(&mut b).map(|_| b)
+        });
+        let name = rustls::pki_types::ServerName::try_from("umbra-replication").unwrap();
+        let mut conn = rustls::ClientConnection::new(client_config().unwrap(), name).unwrap();
+        let mut tcp = TcpStream::connect(addr).unwrap();
+        while conn.wants_write() {
+            conn.write_tls(&mut tcp).unwrap();
+        }
+        while conn.is_handshaking() {
+            conn.read_tls(&mut tcp).unwrap();
+            conn.process_new_packets().unwrap();
+        }
+        // Finished is queued, not sent: the request goes out with it.
+        conn.writer().write_all(b"opt!").unwrap();
+        let mut out = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut out).unwrap();
+        }
+        tcp.write_all(&out).unwrap();
+        let got = srv.join().unwrap();
+        assert_eq!(got.expect("the first bytes were held back"), *b"opt!");
+    }
+}

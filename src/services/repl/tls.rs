@@ -90,7 +90,7 @@ fn server_config() -> io::Result<Arc<ServerConfig>> {
     .map_err(io::Error::other)
 }
 
-fn client_config() -> io::Result<Arc<ClientConfig>> {
+pub(crate) fn client_config() -> io::Result<Arc<ClientConfig>> {
     static C: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
     C.get_or_init(|| {
         let p = provider();
