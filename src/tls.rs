@@ -128,16 +128,13 @@ fn tunnel(mut conn: Connection, mut tcp: TcpStream, mut far: TcpStream) {
         if fr.intersects(PollFlags::POLLIN | hangup) && far_ev.contains(PollFlags::POLLIN) {
             match far.read(&mut buf) {
                 // The near end closed (or shut down): say goodbye, then go.
+                // What is queued goes out blocking, bounded by a timeout.
                 Ok(0) => {
                     conn.send_close_notify();
+                    tcp.set_nonblocking(false)?;
+                    tcp.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
                     while conn.wants_write() {
-                        match conn.write_tls(&mut tcp) {
-                            Ok(_) => {}
-                            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                                std::thread::sleep(Duration::from_millis(1))
-                            }
-                            Err(_) => break,
-                        }
+                        conn.write_tls(&mut tcp)?;
                     }
                     return Ok(());
                 }

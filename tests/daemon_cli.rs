@@ -425,11 +425,7 @@ fn under_systemd_ready_means_serving_and_stopping_is_said() {
     let sock = UnixDatagram::bind(&notify).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let child = Command::new(UMBRA)
         .arg("serve")
         .env("UMBRA_DATA_DIR", dir.path().join("data"))

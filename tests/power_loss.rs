@@ -178,7 +178,19 @@ fn power_cycles(kind: Kind) {
             track.clone(),
             Arc::new(AtomicBool::new(false)),
         );
+        // A random while of load, and at least a few of this cycle's
+        // flushes however slow the machine: the cut must have something
+        // durable to keep and something unsynced to drop.
+        let flushes_before = track.lock().flushes;
         std::thread::sleep(Duration::from_millis(rng.gen_range(800..2500)));
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while track.lock().flushes < flushes_before + 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: the tracker made no progress"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         d.kill9();
         t.join().unwrap();
         let _ = fio.kill();

@@ -18,7 +18,7 @@ use common::nbd::NbdClient;
 use common::powerfs::PowerFs;
 use common::repl::{differing_blocks, enable_args, node_trusting, settle};
 use common::tracker::{check_tracked, fill_v1, reload, tracker, Track};
-use common::{fio_load, require_tool, Daemon};
+use common::{fio_load, free_port, require_tool, Daemon};
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -52,16 +52,6 @@ struct Counts {
     lost: u64,
     corrupt: u64,
     divergent: u64,
-}
-
-/// A port free right now (b's listener must keep its port across restarts,
-/// the proxy forwards to it).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// fio writes 8 MiB at [24M, 32M) and reads it back verifying checksums;
@@ -124,6 +114,7 @@ fn torture() {
     std::fs::File::open(a.dir.path().join("peer.key"))
         .and_then(|f| f.sync_all())
         .unwrap();
+    // b's listener keeps its port across restarts: the proxy forwards to it.
     let b_listen = format!("127.0.0.1:{}", free_port());
     let (mut b, b_addr) = node_trusting(Daemon::start(), "b", &b_listen, SECRET, &["a"]);
     let proxy = FaultProxy::start("127.0.0.1:0", &b_addr).unwrap();

@@ -32,14 +32,6 @@ fn healthy(addr: &str) -> bool {
     out.contains("\"health\":\"true\"")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The command line of etcd member `name` of a new cluster `initial`.
 fn member_args(
     name: &str,
@@ -79,7 +71,9 @@ impl Etcd {
     pub fn start(n: usize) -> Etcd {
         super::require_tool("etcd");
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| (super::free_port(), super::free_port()))
+            .collect();
         let initial: Vec<String> = ports
             .iter()
             .enumerate()

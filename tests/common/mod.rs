@@ -34,6 +34,16 @@ pub fn require_tool(tool: &str) {
     );
 }
 
+/// A loopback TCP port free right now (for a listener that must keep its
+/// port across restarts, or a server told its ports up front).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn require_root() {
     assert!(
         nix::unistd::geteuid().is_root(),

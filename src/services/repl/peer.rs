@@ -234,25 +234,25 @@ impl Drop for Listener {
     }
 }
 
-fn serve_peer(
-    ctx: Arc<NodeCtx>,
-    mut s: TcpStream,
-    from: String,
-    handler: Arc<dyn PeerHandler>,
-    unauthenticated: &AtomicUsize,
-) {
+/// TLS if the dialer starts it (tls.rs), then the HMAC handshake; refusals
+/// are logged and announced here. The authenticated stream and the peer's
+/// name, or None when the connection is done with.
+fn authenticate(ctx: &NodeCtx, mut s: TcpStream, from: &str) -> Option<(TcpStream, String)> {
     let _ = s.set_nonblocking(false);
     let _ = s.set_nodelay(true);
     let _ = s.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
     let _ = s.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
-    // TLS or not, by the first byte (tls.rs); nothing at all is a probe.
+    let refuse = |why: String| {
+        log::warn!("replication: refused peer from {from}: {why}");
+        ctx.notify("repl.peer_refused", from, why);
+    };
+    // TLS or not, by the first byte; nothing at all is a probe.
     let mut first = [0u8; 1];
     let tls_hello = match s.peek(&mut first) {
         Ok(1) => first[0] == tls::TLS_RECORD_HANDSHAKE,
         _ => {
-            unauthenticated.fetch_sub(1, Ordering::SeqCst);
             log::debug!("replication: connection from {from} closed before its handshake");
-            return;
+            return None;
         }
     };
     let mut binding = Vec::new();
@@ -263,20 +263,16 @@ fn serve_peer(
                 binding = b.to_vec();
             }
             Err(e) => {
-                unauthenticated.fetch_sub(1, Ordering::SeqCst);
-                log::warn!("replication: refused peer from {from}: {e}");
-                ctx.notify("repl.peer_refused", &from, e.to_string());
-                return;
+                refuse(e.to_string());
+                return None;
             }
         }
     } else if s.peer_addr().map_or(true, |a| tls::required_for(&a)) {
-        unauthenticated.fetch_sub(1, Ordering::SeqCst);
         let e = format!(
             "replication from {from} must use TLS (UMBRA_REPL_TLS is {:?} here)",
             tls::policy()
         );
-        log::warn!("replication: refused peer from {from}: {e}");
-        ctx.notify("repl.peer_refused", &from, e.clone());
+        refuse(e.clone());
         let _ = wire::write_frame(&mut s, FrameType::Error, e.as_bytes());
         // Let the dialer read why: closing with its HELLO unread would
         // reset the connection before our frame arrives.
@@ -285,7 +281,7 @@ fn serve_peer(
             &mut Read::by_ref(&mut s).take(1 << 16),
             &mut std::io::sink(),
         );
-        return;
+        return None;
     }
     let name = ctx.name();
     let shook = wire::handshake_with(
@@ -295,11 +291,10 @@ fn serve_peer(
         &|p: &str| ctx.secret(p),
         &binding,
     );
-    unauthenticated.fetch_sub(1, Ordering::SeqCst);
     let _ = s.set_read_timeout(Some(CONTROL_TIMEOUT));
     let _ = s.set_write_timeout(None);
-    let peer = match shook {
-        Ok(p) => p,
+    match shook {
+        Ok(peer) => Some((s, peer)),
         // Closed before saying anything: a reachability probe (a link
         // manager waiting to sync), not an authentication failure.
         Err(WireError::Io(e))
@@ -311,14 +306,27 @@ fn serve_peer(
             ) =>
         {
             log::debug!("replication: connection from {from} closed before its handshake");
-            return;
+            None
         }
         Err(e) => {
-            log::warn!("replication: refused peer from {from}: {e}");
-            ctx.notify("repl.peer_refused", &from, e.to_string());
+            refuse(e.to_string());
             let _ = wire::write_frame(&mut s, FrameType::Error, e.to_string().as_bytes());
-            return;
+            None
         }
+    }
+}
+
+fn serve_peer(
+    ctx: Arc<NodeCtx>,
+    s: TcpStream,
+    from: String,
+    handler: Arc<dyn PeerHandler>,
+    unauthenticated: &AtomicUsize,
+) {
+    let authenticated = authenticate(&ctx, s, &from);
+    unauthenticated.fetch_sub(1, Ordering::SeqCst);
+    let Some((mut s, peer)) = authenticated else {
+        return;
     };
     loop {
         let f = match wire::read_frame(&mut s) {
