@@ -24,6 +24,16 @@ fn first_start_creates_the_default_volume_and_export() {
     assert_eq!(c.size, 1 << 30);
     assert_eq!(c.write(0, &[7; 4096], 0), 0);
     assert_eq!(c.read(0, 4096).unwrap(), vec![7; 4096]);
+
+    // `--no-default` (here through its variable): a first start with
+    // nothing, and it stays empty after a restart.
+    let mut e = Daemon::start_with_env(&[("UMBRA_NO_DEFAULT", "1")]);
+    assert!(!e.stdout.join("\n").contains("created volume"));
+    assert_eq!(e.json(&["volume", "list"]), serde_json::json!([]));
+    assert_eq!(e.json(&["export", "list"]), serde_json::json!([]));
+    e.stop();
+    e.spawn();
+    assert_eq!(e.json(&["volume", "list"]), serde_json::json!([]));
 }
 
 #[test]

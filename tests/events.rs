@@ -121,6 +121,25 @@ fn events_now_prints_each_object_once_then_follows() {
     assert!(created["seq"].as_u64().unwrap() > at);
     let _ = child.kill();
     let _ = child.wait();
+
+    // `--now` alone: the same state lines, then it exits by itself.
+    let out = Command::new(UMBRA)
+        .args(["events", "--now", "--json"])
+        .env("UMBRA_SOCKET", a.socket())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines
+        .iter()
+        .all(|e| e["kind"].as_str().unwrap().ends_with(".state")));
+    assert!(lines
+        .iter()
+        .any(|e| e["object_kind"] == "volume" && e["object"] == "late"));
 }
 
 /// Every literal event kind in the code (`publish("kind", ...)`, and the

@@ -4789,7 +4789,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__serve)
-            opts="-h -V --data-dir --default-listen --metrics --socket --help --version"
+            opts="-h -V --data-dir --default-listen --no-default --metrics --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

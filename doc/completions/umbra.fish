@@ -46,6 +46,7 @@ complete -c umbra -n "__fish_umbra_using_subcommand serve" -l data-dir -d 'Data 
 complete -c umbra -n "__fish_umbra_using_subcommand serve" -l default-listen -d 'Where the default volume is exported on a first start (no configuration yet)' -r
 complete -c umbra -n "__fish_umbra_using_subcommand serve" -l metrics -d 'Serve Prometheus metrics at http://ADDR/metrics (off unless given; `--metrics` alone listens on 127.0.0.1:9633, a bare port on loopback)' -r
 complete -c umbra -n "__fish_umbra_using_subcommand serve" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
+complete -c umbra -n "__fish_umbra_using_subcommand serve" -l no-default -d 'On a first start, create no default volume (a second daemon on one host, a host that scripts set up; `--default-listen` is then unused)'
 complete -c umbra -n "__fish_umbra_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand serve" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and not __fish_seen_subcommand_from create add remove resize list info reopen help" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
@@ -575,8 +576,8 @@ complete -c umbra -n "__fish_umbra_using_subcommand status" -l json -d 'Print ma
 complete -c umbra -n "__fish_umbra_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand status" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand events" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
-complete -c umbra -n "__fish_umbra_using_subcommand events" -s f -l follow -d 'Keep streaming until interrupted (the only mode today; accepted for clarity)'
-complete -c umbra -n "__fish_umbra_using_subcommand events" -l now -d 'Start with the current state of every object (`KIND.state` events: volumes, exports, image sets, replication sets, hooks), then `now.done`'
+complete -c umbra -n "__fish_umbra_using_subcommand events" -s f -l follow -d 'Keep streaming until interrupted (what `events` does unless only `--now` is given)'
+complete -c umbra -n "__fish_umbra_using_subcommand events" -l now -d 'Start with the current state of every object (`KIND.state` events: volumes, exports, image sets, replication sets, hooks), then `now.done`; without `--follow`, exit there'
 complete -c umbra -n "__fish_umbra_using_subcommand events" -l json -d 'Print each event as one JSON line'
 complete -c umbra -n "__fish_umbra_using_subcommand events" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand events" -s V -l version -d 'Print version'

@@ -473,18 +473,25 @@ pub fn status(socket: &Path, json_out: bool) -> Result<()> {
 }
 
 pub fn events(socket: &Path, a: EventsArgs) -> Result<()> {
-    let _ = a.follow;
+    // `--now` alone prints the state of everything and exits; with
+    // `--follow`, or with neither, the stream goes on.
+    let follow = a.follow || !a.now;
     let mut client = connect(socket)?;
     let reply = client.call("events.follow", json!({"now": a.now}))?;
     if !reply.ok {
         bail!("{}", reply.error.map(|e| e.message).unwrap_or_default());
     }
-    eprintln!(
-        "umbra: following events from {} (Ctrl-C to stop)",
-        socket.display()
-    );
+    if follow {
+        eprintln!(
+            "umbra: following events from {} (Ctrl-C to stop)",
+            socket.display()
+        );
+    }
     while let Some(v) = client.read_value()? {
         let e = &v["event"];
+        if !follow && e["kind"] == "now.done" {
+            break;
+        }
         if a.json {
             println!("{e}");
         } else {

@@ -116,8 +116,10 @@ Example:\n  umbra status --json"
     /// Stream state changes (volumes, exports, services) as they happen
     #[command(
         long_about = "Stream state changes as they happen: volumes created and removed, \
-exports added and removed, and every data-service state change. Runs until interrupted.\n\n\
-Example:\n  umbra events --follow --json | jq ."
+exports added and removed, and every data-service state change. Runs until interrupted; \
+`--now` alone prints the state of every object and exits.\n\n\
+Examples:\n  umbra events --follow --json | jq .\n  umbra events --now --follow --json   # state first, then changes\n  \
+umbra events --now --json | jq -c 'select(.kind == \"set.state\")'"
     )]
     Events(EventsArgs),
 }
@@ -131,11 +133,13 @@ pub struct JsonFlag {
 
 #[derive(Args)]
 pub struct EventsArgs {
-    /// Keep streaming until interrupted (the only mode today; accepted for clarity)
+    /// Keep streaming until interrupted (what `events` does unless only
+    /// `--now` is given)
     #[arg(long, short)]
     follow: bool,
     /// Start with the current state of every object (`KIND.state` events:
-    /// volumes, exports, image sets, replication sets, hooks), then `now.done`
+    /// volumes, exports, image sets, replication sets, hooks), then
+    /// `now.done`; without `--follow`, exit there
     #[arg(long)]
     now: bool,
     /// Print each event as one JSON line

@@ -658,10 +658,11 @@ pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
                 print_json(&v);
             } else {
                 println!(
-                    "replication set {}: {} ({} to sync)",
+                    "replication set {}: {} ({} {})",
                     a.set,
                     s(&v["state"]),
-                    human_bytes(v["sync_total_bytes"].as_u64().unwrap_or(0))
+                    human_bytes(v["sync_total_bytes"].as_u64().unwrap_or(0)),
+                    if a.wait { "synced" } else { "to sync" }
                 );
             }
         }

@@ -18,6 +18,10 @@ pub struct ServeArgs {
     /// Where the default volume is exported on a first start (no configuration yet)
     #[arg(long, env = "UMBRA_DEFAULT_LISTEN", default_value = DEFAULT_LISTEN, value_parser = parse_listen)]
     default_listen: ListenAddr,
+    /// On a first start, create no default volume (a second daemon on one
+    /// host, a host that scripts set up; `--default-listen` is then unused)
+    #[arg(long, env = "UMBRA_NO_DEFAULT", value_parser = clap::builder::FalseyValueParser::new())]
+    no_default: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (off unless given;
     /// `--metrics` alone listens on 127.0.0.1:9633, a bare port on loopback)
     #[arg(long, env = "UMBRA_METRICS", value_name = "ADDR", num_args = 0..=1,
@@ -101,7 +105,7 @@ pub fn run(args: ServeArgs) -> i32 {
     };
     let (daemon, report) = match Daemon::start(DaemonOptions {
         data_dir: args.data_dir,
-        default_listen: args.default_listen,
+        default_listen: (!args.no_default).then_some(args.default_listen),
     }) {
         Ok(x) => x,
         Err(e) => {

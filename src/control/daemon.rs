@@ -40,8 +40,9 @@ pub const DEFAULT_VOLUME_BYTES: u64 = 1 << 30;
 
 pub struct DaemonOptions {
     pub data_dir: PathBuf,
-    /// Where the default volume is exported when there is no configuration.
-    pub default_listen: ListenAddr,
+    /// Where the default volume is exported when there is no configuration
+    /// (`None`: a first start creates nothing).
+    pub default_listen: Option<ListenAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +151,7 @@ impl Daemon {
             .map_err(|_| StartError::Locked(data_dir.clone()))?;
 
         let loaded = Config::load(&data_dir)?;
-        let created_default = loaded.is_none();
+        let created_default = loaded.is_none() && opts.default_listen.is_some();
         let repl = crate::services::repl::Replication::new();
         let events = Arc::new(EventBus::default());
         let daemon = Arc::new(Daemon {
@@ -191,11 +192,12 @@ impl Daemon {
                     cluster.upgrade().and_then(|c| c.outdate(g, peer))
                 }));
         }
-        match loaded {
-            Some(cfg) => daemon.restore(cfg),
-            None => daemon
-                .create_default(&opts.default_listen)
+        match (loaded, &opts.default_listen) {
+            (Some(cfg), _) => daemon.restore(cfg),
+            (None, Some(listen)) => daemon
+                .create_default(listen)
                 .map_err(|e| StartError::Default(e.message))?,
+            (None, None) => {}
         }
         daemon.watch_health();
         // The cluster agent last: every set and export is up, so the groups

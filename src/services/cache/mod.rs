@@ -521,6 +521,13 @@ impl BlockDevice for CacheDevice {
         self.lower.flush()
     }
 
+    /// The read cache holds only what its lower device reads, so the
+    /// lower's holes are its own (a write-back layer below answers for
+    /// its dirty blocks).
+    fn allocation(&self, offset: u64, len: u64) -> Result<Vec<crate::device::Extent>> {
+        self.lower.allocation(offset, len)
+    }
+
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
         check_range(offset, len, self.size_bytes)?;
         let r = self.lower.discard(offset, len);
