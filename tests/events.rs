@@ -245,6 +245,72 @@ fn the_documented_event_kinds_are_the_emitted_ones() {
     );
 }
 
+/// Every field name the code gives an event (`.field("name", ...)`).
+fn emitted_fields(dir: &Path, out: &mut BTreeSet<String>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            emitted_fields(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            let text = std::fs::read_to_string(&p).unwrap();
+            for (i, m) in text.match_indices(".field(\"") {
+                let name: String = text[i + m.len()..]
+                    .chars()
+                    .take_while(|c| *c != '"')
+                    .collect();
+                out.insert(name);
+            }
+        }
+    }
+}
+
+/// The field names in the `fields` column of the Events table (values in
+/// parentheses, such as `(nbd, ublk)`, are not names).
+fn documented_fields() -> BTreeSet<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/admin-protocol.md")).unwrap();
+    let section = &doc[doc.find("## Events").expect("an Events section")..];
+    let mut out = BTreeSet::new();
+    for row in section.lines().filter(|l| l.starts_with("| `")) {
+        let cell = row.split('|').nth(4).expect("a fields column");
+        let mut plain = String::new();
+        let mut depth = 0;
+        for c in cell.chars() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ if depth == 0 => plain.push(c),
+                _ => {}
+            }
+        }
+        for t in plain.split('`').skip(1).step_by(2) {
+            if !t.is_empty() && t.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                out.insert(t.to_owned());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_documented_event_fields_are_the_emitted_ones() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut emitted = BTreeSet::new();
+    emitted_fields(&root.join("src"), &mut emitted);
+    assert!(emitted.len() > 30, "the scan found only {emitted:?}");
+    let documented = documented_fields();
+    let undocumented: Vec<_> = emitted.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "event fields emitted but not in docs/admin-protocol.md's table: {undocumented:?}"
+    );
+    let stale: Vec<_> = documented.difference(&emitted).collect();
+    assert!(
+        stale.is_empty(),
+        "event fields documented but emitted nowhere: {stale:?}"
+    );
+}
+
 /// Events say only what happened: an `image enable` that created its
 /// shadow volume and then failed removes the volume again and says so,
 /// truthfully about its backing file.
@@ -282,6 +348,11 @@ fn a_failed_image_enable_takes_back_the_shadow_it_created_and_says_so() {
         removed["detail"].as_str().unwrap().contains("deleted"),
         "{removed}"
     );
+    assert_eq!(removed["fields"]["backing_kept"], false, "{removed}");
+    assert!(removed["fields"]["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("snap.img"));
     assert!(
         ev.of_kind("volume.created")
             .iter()
@@ -291,4 +362,95 @@ fn a_failed_image_enable_takes_back_the_shadow_it_created_and_says_so() {
     let vols = d.json(&["volume", "list"]);
     assert!(vols.as_array().unwrap().iter().all(|v| v["name"] != "snap"));
     assert!(!d.data_dir().join("snap.img").exists());
+}
+
+/// `KIND`'s events in `log` (waiting for `end` first), checked as a
+/// progress bar would read them: at least two, the bytes done never going
+/// back, the total constant, at most about one a second.
+fn progress_of(log: &EventLog, kind: &str, done: &str, end: &str) -> Vec<Value> {
+    log.wait_for(end, Duration::from_secs(60));
+    let p = log.of_kind(kind);
+    assert!(p.len() >= 2, "{kind}: {p:?}");
+    for w in p.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        assert!(
+            b["fields"][done].as_u64() >= a["fields"][done].as_u64(),
+            "{a} {b}"
+        );
+        assert_eq!(a["fields"]["total_bytes"], b["fields"]["total_bytes"]);
+        let gap = b["time_ms"].as_u64().unwrap() - a["time_ms"].as_u64().unwrap();
+        assert!(gap >= 900, "{kind} events {gap} ms apart: {a} {b}");
+    }
+    p
+}
+
+#[test]
+fn progress_events_follow_a_copy_and_a_sync_at_most_once_a_second() {
+    let (a, _) = node("a", "events-secret-0123456789", "b");
+    let (b, b_addr) = node("b", "events-secret-0123456789", "a");
+    for d in [&a, &b] {
+        d.ok(&["volume", "create", "v", "--size", "16M"]);
+    }
+    a.export_nbd("v");
+    fill(&a, "v", 16 << 20, 7);
+    let log = EventLog::follow(&a);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // A throttled full copy: 16 MiB in 64 KiB chunks, 12 ms after each.
+    a.ok(&[
+        "image",
+        "enable",
+        "full",
+        "--master",
+        "v",
+        "--shadow",
+        "copy",
+        "--mode",
+        "independent",
+        "--chunk-size",
+        "64K",
+        "--throttle-delay-ms",
+        "12",
+        "--throttle-unit",
+        "1",
+    ]);
+    let p = progress_of(
+        &log,
+        "image.copy_progress",
+        "copied_bytes",
+        "image.copy_done",
+    );
+    assert_eq!(p[0]["object"], "full");
+    assert_eq!(p[0]["fields"]["total_bytes"], 16 << 20);
+    assert_eq!(p[0]["fields"]["direction"], "to-shadow");
+    assert!(p
+        .iter()
+        .any(|e| e["fields"]["rate_bytes_per_s"].as_u64() > Some(0)));
+
+    // A full sync held at 4 MiB/s.
+    a.ok(&enable_args(
+        "s",
+        "v",
+        &b_addr,
+        "v",
+        "async",
+        &["--sync-rate", "4M"],
+    ));
+    a.ok(&["repl", "sync", "s"]);
+    let p = progress_of(
+        &log,
+        "repl.sync_progress",
+        "synced_bytes",
+        "repl.replicating",
+    );
+    assert_eq!(p[0]["object"], "s");
+    assert_eq!(p[0]["fields"]["peer"], "b");
+    assert_eq!(p[0]["fields"]["total_bytes"], 16 << 20);
+    let last = p.last().unwrap();
+    let rate = last["fields"]["rate_bytes_per_s"].as_u64().unwrap();
+    assert!(
+        (1 << 20..12 << 20).contains(&rate),
+        "a sync limited to 4 MiB/s moved {rate} bytes/s"
+    );
+    settle(&a, "s");
 }

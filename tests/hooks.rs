@@ -46,7 +46,7 @@ fn hooks_get_their_events_time_out_and_survive_a_restart() {
     script(
         &rec,
         &format!(
-            "printf '%s %s %s ' \"$UMBRA_HOOK\" \"$UMBRA_EVENT_KIND\" \"$UMBRA_EVENT_OBJECT\" >> {0}\ncat >> {0}",
+            "printf '%s %s %s %s ' \"$UMBRA_HOOK\" \"$UMBRA_EVENT_KIND\" \"$UMBRA_EVENT_OBJECT\" \"${{UMBRA_FIELD_SIZE_BYTES:--}}\" >> {0}\ncat >> {0}",
             log.display()
         ),
     );
@@ -132,11 +132,19 @@ fn hooks_get_their_events_time_out_and_survive_a_restart() {
     });
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines[0].starts_with("rec volume.created a {"), "{text}");
-    assert!(lines[1].starts_with("rec volume.created b {"), "{text}");
-    assert!(lines[2].starts_with("rec volume.removed b {"), "{text}");
+    // A field in the environment: the created volumes' size.
+    assert!(
+        lines[0].starts_with("rec volume.created a 1048576 {"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("rec volume.created b 1048576 {"),
+        "{text}"
+    );
+    assert!(lines[2].starts_with("rec volume.removed b - {"), "{text}");
     for l in &lines {
-        let json: Value = serde_json::from_str(l.splitn(4, ' ').nth(3).unwrap()).unwrap();
+        let json: Value = serde_json::from_str(l.splitn(5, ' ').nth(4).unwrap()).unwrap();
+        assert!(json["fields"].is_object(), "{l}");
         assert!(json["seq"].as_u64().unwrap() > 0, "{l}");
         assert!(json["kind"].as_str().unwrap().starts_with("volume."));
     }
@@ -170,7 +178,7 @@ fn hooks_get_their_events_time_out_and_survive_a_restart() {
     d.ok(&["volume", "create", "c", "--size", "1M"]);
     wait_until("rec saw c after the restart", 10, || {
         std::fs::read_to_string(&log)
-            .map(|s| s.contains("rec volume.created c {"))
+            .map(|s| s.contains("rec volume.created c 1048576 {"))
             .unwrap_or(false)
     });
     assert!(hook(&d, "hang").is_null());

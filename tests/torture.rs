@@ -31,14 +31,6 @@ use std::time::{Duration, Instant};
 use umbra::services::repl::proxy::{Fault, FaultProxy};
 
 const SECRET: &str = "torture-secret-0123456789abcdef";
-/// Actions CI's smoke run leaves out while a bug they find is open (issue
-/// 14's stop-19 note): a 10-minute run on the final code of that stop saw
-/// a restored master differ from its point in time once (restores, 4)
-/// and the secondary diverge by one block right after a write-through
-/// cache was enabled under load (cache toggles, 5), 2 problems in 162
-/// cycles. `tools/torture.sh` still runs them; take them out of here with
-/// the fix.
-const KNOWN_BAD: [u32; 2] = [4, 5];
 const BLOCKS: u64 = 32 << 20 >> 12;
 
 #[derive(Default, Debug)]
@@ -123,9 +115,6 @@ fn torture() {
     let given: Option<u64> = std::env::var("UMBRA_TORTURE_SECS")
         .ok()
         .and_then(|s| s.parse().ok());
-    // CI's smoke run (no UMBRA_TORTURE_SECS) leaves out the actions of an
-    // open bug (KNOWN_BAD); tools/torture.sh runs every action.
-    let smoke = given.is_none();
     let secs = given.unwrap_or(45);
     // CI's smoke run repeats one sequence of choices (timing still varies);
     // tools/torture.sh draws a new seed each run unless given one.
@@ -214,7 +203,7 @@ fn torture() {
         std::thread::sleep(Duration::from_millis(rng.gen_range(300..1500)));
         let action = loop {
             let a = rng.gen_range(0..7);
-            if !(smoke && KNOWN_BAD.contains(&a)) && only.as_ref().is_none_or(|o| o.contains(&a)) {
+            if only.as_ref().is_none_or(|o| o.contains(&a)) {
                 break a;
             }
         };

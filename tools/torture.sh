@@ -13,8 +13,7 @@
 #   tools/torture.sh [MINUTES]        # default 20; needs root (FUSE mount) and fio
 #   UMBRA_TORTURE_SEED=N tools/torture.sh 5   # repeat one run's choices
 #
-# CI runs the same test for 45 s as a smoke run (without the actions of an
-# open bug, KNOWN_BAD in tests/torture.rs); this is the long one, with all.
+# CI runs the same test for 45 s as a smoke run; this is the long one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes="${1:-20}"

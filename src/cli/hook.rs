@@ -15,8 +15,9 @@ pub enum HookCommand {
 patterns: an exact kind (image.failed), a prefix ending in '*' (repl.*), or '*' for all. \
 The command runs without a shell, once per event, outside the daemon's data path: the event \
 is on its stdin as one JSON line and in the environment (UMBRA_HOOK, UMBRA_EVENT_SEQ, \
-UMBRA_EVENT_TIME_MS, UMBRA_EVENT_KIND, UMBRA_EVENT_OBJECT, UMBRA_EVENT_DETAIL, \
-UMBRA_EVENT_JSON). A command still running at --timeout is killed. Failures are logged and \
+UMBRA_EVENT_TIME_MS, UMBRA_EVENT_KIND, UMBRA_EVENT_OBJECT_KIND, UMBRA_EVENT_OBJECT, \
+UMBRA_EVENT_DETAIL, UMBRA_EVENT_JSON, and each of the event's fields as UMBRA_FIELD_<NAME>, \
+e.g. UMBRA_FIELD_SIZE_BYTES). A command still running at --timeout is killed. Failures are logged and \
 shown in `hook list`; they never block the daemon. Hooks persist across restarts; adding the \
 same hook again changes nothing.\n\n\
 Example:\n  umbra hook add page-me --on 'repl.*,image.failed,volume.failed,cluster.*' \

@@ -3,6 +3,7 @@
 pub use crate::services::repl::config::ClusterConfig;
 use crate::services::repl::config::{GroupConfig, ReplRole};
 use crate::services::repl::{OnlineOptions, RResult, ReplError, Replication};
+use crate::services::Note;
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -202,8 +203,13 @@ impl Cluster {
         .map_err(|e| ReplError::Peer(format!("cluster join: etcd {}: {e}", cfg.etcd.join(","))))?;
         self.repl.set_cluster_config(Some(cfg.clone()))?;
         self.start(cfg.clone());
-        self.repl
-            .publish("cluster.joined", &cfg.name, cfg.etcd.join(","));
+        self.repl.publish(
+            "cluster.joined",
+            &cfg.name,
+            Note::new(cfg.etcd.join(","))
+                .field("etcd", &cfg.etcd)
+                .field("ttl_s", cfg.ttl_s),
+        );
         self.status()
     }
 
@@ -237,8 +243,11 @@ impl Cluster {
             });
         }
         self.repl.set_cluster_config(None)?;
-        self.repl
-            .publish("cluster.left", &cfg.name, notes.join("; "));
+        self.repl.publish(
+            "cluster.left",
+            &cfg.name,
+            Note::new(notes.join("; ")).field("notes", &notes),
+        );
         Ok(json!({"cluster": cfg.name, "note": notes.join("; ")}))
     }
 
@@ -521,8 +530,11 @@ impl Agent {
                     self.error(e.clone());
                     if !self.etcd_down_said {
                         self.etcd_down_said = true;
-                        self.repl
-                            .publish("cluster.etcd_unreachable", &self.cfg.name, e);
+                        self.repl.publish(
+                            "cluster.etcd_unreachable",
+                            &self.cfg.name,
+                            Note::new(e.clone()).field("why", e),
+                        );
                     }
                 }
             }
@@ -575,7 +587,7 @@ impl Agent {
             self.repl.publish(
                 "cluster.etcd_reachable",
                 &self.cfg.name,
-                format!("lease {lease:x}"),
+                Note::new(format!("lease {lease:x}")).field("lease", format!("{lease:x}")),
             );
         }
         let renew_every = Duration::from_millis(self.cfg.ttl_s * 1000 / 3);
@@ -740,7 +752,8 @@ impl Agent {
                 self.repl.publish(
                     "cluster.peer_current",
                     g,
-                    format!("{node} is in sync again: a candidate again"),
+                    Note::new(format!("{node} is in sync again: a candidate again"))
+                        .field("peer", node),
                 );
             } else {
                 left += 1;
@@ -786,7 +799,7 @@ impl Agent {
             self.repl.publish(
                 "cluster.released",
                 g,
-                "this node is a secondary now: the lock goes to the production node".into(),
+                "this node is a secondary now: the lock goes to the production node",
             );
         }
         Ok(())
@@ -815,7 +828,8 @@ impl Agent {
             self.repl.publish(
                 "cluster.locked",
                 g,
-                format!("production here, lease {lease:x}"),
+                Note::new(format!("production here, lease {lease:x}"))
+                    .field("lease", format!("{lease:x}")),
             );
             self.unfence(g);
             return Ok(true);
@@ -868,7 +882,10 @@ impl Agent {
         self.repl.publish(
             "cluster.demoted",
             g,
-            format!("{holder} holds the group's lock: this node joins it"),
+            Note::new(format!(
+                "{holder} holds the group's lock: this node joins it"
+            ))
+            .field("holder", &holder),
         );
         self.spawn_op(g, "join", {
             let (repl, g, shared) = (self.repl.clone(), g.to_owned(), self.shared.clone());
@@ -937,7 +954,7 @@ impl Agent {
         if self.shared.fenced.lock().remove(g) {
             self.repl.fence_group(g, false);
             self.repl
-                .publish("cluster.unfenced", g, "the lease is renewed".into());
+                .publish("cluster.unfenced", g, "the lease is renewed");
         }
     }
 
@@ -971,7 +988,11 @@ impl Agent {
                 self.repl.publish(
                     "cluster.refused",
                     g,
-                    format!("{}'s copy is outdated in etcd: not a candidate", self.me),
+                    Note::new(format!(
+                        "{}'s copy is outdated in etcd: not a candidate",
+                        self.me
+                    ))
+                    .field("why", "outdated"),
                 );
             }
             return Ok(());
@@ -1048,7 +1069,13 @@ impl Agent {
         self.repl.publish(
             "cluster.takeover",
             g,
-            json!({"from": failed, "rank": rank, "candidates": keys.len()}).to_string(),
+            Note::new(format!(
+                "{failed} is gone: this node (rank {rank} of {}) takes the group over",
+                keys.len()
+            ))
+            .field("from", &failed)
+            .field("rank", rank)
+            .field("candidates", keys.len()),
         );
         // Serve it (group online: the same checks as by hand), or give the
         // lock back so the failover cascades to the next candidate.
@@ -1067,9 +1094,10 @@ impl Agent {
                 repl.publish(
                     "cluster.refused",
                     &gname,
-                    format!(
+                    Note::new(format!(
                         "{me} cannot serve the group: {e}; the lock goes to the next candidate"
-                    ),
+                    ))
+                    .field("why", e.to_string()),
                 );
                 let _ = block_on(async {
                     let mut c = connect(&cluster.etcd).await?;
@@ -1087,7 +1115,11 @@ impl Agent {
                     timed(c.txn(txn)).await?;
                     Ok::<(), String>(())
                 });
-                repl.publish("cluster.cascade", &gname, format!("released by {me}"));
+                repl.publish(
+                    "cluster.cascade",
+                    &gname,
+                    Note::new(format!("released by {me}")).field("by", &me),
+                );
             }
             r.map(|_| ())
         });
@@ -1136,7 +1168,7 @@ fn watchdog(repl: &Replication, shared: &Shared) {
                 repl.publish(
                     "cluster.unfenced",
                     g,
-                    "this node is a secondary of the group now".into(),
+                    "this node is a secondary of the group now",
                 );
             }
         }
@@ -1172,10 +1204,13 @@ fn watchdog(repl: &Replication, shared: &Shared) {
             repl.publish(
                 "cluster.fenced",
                 &g,
-                format!(
-                    "lease not renewed for {} ms and a peer reaches etcd (or none answers): writes stop",
-                    now_ms().saturating_sub(renewed)
-                ),
+                {
+                    let unrenewed_ms = now_ms().saturating_sub(renewed);
+                    Note::new(format!(
+                        "lease not renewed for {unrenewed_ms} ms and a peer reaches etcd (or none answers): writes stop"
+                    ))
+                    .field("unrenewed_ms", unrenewed_ms)
+                },
             );
         }
     }

@@ -20,6 +20,7 @@ use crate::interposer::Volume;
 use crate::services::cache::writeback::WriteBack;
 use crate::services::cache::{CacheService, DEFAULT_CACHE_BYTES, MIN_CACHE_BYTES};
 use crate::services::image::Imaging;
+use crate::services::Note;
 use nix::fcntl::{Flock, FlockArg};
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -37,6 +38,34 @@ use std::time::Instant;
 /// configuration at all.
 pub const DEFAULT_VOLUME: &str = "default";
 pub const DEFAULT_VOLUME_BYTES: u64 = 1 << 30;
+
+/// Progress events (`image.copy_progress`, `repl.sync_progress`,
+/// `repl.verify_progress`) go out at most this often per object: often
+/// enough for a progress bar, rare enough for any subscriber's queue.
+pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What the last progress event of each running copy, sync or verify said.
+#[derive(Default)]
+struct Progress {
+    last: HashMap<String, (u64, std::time::Instant)>,
+}
+
+impl Progress {
+    /// Note that `key` has done `done` bytes. An event is due (returned:
+    /// the rate since the last one, bytes per second) the first time, and
+    /// then when `done` moved and [`PROGRESS_EVERY`] passed.
+    fn advance(&mut self, key: &str, done: u64, now: std::time::Instant) -> Option<u64> {
+        let rate = match self.last.get(key) {
+            Some(&(d, t)) if d == done || now.duration_since(t) < PROGRESS_EVERY => return None,
+            Some(&(d, t)) => {
+                (done.saturating_sub(d) as f64 / now.duration_since(t).as_secs_f64()) as u64
+            }
+            None => 0,
+        };
+        self.last.insert(key.to_owned(), (done, now));
+        Some(rate)
+    }
+}
 
 pub struct DaemonOptions {
     pub data_dir: PathBuf,
@@ -206,11 +235,14 @@ impl Daemon {
             daemon.cluster.start(c);
         }
         let exports = daemon.export_list();
-        daemon.events.publish(
-            "daemon.started",
-            &data_dir.display().to_string(),
-            format!("{} volumes", daemon.state.lock().volumes.len()),
-        );
+        daemon
+            .events
+            .publish("daemon.started", &data_dir.display().to_string(), {
+                let volumes = daemon.state.lock().volumes.len();
+                Note::new(format!("{volumes} volumes"))
+                    .field("volumes", volumes)
+                    .field("version", env!("CARGO_PKG_VERSION"))
+            });
         Ok((
             daemon,
             StartReport {
@@ -528,7 +560,9 @@ impl Daemon {
         self.events.publish(
             "volume.created",
             name,
-            format!("{size} bytes on {}", path.display()),
+            Note::new(format!("{size} bytes on {}", path.display()))
+                .field("size_bytes", size)
+                .field("path", path),
         );
         Ok(volume_json(st, name))
     }
@@ -590,8 +624,14 @@ impl Daemon {
         }
         for e in &exported {
             stop_export(&mut st, e);
-            self.events
-                .publish("export.removed", &a.name, format!("nbd {}", e.listen));
+            self.events.publish(
+                "export.removed",
+                &a.name,
+                Note::new(format!("nbd {}", e.listen))
+                    .field("kind", "nbd")
+                    .field("listen", &e.listen)
+                    .field("why", "its volume was removed"),
+            );
         }
         st.export_errors.remove(&a.name);
         let entry = st.volumes.remove(&a.name).expect("checked above");
@@ -623,7 +663,9 @@ impl Daemon {
                     self.events.publish(
                         "volume.removed",
                         &a.name,
-                        format!("backing file {shown} deleted"),
+                        Note::new(format!("backing file {shown} deleted"))
+                            .field("path", &shown)
+                            .field("backing_kept", false),
                     );
                     Ok(json!({"name": a.name, "backing_kept": null, "deleted": shown}))
                 }
@@ -631,7 +673,12 @@ impl Daemon {
                     self.events.publish(
                         "volume.removed",
                         &a.name,
-                        format!("backing file kept at {shown}: deleting it failed: {e}"),
+                        Note::new(format!(
+                            "backing file kept at {shown}: deleting it failed: {e}"
+                        ))
+                        .field("path", &shown)
+                        .field("backing_kept", true)
+                        .field("delete_error", e.to_string()),
                     );
                     Err(OpError::failed(format!(
                         "volume {} removed, but its backing file {shown} was not deleted: {e}",
@@ -643,7 +690,9 @@ impl Daemon {
         self.events.publish(
             "volume.removed",
             &a.name,
-            format!("backing file kept at {shown}"),
+            Note::new(format!("backing file kept at {shown}"))
+                .field("path", &shown)
+                .field("backing_kept", true),
         );
         Ok(json!({"name": a.name, "backing_kept": shown}))
     }
@@ -733,7 +782,9 @@ impl Daemon {
         self.events.publish(
             "volume.resized",
             &a.name,
-            format!("from {from} to {} bytes", a.size_bytes),
+            Note::new(format!("from {from} to {} bytes", a.size_bytes))
+                .field("from_bytes", from)
+                .field("size_bytes", a.size_bytes),
         );
         Ok(volume_json(&st, &a.name))
     }
@@ -792,7 +843,10 @@ impl Daemon {
         self.events.publish(
             "export.added",
             &ec.volume,
-            format!("{} {}", kind_name(ec.kind), ec.listen),
+            Note::new(format!("{} {}", kind_name(ec.kind), ec.listen))
+                .field("kind", kind_name(ec.kind))
+                .field("listen", &ec.listen)
+                .field("read_only", ec.read_only),
         );
         Ok(export_json(st, &ec))
     }
@@ -854,8 +908,14 @@ impl Daemon {
         stop_export(&mut st, &ec);
         st.export_errors.remove(&name);
         let kind = kind_name(ec.kind);
-        self.events
-            .publish("export.removed", &name, format!("{kind} {}", ec.listen));
+        self.events.publish(
+            "export.removed",
+            &name,
+            Note::new(format!("{kind} {}", ec.listen))
+                .field("kind", kind)
+                .field("listen", &ec.listen)
+                .field("why", "export remove"),
+        );
         Ok(json!({"volume": name, "kind": kind, "listen": ec.listen}))
     }
 
@@ -947,11 +1007,21 @@ impl Daemon {
         }
         self.watch_cache(&a.volume, &cache);
         st.volumes.get_mut(&a.volume).expect("online").cache = Some(cache);
-        let detail = match &safe_store {
-            Some(p) => format!("write-back, {size_bytes} bytes, safe store {}", p.display()),
-            None => format!("write-through, {size_bytes} bytes"),
+        let note = match &safe_store {
+            Some(p) => Note::new(format!(
+                "write-back, {size_bytes} bytes, safe store {}",
+                p.display()
+            ))
+            .field("mode", "write-back")
+            .field("safe_store", p),
+            None => Note::new(format!("write-through, {size_bytes} bytes"))
+                .field("mode", "write-through"),
         };
-        self.events.publish("cache.enabled", &a.volume, detail);
+        self.events.publish(
+            "cache.enabled",
+            &a.volume,
+            note.field("size_bytes", size_bytes),
+        );
         Ok(volume_json(&st, &a.volume))
     }
 
@@ -963,7 +1033,10 @@ impl Daemon {
             events.publish(
                 "cache.failed",
                 &name,
-                format!("write-back cache failed: {why}; writes fail until it is disabled"),
+                Note::new(format!(
+                    "write-back cache failed: {why}; writes fail until it is disabled"
+                ))
+                .field("why", why.to_string()),
             )
         }));
     }
@@ -1101,7 +1174,7 @@ impl Daemon {
         self.events.publish(
             "volume.reopened",
             &a.name,
-            format!("on {}", vc.path.display()),
+            Note::new(format!("on {}", vc.path.display())).field("path", &vc.path),
         );
         Ok(volume_json(&st, &a.name))
     }
@@ -1117,12 +1190,14 @@ impl Daemon {
             .name("volume-health".into())
             .spawn(move || {
                 let mut said: HashMap<String, String> = HashMap::new();
+                let mut progress = Progress::default();
                 loop {
                     std::thread::sleep(std::time::Duration::from_millis(500));
                     let Some(d) = weak.upgrade() else { return };
                     if d.is_stopping() {
                         return;
                     }
+                    d.progress_events(&mut progress);
                     let failed: Vec<(String, String)> = {
                         let st = d.state.lock();
                         st.volumes
@@ -1141,14 +1216,96 @@ impl Daemon {
                             d.events.publish(
                                 "volume.failed",
                                 &n,
-                                format!(
+                                Note::new(format!(
                                     "{why}; every request fails until `umbra volume reopen {n}`"
-                                ),
+                                ))
+                                .field("why", &why),
                             );
                         }
                     }
                 }
             });
+    }
+
+    /// Progress events, at most one per object and [`PROGRESS_EVERY`]
+    /// while it moves: `image.copy_progress` for a running copy,
+    /// `repl.sync_progress` for a leg's sync, `repl.verify_progress` for
+    /// a verify. Called by the health thread, outside every lock.
+    fn progress_events(&self, p: &mut Progress) {
+        let now = std::time::Instant::now();
+        let mut seen = std::collections::HashSet::new();
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        for s in self.imaging.list() {
+            if s.state != "copying" {
+                continue;
+            }
+            let total = s.copy_chunks_total * s.chunk_bytes;
+            let done = total.saturating_sub(s.chunks_to_copy * s.chunk_bytes);
+            let key = format!("image:{}", s.name);
+            if let Some(rate) = p.advance(&key, done, now) {
+                self.events.publish(
+                    "image.copy_progress",
+                    &s.name,
+                    Note::new(format!("{}% copied", s.percent))
+                        .field("direction", s.direction)
+                        .field("copied_bytes", done)
+                        .field("total_bytes", total)
+                        .field("percent", s.percent)
+                        .field("rate_bytes_per_s", rate),
+                );
+            }
+            seen.insert(key);
+        }
+        for leg in self.repl.list() {
+            let (set, peer) = (s(&leg["name"]), s(&leg["peer_node"]));
+            if leg["state"] == "syncing" || leg["state"] == "reverse syncing" {
+                let total = leg["sync_total_bytes"].as_u64().unwrap_or(0);
+                let done = leg["sync_done_bytes"].as_u64().unwrap_or(0).min(total);
+                let key = format!("sync:{set}:{peer}");
+                if let Some(rate) = p.advance(&key, done, now) {
+                    let percent = if total == 0 {
+                        100.0
+                    } else {
+                        (done as f64 * 1000.0 / total as f64).floor() / 10.0
+                    };
+                    self.events.publish(
+                        "repl.sync_progress",
+                        &set,
+                        Note::new(format!("{percent}% synced to {peer}"))
+                            .field("peer", &peer)
+                            .field("reverse", leg["state"] == "reverse syncing")
+                            .field("synced_bytes", done)
+                            .field("total_bytes", total)
+                            .field("percent", percent)
+                            .field("rate_bytes_per_s", rate),
+                    );
+                }
+                seen.insert(key);
+            }
+            let v = &leg["verify"];
+            if v["running"] == true {
+                let (done, total) = (
+                    v["chunks_done"].as_u64().unwrap_or(0),
+                    v["chunks_total"].as_u64().unwrap_or(0),
+                );
+                let chunk = v["chunk_bytes"].as_u64().unwrap_or(0);
+                let key = format!("verify:{set}:{peer}");
+                if let Some(rate) = p.advance(&key, done * chunk, now) {
+                    self.events.publish(
+                        "repl.verify_progress",
+                        &set,
+                        Note::new(format!("{done} of {total} chunks compared with {peer}"))
+                            .field("peer", &peer)
+                            .field("chunks_done", done)
+                            .field("chunks_total", total)
+                            .field("chunks_differing", v["chunks_differing"].as_u64())
+                            .field("rate_bytes_per_s", rate),
+                    );
+                }
+                seen.insert(key);
+            }
+        }
+        p.last.retain(|k, _| seen.contains(k));
     }
 
     /// `events --now`: every object as it is, once: volumes, exports, image
@@ -1228,7 +1385,14 @@ impl Daemon {
         self.events.publish(
             "hook.added",
             &cfg.name,
-            format!("on {} runs {}", cfg.on.join(","), cfg.run.display()),
+            Note::new(format!(
+                "on {} runs {}",
+                cfg.on.join(","),
+                cfg.run.display()
+            ))
+            .field("on", &cfg.on)
+            .field("run", &cfg.run)
+            .field("timeout_ms", cfg.timeout_ms),
         );
         Ok(self.hook_json(&cfg.name))
     }

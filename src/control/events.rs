@@ -28,8 +28,11 @@ pub struct Event {
     pub object_kind: &'static str,
     /// The object it happened to, e.g. a volume name.
     pub object: String,
-    /// Human-readable detail.
+    /// For people: what happened, in a sentence or a few words.
     pub detail: String,
+    /// For scripts: the facts of `detail` as JSON values, names with
+    /// units (`docs/admin-protocol.md` lists each kind's); `{}` if none.
+    pub fields: serde_json::Map<String, serde_json::Value>,
     /// `events --now` only: the object as its `info` shows it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<serde_json::Value>,
@@ -69,7 +72,8 @@ pub struct EventBus {
 }
 
 impl EventBus {
-    pub fn publish(&self, kind: &str, object: &str, detail: impl Into<String>) {
+    pub fn publish(&self, kind: &str, object: &str, note: impl Into<crate::services::Note>) {
+        let note = note.into();
         // Numbered under the subscribers' lock, so a subscription sees
         // exactly the events after the number it was told.
         let mut subs = self.subscribers.lock();
@@ -79,7 +83,8 @@ impl EventBus {
             kind: kind.to_owned(),
             object_kind: object_kind(kind),
             object: object.to_owned(),
-            detail: detail.into(),
+            detail: note.text,
+            fields: note.fields,
             state: None,
         };
         log::info!("event {}: {} {}", event.kind, event.object, event.detail);
@@ -126,6 +131,7 @@ pub fn state_event(
         object_kind,
         object: object.to_owned(),
         detail: String::new(),
+        fields: serde_json::Map::new(),
         state: Some(state),
     }
 }

@@ -245,8 +245,18 @@ fn run_once(cfg: &HookConfig, ev: &Event) -> Result<(), String> {
         .env("UMBRA_EVENT_TIME_MS", ev.time_ms.to_string())
         .env("UMBRA_EVENT_KIND", &ev.kind)
         .env("UMBRA_EVENT_OBJECT", &ev.object)
+        .env("UMBRA_EVENT_OBJECT_KIND", ev.object_kind)
         .env("UMBRA_EVENT_DETAIL", &ev.detail)
         .env("UMBRA_EVENT_JSON", &json)
+        // Each field as UMBRA_FIELD_<NAME>: strings as they are, other
+        // values as JSON (`42`, `true`, `["a","b"]`).
+        .envs(ev.fields.iter().map(|(k, v)| {
+            let value = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (format!("UMBRA_FIELD_{}", k.to_ascii_uppercase()), value)
+        }))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

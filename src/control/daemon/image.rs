@@ -15,6 +15,7 @@ use crate::services::image::{
     bitmap_bytes_for, Direction, EnableOptions, ImageError, Kind, Notifier, Throttle,
     DEFAULT_CHUNK_BYTES,
 };
+use crate::services::Note;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -64,7 +65,9 @@ fn bitmap_options() -> FileOptions {
 impl Daemon {
     pub(super) fn notifier(&self) -> Notifier {
         let events = self.events.clone();
-        Arc::new(move |kind: &str, set: &str, detail: String| events.publish(kind, set, detail))
+        Arc::new(move |kind: &str, set: &str, note: crate::services::Note| {
+            events.publish(kind, set, note)
+        })
     }
 
     /// Reopen every overflow volume, then every configured set (at start,
@@ -166,8 +169,11 @@ impl Daemon {
             "image.overflow.attach" => {
                 let a: OverflowAttachArgs = parse(op, args)?;
                 self.imaging.overflow_attach(&a.set, Some(&a.overflow))?;
-                self.events
-                    .publish("image.overflow_attached", &a.set, a.overflow.clone());
+                self.events.publish(
+                    "image.overflow_attached",
+                    &a.set,
+                    Note::new(a.overflow.clone()).field("overflow", &a.overflow),
+                );
                 self.image_info(&a.set)
             }
             "image.overflow.detach" => {
@@ -413,12 +419,17 @@ impl Daemon {
         self.events.publish(
             "image.enabled",
             &a.name,
-            format!(
+            Note::new(format!(
                 "{} shadow {} of {}, established in {establish_us} µs",
                 kind_str(a.mode),
                 a.shadow,
                 a.master
-            ),
+            ))
+            .field("mode", kind_str(a.mode))
+            .field("master", &a.master)
+            .field("shadow", &a.shadow)
+            .field("shadow_created", created_shadow)
+            .field("establish_us", establish_us),
         );
         let mut v = self.image_json(&st, &ic);
         v["establish_us"] = json!(establish_us);
@@ -481,7 +492,11 @@ impl Daemon {
             _ => "update to shadow",
         };
         for n in &names {
-            self.events.publish("image.updated", n, what);
+            self.events.publish(
+                "image.updated",
+                n,
+                Note::new(what).field("direction", to).field("full", a.full),
+            );
         }
         let st = self.state.lock();
         Ok(Value::Array(
@@ -546,7 +561,13 @@ impl Daemon {
                 ic.shadow
             ),
         };
-        self.events.publish("image.disabled", &a.name, note.clone());
+        self.events.publish(
+            "image.disabled",
+            &a.name,
+            Note::new(note.clone())
+                .field("mode", kind_str(ic.mode))
+                .field("shadow", &ic.shadow),
+        );
         Ok(json!({"name": a.name, "note": note}))
     }
 
@@ -584,8 +605,11 @@ impl Daemon {
             st.config.image_groups.pop();
             return Err(e);
         }
-        self.events
-            .publish("image.group_created", &a.name, sets.join(" "));
+        self.events.publish(
+            "image.group_created",
+            &a.name,
+            Note::new(sets.join(" ")).field("sets", &sets),
+        );
         Ok(json!({"name": a.name, "sets": sets}))
     }
 
@@ -613,7 +637,7 @@ impl Daemon {
         self.events.publish(
             "volume.removed",
             name,
-            match (&path, deleted) {
+            Note::new(match (&path, deleted) {
                 (Some(p), true) => format!(
                     "created for an image set whose enable failed; backing file {} deleted",
                     p.display()
@@ -623,7 +647,10 @@ impl Daemon {
                     p.display()
                 ),
                 (None, _) => "created for an image set whose enable failed".into(),
-            },
+            })
+            .field("path", &path)
+            .field("backing_kept", path.is_some() && !deleted)
+            .field("why", "created for an image set whose enable failed"),
         );
     }
 }
@@ -703,7 +730,9 @@ impl Daemon {
         self.events.publish(
             "image.overflow_created",
             &a.name,
-            format!("{} bytes on {}", a.size_bytes, path.display()),
+            Note::new(format!("{} bytes on {}", a.size_bytes, path.display()))
+                .field("size_bytes", a.size_bytes)
+                .field("path", &path),
         );
         Ok(self.overflow_json(&st, &oc))
     }

@@ -273,8 +273,8 @@ impl Host for Daemon {
         Ok(())
     }
 
-    fn publish(&self, kind: &str, object: &str, detail: String) {
-        self.events.publish(kind, object, detail);
+    fn publish(&self, kind: &str, object: &str, note: crate::services::Note) {
+        self.events.publish(kind, object, note);
     }
 
     fn data_dir(&self) -> PathBuf {

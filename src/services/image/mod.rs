@@ -104,6 +104,8 @@ pub struct SetInfo {
     pub chunks_total: u64,
     pub chunks_differing: u64,
     pub chunks_to_copy: u64,
+    /// Chunks the running (or last) copy set out to move.
+    pub copy_chunks_total: u64,
     pub percent: f64,
     pub memory_bitmap: bool,
     pub throttle: Throttle,
@@ -134,6 +136,7 @@ impl SetInfo {
             chunks_total: s.chunks(),
             chunks_differing: s.differing(),
             chunks_to_copy: pending,
+            copy_chunks_total: total,
             percent: if total == 0 {
                 100.0
             } else {

@@ -53,7 +53,7 @@ const BITS_PER_BLOCK: u64 = BITMAP_BLOCK_BYTES * 8;
 
 /// A callback for state changes a user should see (copy finished, set
 /// failed): `(event kind, set name, detail)`.
-pub type Notifier = Arc<dyn Fn(&str, &str, String) + Send + Sync>;
+pub type Notifier = Arc<dyn Fn(&str, &str, crate::services::Note) + Send + Sync>;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Which {
@@ -326,9 +326,9 @@ impl ImageSet {
         self.header.lock().clone()
     }
 
-    pub(super) fn emit(&self, kind: &str, detail: String) {
+    pub(super) fn emit(&self, kind: &str, note: impl Into<crate::services::Note>) {
         if let Some(n) = &self.notify {
-            n(kind, &self.name, detail);
+            n(kind, &self.name, note.into());
         }
     }
 
@@ -377,7 +377,10 @@ impl ImageSet {
         );
         *self.failure.lock() = Some(why.clone());
         let _ = self.write_header(|h| h.state = HeaderState::Failed);
-        self.emit("image.failed", why);
+        self.emit(
+            "image.failed",
+            crate::services::Note::new(why.clone()).field("why", why),
+        );
     }
 
     pub(super) fn offline_error(&self) -> DeviceError {
@@ -1277,7 +1280,12 @@ impl ImageSet {
                     // The master still depends on the shadow for the
                     // pending chunks; keep the set, report the error.
                     log::error!("image set {}: restore stopped: {e}", self.name);
-                    self.emit("image.copy_failed", e);
+                    self.emit(
+                        "image.copy_failed",
+                        crate::services::Note::new(e.clone())
+                            .field("direction", dir)
+                            .field("why", e),
+                    );
                 } else {
                     self.fail(e);
                 }
@@ -1285,7 +1293,12 @@ impl ImageSet {
             Ok(()) if !stopped && self.copy.count() == 0 => {
                 let _ = self.write_header(|h| h.copy_active = false);
                 log::info!("image set {}: copy {dir:?} complete", self.name);
-                self.emit("image.copy_done", format!("{dir:?}"));
+                self.emit(
+                    "image.copy_done",
+                    crate::services::Note::new(format!("{dir:?}"))
+                        .field("direction", dir)
+                        .field("copied_bytes", self.copy_total() * self.chunk_bytes()),
+                );
             }
             Ok(()) => {}
         }

@@ -479,7 +479,10 @@ impl Replication {
                         self.publish(
                             "group.recovered",
                             &g,
-                            format!("the volume was brought back to {snap}"),
+                            crate::services::Note::new(format!(
+                                "the volume was brought back to {snap}"
+                            ))
+                            .field("snapshot", snap),
                         );
                     }
                     self.commit(
@@ -504,7 +507,7 @@ impl Replication {
             self.publish(
                 "group.online_step",
                 &g,
-                serde_json::to_string(&plan).expect("serialisable"),
+                crate::services::Note::new(format!("{plan:?}")).field("step", &plan),
             );
             done.push(plan);
             if Instant::now() >= deadline {
@@ -538,11 +541,7 @@ impl Replication {
         loop {
             let mine = self.node_view(g)?;
             if mine.replicas.iter().all(|r| r.state == "up-to-date") {
-                self.publish(
-                    "group.offline",
-                    g,
-                    "writes stopped; replicas in sync".into(),
-                );
+                self.publish("group.offline", g, "writes stopped; replicas in sync");
                 return self.group_status(g);
             }
             if Instant::now() >= deadline {
@@ -569,7 +568,11 @@ impl Replication {
         self.group_offline(g, None)?;
         // One swap moves the whole consistency group on that link.
         self.swap(&sets[0].name, Some(to))?;
-        self.publish("group.handed_over", g, format!("to {to}"));
+        self.publish(
+            "group.handed_over",
+            g,
+            crate::services::Note::new(format!("to {to}")).field("to", to),
+        );
         Ok(())
     }
 
@@ -697,7 +700,11 @@ impl Replication {
                 self.publish(
                     "group.joined",
                     g,
-                    format!("secondary of {} (resyncing by itself)", mine.production),
+                    crate::services::Note::new(format!(
+                        "secondary of {} (resyncing by itself)",
+                        mine.production
+                    ))
+                    .field("production", &mine.production),
                 );
                 return self.group_status(g);
             }
@@ -713,7 +720,8 @@ impl Replication {
                     self.publish(
                         "group.joined",
                         g,
-                        format!("secondary of {}", mine.production),
+                        crate::services::Note::new(format!("secondary of {}", mine.production))
+                            .field("production", &mine.production),
                     );
                     return self.group_status(g);
                 }
@@ -738,13 +746,14 @@ impl Replication {
                 self.publish(
                     "group.discarded",
                     g,
-                    json!({
-                        "set": s.name,
-                        "production": leg.peer_node,
-                        "out_of_sync_bytes": bytes,
-                        "why": "this node wrote while the other was production; joining it discards those writes",
-                    })
-                    .to_string(),
+                    crate::services::Note::new(format!(
+                        "set {}: this node wrote while {} was production; joining it discards those writes ({bytes} bytes)",
+                        s.name, leg.peer_node
+                    ))
+                    .field("set", &s.name)
+                    .field("production", &leg.peer_node)
+                    .field("out_of_sync_bytes", bytes)
+                    .field("why", "this node wrote while the other was production; joining it discards those writes"),
                 );
                 continue;
             } else {

@@ -98,7 +98,13 @@ impl Replication {
                     )));
                 }
                 self.forget(&c)?;
-                self.publish("repl.disabled", &set, format!("by primary {peer}"));
+                self.publish(
+                    "repl.disabled",
+                    &set,
+                    crate::services::Note::new(format!("by primary {peer}"))
+                        .field("role", "secondary")
+                        .field("peers", [&peer]),
+                );
                 empty()
             }
             PeerRequest::Compare { sets } => self.compare(peer, sets),
@@ -152,7 +158,11 @@ impl Replication {
                     if let Err(e) = self.host()?.snapshot_drop(&snap) {
                         log::warn!("replication set {set}: dropping {snap}: {e}");
                     }
-                    self.publish("repl.safety_dropped", &set, snap);
+                    self.publish(
+                        "repl.safety_dropped",
+                        &set,
+                        crate::services::Note::new(snap.clone()).field("snapshot", snap),
+                    );
                 }
                 empty()
             }
@@ -282,7 +292,11 @@ impl Replication {
                 self.publish(
                     "repl.resolved",
                     &set,
-                    format!("this side's data was discarded (asked by {peer})"),
+                    crate::services::Note::new(format!(
+                        "this side's data was discarded (asked by {peer})"
+                    ))
+                    .field("discarded", "here")
+                    .field("by", peer),
                 );
                 empty()
             }
@@ -418,7 +432,11 @@ impl Replication {
         self.publish(
             "repl.enabled",
             &c.name,
-            format!("secondary of {peer} ({})", c.mode.as_str()),
+            crate::services::Note::new(format!("secondary of {peer} ({})", c.mode.as_str()))
+                .field("role", "secondary")
+                .field("volume", &c.volume)
+                .field("peer", peer)
+                .field("mode", c.mode.as_str()),
         );
         Ok(json!({"node": rc.node}))
     }
@@ -548,7 +566,9 @@ impl Replication {
             self.publish(
                 "repl.follows",
                 set,
-                format!("new primary {peer} (was {})", c.peer_node),
+                crate::services::Note::new(format!("new primary {peer} (was {})", c.peer_node))
+                    .field("peer", peer)
+                    .field("was", &c.peer_node),
             );
         }
         let old = c.peer_node.clone();
@@ -603,7 +623,11 @@ impl Replication {
             },
             || {},
         )?;
-        self.publish("repl.safety_taken", &s.name, snap.clone());
+        self.publish(
+            "repl.safety_taken",
+            &s.name,
+            crate::services::Note::new(snap.clone()).field("snapshot", &snap),
+        );
         Ok(snap)
     }
 
@@ -662,7 +686,9 @@ impl Replication {
         self.publish(
             "repl.swapped",
             &names.join(","),
-            format!("this node is now the primary; secondary {peer}"),
+            crate::services::Note::new(format!("this node is now the primary; secondary {peer}"))
+                .field("role", "primary")
+                .field("peer", peer),
         );
         Ok(gens)
     }
@@ -731,10 +757,22 @@ impl Replication {
             "replication: link {group} from {peer} up ({})",
             mode.as_str()
         );
-        self.publish("repl.link_up", &group, format!("from {peer}"));
+        self.publish(
+            "repl.link_up",
+            &group,
+            crate::services::Note::new(format!("from {peer}"))
+                .field("peer", peer)
+                .field("mode", mode.as_str()),
+        );
         let why = serve_link(stream, sets, mode, timeout);
         log::info!("replication: link {group} from {peer} ended: {why}");
-        self.publish("repl.link_down", &group, why);
+        self.publish(
+            "repl.link_down",
+            &group,
+            crate::services::Note::new(why.clone())
+                .field("peer", peer)
+                .field("why", why),
+        );
         let _ = done_tx.send(());
     }
 }

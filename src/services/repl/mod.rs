@@ -61,7 +61,7 @@ use std::sync::Arc;
 pub const MAX_GROUP_WRITES: u32 = 2048;
 
 /// Publishes an event: (kind, object, detail).
-pub type Notifier = Arc<dyn Fn(&str, &str, String) + Send + Sync>;
+pub type Notifier = Arc<dyn Fn(&str, &str, crate::services::Note) + Send + Sync>;
 
 /// How a sync-mode primary in a cluster tells etcd that a secondary's copy
 /// is outdated (group, secondary node), while it still holds the group's
@@ -145,9 +145,9 @@ impl NodeCtx {
         *self.notify.write() = Some(n);
     }
 
-    pub fn notify(&self, kind: &str, object: &str, detail: String) {
+    pub fn notify(&self, kind: &str, object: &str, note: impl Into<crate::services::Note>) {
         if let Some(n) = self.notify.read().as_ref() {
-            n(kind, object, detail);
+            n(kind, object, note.into());
         }
     }
 }

@@ -381,14 +381,20 @@ impl Replication {
         self.publish(
             "repl.enabled",
             &a.name,
-            format!(
+            crate::services::Note::new(format!(
                 "{} -> {}:{} ({}, node {})",
                 a.local,
                 a.peer,
                 a.remote,
                 a.mode.as_str(),
                 c.peer_node
-            ),
+            ))
+            .field("role", "primary")
+            .field("volume", &a.local)
+            .field("peer", &c.peer_node)
+            .field("peer_addr", &a.peer)
+            .field("remote_volume", &a.remote)
+            .field("mode", a.mode.as_str()),
         );
         self.info(&a.name, Some(&c.peer_node))
     }
@@ -684,7 +690,16 @@ impl Replication {
             self.tell_members(name);
         }
         let note = notes.join("; ");
-        self.publish("repl.disabled", name, note.clone());
+        self.publish(
+            "repl.disabled",
+            name,
+            crate::services::Note::new(note.clone())
+                .field("role", "primary")
+                .field(
+                    "peers",
+                    legs.iter().map(|c| c.peer_node.clone()).collect::<Vec<_>>(),
+                ),
+        );
         Ok(json!({
             "name": name,
             "secondaries": legs.iter().map(|c| c.peer_node.clone()).collect::<Vec<_>>(),

@@ -244,7 +244,13 @@ fn authenticate(ctx: &NodeCtx, mut s: TcpStream, from: &str) -> Option<(TcpStrea
     let _ = s.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
     let refuse = |why: String| {
         log::warn!("replication: refused peer from {from}: {why}");
-        ctx.notify("repl.peer_refused", from, why);
+        ctx.notify(
+            "repl.peer_refused",
+            from,
+            crate::services::Note::new(why.clone())
+                .field("from_addr", from)
+                .field("why", why),
+        );
     };
     // TLS or not, by the first byte; nothing at all is a probe.
     let mut first = [0u8; 1];

@@ -194,10 +194,12 @@ impl Replication {
         self.publish(
             "repl.swapped",
             name,
-            format!(
+            crate::services::Note::new(format!(
                 "this node is now the secondary of {node} ({})",
                 link.peer_addr
-            ),
+            ))
+            .field("role", "secondary")
+            .field("peer", &node),
         );
         self.info(name, None)
     }
@@ -266,7 +268,7 @@ impl Replication {
                 self.publish(
                     "repl.takeover",
                     &names.join(","),
-                    format!(
+                    crate::services::Note::new(format!(
                         "this node is now the primary; {} is to be demoted{}",
                         c.peer_node,
                         if done.len() > group.len() {
@@ -274,7 +276,10 @@ impl Replication {
                         } else {
                             String::new()
                         }
-                    ),
+                    ))
+                    .field("role", "primary")
+                    .field("from", &c.peer_node)
+                    .field("followers", done.len().saturating_sub(group.len())),
                 );
             }
             ReplRole::Primary => {
@@ -474,7 +479,9 @@ impl Replication {
             self.publish(
                 "repl.demoted",
                 &names.join(","),
-                format!("this node is now a secondary: {why}"),
+                crate::services::Note::new(format!("this node is now a secondary: {why}"))
+                    .field("role", "secondary")
+                    .field("why", why.to_string()),
             );
         }
         Ok(())
@@ -523,8 +530,10 @@ impl Replication {
             "repl.resolved",
             &names.join(","),
             match discard {
-                Discard::Here => "this side's data was discarded".to_owned(),
-                Discard::Peer => "the peer's data was discarded".to_owned(),
+                Discard::Here => crate::services::Note::new("this side's data was discarded")
+                    .field("discarded", "here"),
+                Discard::Peer => crate::services::Note::new("the peer's data was discarded")
+                    .field("discarded", "peer"),
             },
         );
         let mut v = self.info(name, None)?;

@@ -73,7 +73,7 @@ pub trait Host: Send + Sync {
     /// Stop `volume`'s NBD export.
     fn export_remove(&self, volume: &str) -> RResult<()>;
     /// Publish an event.
-    fn publish(&self, kind: &str, object: &str, detail: String);
+    fn publish(&self, kind: &str, object: &str, note: crate::services::Note);
     fn data_dir(&self) -> PathBuf;
     fn stopping(&self) -> bool;
 }
@@ -188,16 +188,16 @@ impl Replication {
 
     pub(super) fn notifier(&self) -> Notifier {
         let host = self.host.get().cloned();
-        Arc::new(move |kind: &str, obj: &str, detail: String| {
+        Arc::new(move |kind: &str, obj: &str, note: crate::services::Note| {
             if let Some(h) = host.as_ref().and_then(|w| w.upgrade()) {
-                h.publish(kind, obj, detail);
+                h.publish(kind, obj, note);
             }
         })
     }
 
-    pub fn publish(&self, kind: &str, obj: &str, detail: String) {
+    pub fn publish(&self, kind: &str, obj: &str, note: impl Into<crate::services::Note>) {
         if let Ok(h) = self.host() {
-            h.publish(kind, obj, detail);
+            h.publish(kind, obj, note.into());
         }
     }
 

@@ -264,10 +264,11 @@ impl ReplSet {
                     self.peer_outdated.store(true, Ordering::SeqCst);
                     self.notify(
                         "repl.peer_outdated",
-                        format!(
+                        crate::services::Note::new(format!(
                             "etcd records {}'s copy as outdated: it is no candidate until it is in sync again",
                             self.peer_node
-                        ),
+                        ))
+                        .field("peer", &self.peer_node),
                     );
                     return true;
                 }
@@ -288,9 +289,9 @@ impl ReplSet {
     }
 
     /// An event about this set, on the daemon's bus.
-    fn notify(&self, kind: &str, detail: String) {
+    fn notify(&self, kind: &str, note: impl Into<crate::services::Note>) {
         if let Some(n) = &self.notify {
-            n(kind, &self.name, detail);
+            n(kind, &self.name, note.into());
         }
     }
 
@@ -391,7 +392,9 @@ impl ReplSet {
             n(
                 &format!("repl.{}", s.as_str().replace(' ', "_")),
                 &self.name,
-                why.to_owned(),
+                crate::services::Note::new(why)
+                    .field("from", SetState::from_u8(cur).as_str())
+                    .field("state", s.as_str()),
             );
         }
         true

@@ -438,7 +438,7 @@ impl Replication {
     /// sides' generations (`peer`: the other side's, by set).
     pub(super) fn enter_split_brain(&self, sets: &[Arc<ReplSet>], peer: &[SetGenerations]) {
         let names: Vec<String> = sets.iter().map(|s| s.name.clone()).collect();
-        let detail = serde_json::Value::Array(
+        let sides = serde_json::Value::Array(
             sets.iter()
                 .map(|s| {
                     serde_json::json!({
@@ -449,8 +449,7 @@ impl Replication {
                     })
                 })
                 .collect(),
-        )
-        .to_string();
+        );
         let mut fresh = false;
         for s in sets {
             fresh |= s.state() != SetState::SplitBrain;
@@ -473,8 +472,15 @@ impl Replication {
             log::error!("replication: persisting split brain of {names:?}: {e}");
         }
         if fresh {
-            log::error!("replication sets {names:?}: split brain: {detail}");
-            self.publish("repl.split_brain", &names.join(","), detail);
+            log::error!("replication sets {names:?}: split brain: {sides}");
+            self.publish(
+                "repl.split_brain",
+                &names.join(","),
+                crate::services::Note::new(
+                    "both sides wrote since they last agreed; `umbra repl resolve`",
+                )
+                .field("sets", sides),
+            );
         }
     }
 

@@ -90,16 +90,27 @@ impl Replication {
                     rep.elapsed_ms = start.elapsed().as_millis() as u64;
                     rep.error = r.err();
                     if let Some(r) = me.upgrade() {
-                        r.publish(
-                            "repl.verified",
-                            &s.name,
-                            serde_json::to_string(rep).expect("serialisable"),
-                        );
+                        let text = match &rep.error {
+                            Some(e) => format!("verify stopped: {e}"),
+                            None => format!(
+                                "{} of {} chunks differ",
+                                rep.chunks_differing, rep.chunks_done
+                            ),
+                        };
+                        let mut note = crate::services::Note::new(text).field("peer", &s.peer_node);
+                        if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(&*rep) {
+                            note.fields.extend(m);
+                        }
+                        r.publish("repl.verified", &s.name, note);
                     }
                 }
             })
             .map_err(|e| ReplError::Failed(e.to_string()))?;
-        self.publish("repl.verify_started", name, format!("secondary {node}"));
+        self.publish(
+            "repl.verify_started",
+            name,
+            crate::services::Note::new(format!("secondary {node}")).field("peer", &node),
+        );
         self.info(name, Some(&node))
     }
 }
