@@ -453,4 +453,22 @@ fn progress_events_follow_a_copy_and_a_sync_at_most_once_a_second() {
         "a sync limited to 4 MiB/s moved {rate} bytes/s"
     );
     settle(&a, "s");
+
+    // One shape per object whatever the role: the primary's and the
+    // secondary's view of the set have the same keys.
+    let keys = |v: Value| {
+        v.as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+    };
+    let (pa, pb) = (
+        a.json(&["repl", "info", "s"]),
+        b.json(&["repl", "info", "s"]),
+    );
+    assert_eq!(pa["role"], "primary");
+    assert_eq!(pb["role"], "secondary");
+    assert!(pb["lag_bytes"].is_null() && pa["applied_writes"].is_null());
+    assert_eq!(keys(pa), keys(pb));
 }

@@ -839,7 +839,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__cache__subcmd__disable)
-            opts="-h -V --socket --help --version"
+            opts="-h -V --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -857,7 +857,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__cache__subcmd__enable)
-            opts="-h -V --size --mode --safe-store --safe-store-size --socket --help --version"
+            opts="-h -V --size --mode --safe-store --safe-store-size --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1307,7 +1307,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__export__subcmd__nbd)
-            opts="-h -V --listen --read-only --mode --tls-certificates --socket --help --version"
+            opts="-h -V --listen --read-only --mode --tls-certificates --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1337,7 +1337,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__export__subcmd__remove)
-            opts="-h -V --kind --socket --help --version"
+            opts="-h -V --kind --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1359,7 +1359,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__export__subcmd__ublk)
-            opts="-h -V --queues --depth --read-only --socket --help --version"
+            opts="-h -V --queues --depth --read-only --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3143,7 +3143,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__hook__subcmd__remove)
-            opts="-h -V --socket --help --version"
+            opts="-h -V --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3179,7 +3179,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__image__subcmd__abort)
-            opts="-h -V --socket --help --version"
+            opts="-h -V --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3197,7 +3197,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__image__subcmd__copy)
-            opts="-y -h -V --group --to --yes --force --wait --socket --help --version"
+            opts="-y -h -V --group --to --yes --force --wait --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3223,7 +3223,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__image__subcmd__disable)
-            opts="-h -V --force --socket --help --version"
+            opts="-h -V --force --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3313,7 +3313,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__image__subcmd__group__subcmd__create)
-            opts="-h -V --socket --help --version"
+            opts="-h -V --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3419,7 +3419,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__image__subcmd__group__subcmd__remove)
-            opts="-h -V --socket --help --version"
+            opts="-h -V --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3785,7 +3785,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__image__subcmd__overflow__subcmd__attach)
-            opts="-h -V --socket --help --version"
+            opts="-h -V --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3803,7 +3803,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__image__subcmd__overflow__subcmd__create)
-            opts="-h -V --size --chunk-size --path --socket --help --version"
+            opts="-h -V --size --chunk-size --path --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3833,7 +3833,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__image__subcmd__overflow__subcmd__detach)
-            opts="-h -V --socket --help --version"
+            opts="-h -V --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3967,7 +3967,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__image__subcmd__overflow__subcmd__remove)
-            opts="-h -V --socket --help --version"
+            opts="-h -V --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3985,7 +3985,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__image__subcmd__throttle)
-            opts="-h -V --delay-ms --unit --socket --help --version"
+            opts="-h -V --delay-ms --unit --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -4011,7 +4011,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__image__subcmd__update)
-            opts="-y -h -V --group --to --yes --force --wait --socket --help --version"
+            opts="-y -h -V --group --to --yes --force --wait --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -4037,7 +4037,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__image__subcmd__wait)
-            opts="-h -V --timeout --socket --help --version"
+            opts="-h -V --timeout --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -4077,7 +4077,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__repl__subcmd__disable)
-            opts="-h -V --secondary --force --socket --help --version"
+            opts="-h -V --secondary --force --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -4497,7 +4497,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__repl__subcmd__peer__subcmd__add)
-            opts="-h -V --secret-file --socket --help --version"
+            opts="-h -V --secret-file --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -4575,7 +4575,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__repl__subcmd__peer__subcmd__remove)
-            opts="-h -V --socket --help --version"
+            opts="-h -V --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -4619,7 +4619,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__repl__subcmd__setup)
-            opts="-h -V --node --listen --socket --help --version"
+            opts="-h -V --node --listen --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -4889,7 +4889,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__volume__subcmd__add)
-            opts="-h -V --path --engine --direct --latency --socket --help --version"
+            opts="-h -V --path --engine --direct --latency --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -4919,7 +4919,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__volume__subcmd__create)
-            opts="-h -V --size --path --engine --direct --latency --socket --help --version"
+            opts="-h -V --size --path --engine --direct --latency --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -5115,7 +5115,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__volume__subcmd__remove)
-            opts="-y -h -V --force --delete-data --yes --socket --help --version"
+            opts="-y -h -V --force --delete-data --yes --json --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -68,6 +68,7 @@ sync\t'pread/pwrite from the calling thread'"
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from create" -l latency -d 'Add this delay to every request (`2ms`, `500us`): a slow device for tests and benchmarks, like dm-delay' -r
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from create" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from create" -l direct -d 'Open the backing file with O_DIRECT (bypass the page cache)'
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from create" -l json -d 'Print the result as JSON (the object as it is after the change)'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from create" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from add" -l path -d 'Existing regular file or block device' -r -F
@@ -77,12 +78,14 @@ sync\t'pread/pwrite from the calling thread'"
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from add" -l latency -d 'Add this delay to every request (`2ms`, `500us`): a slow device for tests and benchmarks, like dm-delay' -r
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from add" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from add" -l direct -d 'Open the backing file with O_DIRECT (bypass the page cache)'
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from add" -l json -d 'Print the result as JSON (the object as it is after the change)'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from add" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from remove" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from remove" -l force -d 'Remove the volume\'s exports first (their clients are disconnected)'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from remove" -l delete-data -d 'Delete the backing file too (a block device is never deleted)'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from remove" -s y -l yes -d 'Do not ask before deleting data'
+complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from remove" -l json -d 'Print the result as JSON (the object as it is after the change)'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from remove" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from remove" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand volume; and __fish_seen_subcommand_from resize" -l size -d 'New size, e.g. 20G (binary units; a multiple of 512 bytes)' -r
@@ -123,12 +126,14 @@ complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subc
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from nbd" -l tls-certificates -d 'Serve TLS (NBD_OPT_STARTTLS; clients must use it) with the certificate and key in DIR: server-cert.pem (the chain) and server-key.pem, as qemu-nbd and nbdkit lay them out (clients use the ca-cert.pem beside them). Applies to the whole TCP listener' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from nbd" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from nbd" -l read-only -d 'Refuse writes from clients'
+complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from nbd" -l json -d 'Print the result as JSON (the object as it is after the change)'
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from nbd" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from nbd" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from ublk" -l queues -d 'Queues (one thread and one io_uring each)' -r
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from ublk" -l depth -d 'Requests in flight per queue' -r
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from ublk" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from ublk" -l read-only -d 'Refuse writes'
+complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from ublk" -l json -d 'Print the result as JSON (the object as it is after the change)'
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from ublk" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from ublk" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from list" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
@@ -137,6 +142,7 @@ complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subc
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from remove" -l kind -d 'nbd or ublk, when the volume has both' -r
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from remove" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
+complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from remove" -l json -d 'Print the result as JSON (the object as it is after the change)'
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from remove" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from remove" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand export; and __fish_seen_subcommand_from help" -f -a "nbd" -d 'Export a volume over NBD (export name = volume name)'
@@ -157,9 +163,11 @@ write-back\t''"
 complete -c umbra -n "__fish_umbra_using_subcommand cache; and __fish_seen_subcommand_from enable" -l safe-store -d 'Write-back: the safe store file to create (on fast storage)' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand cache; and __fish_seen_subcommand_from enable" -l safe-store-size -d 'Write-back: size of the safe store; dirty data is bounded by it' -r
 complete -c umbra -n "__fish_umbra_using_subcommand cache; and __fish_seen_subcommand_from enable" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
+complete -c umbra -n "__fish_umbra_using_subcommand cache; and __fish_seen_subcommand_from enable" -l json -d 'Print the result as JSON (the object as it is after the change)'
 complete -c umbra -n "__fish_umbra_using_subcommand cache; and __fish_seen_subcommand_from enable" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand cache; and __fish_seen_subcommand_from enable" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand cache; and __fish_seen_subcommand_from disable" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
+complete -c umbra -n "__fish_umbra_using_subcommand cache; and __fish_seen_subcommand_from disable" -l json -d 'Print the result as JSON (the object as it is after the change)'
 complete -c umbra -n "__fish_umbra_using_subcommand cache; and __fish_seen_subcommand_from disable" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand cache; and __fish_seen_subcommand_from disable" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand cache; and __fish_seen_subcommand_from stats" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
@@ -210,6 +218,7 @@ complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subco
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from update" -s y -l yes -d 'Do not ask before restoring the master'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from update" -l force -d 'Restore even though the master is exported read-write'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from update" -l wait -d 'Wait for the copy to finish'
+complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from update" -l json -d 'Print the result as JSON (the object as it is after the change)'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from update" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from update" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from copy" -l group -d 'Every set of this group, at one point in time' -r
@@ -219,22 +228,27 @@ complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subco
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from copy" -s y -l yes -d 'Do not ask before restoring the master'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from copy" -l force -d 'Restore even though the master is exported read-write'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from copy" -l wait -d 'Wait for the copy to finish'
+complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from copy" -l json -d 'Print the result as JSON (the object as it is after the change)'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from copy" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from copy" -s V -l version -d 'Print version'
-complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from wait" -l timeout -d 'Give up after this many seconds (exit 1)' -r
+complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from wait" -l timeout -d 'Give up after this long (exit 1; 30s, 10m); without it, wait as long as it takes' -r
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from wait" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
+complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from wait" -l json -d 'Print the result as JSON (the object as it is after the change)'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from wait" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from wait" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from abort" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
+complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from abort" -l json -d 'Print the result as JSON (the object as it is after the change)'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from abort" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from abort" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from disable" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from disable" -l force -d 'Disable even though the independent shadow is incomplete'
+complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from disable" -l json -d 'Print the result as JSON (the object as it is after the change)'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from disable" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from disable" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from throttle" -l delay-ms -d 'Milliseconds to sleep' -r
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from throttle" -l unit -d 'Chunks copied between sleeps (0: no throttle)' -r
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from throttle" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
+complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from throttle" -l json -d 'Print the result as JSON (the object as it is after the change)'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from throttle" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from throttle" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand image; and __fish_seen_subcommand_from list" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
@@ -294,6 +308,7 @@ complete -c umbra -n "__fish_umbra_using_subcommand repl; and not __fish_seen_su
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from setup" -l node -d 'This node\'s name' -r
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from setup" -l listen -d 'Replication listener address, HOST:PORT' -r
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from setup" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
+complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from setup" -l json -d 'Print the result as JSON (the object as it is after the change)'
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from setup" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from setup" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from peer" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
@@ -325,7 +340,7 @@ complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcom
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from enable" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from enable" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from sync" -l secondary -d 'Which secondary (node name), when the set has several' -r
-complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from sync" -l timeout -d 'With --wait: give up after this many seconds' -r
+complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from sync" -l timeout -d 'With --wait: give up after this long (1h, 30m); without it, wait as long as it takes' -r
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from sync" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from sync" -l full -d 'Copy every chunk'
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from sync" -l update -d 'Copy only the changed chunks (the default)'
@@ -349,7 +364,7 @@ complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcom
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from log" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from wait" -l secondary -d 'Which secondary (node name), when the set has several' -r
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from wait" -l state -d 'The state to wait for' -r
-complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from wait" -l timeout -d 'Seconds' -r
+complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from wait" -l timeout -d 'Give up after this long (10m, 30s); without it, wait as long as it takes' -r
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from wait" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from wait" -l json -d 'Print machine-readable JSON'
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from wait" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -370,6 +385,7 @@ complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcom
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from disable" -l secondary -d 'Which secondary (node name), when the set has several' -r
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from disable" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from disable" -l force -d 'End this side even when the peer cannot be reached'
+complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from disable" -l json -d 'Print the result as JSON (the object as it is after the change)'
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from disable" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from disable" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand repl; and __fish_seen_subcommand_from list" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
@@ -425,20 +441,20 @@ complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subco
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from status" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from online" -l to -d 'Run it on this node instead of here' -r
-complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from online" -l timeout -d 'Give up after this many seconds' -r
+complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from online" -l timeout -d 'Give up after this long (120s, 5m; like every role change)' -r
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from online" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from online" -l accept-data-loss -d 'Take over although acknowledged writes may be missing here'
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from online" -l use-inconsistent -d 'A copy cut mid-resync comes up on its safety snapshot\'s data'
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from online" -l json
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from online" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from online" -s V -l version -d 'Print version'
-complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from offline" -l timeout -d 'Give up after this many seconds' -r
+complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from offline" -l timeout -d 'Give up after this long (120s, 5m; like every role change)' -r
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from offline" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from offline" -l json
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from offline" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from offline" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from failover" -l to -d 'Run it on this node instead of here' -r
-complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from failover" -l timeout -d 'Give up after this many seconds' -r
+complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from failover" -l timeout -d 'Give up after this long (120s, 5m; like every role change)' -r
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from failover" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from failover" -l accept-data-loss -d 'Take over although acknowledged writes may be missing here'
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from failover" -l use-inconsistent -d 'A copy cut mid-resync comes up on its safety snapshot\'s data'
@@ -454,7 +470,7 @@ complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subco
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from failback" -l json -d 'Print machine-readable JSON'
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from failback" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from failback" -s V -l version -d 'Print version'
-complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from join" -l timeout -d 'Give up after this many seconds' -r
+complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from join" -l timeout -d 'Give up after this long (120s, 5m; like every role change)' -r
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from join" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from join" -l json
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from join" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -463,7 +479,7 @@ complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subco
 offline\t''
 in-sync\t''
 consistent\t''"
-complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from wait" -l timeout -d 'Seconds' -r
+complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from wait" -l timeout -d 'Give up after this long (10m, 30s); without it, wait as long as it takes' -r
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from wait" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from wait" -l json
 complete -c umbra -n "__fish_umbra_using_subcommand group; and __fish_seen_subcommand_from wait" -s h -l help -d 'Print help'
@@ -508,7 +524,7 @@ complete -c umbra -n "__fish_umbra_using_subcommand cluster; and not __fish_seen
 complete -c umbra -n "__fish_umbra_using_subcommand cluster; and not __fish_seen_subcommand_from join leave status priority help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c umbra -n "__fish_umbra_using_subcommand cluster; and __fish_seen_subcommand_from join" -l etcd -d 'etcd client URLs' -r
 complete -c umbra -n "__fish_umbra_using_subcommand cluster; and __fish_seen_subcommand_from join" -l name -d 'The cluster\'s name (its keys live under /umbra/NAME/)' -r
-complete -c umbra -n "__fish_umbra_using_subcommand cluster; and __fish_seen_subcommand_from join" -l ttl -d 'Lease time to live in seconds' -r
+complete -c umbra -n "__fish_umbra_using_subcommand cluster; and __fish_seen_subcommand_from join" -l ttl -d 'Lease time to live, whole seconds (10s, 1m)' -r
 complete -c umbra -n "__fish_umbra_using_subcommand cluster; and __fish_seen_subcommand_from join" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand cluster; and __fish_seen_subcommand_from join" -l json
 complete -c umbra -n "__fish_umbra_using_subcommand cluster; and __fish_seen_subcommand_from join" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -559,6 +575,7 @@ complete -c umbra -n "__fish_umbra_using_subcommand hook; and __fish_seen_subcom
 complete -c umbra -n "__fish_umbra_using_subcommand hook; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
 complete -c umbra -n "__fish_umbra_using_subcommand hook; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand hook; and __fish_seen_subcommand_from remove" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
+complete -c umbra -n "__fish_umbra_using_subcommand hook; and __fish_seen_subcommand_from remove" -l json -d 'Print the result as JSON (the object as it is after the change)'
 complete -c umbra -n "__fish_umbra_using_subcommand hook; and __fish_seen_subcommand_from remove" -s h -l help -d 'Print help'
 complete -c umbra -n "__fish_umbra_using_subcommand hook; and __fish_seen_subcommand_from remove" -s V -l version -d 'Print version'
 complete -c umbra -n "__fish_umbra_using_subcommand hook; and __fish_seen_subcommand_from help" -f -a "add" -d 'Run a command for every event of the given kinds'

@@ -34,8 +34,8 @@ pub struct JoinArgs {
     /// The cluster's name (its keys live under /umbra/NAME/)
     #[arg(long)]
     name: String,
-    /// Lease time to live in seconds
-    #[arg(long, default_value_t = 10)]
+    /// Lease time to live, whole seconds (10s, 1m)
+    #[arg(long, value_parser = super::parse_duration_s, default_value = "10s", value_name = "DURATION")]
     ttl: u64,
     #[arg(long)]
     json: bool,

@@ -127,8 +127,23 @@ pub(super) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
+/// A volume's exports in a few words: `nbd 127.0.0.1:10810`, `ublk /dev/ublkb0`.
+fn export_words(v: &Value) -> Vec<String> {
+    v["exports"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    let at = e["device"].as_str().or(e["listen"].as_str()).unwrap_or("-");
+                    format!("{} {at}", s(&e["kind"]))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn volume_row(v: &Value) -> Vec<String> {
-    let exports = strings(&v["exports"]);
+    let exports = export_words(v);
     vec![
         s(&v["name"]),
         s(&v["state"]),
@@ -168,14 +183,24 @@ pub fn volume(socket: &Path, cmd: VolumeCommand) -> Result<()> {
             if let Some(p) = a.path {
                 args["path"] = json!(absolute(&p)?);
             }
-            print_volume("created", &call(socket, "volume.create", args)?);
+            let v = call(socket, "volume.create", args)?;
+            if a.json {
+                print_json(&v);
+            } else {
+                print_volume("created", &v);
+            }
         }
         VolumeCommand::Add(a) => {
             let args = json!({
                 "name": a.name, "path": absolute(&a.path)?,
                 "engine": a.backend.engine, "direct": a.backend.direct, "latency_ms": a.backend.latency,
             });
-            print_volume("added", &call(socket, "volume.add", args)?);
+            let v = call(socket, "volume.add", args)?;
+            if a.json {
+                print_json(&v);
+            } else {
+                print_volume("added", &v);
+            }
         }
         VolumeCommand::Remove(a) => {
             if a.delete_data && !a.yes {
@@ -203,7 +228,9 @@ pub fn volume(socket: &Path, cmd: VolumeCommand) -> Result<()> {
                 "volume.remove",
                 json!({"name": a.name, "force": a.force, "delete_data": a.delete_data}),
             )?;
-            if v["deleted"].is_string() {
+            if a.json {
+                print_json(&v);
+            } else if v["deleted"].is_string() {
                 println!(
                     "removed volume {}; deleted {}",
                     s(&v["name"]),
@@ -267,6 +294,10 @@ pub fn volume(socket: &Path, cmd: VolumeCommand) -> Result<()> {
                     "exports",
                 ] {
                     let val = match key {
+                        "exports" => match export_words(&v).join(", ") {
+                            e if e.is_empty() => "-".into(),
+                            e => e,
+                        },
                         "size_bytes" => v[key]
                             .as_u64()
                             .map(|n| format!("{n} ({})", human_bytes(n)))
@@ -292,7 +323,11 @@ pub fn export(socket: &Path, cmd: ExportCommand) -> Result<()> {
                     "tls_certificates": a.tls_certificates.as_deref().map(absolute).transpose()?,
                 }),
             )?;
-            println!("exported {} over NBD at {}", s(&v["volume"]), s(&v["uri"]));
+            if a.json {
+                print_json(&v);
+            } else {
+                println!("exported {} over NBD at {}", s(&v["volume"]), s(&v["uri"]));
+            }
         }
         ExportCommand::Ublk(a) => {
             let v = call(
@@ -300,7 +335,11 @@ pub fn export(socket: &Path, cmd: ExportCommand) -> Result<()> {
                 "export.ublk",
                 json!({"volume": a.volume, "queues": a.queues, "depth": a.depth, "read_only": a.read_only}),
             )?;
-            println!("{}", s(&v["device"]));
+            if a.json {
+                print_json(&v);
+            } else {
+                println!("{}", s(&v["device"]));
+            }
         }
         ExportCommand::List(j) => {
             let v = call(socket, "export.list", json!({}))?;
@@ -337,11 +376,15 @@ pub fn export(socket: &Path, cmd: ExportCommand) -> Result<()> {
                 "export.remove",
                 json!({"volume": a.volume, "kind": a.kind}),
             )?;
-            println!(
-                "stopped exporting {} ({})",
-                s(&v["volume"]),
-                s(&v["listen"])
-            );
+            if a.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "stopped exporting {} ({})",
+                    s(&v["volume"]),
+                    s(&v["listen"])
+                );
+            }
         }
     }
     Ok(())
@@ -352,7 +395,7 @@ pub fn cache(socket: &Path, cmd: CacheCommand) -> Result<()> {
         CacheCommand::Enable(a) => {
             let write_back = a.mode == super::CacheMode::WriteBack;
             let safe_store = a.safe_store.as_deref().map(absolute).transpose()?;
-            call(
+            let v = call(
                 socket,
                 "cache.enable",
                 json!({
@@ -364,6 +407,7 @@ pub fn cache(socket: &Path, cmd: CacheCommand) -> Result<()> {
                 }),
             )?;
             match safe_store {
+                _ if a.json => print_json(&v),
                 Some(p) => println!(
                     "cache enabled on {} ({}, write-back, safe store {} of {})",
                     a.volume,
@@ -379,8 +423,12 @@ pub fn cache(socket: &Path, cmd: CacheCommand) -> Result<()> {
             }
         }
         CacheCommand::Disable(a) => {
-            call(socket, "cache.disable", json!({"volume": a.volume}))?;
-            println!("cache disabled on {}", a.volume);
+            let v = call(socket, "cache.disable", json!({"volume": a.volume}))?;
+            if a.json {
+                print_json(&v);
+            } else {
+                println!("cache disabled on {}", a.volume);
+            }
         }
         CacheCommand::Stats(a) => {
             let v = call(socket, "cache.stats", json!({"volume": a.volume}))?;

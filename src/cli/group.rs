@@ -92,8 +92,8 @@ pub struct GroupArgs {
 #[derive(Args)]
 pub struct TimeoutArgs {
     group: String,
-    /// Give up after this many seconds
-    #[arg(long, default_value_t = 120)]
+    /// Give up after this long (120s, 5m; like every role change)
+    #[arg(long, value_parser = super::parse_duration_ms, default_value = "120s", value_name = "DURATION")]
     timeout: u64,
     #[arg(long)]
     json: bool,
@@ -111,8 +111,8 @@ pub struct OnlineArgs {
     /// A copy cut mid-resync comes up on its safety snapshot's data
     #[arg(long)]
     use_inconsistent: bool,
-    /// Give up after this many seconds
-    #[arg(long, default_value_t = 120)]
+    /// Give up after this long (120s, 5m; like every role change)
+    #[arg(long, value_parser = super::parse_duration_ms, default_value = "120s", value_name = "DURATION")]
     timeout: u64,
     #[arg(long)]
     json: bool,
@@ -133,9 +133,9 @@ pub struct WaitArgs {
     group: String,
     #[arg(long, value_parser = ["online", "offline", "in-sync", "consistent"])]
     state: String,
-    /// Seconds
-    #[arg(long, default_value_t = 600)]
-    timeout: u64,
+    /// Give up after this long (10m, 30s); without it, wait as long as it takes
+    #[arg(long, value_parser = super::parse_duration_ms, value_name = "DURATION")]
+    timeout: Option<u64>,
     #[arg(long)]
     json: bool,
 }
@@ -281,7 +281,7 @@ pub fn run(socket: &Path, cmd: GroupCommand) -> Result<()> {
                     "group.online",
                     json!({
                         "group": a.group, "to": a.to, "accept_data_loss": a.accept_data_loss,
-                        "use_inconsistent": a.use_inconsistent, "timeout_ms": a.timeout * 1000,
+                        "use_inconsistent": a.use_inconsistent, "timeout_ms": a.timeout,
                     }),
                 )
             })?;
@@ -299,7 +299,7 @@ pub fn run(socket: &Path, cmd: GroupCommand) -> Result<()> {
                     call(
                         socket,
                         "group.offline",
-                        json!({"group": a.group, "timeout_ms": a.timeout * 1000}),
+                        json!({"group": a.group, "timeout_ms": a.timeout}),
                     )
                 },
             )?;
@@ -337,7 +337,7 @@ pub fn run(socket: &Path, cmd: GroupCommand) -> Result<()> {
                     call(
                         socket,
                         "group.join",
-                        json!({"group": a.group, "timeout_ms": a.timeout * 1000}),
+                        json!({"group": a.group, "timeout_ms": a.timeout}),
                     )
                 },
             )?;
@@ -352,20 +352,25 @@ pub fn run(socket: &Path, cmd: GroupCommand) -> Result<()> {
             );
         }
         GroupCommand::Wait(a) => {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.timeout);
+            let deadline = super::deadline(a.timeout);
             loop {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let left = super::time_left(deadline, std::time::Duration::from_secs(60));
                 let v = call(
                     socket,
                     "group.wait",
-                    json!({"group": a.group, "state": a.state, "timeout_ms": left.as_millis().min(60_000) as u64}),
+                    json!({"group": a.group, "state": a.state, "timeout_ms": left.as_millis() as u64}),
                 )?;
                 if v["reached"] == true {
                     done(&v, a.json, &format!("group {}: {}", a.group, a.state));
                     break;
                 }
-                if left.is_zero() {
-                    bail!("group {} is not {} after {}s", a.group, a.state, a.timeout);
+                if let (Some(ms), true) = (a.timeout, left.is_zero()) {
+                    bail!(
+                        "group {} is not {} after {}",
+                        a.group,
+                        a.state,
+                        super::duration_text(ms)
+                    );
                 }
             }
         }

@@ -40,7 +40,7 @@ pub struct HookAdd {
     #[arg(long)]
     run: PathBuf,
     /// Kill the command after this long (10s, 500ms)
-    #[arg(long, value_parser = parse_duration_ms, default_value = "10s")]
+    #[arg(long, value_parser = parse_duration_ms, default_value = "10s", value_name = "DURATION")]
     timeout: u64,
     /// Print the hook as JSON
     #[arg(long)]
@@ -57,6 +57,9 @@ pub struct HookList {
 #[derive(Args)]
 pub struct HookName {
     name: String,
+    /// Print the result as JSON (the object as it is after the change)
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(socket: &Path, cmd: HookCommand) -> Result<()> {
@@ -126,8 +129,12 @@ pub fn run(socket: &Path, cmd: HookCommand) -> Result<()> {
             );
         }
         HookCommand::Remove(a) => {
-            call(socket, "hook.remove", json!({"name": a.name}))?;
-            println!("hook {} removed", a.name);
+            let v = call(socket, "hook.remove", json!({"name": a.name}))?;
+            if a.json {
+                print_json(&v);
+            } else {
+                println!("hook {} removed", a.name);
+            }
         }
     }
     Ok(())

@@ -150,12 +150,18 @@ pub struct OverflowCreate {
     /// File to create [default: DATA_DIR/NAME.overflow]
     #[arg(long)]
     path: Option<PathBuf>,
+    /// Print the result as JSON (the object as it is after the change)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
 pub struct OverflowAttach {
     set: String,
     overflow: String,
+    /// Print the result as JSON (the object as it is after the change)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -267,19 +273,28 @@ pub struct UpdateArgs {
     /// Wait for the copy to finish
     #[arg(long)]
     wait: bool,
+    /// Print the result as JSON (the object as it is after the change)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
 pub struct WaitArgs {
     set: String,
-    /// Give up after this many seconds (exit 1)
-    #[arg(long)]
+    /// Give up after this long (exit 1; 30s, 10m); without it, wait as long as it takes
+    #[arg(long, value_parser = super::parse_duration_ms, value_name = "DURATION")]
     timeout: Option<u64>,
+    /// Print the result as JSON (the object as it is after the change)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
 pub struct SetArg {
     name: String,
+    /// Print the result as JSON (the object as it is after the change)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -288,6 +303,9 @@ pub struct DisableArgs {
     /// Disable even though the independent shadow is incomplete
     #[arg(long)]
     force: bool,
+    /// Print the result as JSON (the object as it is after the change)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -299,6 +317,9 @@ pub struct ThrottleArgs {
     /// Chunks copied between sleeps (0: no throttle)
     #[arg(long)]
     unit: u32,
+    /// Print the result as JSON (the object as it is after the change)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -320,6 +341,9 @@ pub struct GroupCreate {
     /// Sets to put in the group
     #[arg(required = true)]
     sets: Vec<String>,
+    /// Print the result as JSON (the object as it is after the change)
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(socket: &Path, cmd: ImageCommand) -> Result<()> {
@@ -369,6 +393,16 @@ pub fn run(socket: &Path, cmd: ImageCommand) -> Result<()> {
                 }
                 other => other?,
             };
+            if a.json && a.wait {
+                // The set once its copy is done.
+                wait_for(socket, &a.set, None, true)?;
+                let mut now = call(socket, "image.info", json!({"name": a.set}))?;
+                for k in ["establish_us", "shadow_created"] {
+                    now[k] = v[k].clone();
+                }
+                print_json(&now);
+                return Ok(());
+            }
             if a.json {
                 print_json(&v);
             } else {
@@ -387,19 +421,28 @@ pub fn run(socket: &Path, cmd: ImageCommand) -> Result<()> {
                 );
             }
             if a.wait {
-                wait_for(socket, &a.set, None)?;
+                wait_for(socket, &a.set, None, a.json)?;
             }
         }
         ImageCommand::Update(a) => update(socket, a, false)?,
         ImageCommand::Copy(a) => update(socket, a, true)?,
-        ImageCommand::Wait(a) => wait_for(socket, &a.set, a.timeout.map(Duration::from_secs))?,
+        ImageCommand::Wait(a) => {
+            wait_for(socket, &a.set, a.timeout.map(Duration::from_millis), a.json)?;
+            if a.json {
+                print_json(&call(socket, "image.info", json!({"name": a.set}))?);
+            }
+        }
         ImageCommand::Abort(a) => {
             let v = call(socket, "image.abort", json!({"name": a.name}))?;
-            println!(
-                "copy of image set {} aborted with {} chunks left (read from the source until updated)",
-                a.name,
-                s(&v["chunks_to_copy"])
-            );
+            if a.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "copy of image set {} aborted with {} chunks left (read from the source until updated)",
+                    a.name,
+                    s(&v["chunks_to_copy"])
+                );
+            }
         }
         ImageCommand::Disable(a) => {
             let v = call(
@@ -407,15 +450,21 @@ pub fn run(socket: &Path, cmd: ImageCommand) -> Result<()> {
                 "image.disable",
                 json!({"name": a.set, "force": a.force}),
             )?;
-            println!("image set {} disabled: {}", a.set, s(&v["note"]));
+            if a.json {
+                print_json(&v);
+            } else {
+                println!("image set {} disabled: {}", a.set, s(&v["note"]));
+            }
         }
         ImageCommand::Throttle(a) => {
-            call(
+            let v = call(
                 socket,
                 "image.throttle",
                 json!({"name": a.set, "delay_ms": a.delay_ms, "unit": a.unit}),
             )?;
-            if a.unit == 0 {
+            if a.json {
+                print_json(&v);
+            } else if a.unit == 0 {
                 println!("image set {}: copy not throttled", a.set);
             } else {
                 println!(
@@ -470,16 +519,24 @@ pub fn run(socket: &Path, cmd: ImageCommand) -> Result<()> {
         ImageCommand::Overflow(o) => overflow(socket, o)?,
         ImageCommand::Group(g) => match g {
             GroupCommand::Create(a) => {
-                call(
+                let v = call(
                     socket,
                     "image.group.create",
                     json!({"name": a.group, "sets": a.sets}),
                 )?;
-                println!("image group {} created: {}", a.group, a.sets.join(" "));
+                if a.json {
+                    print_json(&v);
+                } else {
+                    println!("image group {} created: {}", a.group, a.sets.join(" "));
+                }
             }
             GroupCommand::Remove(a) => {
-                call(socket, "image.group.remove", json!({"name": a.name}))?;
-                println!("image group {} removed", a.name);
+                let v = call(socket, "image.group.remove", json!({"name": a.name}))?;
+                if a.json {
+                    print_json(&v);
+                } else {
+                    println!("image group {} removed", a.name);
+                }
             }
             GroupCommand::List(j) => {
                 let v = call(socket, "image.group.list", json!({}))?;
@@ -566,7 +623,7 @@ fn update(socket: &Path, a: UpdateArgs, full: bool) -> Result<()> {
         }),
     )?;
     let sets = v.as_array().cloned().unwrap_or_default();
-    for set in &sets {
+    for set in sets.iter().filter(|_| !a.json) {
         println!(
             "{} of image set {}: {} chunks to copy",
             match (a.to, full) {
@@ -580,8 +637,16 @@ fn update(socket: &Path, a: UpdateArgs, full: bool) -> Result<()> {
     }
     if a.wait {
         for set in &sets {
-            wait_for(socket, &s(&set["name"]), None)?;
+            wait_for(socket, &s(&set["name"]), None, a.json)?;
         }
+    }
+    if a.json {
+        // The sets as they are now: after the copy with --wait.
+        let now: Vec<Value> = sets
+            .iter()
+            .map(|set| call(socket, "image.info", json!({"name": set["name"]})))
+            .collect::<Result<_>>()?;
+        print_json(&Value::Array(now));
     }
     Ok(())
 }
@@ -601,12 +666,16 @@ fn confirm(question: &str) -> Result<()> {
 }
 
 /// Poll the set until no copy runs; a progress bar when stdout is a terminal.
-fn wait_for(socket: &Path, set: &str, timeout: Option<Duration>) -> Result<()> {
+fn wait_for(socket: &Path, set: &str, timeout: Option<Duration>, quiet: bool) -> Result<()> {
     let start = Instant::now();
-    let bar = progress_bar(
-        set,
-        "{msg} [{bar:40}] {pos}/{len} chunks ({percent}%) eta {eta}",
-    );
+    let bar = if quiet {
+        None
+    } else {
+        progress_bar(
+            set,
+            "{msg} [{bar:40}] {pos}/{len} chunks ({percent}%) eta {eta}",
+        )
+    };
     loop {
         let v = call(
             socket,
@@ -628,10 +697,12 @@ fn wait_for(socket: &Path, set: &str, timeout: Option<Duration>) -> Result<()> {
                 Some("failed") => bail!("image set {set} failed: {}", s(&v["error"])),
                 Some("aborted") => bail!("image set {set}: copy stopped with {left} chunks left"),
                 _ => {
-                    println!(
-                        "image set {set}: copy complete ({} chunks differ)",
-                        s(&v["chunks_differing"])
-                    );
+                    if !quiet {
+                        println!(
+                            "image set {set}: copy complete ({} chunks differ)",
+                            s(&v["chunks_differing"])
+                        );
+                    }
                     return Ok(());
                 }
             }
@@ -642,8 +713,8 @@ fn wait_for(socket: &Path, set: &str, timeout: Option<Duration>) -> Result<()> {
                     b.abandon();
                 }
                 bail!(
-                    "image set {set}: still copying after {}s ({left} chunks left)",
-                    t.as_secs()
+                    "image set {set}: still copying after {} ({left} chunks left)",
+                    super::duration_text(t.as_millis() as u64)
                 );
             }
         }
@@ -663,27 +734,39 @@ fn overflow(socket: &Path, cmd: OverflowCommand) -> Result<()> {
                     "path": a.path.as_deref().map(absolute).transpose()?,
                 }),
             )?;
-            println!(
-                "overflow volume {} created: {} chunks on {}",
-                a.name,
-                s(&v["capacity_chunks"]),
-                s(&v["path"])
-            );
+            if a.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "overflow volume {} created: {} chunks on {}",
+                    a.name,
+                    s(&v["capacity_chunks"]),
+                    s(&v["path"])
+                );
+            }
         }
         OverflowCommand::Attach(a) => {
-            call(
+            let v = call(
                 socket,
                 "image.overflow.attach",
                 json!({"set": a.set, "overflow": a.overflow}),
             )?;
-            println!(
-                "image set {} spills into overflow volume {}",
-                a.set, a.overflow
-            );
+            if a.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "image set {} spills into overflow volume {}",
+                    a.set, a.overflow
+                );
+            }
         }
         OverflowCommand::Detach(a) => {
-            call(socket, "image.overflow.detach", json!({"name": a.name}))?;
-            println!("image set {} has no overflow volume", a.name);
+            let v = call(socket, "image.overflow.detach", json!({"name": a.name}))?;
+            if a.json {
+                print_json(&v);
+            } else {
+                println!("image set {} has no overflow volume", a.name);
+            }
         }
         OverflowCommand::Info(a) => {
             let v = call(socket, "image.overflow.info", json!({"name": a.name}))?;
@@ -708,8 +791,12 @@ fn overflow(socket: &Path, cmd: OverflowCommand) -> Result<()> {
             table(&["OVERFLOW", "STATE", "USED", "SETS", "PATH"], rows);
         }
         OverflowCommand::Remove(a) => {
-            call(socket, "image.overflow.remove", json!({"name": a.name}))?;
-            println!("overflow volume {} removed", a.name);
+            let v = call(socket, "image.overflow.remove", json!({"name": a.name}))?;
+            if a.json {
+                print_json(&v);
+            } else {
+                println!("overflow volume {} removed", a.name);
+            }
         }
     }
     Ok(())

@@ -213,6 +213,9 @@ pub struct VolumeCreate {
     path: Option<PathBuf>,
     #[command(flatten)]
     backend: BackendArgs,
+    /// Print the result as JSON (the object as it is after the change)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -224,6 +227,9 @@ pub struct VolumeAdd {
     path: PathBuf,
     #[command(flatten)]
     backend: BackendArgs,
+    /// Print the result as JSON (the object as it is after the change)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -273,6 +279,9 @@ pub struct VolumeRemove {
     /// Do not ask before deleting data
     #[arg(long, short = 'y')]
     yes: bool,
+    /// Print the result as JSON (the object as it is after the change)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -385,6 +394,9 @@ pub struct CacheEnable {
     /// Write-back: size of the safe store; dirty data is bounded by it
     #[arg(long, value_parser = parse_size, default_value = "64M")]
     safe_store_size: u64,
+    /// Print the result as JSON (the object as it is after the change)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
@@ -397,6 +409,9 @@ pub enum CacheMode {
 pub struct CacheVolume {
     /// Volume whose cache to remove
     volume: String,
+    /// Print the result as JSON (the object as it is after the change)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -428,6 +443,9 @@ pub struct ExportNbd {
     /// the ca-cert.pem beside them). Applies to the whole TCP listener.
     #[arg(long, value_name = "DIR")]
     tls_certificates: Option<std::path::PathBuf>,
+    /// Print the result as JSON (the object as it is after the change)
+    #[arg(long)]
+    json: bool,
 }
 
 /// An octal permission mode such as `0660` or `660`.
@@ -449,6 +467,9 @@ pub struct ExportRemove {
     /// nbd or ublk, when the volume has both
     #[arg(long)]
     kind: Option<String>,
+    /// Print the result as JSON (the object as it is after the change)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -464,6 +485,9 @@ pub struct ExportUblk {
     /// Refuse writes
     #[arg(long)]
     read_only: bool,
+    /// Print the result as JSON (the object as it is after the change)
+    #[arg(long)]
+    json: bool,
 }
 
 /// Parse a size with an optional binary unit: 4096, 64K, 512M, 1G, 2T,
@@ -487,19 +511,61 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// A duration as every option takes it: `10s`, `500ms`, or bare seconds.
+/// A duration as every option takes it: `500ms`, `10s`, `5m`, `2h`, or
+/// bare seconds; in milliseconds.
 pub(crate) fn parse_duration_ms(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let (num, mul) = if let Some(n) = t.strip_suffix("ms") {
         (n, 1)
     } else if let Some(n) = t.strip_suffix('s') {
         (n, 1000)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60_000)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3_600_000)
     } else {
         (t, 1000)
     };
     num.parse::<u64>()
-        .map(|n| n * mul)
-        .map_err(|_| format!("{s:?} is not a duration like 10s or 500ms"))
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| format!("{s:?} is not a duration like 500ms, 10s, 5m or 2h"))
+}
+
+/// A duration in whole seconds (`10s`, `1m`; not `1500ms`).
+pub(crate) fn parse_duration_s(s: &str) -> Result<u64, String> {
+    let ms = parse_duration_ms(s)?;
+    if ms == 0 || ms % 1000 != 0 {
+        return Err(format!(
+            "{s:?}: give a whole number of seconds, at least 1s"
+        ));
+    }
+    Ok(ms / 1000)
+}
+
+/// `ms` as a duration is written on the command line (`120s`, `1500ms`).
+pub(crate) fn duration_text(ms: u64) -> String {
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// When a wait with `--timeout` (milliseconds; none: no limit) gives up.
+pub(crate) fn deadline(timeout_ms: Option<u64>) -> Option<std::time::Instant> {
+    timeout_ms.map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms))
+}
+
+/// Time left before `deadline`, at most `cap`.
+pub(crate) fn time_left(
+    deadline: Option<std::time::Instant>,
+    cap: std::time::Duration,
+) -> std::time::Duration {
+    deadline
+        .map(|d| d.saturating_duration_since(std::time::Instant::now()))
+        .unwrap_or(cap)
+        .min(cap)
 }
 
 /// A client command whose output goes to a pipe that closes early
@@ -562,6 +628,62 @@ mod tests {
         assert!(parse_size("1X").is_err());
         assert!(parse_size("G").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("500ms").unwrap(), 500);
+        assert_eq!(parse_duration_ms("10s").unwrap(), 10_000);
+        assert_eq!(parse_duration_ms("5m").unwrap(), 300_000);
+        assert_eq!(parse_duration_ms("2h").unwrap(), 7_200_000);
+        assert_eq!(parse_duration_ms("30").unwrap(), 30_000);
+        assert!(parse_duration_ms("10x").is_err());
+        assert!(parse_duration_ms("ms").is_err());
+        assert!(parse_duration_ms("99999999999999999h").is_err());
+        assert_eq!(parse_duration_s("1m").unwrap(), 60);
+        assert!(parse_duration_s("1500ms").is_err());
+        assert!(parse_duration_s("0s").is_err());
+        assert_eq!(duration_text(120_000), "120s");
+        assert_eq!(duration_text(1500), "1500ms");
+    }
+
+    /// Every command scripts run has `--json`, those that change state
+    /// too; only the daemon itself, the doc generator and help do not.
+    /// And every option that is a time takes the one duration syntax.
+    #[test]
+    fn every_command_has_json_and_every_time_is_a_duration() {
+        use clap::CommandFactory;
+        fn walk(
+            c: &clap::Command,
+            path: String,
+            missing: &mut Vec<String>,
+            times: &mut Vec<String>,
+        ) {
+            let leaf = c.get_subcommands().next().is_none();
+            if leaf {
+                let exempt = ["umbra serve", "umbra generate-docs", "umbra fault-proxy"];
+                if !exempt.contains(&path.as_str())
+                    && !c.get_arguments().any(|a| a.get_long() == Some("json"))
+                {
+                    missing.push(path.clone());
+                }
+                for a in c.get_arguments() {
+                    let long = a.get_long().unwrap_or_default();
+                    let is_time = ["timeout", "interval", "ttl"].contains(&long);
+                    let name = a.get_value_names().map(|v| v[0].to_string());
+                    if is_time && name.as_deref() != Some("DURATION") {
+                        times.push(format!("{path} --{long}"));
+                    }
+                }
+            }
+            for s in c.get_subcommands().filter(|s| s.get_name() != "help") {
+                walk(s, format!("{path} {}", s.get_name()), missing, times);
+            }
+        }
+        let (mut missing, mut times) = (Vec::new(), Vec::new());
+        walk(&Cli::command(), "umbra".into(), &mut missing, &mut times);
+        assert!(missing.is_empty(), "commands without --json: {missing:?}");
+        assert!(times.is_empty(), "times that are not a DURATION: {times:?}");
     }
 
     #[test]

@@ -171,6 +171,9 @@ pub struct SetupArgs {
     /// Replication listener address, HOST:PORT
     #[arg(long)]
     listen: Option<String>,
+    /// Print the result as JSON (the object as it is after the change)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -180,12 +183,18 @@ pub struct PeerAddArgs {
     /// File holding the shared secret
     #[arg(long)]
     secret_file: PathBuf,
+    /// Print the result as JSON (the object as it is after the change)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
 pub struct NameOnly {
     /// Peer name
     name: String,
+    /// Print the result as JSON (the object as it is after the change)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -235,7 +244,7 @@ pub struct EnableArgs {
     #[arg(long, value_enum)]
     on_peer_loss: Option<LossArg>,
     /// Peer timeout: no frame for this long and the link is down (e.g. 10s, 500ms)
-    #[arg(long, value_parser = parse_duration_ms)]
+    #[arg(long, value_parser = parse_duration_ms, value_name = "DURATION")]
     timeout: Option<u64>,
     /// Async/hybrid queue limit in bytes (default 64M)
     #[arg(long, value_parser = parse_size)]
@@ -283,9 +292,9 @@ pub struct SyncArgs {
     /// Wait until the set is replicating
     #[arg(long)]
     wait: bool,
-    /// With --wait: give up after this many seconds
-    #[arg(long, default_value_t = 3600)]
-    timeout: u64,
+    /// With --wait: give up after this long (1h, 30m); without it, wait as long as it takes
+    #[arg(long, value_parser = super::parse_duration_ms, value_name = "DURATION")]
+    timeout: Option<u64>,
     /// Print machine-readable JSON
     #[arg(long)]
     json: bool,
@@ -358,9 +367,9 @@ pub struct WaitArgs {
     /// The state to wait for
     #[arg(long, default_value = "replicating")]
     state: String,
-    /// Seconds
-    #[arg(long, default_value_t = 600)]
-    timeout: u64,
+    /// Give up after this long (10m, 30s); without it, wait as long as it takes
+    #[arg(long, value_parser = super::parse_duration_ms, value_name = "DURATION")]
+    timeout: Option<u64>,
     /// Print machine-readable JSON
     #[arg(long)]
     json: bool,
@@ -376,6 +385,9 @@ pub struct DisableArgs {
     /// End this side even when the peer cannot be reached
     #[arg(long)]
     force: bool,
+    /// Print the result as JSON (the object as it is after the change)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -394,7 +406,7 @@ pub enum MaxLag {
 /// `5s`, `500ms` (a time) or `64M` (bytes).
 fn parse_max_lag(s: &str) -> Result<MaxLag, String> {
     let t = s.trim();
-    if t.ends_with('s') {
+    if t.ends_with('s') || t.ends_with('h') {
         return parse_duration_ms(t).map(MaxLag::Ms);
     }
     parse_size(t)
@@ -485,10 +497,10 @@ fn wait(
     set: &str,
     secondary: Option<&str>,
     state: &str,
-    timeout: u64,
+    timeout: Option<u64>,
     progress: bool,
 ) -> Result<Value> {
-    let deadline = Instant::now() + Duration::from_secs(timeout);
+    let deadline = super::deadline(timeout);
     let bar = if progress {
         progress_bar(
             set,
@@ -503,13 +515,13 @@ fn wait(
         }
     };
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
         // Short polls while a bar is shown, so it moves.
         let poll_ms = if bar.is_some() { 500 } else { 60_000 };
+        let left = super::time_left(deadline, Duration::from_millis(poll_ms));
         let v = call(
             socket,
             "repl.wait",
-            json!({"name": set, "secondary": secondary, "state": state, "timeout_ms": left.as_millis().min(poll_ms) as u64}),
+            json!({"name": set, "secondary": secondary, "state": state, "timeout_ms": left.as_millis() as u64}),
         )?;
         if let Some(b) = &bar {
             // Every leg's sync when waiting for the whole set.
@@ -536,11 +548,12 @@ fn wait(
                  see `umbra repl info {set}` and `umbra repl resolve --help`"
             );
         }
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             finish(&bar);
             bail!(
-                "replication set {set} is {} after {timeout}s, not {state} ({}% synced{})",
+                "replication set {set} is {} after {}, not {state} ({}% synced{})",
                 s(&v["state"]),
+                super::duration_text(timeout.unwrap_or(0)),
                 s(&v["percent_synced"]),
                 v["last_error"]
                     .as_str()
@@ -587,23 +600,35 @@ pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
                 "repl.setup",
                 json!({"node": a.node, "listen": a.listen}),
             )?;
-            println!(
-                "node {} listening for peers on {}",
-                s(&v["node"]),
-                s(&v["listen"])
-            );
+            if a.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "node {} listening for peers on {}",
+                    s(&v["node"]),
+                    s(&v["listen"])
+                );
+            }
         }
         ReplCommand::Peer(PeerCommand::Add(a)) => {
-            call(
+            let v = call(
                 socket,
                 "repl.peer.add",
                 json!({"name": a.name, "secret_file": absolute(&a.secret_file)?}),
             )?;
-            println!("peer {} trusted", a.name);
+            if a.json {
+                print_json(&v);
+            } else {
+                println!("peer {} trusted", a.name);
+            }
         }
         ReplCommand::Peer(PeerCommand::Remove(a)) => {
-            call(socket, "repl.peer.remove", json!({"name": a.name}))?;
-            println!("peer {} removed", a.name);
+            let v = call(socket, "repl.peer.remove", json!({"name": a.name}))?;
+            if a.json {
+                print_json(&v);
+            } else {
+                println!("peer {} removed", a.name);
+            }
         }
         ReplCommand::Enable(a) => {
             let v = call(
@@ -768,7 +793,9 @@ pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
                 "repl.disable",
                 json!({"name": a.set, "secondary": a.secondary, "force": a.force}),
             )?;
-            if a.secondary.is_some() {
+            if a.json {
+                print_json(&v);
+            } else if a.secondary.is_some() {
                 println!(
                     "replication set {}: secondary {} removed",
                     a.set,
@@ -777,7 +804,7 @@ pub fn run(socket: &Path, cmd: ReplCommand) -> Result<()> {
             } else {
                 println!("replication set {} disabled", a.set);
             }
-            if let Some(n) = v["note"].as_str().filter(|n| !n.is_empty()) {
+            if let Some(n) = v["note"].as_str().filter(|n| !n.is_empty() && !a.json) {
                 println!("note: {n}");
             }
         }

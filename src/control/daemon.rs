@@ -1728,12 +1728,13 @@ fn volume_json(st: &State, name: &str) -> Value {
     let cfg = st.config.volumes.iter().find(|v| v.name == name);
     let entry = &st.volumes[name];
     let failure = volume_failure(st, name);
+    // Each export as `export list` shows it.
     let exports: Vec<_> = st
         .config
         .exports
         .iter()
         .filter(|e| e.volume == name)
-        .map(|e| format!("{} {}", kind_name(e.kind), e.listen))
+        .map(|e| export_json(st, e))
         .collect();
     json!({
         "name": name,

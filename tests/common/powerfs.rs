@@ -822,11 +822,15 @@ impl PowerFs {
                 ),
             }
         }
-        // Its thread ends once the device reports the unmount; the session's
-        // own unmount (on drop, before we mount again) then finds nothing.
-        session
-            .join()
-            .expect("powerfs session ends after the unmount");
+        // Its thread ends once the device reports the unmount (ENODEV, or
+        // ECONNABORTED when the kernel aborted the connection first); the
+        // session's own unmount (on drop, before we mount again) then finds
+        // nothing.
+        match session.join() {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ECONNABORTED)) => {}
+            Err(e) => panic!("powerfs session ended with {e} after the unmount"),
+        }
     }
 
     pub fn path(&self) -> &Path {

@@ -729,6 +729,8 @@ impl Replication {
         let mut v = self.set_json(&chosen);
         if chosen.role == ReplRole::Primary {
             v["peers"] = Value::Array(legs.iter().map(|c| self.set_json(c)).collect());
+        } else {
+            v["peers"] = Value::Null;
         }
         Ok(v)
     }
@@ -752,7 +754,20 @@ impl Replication {
         })
     }
 
+    /// A set's leg as `repl info`/`list` show it: one shape whatever the
+    /// role or state, every key of [`SET_KEYS`] present, null where it
+    /// does not apply (a secondary has no lag, a primary applies nothing).
     fn set_json(&self, c: &ReplSetConfig) -> Value {
+        let mut v = self.set_json_known(c);
+        if let Value::Object(m) = &mut v {
+            for k in SET_KEYS {
+                m.entry(*k).or_insert(Value::Null);
+            }
+        }
+        v
+    }
+
+    fn set_json_known(&self, c: &ReplSetConfig) -> Value {
         let mut v = json!({
             "name": c.name,
             "role": c.role,
@@ -840,6 +855,54 @@ impl Replication {
         v
     }
 }
+
+/// Every key of a set's JSON, primary or secondary (`set_json`).
+const SET_KEYS: &[&str] = &[
+    "name",
+    "role",
+    "volume",
+    "remote_volume",
+    "peer",
+    "peer_node",
+    "mode",
+    "group",
+    "on_peer_loss",
+    "autosync",
+    "suspended",
+    "safety_snapshot",
+    "generations",
+    "state",
+    "link",
+    "link_error",
+    "syncing",
+    "lag_bytes",
+    "lag_writes",
+    "lag_groups",
+    "lag_seconds",
+    "queue_depth",
+    "out_of_sync_bytes",
+    "percent_synced",
+    "chunk_bytes",
+    "writes",
+    "bytes",
+    "sync_total_bytes",
+    "sync_done_bytes",
+    "synced_chunks_total",
+    "groups_sent",
+    "acked_writes",
+    "connects",
+    "blocked_writers",
+    "throttled_writers",
+    "max_lag_bytes",
+    "max_lag_ms",
+    "sync_rate",
+    "last_error",
+    "verify",
+    "applied_writes",
+    "applied_bytes",
+    "last_seq",
+    "members",
+];
 
 /// Pick the leg toward `secondary` out of `legs` (all of set `name`), or
 /// the only one; several legs and no choice is an error naming them.
