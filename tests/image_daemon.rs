@@ -441,3 +441,116 @@ fn enabling_over_a_shadow_that_holds_data_needs_yes() {
     let e: Vec<&str> = e.iter().map(String::as_str).collect();
     d.ok(&e);
 }
+
+/// Bytes the file at `p` has allocated on disk.
+fn allocated(p: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().blocks() * 512
+}
+
+/// Sparse data stays sparse through imaging: an independent copy of a
+/// 256 MiB master holding 8 MiB allocates about 8 MiB, and a restore that
+/// brings back holes punches them in the master. The copy-on-write and
+/// background-copy counters say what moved.
+#[test]
+fn copies_and_restores_stay_sparse_and_are_counted() {
+    let d = Daemon::start();
+    d.ok(&["volume", "create", "m", "--size", "256M"]);
+    let uri = d.export_nbd("m");
+    let addr = d.addr_of("m");
+    // 8 MiB of data in four runs; the rest never written (holes), plus
+    // 1 MiB written as zeroes (allocated, reads as zeroes).
+    let mut c = NbdClient::connect(&addr, "m");
+    for (i, at) in [0u64, 64 << 20, 130 << 20, 250 << 20].iter().enumerate() {
+        let data: Vec<u8> = (0..2 << 20)
+            .map(|j| (j as u8) ^ (i as u8 + 1) | 1)
+            .collect();
+        assert_eq!(c.write(*at, &data, 0), 0);
+    }
+    assert_eq!(c.write(200 << 20, &vec![0u8; 1 << 20], 0), 0);
+    assert_eq!(c.flush(), 0);
+    let t0 = sha(&uri);
+
+    let v = d.json(&[
+        "image",
+        "enable",
+        "full",
+        "--master",
+        "m",
+        "--shadow",
+        "copy",
+        "--mode",
+        "independent",
+        "--wait",
+    ]);
+    assert_eq!(v["chunks_to_copy"], 0, "{v}");
+    let copy_file = d.data_dir().join("copy.img");
+    let used = allocated(&copy_file);
+    assert!(
+        used < 12 << 20,
+        "the copy of 8 MiB of data allocates {used} bytes"
+    );
+    d.export_nbd("copy");
+    assert_eq!(sha(&d.uri_of("copy")), t0);
+    let stats = d.json(&["stats", "m"]);
+    let img = &stats["volumes"][0]["image"][0];
+    assert_eq!(img["set"], "full", "{stats}");
+    assert_eq!(img["copied_bytes"], 256u64 << 20, "{img}");
+    assert_eq!(img["cow_bytes"], 0, "{img}");
+
+    // Overwrite 32 MiB of what were holes: copy-on-write is not needed (an
+    // independent shadow holds everything), the master grows.
+    let junk = vec![0xa5u8; 1 << 20];
+    for i in 0..32u64 {
+        assert_eq!(c.write((160 << 20) + i * (1 << 20), &junk, 0), 0);
+    }
+    assert_eq!(c.flush(), 0);
+    c.disconnect();
+    let master_file = d.data_dir().join("m.img");
+    assert!(allocated(&master_file) > 36 << 20);
+    d.ok(&[
+        "image", "update", "full", "--to", "master", "--yes", "--force", "--wait",
+    ]);
+    assert_eq!(sha(&uri), t0);
+    let used = allocated(&master_file);
+    assert!(
+        used < 12 << 20,
+        "the restore punched the holes back: the master allocates {used} bytes"
+    );
+
+    // A dependent shadow counts its copies on write: 3 distinct chunks.
+    d.ok(&["volume", "create", "snap", "--size", "256M"]);
+    d.ok(&[
+        "image",
+        "enable",
+        "pit",
+        "--master",
+        "m",
+        "--shadow",
+        "snap",
+        "--mode",
+        "dependent",
+        "--yes",
+    ]);
+    let mut c = NbdClient::connect(&addr, "m");
+    for at in [1u64 << 20, 100 << 20, 100 << 20, 200 << 20] {
+        assert_eq!(c.write(at, &[7u8; 4096], 0), 0);
+    }
+    assert_eq!(c.flush(), 0);
+    c.disconnect();
+    let stats = d.json(&["stats", "m"]);
+    let pit = stats["volumes"][0]["image"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["set"] == "pit")
+        .unwrap()
+        .clone();
+    assert_eq!(pit["cow_chunks"], 3, "{pit}");
+    assert_eq!(pit["cow_bytes"], 3 * 32768, "{pit}");
+    let human = d.ok(&["stats", "m"]);
+    assert!(
+        human.contains("image set pit copied 96.0 KiB on write (3 chunks)"),
+        "{human}"
+    );
+}

@@ -41,6 +41,7 @@ pub fn run(socket: &Path, a: StatsArgs) -> Result<()> {
             print_json(&v);
         } else {
             totals(&v);
+            services(&v);
         }
         return Ok(());
     };
@@ -103,6 +104,45 @@ fn totals(v: &Value) {
         ],
         rows,
     );
+}
+
+/// What each volume's services did, one line per service.
+fn services(v: &Value) {
+    for vol in volumes(v) {
+        let name = vol["volume"].as_str().unwrap_or("?");
+        let c = &vol["cache"];
+        if c.is_object() {
+            println!(
+                "{name}: cache {} hits, {} misses (4 KiB blocks), {} of {} held",
+                n(&c["read_hit_blocks"]),
+                n(&c["read_miss_blocks"]),
+                human_bytes(n(&c["cached_bytes"])),
+                human_bytes(n(&c["capacity_bytes"]))
+            );
+        }
+        for s in vol["image"].as_array().into_iter().flatten() {
+            println!(
+                "{name}: image set {} copied {} on write ({} chunks), {} in the background, {} chunks to copy",
+                s["set"].as_str().unwrap_or("?"),
+                human_bytes(n(&s["cow_bytes"])),
+                n(&s["cow_chunks"]),
+                human_bytes(n(&s["copied_bytes"])),
+                n(&s["chunks_to_copy"])
+            );
+        }
+        for l in vol["replication"].as_array().into_iter().flatten() {
+            println!(
+                "{name}: replication set {} ({}, peer {}) {}: lag {} in {} writes, {} out of sync",
+                l["set"].as_str().unwrap_or("?"),
+                l["role"].as_str().unwrap_or("?"),
+                l["peer_node"].as_str().unwrap_or("?"),
+                l["state"].as_str().unwrap_or("?"),
+                human_bytes(n(&l["lag_bytes"])),
+                n(&l["lag_writes"]),
+                human_bytes(n(&l["out_of_sync_bytes"]))
+            );
+        }
+    }
 }
 
 fn volumes(v: &Value) -> impl Iterator<Item = &Value> {

@@ -1451,11 +1451,18 @@ impl Daemon {
                         .map(|x| export_json(&st, x))
                         .collect(),
                     replication: Vec::new(),
+                    image: Vec::new(),
                 });
             }
         }
         let legs = self.repl.list();
+        let sets = self.imaging.list();
         for v in &mut out {
+            v.image = sets
+                .iter()
+                .filter(|s| s.master == v.volume)
+                .cloned()
+                .collect();
             v.replication = legs
                 .iter()
                 .filter(|l| l["volume"] == v.volume.as_str())
@@ -2066,6 +2073,8 @@ pub struct VolumeStats {
     pub exports: Vec<Value>,
     /// Its replication legs, as `repl list` shows them.
     pub replication: Vec<Value>,
+    /// The image sets it is the master of.
+    pub image: Vec<crate::services::image::SetInfo>,
 }
 
 impl VolumeStats {
@@ -2087,6 +2096,18 @@ impl VolumeStats {
                 "cached_bytes": c.cached_bytes,
                 "capacity_bytes": c.capacity_bytes,
             })),
+            "image": self.image.iter().map(|s| json!({
+                "set": s.name,
+                "shadow": s.shadow,
+                "mode": s.mode,
+                "chunk_bytes": s.chunk_bytes,
+                "cow_chunks": s.cow_chunks,
+                "cow_bytes": s.cow_chunks * s.chunk_bytes,
+                "copied_chunks": s.copied_chunks,
+                "copied_bytes": s.copied_chunks * s.chunk_bytes,
+                "chunks_to_copy": s.chunks_to_copy,
+                "state": s.state,
+            })).collect::<Vec<_>>(),
             "replication": self.replication.iter().map(|l| json!({
                 "set": l["name"],
                 "role": l["role"],

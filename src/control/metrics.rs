@@ -337,6 +337,42 @@ impl Collector for Snapshot {
                 .map(|(l, c)| (l.clone(), c.cached_bytes as i64))
                 .collect(),
         )?;
+        let sets: Vec<(Labels, &crate::services::image::SetInfo)> = self
+            .0
+            .iter()
+            .flat_map(|v| {
+                v.image.iter().map(move |s| {
+                    (
+                        vec![("volume", v.volume.clone()), ("set", s.name.clone())],
+                        s,
+                    )
+                })
+            })
+            .collect();
+        counter(
+            e,
+            "umbra_image_cow_bytes",
+            "Bytes copied from the master before a write first touched them (copy-on-write).",
+            sets.iter()
+                .map(|(l, s)| (l.clone(), s.cow_chunks * s.chunk_bytes))
+                .collect(),
+        )?;
+        counter(
+            e,
+            "umbra_image_copied_bytes",
+            "Bytes the background copy moved (full copies, updates, restores).",
+            sets.iter()
+                .map(|(l, s)| (l.clone(), s.copied_chunks * s.chunk_bytes))
+                .collect(),
+        )?;
+        gauge(
+            e,
+            "umbra_image_pending_bytes",
+            "Bytes the set's copy has still to move.",
+            sets.iter()
+                .map(|(l, s)| (l.clone(), (s.chunks_to_copy * s.chunk_bytes) as i64))
+                .collect(),
+        )?;
         let legs = self.legs();
         let num = |key: &'static str| -> Vec<(Labels, u64)> {
             legs.iter()

@@ -106,6 +106,11 @@ pub struct SetInfo {
     pub chunks_to_copy: u64,
     /// Chunks the running (or last) copy set out to move.
     pub copy_chunks_total: u64,
+    /// Since the set was opened: chunks copied because a master write
+    /// touched them first (copy-on-write), and chunks the background copy
+    /// moved (`chunk_bytes` each).
+    pub cow_chunks: u64,
+    pub copied_chunks: u64,
     pub percent: f64,
     pub memory_bitmap: bool,
     pub throttle: Throttle,
@@ -137,6 +142,14 @@ impl SetInfo {
             chunks_differing: s.differing(),
             chunks_to_copy: pending,
             copy_chunks_total: total,
+            cow_chunks: s
+                .counters
+                .cow_chunks
+                .load(std::sync::atomic::Ordering::Relaxed),
+            copied_chunks: s
+                .counters
+                .copied_chunks
+                .load(std::sync::atomic::Ordering::Relaxed),
             percent: if total == 0 {
                 100.0
             } else {

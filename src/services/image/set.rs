@@ -145,6 +145,17 @@ pub struct ImageSet {
     copy_total: AtomicU64,
     throttle: Mutex<Throttle>,
     notify: Option<Notifier>,
+    pub(super) counters: Counters,
+}
+
+/// What the set moved since it was opened (`umbra stats`, metrics).
+#[derive(Default)]
+pub struct Counters {
+    /// Chunks copied because a master write touched them first
+    /// (copy-on-write, or a pending restore finished before the write).
+    pub cow_chunks: AtomicU64,
+    /// Chunks the background copy moved (full copies, updates, restores).
+    pub copied_chunks: AtomicU64,
 }
 
 thread_local! {
@@ -154,6 +165,16 @@ thread_local! {
 }
 
 /// Run `f` on a `len`-byte page-aligned scratch buffer of this thread.
+/// Whether `buf` holds only zero bytes (eight at a time).
+fn is_zero(buf: &[u8]) -> bool {
+    let words = buf.chunks_exact(8);
+    let tail = words.remainder();
+    tail.iter().all(|&b| b == 0)
+        && words
+            .into_iter()
+            .all(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == 0)
+}
+
 fn with_copy_buf<T>(len: usize, f: impl FnOnce(&mut [u8]) -> Result<T>) -> Result<T> {
     COPY_BUF.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
@@ -258,6 +279,7 @@ impl ImageSet {
             engine: Mutex::new(None),
             engine_done: Condvar::new(),
             copying: AtomicBool::new(false),
+            counters: Counters::default(),
             copy_total: AtomicU64::new(0),
             throttle: Mutex::new(Throttle {
                 delay_ms: h.throttle_delay_ms,
@@ -675,6 +697,9 @@ impl ImageSet {
     // ----- moving chunks -----------------------------------------------
 
     /// Copy the `n` chunks from `first` from one side's device to the other's.
+    /// Sparse stays sparse: what `from` reports as a hole, and what reads
+    /// as zeroes, becomes a zeroing of `to` (a file backend punches it),
+    /// so copying a mostly empty volume writes little more than its data.
     fn copy_chunks(
         &self,
         first: u64,
@@ -683,10 +708,43 @@ impl ImageSet {
         to: &dyn BlockDevice,
     ) -> Result<()> {
         let (start, len) = self.run_range(first, n);
-        with_copy_buf(len, |buf| {
-            from.read(buf, start)?;
-            to.write(buf, start, false)
-        })
+        let end = start + len as u64;
+        let mut at = start;
+        while at < end {
+            // The answer may stop short of the range; ask again from there.
+            let runs = from.allocation(at, end - at)?;
+            if runs.is_empty() {
+                break;
+            }
+            for run in runs {
+                let run_len = run.len.min(end - at);
+                if run.hole {
+                    to.write_zeroes(at, run_len, false)?;
+                } else {
+                    with_copy_buf(run_len as usize, |buf| {
+                        from.read(buf, at)?;
+                        if is_zero(buf) {
+                            to.write_zeroes(at, run_len, false)
+                        } else {
+                            to.write(buf, at, false)
+                        }
+                    })?;
+                }
+                at += run_len;
+                if at >= end {
+                    break;
+                }
+            }
+        }
+        if at < end {
+            // An allocation answer with nothing in it: copy the rest as data.
+            let rest = (end - at) as usize;
+            with_copy_buf(rest, |buf| {
+                from.read(buf, at)?;
+                to.write(buf, at, false)
+            })?;
+        }
+        Ok(())
     }
 
     /// Byte range of the `n` chunks from `first` (the last may be short).
@@ -984,6 +1042,7 @@ impl ImageSet {
     fn move_before_write(&self, c: u64, master_lower: &dyn BlockDevice) -> Result<Option<u64>> {
         if self.restore_pending(c) {
             self.restore_chunks(c, 1, master_lower)?;
+            self.counters.cow_chunks.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(self.change(c, &[Which::Diff, Which::Copy], || {
                 self.copy.clear(c);
                 self.diff.set(c);
@@ -991,6 +1050,7 @@ impl ImageSet {
         }
         if !self.shadow_holds(c) {
             self.cow_to_shadow(c, 1, master_lower)?;
+            self.counters.cow_chunks.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(self.change(
                 c,
                 &[Which::Diff, Which::Copy, Which::Index],
@@ -1053,6 +1113,7 @@ impl ImageSet {
                 self.copy.clear(i);
             }
         });
+        self.counters.copied_chunks.fetch_add(k, Ordering::Relaxed);
         Ok(k)
     }
 
