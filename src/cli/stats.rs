@@ -180,5 +180,54 @@ fn rates(prev: &Value, cur: &Value, header: bool) {
             errs,
             n(&b["in_flight"]),
         );
+        // The services, indented under their volume, when they moved.
+        let (ca, cb) = (&old["cache"], &vol["cache"]);
+        if cb.is_object() && ca.is_object() {
+            let (h, m) = (
+                rate(&ca["read_hit_blocks"], &cb["read_hit_blocks"]),
+                rate(&ca["read_miss_blocks"], &cb["read_miss_blocks"]),
+            );
+            if h + m > 0.0 {
+                println!("  cache      {h:.0} hits/s, {m:.0} misses/s (4 KiB blocks)");
+            }
+        }
+        for s in vol["image"].as_array().into_iter().flatten() {
+            let Some(o) = old["image"]
+                .as_array()
+                .and_then(|a| a.iter().find(|x| x["set"] == s["set"]))
+            else {
+                continue;
+            };
+            let (cow, copy) = (
+                rate(&o["cow_bytes"], &s["cow_bytes"]),
+                rate(&o["copied_bytes"], &s["copied_bytes"]),
+            );
+            if cow + copy > 0.0 {
+                println!(
+                    "  image {:<5} copy-on-write {}/s, background copy {}/s",
+                    s["set"].as_str().unwrap_or("?"),
+                    human_bytes(cow as u64),
+                    human_bytes(copy as u64)
+                );
+            }
+        }
+        for l in vol["replication"].as_array().into_iter().flatten() {
+            let Some(o) = old["replication"].as_array().and_then(|a| {
+                a.iter()
+                    .find(|x| x["set"] == l["set"] && x["peer_node"] == l["peer_node"])
+            }) else {
+                continue;
+            };
+            println!(
+                "  repl {} -> {}: {} sent/s, {} applied/s, resync {}/s, lag {} ({} writes)",
+                l["set"].as_str().unwrap_or("?"),
+                l["peer_node"].as_str().unwrap_or("?"),
+                human_bytes(rate(&o["sent_bytes"], &l["sent_bytes"]) as u64),
+                human_bytes(rate(&o["applied_bytes"], &l["applied_bytes"]) as u64),
+                human_bytes(rate(&o["sync_done_bytes"], &l["sync_done_bytes"]) as u64),
+                human_bytes(n(&l["lag_bytes"])),
+                n(&l["lag_writes"]),
+            );
+        }
     }
 }
