@@ -554,3 +554,114 @@ fn copies_and_restores_stay_sparse_and_are_counted() {
         "{human}"
     );
 }
+
+/// A filesystem image loop-mounted for one test, unmounted (and its
+/// loop device freed) however the test ends.
+struct LoopFs {
+    mnt: tempfile::TempDir,
+    _img: tempfile::TempDir,
+}
+
+impl LoopFs {
+    fn xfs(size: &str) -> LoopFs {
+        let img = tempfile::tempdir().unwrap();
+        let file = img.path().join("fs.img");
+        sh(&format!(
+            "truncate -s {size} {0} && mkfs.xfs -q -m reflink=1 {0}",
+            file.display()
+        ));
+        let mnt = tempfile::tempdir().unwrap();
+        sh(&format!(
+            "mount -o loop {} {}",
+            file.display(),
+            mnt.path().display()
+        ));
+        LoopFs { mnt, _img: img }
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.mnt.path())
+            .status();
+    }
+}
+
+/// On XFS (reflink) copy-on-write and the background copy share the
+/// master's extents instead of copying data: every chunk moved is
+/// counted as cloned, and the shadow still holds exactly the point in
+/// time while the master changes.
+#[test]
+fn on_xfs_copies_share_extents_and_keep_the_point_in_time() {
+    require_root();
+    require_tool("mkfs.xfs");
+    let fs = LoopFs::xfs("1G");
+    let d = Daemon::start_in(fs.mnt.path());
+    d.ok(&["volume", "create", "m", "--size", "64M"]);
+    let uri = d.export_nbd("m");
+    fill(&d, "m", 64 << 20, 11);
+    let t0 = sha(&uri);
+    d.ok(&["volume", "create", "snap", "--size", "64M"]);
+    d.ok(&[
+        "image",
+        "enable",
+        "pit",
+        "--master",
+        "m",
+        "--shadow",
+        "snap",
+        "--mode",
+        "dependent",
+    ]);
+    // 16 first touches of distinct 32 KiB chunks, then more writes to them.
+    let mut c = NbdClient::connect(&d.addr_of("m"), "m");
+    for round in 0..2u8 {
+        for i in 0..16u64 {
+            assert_eq!(c.write(i * (4 << 20), &[round + 1; 4096], 0), 0);
+        }
+    }
+    assert_eq!(c.flush(), 0);
+    c.disconnect();
+    let img = &d.json(&["stats", "m"])["volumes"][0]["image"][0];
+    assert_eq!(img["cow_chunks"], 16, "{img}");
+    assert_eq!(img["cloned_chunks"], 16, "{img}");
+    d.export_nbd("snap");
+    assert_eq!(
+        sha(&d.uri_of("snap")),
+        t0,
+        "the shadow left its point in time"
+    );
+
+    // A full independent copy: every chunk by reflink, equal to the master.
+    let t1 = sha(&uri);
+    d.ok(&[
+        "image",
+        "enable",
+        "full",
+        "--master",
+        "m",
+        "--shadow",
+        "copy",
+        "--mode",
+        "independent",
+        "--wait",
+    ]);
+    let sets = d.json(&["stats", "m"])["volumes"][0]["image"].clone();
+    let full = sets
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["set"] == "full")
+        .unwrap();
+    assert_eq!(full["copied_chunks"], 2048, "{full}");
+    assert_eq!(full["cloned_chunks"], 2048, "{full}");
+    d.export_nbd("copy");
+    assert_eq!(sha(&d.uri_of("copy")), t1);
+    // Writes to the master after the copy leave the copy alone (XFS
+    // unshares the master's extents on write).
+    scribble(&d.addr_of("m"), "m", 64, 9);
+    assert_eq!(sha(&d.uri_of("copy")), t1);
+    assert_eq!(sha(&d.uri_of("snap")), t0);
+    drop(d);
+}

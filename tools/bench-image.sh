@@ -12,17 +12,40 @@
 #
 #   tools/bench-image.sh                      # on tmpfs
 #   IOS=50000 BENCH_DIR=/var/tmp tools/bench-image.sh
+#   BENCH_FS=xfs tools/bench-image.sh         # on a fresh loop-mounted XFS
+#   BENCH_FS=ext4 tools/bench-image.sh        # (reflink) or ext4; as root
+#
+# On XFS the copy-on-write shares the master's extents (FICLONERANGE);
+# the run prints how many chunks moved that way.
 set -euo pipefail
 
 BENCH_DIR=${BENCH_DIR:-/dev/shm}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-WORK=$(mktemp -d "$BENCH_DIR/umbra-image-bench.XXXXXX")
 PID=""
+FSIMG=""
+FSMNT=""
+if [ -n "${BENCH_FS:-}" ]; then
+  case "$BENCH_FS" in
+    xfs) MKFS="mkfs.xfs -q -m reflink=1" ;;
+    ext4) MKFS="mkfs.ext4 -q" ;;
+    *) echo "bench-image: BENCH_FS is xfs or ext4" >&2; exit 2 ;;
+  esac
+  # The filesystem image itself lives on real disk, not tmpfs.
+  FSIMG=$(mktemp /var/tmp/umbra-bench-fs.XXXXXX)
+  FSMNT=$(mktemp -d /var/tmp/umbra-bench-mnt.XXXXXX)
+  truncate -s 12G "$FSIMG"
+  $MKFS "$FSIMG"
+  mount -o loop "$FSIMG" "$FSMNT"
+  BENCH_DIR=$FSMNT
+fi
+WORK=$(mktemp -d "$BENCH_DIR/umbra-image-bench.XXXXXX")
 cleanup() {
   [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
   rm -rf "$WORK"
+  if [ -n "$FSMNT" ]; then umount "$FSMNT"; rmdir "$FSMNT"; rm -f "$FSIMG"; fi
 }
 trap cleanup EXIT
+echo "bench-image: on $(df -T "$WORK" | awk 'NR==2 {print $2}') ($BENCH_DIR)"
 command -v fio >/dev/null || { echo "bench-image: fio is not installed" >&2; exit 1; }
 
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
@@ -73,7 +96,12 @@ for r in $(seq "$REPEAT"); do
   "$UMBRA" image enable snap --master w --shadow w-snap --mode dependent >/dev/null
   first+=("$(fio_iops "$r")")
   again+=("$(fio_iops "$r")")
+  "$UMBRA" stats w --json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)["volumes"][0]["image"][0]
+print(f"  round: {s[\"cow_chunks\"]} chunks copied on write, {s[\"cloned_chunks\"]} of them by reflink")'
   "$UMBRA" image disable snap >/dev/null
+  "$UMBRA" volume remove w-snap --delete-data --yes >/dev/null
 done
 python3 - "${base[*]}" "${first[*]}" "${again[*]}" <<'PY'
 import statistics as st, sys

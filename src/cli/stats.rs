@@ -122,12 +122,16 @@ fn services(v: &Value) {
         }
         for s in vol["image"].as_array().into_iter().flatten() {
             println!(
-                "{name}: image set {} copied {} on write ({} chunks), {} in the background, {} chunks to copy",
+                "{name}: image set {} copied {} on write ({} chunks), {} in the background, {} chunks to copy{}",
                 s["set"].as_str().unwrap_or("?"),
                 human_bytes(n(&s["cow_bytes"])),
                 n(&s["cow_chunks"]),
                 human_bytes(n(&s["copied_bytes"])),
-                n(&s["chunks_to_copy"])
+                n(&s["chunks_to_copy"]),
+                match n(&s["cloned_chunks"]) {
+                    0 => String::new(),
+                    k => format!("; {k} chunks shared by reflink"),
+                }
             );
         }
         for l in vol["replication"].as_array().into_iter().flatten() {

@@ -2105,6 +2105,7 @@ impl VolumeStats {
                 "cow_bytes": s.cow_chunks * s.chunk_bytes,
                 "copied_chunks": s.copied_chunks,
                 "copied_bytes": s.copied_chunks * s.chunk_bytes,
+                "cloned_chunks": s.cloned_chunks,
                 "chunks_to_copy": s.chunks_to_copy,
                 "state": s.state,
             })).collect::<Vec<_>>(),

@@ -152,6 +152,24 @@ pub trait BlockDevice: Send + Sync {
         check_range(offset, len, self.size_bytes())?;
         Ok(vec![Extent { len, hole: false }])
     }
+
+    /// The regular file this device reads as, byte for byte at the same
+    /// offsets, if any: a file backend's own, or its lower's through a
+    /// layer whose reads are its lower's (replication, a write-through
+    /// cache). The source of [`BlockDevice::clone_range_from`].
+    fn clone_source(&self) -> Option<&std::fs::File> {
+        None
+    }
+
+    /// Make `[offset, offset + len)` hold what `src` holds at the same
+    /// offsets by sharing the filesystem's extents (FICLONERANGE on XFS and
+    /// btrfs): no data is read or written. `Ok(false)`: not possible here
+    /// (another filesystem, unaligned, not a plain file), the caller copies.
+    /// Only a file backend does it: every layer must see the data written
+    /// through it, so the default refuses.
+    fn clone_range_from(&self, _src: &std::fs::File, _offset: u64, _len: u64) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// A run of [`BlockDevice::allocation`].
@@ -220,6 +238,12 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
     }
     fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         (**self).allocation(offset, len)
+    }
+    fn clone_source(&self) -> Option<&std::fs::File> {
+        (**self).clone_source()
+    }
+    fn clone_range_from(&self, src: &std::fs::File, offset: u64, len: u64) -> Result<bool> {
+        (**self).clone_range_from(src, offset, len)
     }
 }
 

@@ -433,6 +433,36 @@ impl BlockDevice for FileBackend {
             .then(|| self.failed_reason.lock().clone())
     }
 
+    fn clone_source(&self) -> Option<&File> {
+        (!self.is_block_device).then_some(&self.file)
+    }
+
+    /// FICLONERANGE from `src`. What the range held before is replaced, as
+    /// a write would; durable at the next flush, like one. A filesystem
+    /// that cannot share extents, or an unaligned range, says `false`.
+    fn clone_range_from(&self, src: &File, offset: u64, len: u64) -> Result<bool> {
+        check_range(offset, len, self.size_bytes)?;
+        if self.is_block_device || len == 0 {
+            return Ok(false);
+        }
+        self.check_live()?;
+        self.delay();
+        match ioctl::clone_range(&self.file, src, offset, len) {
+            Ok(()) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(
+                        libc::EOPNOTSUPP | libc::ENOTTY | libc::EXDEV | libc::EINVAL | libc::ENOSYS
+                    )
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(DeviceError::io(offset, e)),
+        }
+    }
+
     fn size_bytes(&self) -> u64 {
         self.size_bytes
     }

@@ -528,6 +528,11 @@ impl BlockDevice for CacheDevice {
         self.lower.allocation(offset, len)
     }
 
+    /// The same reasoning: what it serves is what its lower device reads.
+    fn clone_source(&self) -> Option<&std::fs::File> {
+        self.lower.clone_source()
+    }
+
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
         check_range(offset, len, self.size_bytes)?;
         let r = self.lower.discard(offset, len);

@@ -111,6 +111,8 @@ pub struct SetInfo {
     /// moved (`chunk_bytes` each).
     pub cow_chunks: u64,
     pub copied_chunks: u64,
+    /// Of those, chunks shared with the filesystem's extents (reflink).
+    pub cloned_chunks: u64,
     pub percent: f64,
     pub memory_bitmap: bool,
     pub throttle: Throttle,
@@ -149,6 +151,10 @@ impl SetInfo {
             copied_chunks: s
                 .counters
                 .copied_chunks
+                .load(std::sync::atomic::Ordering::Relaxed),
+            cloned_chunks: s
+                .counters
+                .cloned_chunks
                 .load(std::sync::atomic::Ordering::Relaxed),
             percent: if total == 0 {
                 100.0

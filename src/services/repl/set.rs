@@ -941,6 +941,12 @@ impl BlockDevice for PrimaryDevice {
         self.lower.allocation(offset, len)
     }
 
+    /// Reads are the lower's, so a copy may share its extents; writes
+    /// never clone through here (the peers must get the data).
+    fn clone_source(&self) -> Option<&std::fs::File> {
+        self.lower.clone_source()
+    }
+
     fn write(&self, buf: &[u8], offset: u64, fua: bool) -> Result<()> {
         check_range(offset, buf.len() as u64, self.size_bytes())?;
         if buf.is_empty() {
