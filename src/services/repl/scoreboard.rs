@@ -26,7 +26,7 @@ use super::generation::{Generations, HISTORY_LEN};
 use crate::bitmap::AtomicBitmap;
 use crate::device::{BlockDevice, DeviceError, Result};
 use parking_lot::{Mutex, RwLock};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub const MAGIC: &[u8; 4] = b"UMSB";
@@ -150,10 +150,24 @@ struct Commit {
     failed: Option<String>,
 }
 
+/// Parts of a chunk the in-memory map tracks (`Scoreboard::fine`): a 64 KiB
+/// chunk in 4 KiB pieces, the page size and what random writes touch.
+pub const SUB_BLOCKS: u64 = 16;
+/// A fine mask that means "the whole chunk".
+const WHOLE: u16 = u16::MAX;
+
 pub struct Scoreboard {
     dev: Arc<dyn BlockDevice>,
     header: Header,
     oos: AtomicBitmap,
+    /// Per chunk, which of its [`SUB_BLOCKS`] parts changed while it was
+    /// out of sync, in memory only: a resync after an outage moves what
+    /// was written, not whole chunks. Written before the chunk's `oos` bit
+    /// and taken with it. A chunk out of sync for a reason that names no
+    /// range (read back from disk after a restart, a full sync, a peer's
+    /// bitmap, an error) has every part set; 0 on an out-of-sync chunk
+    /// (a write raced a take) also means the whole chunk.
+    fine: Box<[AtomicU16]>,
     disk: AtomicBitmap,
     pending: Box<[AtomicU32]>,
     /// Generation of the last change per page of bits.
@@ -260,6 +274,7 @@ impl Scoreboard {
         Scoreboard {
             dev,
             oos: AtomicBitmap::new(chunks),
+            fine: (0..chunks).map(|_| AtomicU16::new(0)).collect(),
             disk: AtomicBitmap::new(chunks),
             pending: (0..chunks).map(|_| AtomicU32::new(0)).collect(),
             page_gen: (0..pages).map(|_| AtomicU64::new(0)).collect(),
@@ -419,12 +434,52 @@ impl Scoreboard {
     /// The write ended: acknowledged by the peer (`in_sync`) or not (the
     /// chunk is now out of sync).
     pub fn end(&self, offset: u64, len: u64, in_sync: bool) {
+        if !in_sync {
+            self.mark_written(offset, len);
+        }
         for c in self.chunk_range(offset, len) {
-            if !in_sync {
-                self.oos.set(c);
-            }
             self.pending[c as usize].fetch_sub(1, Ordering::SeqCst);
         }
+    }
+
+    /// `[offset, offset + len)` changed without the peer: its chunks are
+    /// out of sync, and the map remembers which parts of them.
+    pub fn mark_written(&self, offset: u64, len: u64) {
+        let cb = self.chunk_bytes();
+        let sub = cb / SUB_BLOCKS;
+        let end = offset + len.max(1);
+        for c in self.chunk_range(offset, len) {
+            let (lo, hi) = (offset.max(c * cb), end.min((c + 1) * cb));
+            let (first, last) = ((lo - c * cb) / sub, (hi - c * cb).div_ceil(sub));
+            let mask = if last - first >= SUB_BLOCKS {
+                WHOLE
+            } else {
+                (((1u32 << (last - first)) - 1) << first) as u16
+            };
+            self.fine[c as usize].fetch_or(mask, Ordering::SeqCst);
+            self.oos.set(c);
+        }
+    }
+
+    /// The byte ranges of chunk `c` that a fine `mask` names, merged into
+    /// runs and clipped to the volume.
+    pub fn runs_of(&self, c: u64, mask: u16) -> Vec<(u64, u64)> {
+        let cb = self.chunk_bytes();
+        let sub = cb / SUB_BLOCKS;
+        let end = self.header.volume_bytes.min((c + 1) * cb);
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for i in (0..SUB_BLOCKS).filter(|i| mask & (1 << i) != 0) {
+            let off = c * cb + i * sub;
+            if off >= end {
+                break;
+            }
+            let len = sub.min(end - off);
+            match runs.last_mut() {
+                Some((o, l)) if *o + *l == off => *l += len,
+                _ => runs.push((off, len)),
+            }
+        }
+        runs
     }
 
     pub fn pending(&self, chunk: u64) -> u32 {
@@ -438,6 +493,9 @@ impl Scoreboard {
     /// Mark every chunk out of sync (a full sync). Their disk bits are
     /// made durable first, so a crash during the sync resumes it.
     pub fn mark_all(&self) -> Result<()> {
+        for f in self.fine.iter() {
+            f.store(WHOLE, Ordering::SeqCst);
+        }
         self.oos.fill();
         self.make_durable(0..self.chunks())
     }
@@ -460,7 +518,7 @@ impl Scoreboard {
         }
         let mut c = 0;
         while let Some(b) = peer.next_set(c) {
-            self.oos.set(b);
+            self.set_oos(b);
             c = b + 1;
         }
         self.make_durable_all().map_err(|e| e.to_string())
@@ -488,7 +546,19 @@ impl Scoreboard {
     /// Take chunk `c` for a resync: clear its out-of-sync bit (the disk bit
     /// stays until `clean`). Returns whether it was out of sync.
     pub fn take(&self, chunk: u64) -> bool {
-        self.oos.clear(chunk)
+        self.take_parts(chunk).is_some()
+    }
+
+    /// [`Self::take`], saying which parts changed (a fine mask; every bit
+    /// when the whole chunk must go), or `None` when it was in sync.
+    pub fn take_parts(&self, chunk: u64) -> Option<u16> {
+        if !self.oos.clear(chunk) {
+            return None;
+        }
+        match self.fine[chunk as usize].swap(0, Ordering::SeqCst) {
+            0 => Some(WHOLE),
+            m => Some(m),
+        }
     }
 
     pub fn next_oos(&self, from: u64) -> Option<u64> {
@@ -508,7 +578,9 @@ impl Scoreboard {
         self.disk.next_set(from)
     }
 
+    /// Chunk `chunk` is out of sync as a whole.
     pub fn set_oos(&self, chunk: u64) {
+        self.fine[chunk as usize].store(WHOLE, Ordering::SeqCst);
         self.oos.set(chunk);
     }
 
@@ -636,6 +708,44 @@ mod tests {
         assert_eq!(re.oos_chunks(), 0);
         assert!(Scoreboard::open(dev.clone(), "other", vol).is_err());
         assert!(Scoreboard::open(dev, "s", vol * 2).is_err());
+    }
+
+    #[test]
+    fn the_map_names_the_4k_parts_written_and_falls_back_to_whole_chunks() {
+        let vol = (1 << 20) + 12288; // the last chunk is 12 KiB
+        let cb = 65536u64;
+        let dev: Arc<dyn BlockDevice> =
+            Arc::new(MemoryBackend::new(file_bytes_for(vol, cb as u32)));
+        let sb = Scoreboard::create(dev.clone(), "s", vol, cb as u32, false, Default::default())
+            .unwrap();
+        // Two 4 KiB writes in chunk 0, one write across chunks 1 and 2.
+        sb.mark_written(3 * 4096, 4096);
+        sb.mark_written(4 * 4096, 100);
+        sb.mark_written(2 * cb - 4096, 8192);
+        assert_eq!(sb.oos_chunks(), 3);
+        let p0 = sb.take_parts(0).unwrap();
+        assert_eq!(sb.runs_of(0, p0), vec![(3 * 4096, 8192)]);
+        assert_eq!(
+            sb.runs_of(1, sb.take_parts(1).unwrap()),
+            vec![(2 * cb - 4096, 4096)]
+        );
+        assert_eq!(
+            sb.runs_of(2, sb.take_parts(2).unwrap()),
+            vec![(2 * cb, 4096)]
+        );
+        assert_eq!(sb.take_parts(0), None, "taken: in sync");
+        // A whole-chunk mark wins over parts; the short last chunk is clipped.
+        sb.mark_written(16 * cb, 4096);
+        sb.set_oos(16);
+        assert_eq!(
+            sb.runs_of(16, sb.take_parts(16).unwrap()),
+            vec![(16 * cb, 12288)]
+        );
+        // After a restart the map is gone: whole chunks.
+        sb.begin(5 * cb, 4096).unwrap();
+        sb.end(5 * cb, 4096, false);
+        let re = Scoreboard::open(dev, "s", vol).unwrap();
+        assert_eq!(re.runs_of(5, re.take_parts(5).unwrap()), vec![(5 * cb, cb)]);
     }
 
     #[test]

@@ -522,10 +522,9 @@ impl ReplSet {
                 return Err(e);
             }
             // Out of sync before the data changes: a resync that starts
-            // meanwhile waits for this write and then copies the chunk.
-            for c in chunks.clone() {
-                self.scoreboard.set_oos(c);
-            }
+            // meanwhile waits for this write and then copies what it
+            // wrote (the scoreboard's map knows which 4 KiB parts).
+            self.scoreboard.mark_written(offset, len);
             let r = local();
             self.scoreboard.end(offset, len, true);
             self.count_inflight(chunks, false);
@@ -708,7 +707,7 @@ impl ReplSet {
                 let off = b * chunk;
                 let len = chunk.min(self.size_bytes - off);
                 self.busy.lock().insert(b);
-                let r = self.sync_chunk(b, off, len);
+                let r = self.sync_chunk(b, len);
                 self.busy.lock().remove(&b);
                 self.busy_cv.notify_all();
                 let n = r?;
@@ -721,12 +720,8 @@ impl ReplSet {
         }
     }
 
-    fn sync_chunk(
-        self: &Arc<Self>,
-        c: u64,
-        off: u64,
-        len: u64,
-    ) -> std::result::Result<u64, String> {
+    /// Resync chunk `c` (`len` bytes long): send what changed in it.
+    fn sync_chunk(self: &Arc<Self>, c: u64, len: u64) -> std::result::Result<u64, String> {
         // Wait until no local write to this chunk is in progress (new ones
         // wait for us): what we read is then at least as new as every
         // write queued before us. The peer applies our copy after them:
@@ -746,12 +741,33 @@ impl ReplSet {
             }
             std::thread::sleep(Duration::from_micros(200));
         }
-        if !self.scoreboard.take(c) {
+        let Some(parts) = self.scoreboard.take_parts(c) else {
             return Ok(0);
+        };
+        // Only the parts written while out of sync (all of it when the
+        // scoreboard cannot say, e.g. after a restart).
+        let mut sent = 0;
+        for (run_off, run_len) in self.scoreboard.runs_of(c, parts) {
+            match self.sync_run(run_off, run_len) {
+                Ok(n) => sent += n,
+                Err(e) => {
+                    self.scoreboard.set_oos(c);
+                    return Err(format!("set {}: chunk {c}: {e}", self.name));
+                }
+            }
         }
-        // Sparse data stays sparse: a chunk that is a hole here, or reads
-        // as zeroes, goes as a zeroing (no data bytes; the peer's file
-        // backend punches it), not as 64 KiB of zeroes.
+        self.stats.sync_done_bytes.fetch_add(len, Ordering::Relaxed);
+        self.stats
+            .synced_chunks_total
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(sent)
+    }
+
+    /// Send `[off, off + len)` of the local copy to the peer; returns the
+    /// data bytes sent. Sparse data stays sparse: a hole here, or a run
+    /// that reads as zeroes, goes as a zeroing (no data bytes; the peer's
+    /// file backend punches it).
+    fn sync_run(self: &Arc<Self>, off: u64, len: u64) -> std::result::Result<u64, String> {
         let hole = self
             .with_lower(|d| d.allocation(off, len))
             .is_ok_and(|runs| runs.len() == 1 && runs[0].hole && runs[0].len == len);
@@ -759,17 +775,15 @@ impl ReplSet {
             None
         } else {
             let mut buf = vec![0u8; len as usize];
-            if let Err(e) = self.with_lower(|d| d.read(&mut buf, off)) {
-                self.scoreboard.set_oos(c);
-                return Err(format!("set {}: reading chunk {c}: {e}", self.name));
-            }
+            self.with_lower(|d| d.read(&mut buf, off))
+                .map_err(|e| format!("reading: {e}"))?;
             (!buf.iter().all(|&b| b == 0)).then(|| Arc::new(buf))
         };
         let (flags, sent) = match &data {
             Some(_) => (0, len),
             None => (wire::WRITE_ZEROES, 0),
         };
-        self.scoreboard.count(c..c + 1);
+        self.scoreboard.count(self.scoreboard.chunk_range(off, len));
         if let Err(e) = self
             .link
             .enqueue(self, off, len as u32, flags, data, None, true)
@@ -777,10 +791,6 @@ impl ReplSet {
             self.scoreboard.end(off, len, false);
             return Err(e.0);
         }
-        self.stats.sync_done_bytes.fetch_add(len, Ordering::Relaxed);
-        self.stats
-            .synced_chunks_total
-            .fetch_add(1, Ordering::Relaxed);
         Ok(sent)
     }
 }
