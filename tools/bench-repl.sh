@@ -6,7 +6,13 @@
 #     `umbra fault-proxy` between the daemons; IOPS, p50/p99 completion
 #     latency, ratios to unreplicated;
 #  2. an update sync after 1% of a 4 GiB volume changed (as 64 KiB chunks),
-#     next to sending the same bytes over a plain loopback TCP socket.
+#     next to sending the same bytes over a plain loopback TCP socket;
+#  3. an outage: the link cut (its proxy killed) while fio makes 64 MiB of
+#     random 4 KiB writes, then healed: time from heal to syncing, bytes
+#     the resync moved (the secondary's applied bytes), its throughput
+#     next to a plain TCP stream of those bytes;
+#  4. hybrid keep-up: writes per second the primary took under fio and
+#     the secondary applied in the same time, the lag left at the end.
 #
 #   tools/bench-repl.sh
 #   RUNTIME=10 BENCH_DIR=/var/tmp tools/bench-repl.sh
@@ -136,3 +142,77 @@ PY
 )
 echo "  out of sync: $oos bytes; the sync moved $moved bytes in $sync_ms ms (CLI to replicating)"
 echo "  sending $oos bytes over a loopback socket: $send_ms ms; ratio $(python3 -c "print(round($sync_ms/$send_ms, 2))")x"
+A repl disable big >/dev/null
+
+echo "== outage: 64 MiB of random 4 KiB writes while the link is down, then heal"
+P2=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+proxy2() { "$UMBRA" fault-proxy --listen "127.0.0.1:$P2" --to "$B_ADDR" >/dev/null & PROXY2=$!; PIDS+=("$PROXY2"); sleep 0.2; }
+proxy2
+A volume create o --size 4G >/dev/null
+B volume create o --size 4G >/dev/null
+A export nbd o --listen 127.0.0.1:0 >/dev/null
+A repl enable o --local o --peer "127.0.0.1:$P2" --remote o --mode hybrid --no-sync --timeout 1s >/dev/null
+A repl wait o --timeout 30 >/dev/null
+kill "$PROXY2"; wait "$PROXY2" 2>/dev/null || true
+A repl wait o --state logging --timeout 30 >/dev/null
+fio --name=o --ioengine=nbd --uri="$(uri_of o)" --rw=randwrite --bs=4k --iodepth=16 \
+    --size=4G --number_ios=16384 --randrepeat=0 >/dev/null 2>&1
+oos=$(A repl info o --json | field '["out_of_sync_bytes"]')
+applied0=$(B repl info o --json | field '["applied_bytes"]')
+t0=$(date +%s%N)
+proxy2
+until A repl info o --json | field '["state"]' | grep -qE 'syncing|replicating'; do sleep 0.02; done
+t1=$(date +%s%N)
+A repl wait o --timeout 600 >/dev/null
+t2=$(date +%s%N)
+applied1=$(B repl info o --json | field '["applied_bytes"]')
+moved=$((applied1 - applied0))
+heal_ms=$(python3 -c "print(round(($t1-$t0)/1e6))")
+resync_ms=$(python3 -c "print(round(($t2-$t1)/1e6, 1))")
+send_ms=$(python3 - "$moved" <<'PY'
+import socket, sys, threading, time
+n = max(int(sys.argv[1]), 1); buf = b"\0" * (1 << 20)
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+def sink():
+    c, _ = srv.accept(); got = 0
+    while got < n:
+        d = c.recv(1 << 20)
+        if not d: break
+        got += len(d)
+    c.sendall(b"k")
+t = threading.Thread(target=sink); t.start()
+s = socket.create_connection(srv.getsockname()); t0 = time.time(); left = n
+while left > 0:
+    k = min(left, len(buf)); s.sendall(buf[:k]); left -= k
+s.recv(1); t1 = time.time(); t.join()
+print(round((t1 - t0) * 1000, 1))
+PY
+)
+echo "  written during the outage: 67108864 bytes in 16384 writes; the scoreboard's chunks: $oos bytes"
+echo "  heal to syncing: $heal_ms ms; the resync moved $moved bytes ($(python3 -c "print(round($moved/67108864, 2))")x written) in $resync_ms ms"
+echo "  the same bytes over a loopback socket: $send_ms ms; resync throughput $(python3 -c "print(round($send_ms/max($resync_ms,0.1), 2))")x a TCP stream"
+A repl disable o >/dev/null
+
+echo "== hybrid keep-up: fio ${RUNTIME}s at QD32, what the secondary applied meanwhile"
+A volume create h --size 1G >/dev/null
+B volume create h --size 1G >/dev/null
+A export nbd h --listen 127.0.0.1:0 >/dev/null
+A repl enable h --local h --peer "$B_ADDR" --remote h --mode hybrid --no-sync >/dev/null
+A repl wait h --timeout 30 >/dev/null
+w0=$(A repl info h --json | field '["writes"]'); b0=$(B repl info h --json | field '["applied_writes"]')
+t0=$(date +%s%N)
+fio --name=h --ioengine=nbd --uri="$(uri_of h)" --rw=randwrite --bs=4k --iodepth=32 \
+    --size=1G --time_based --runtime="$RUNTIME" >/dev/null 2>&1
+t1=$(date +%s%N)
+w1=$(A repl info h --json | field '["writes"]'); b1=$(B repl info h --json | field '["applied_writes"]')
+lag=$(A repl info h --json | field '["lag_writes"]')
+A repl wait h --timeout 600 >/dev/null
+t2=$(date +%s%N)
+python3 - "$t0" "$t1" "$t2" "$w0" "$w1" "$b0" "$b1" "$lag" <<'PY'
+import sys
+t0, t1, t2 = (int(x) / 1e9 for x in sys.argv[1:4])
+w0, w1, b0, b1, lag = map(int, sys.argv[4:])
+took, applied = (w1 - w0) / (t1 - t0), (b1 - b0) / (t1 - t0)
+print(f"  primary took {took:.0f} writes/s, the secondary applied {applied:.0f}/s ({applied / max(took, 1):.2f}x);"
+      f" lag at the end {lag} writes, drained {(t2 - t1) * 1000:.0f} ms later")
+PY

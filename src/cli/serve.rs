@@ -22,6 +22,11 @@ pub struct ServeArgs {
     /// host, a host that scripts set up; `--default-listen` is then unused)
     #[arg(long, env = "UMBRA_NO_DEFAULT", value_parser = clap::builder::FalseyValueParser::new())]
     no_default: bool,
+    /// Clients each NBD listener accepts at once; more are closed on
+    /// accept (and counted in `export list`)
+    #[arg(long, env = "UMBRA_NBD_MAX_CLIENTS", value_name = "N",
+          default_value_t = umbra::export::nbd::DEFAULT_MAX_CLIENTS)]
+    nbd_max_clients: usize,
     /// Serve Prometheus metrics at http://ADDR/metrics (off unless given;
     /// `--metrics` alone listens on 127.0.0.1:9633, a bare port on loopback)
     #[arg(long, env = "UMBRA_METRICS", value_name = "ADDR", num_args = 0..=1,
@@ -56,6 +61,23 @@ fn sd_notify(state: &str) {
     })();
     if let Err(e) = r {
         log::warn!("telling systemd {state:?}: {e}");
+    }
+}
+
+/// A thousand volumes and their clients need more descriptors than the
+/// usual soft limit of 1024 (a file backend holds two, an NBD client
+/// three): raise the soft limit to the hard one, which the administrator
+/// set (`LimitNOFILE=` in the unit, `ulimit -Hn`).
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                log::warn!("cannot raise the descriptor limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("cannot read the descriptor limit: {e}"),
     }
 }
 
@@ -95,6 +117,7 @@ pub fn run(args: ServeArgs) -> i32 {
         );
         std::process::abort();
     }));
+    raise_fd_limit();
     // Register before starting so a signal during start-up is not lost.
     let mut signals = match Signals::new([SIGTERM, SIGINT]) {
         Ok(s) => s,
@@ -106,6 +129,7 @@ pub fn run(args: ServeArgs) -> i32 {
     let (daemon, report) = match Daemon::start(DaemonOptions {
         data_dir: args.data_dir,
         default_listen: (!args.no_default).then_some(args.default_listen),
+        nbd_max_clients: args.nbd_max_clients,
     }) {
         Ok(x) => x,
         Err(e) => {

@@ -72,6 +72,8 @@ pub struct DaemonOptions {
     /// Where the default volume is exported when there is no configuration
     /// (`None`: a first start creates nothing).
     pub default_listen: Option<ListenAddr>,
+    /// Clients each NBD listener accepts at once.
+    pub nbd_max_clients: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +113,8 @@ struct State {
     ublk: HashMap<String, UblkExport>,
     /// The ublk control device, opened at the first ublk export.
     ublk_control: Option<Arc<umbra_ublk::Control>>,
+    /// `DaemonOptions::nbd_max_clients`, for listeners started later.
+    nbd_max_clients: usize,
 }
 
 pub struct Daemon {
@@ -193,6 +197,7 @@ impl Daemon {
                 image_errors: HashMap::new(),
                 ublk: HashMap::new(),
                 ublk_control: None,
+                nbd_max_clients: opts.nbd_max_clients,
             }),
             hooks: crate::control::hooks::Hooks::start(events.clone()),
             events,
@@ -1579,7 +1584,7 @@ fn start_export(st: &mut State, ec: &ExportConfig) -> Result<String, OpError> {
                 })?),
                 None => None,
             };
-            let s = NbdServer::start(&addr, tls).map_err(|e| {
+            let s = NbdServer::start(&addr, tls, st.nbd_max_clients).map_err(|e| {
                 OpError::failed(format!(
                     "export of {}: cannot listen on {addr}: {e}",
                     ec.volume
@@ -1819,6 +1824,7 @@ fn export_json(st: &State, ec: &ExportConfig) -> Value {
         "state": if server.is_none() || failed.is_some() { "failed" } else { "serving" },
         "error": st.export_errors.get(&ec.volume).cloned().or(failed.map(|f| format!("volume {} failed: {f}", ec.volume))),
         "clients": server.map(|s| s.clients_of(&ec.volume)).unwrap_or(0),
+        "listener_refused_clients": server.map(|s| s.refused_clients()).unwrap_or(0),
     })
 }
 

@@ -51,6 +51,11 @@ pub const CORK_MAX_BYTES: usize = 256 * 1024;
 /// `writev` rather than copied into the cork.
 pub const CORK_COPY_MAX_BYTES: usize = 64 * 1024;
 
-/// Clients a server accepts at once; one more is closed on accept with a log
-/// line, so a connection flood cannot exhaust threads.
-pub const MAX_CONNECTIONS: usize = 64;
+/// Clients one listener accepts at once unless `serve --nbd-max-clients`
+/// says otherwise; one more is closed on accept with a log line, so a
+/// connection flood cannot exhaust threads or descriptors. Sized for a
+/// thousand volumes on one listener with a client each: an idle client
+/// costs one thread (its offload workers start only under load), three
+/// descriptors and a 256 KiB receive buffer that is address space until
+/// used; the daemon raises its descriptor limit to the hard limit at start.
+pub const DEFAULT_MAX_CLIENTS: usize = 1024;

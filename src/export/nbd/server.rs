@@ -2,9 +2,7 @@
 //! threading model and `proto.rs` for the constants.
 
 use super::proto::*;
-use super::{
-    CORK_COPY_MAX_BYTES, CORK_MAX_BYTES, MAX_CONNECTIONS, OFFLOAD_QUEUE_REQUESTS, OFFLOAD_WORKERS,
-};
+use super::{CORK_COPY_MAX_BYTES, CORK_MAX_BYTES, OFFLOAD_QUEUE_REQUESTS, OFFLOAD_WORKERS};
 use crate::buffer::AlignedBuf;
 use crate::device::{BlockDevice, LatencyClass};
 use crate::interposer::Volume;
@@ -152,6 +150,10 @@ struct Inner {
     handles: Mutex<Vec<JoinHandle<()>>>,
     next_conn_id: AtomicU64,
     stopping: AtomicBool,
+    /// Clients at once (see [`super::DEFAULT_MAX_CLIENTS`]).
+    max_clients: usize,
+    /// Clients closed on accept because `max_clients` were connected.
+    refused: AtomicU64,
 }
 
 /// One NBD listener and the exports it serves.
@@ -169,6 +171,7 @@ impl NbdServer {
     pub fn start(
         addr: &ListenAddr,
         tls: Option<Arc<rustls::ServerConfig>>,
+        max_clients: usize,
     ) -> io::Result<Arc<NbdServer>> {
         if tls.is_some() && matches!(addr, ListenAddr::Unix(_)) {
             return Err(io::Error::new(
@@ -206,6 +209,8 @@ impl NbdServer {
             handles: Mutex::new(Vec::new()),
             next_conn_id: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
+            max_clients: max_clients.max(1),
+            refused: AtomicU64::new(0),
         });
         let accept_inner = inner.clone();
         let accept_thread = thread::Builder::new()
@@ -257,6 +262,11 @@ impl NbdServer {
         let mut v: Vec<_> = self.inner.exports.read().keys().cloned().collect();
         v.sort();
         v
+    }
+
+    /// Clients this listener closed on accept because it was full.
+    pub fn refused_clients(&self) -> u64 {
+        self.inner.refused.load(Ordering::Relaxed)
     }
 
     /// Clients connected to `name` right now.
@@ -321,10 +331,12 @@ fn accept_loop(inner: Arc<Inner>, listener: Listener) {
         };
         // Reap finished connection threads so the handle list stays bounded.
         inner.handles.lock().retain(|h| !h.is_finished());
-        if inner.conns.lock().len() >= MAX_CONNECTIONS {
+        if inner.conns.lock().len() >= inner.max_clients {
+            inner.refused.fetch_add(1, Ordering::Relaxed);
             log::warn!(
-                "NBD {}: refusing a client, {MAX_CONNECTIONS} already connected",
-                inner.addr
+                "NBD {}: refusing a client, {} already connected (serve --nbd-max-clients)",
+                inner.addr,
+                inner.max_clients
             );
             continue;
         }

@@ -1,0 +1,142 @@
+//! A thousand volumes on one daemon: created and exported on one NBD
+//! listener through one admin connection, each served to a client, with
+//! hundreds of clients connected at once (past the old limit of 64); a
+//! listener given a lower `--nbd-max-clients` closes the clients past it
+//! and counts them; admin requests keep answering, and a restart brings
+//! every volume and export back. No timing is asserted here: the speed
+//! of it is `tools/bench-scale.sh`'s.
+
+mod common;
+
+use common::nbd::NbdClient;
+use common::{free_port, Daemon};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+
+const VOLUMES: usize = 1000;
+
+/// One admin connection, requests answered in order.
+struct Admin {
+    tx: UnixStream,
+    rx: BufReader<UnixStream>,
+    id: u64,
+}
+
+impl Admin {
+    fn connect(d: &Daemon) -> Admin {
+        let tx = UnixStream::connect(d.socket()).unwrap();
+        let rx = BufReader::new(tx.try_clone().unwrap());
+        Admin { tx, rx, id: 0 }
+    }
+
+    fn call(&mut self, op: &str, args: Value) -> Value {
+        self.id += 1;
+        let req = json!({"v": 1, "id": self.id, "op": op, "args": args});
+        writeln!(self.tx, "{req}").unwrap();
+        let mut line = String::new();
+        self.rx.read_line(&mut line).unwrap();
+        let reply: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(reply["ok"], true, "{op} {args}: {reply}");
+        reply["result"].clone()
+    }
+}
+
+#[test]
+fn a_thousand_volumes_on_one_listener() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut d = Daemon::start_with_env(&[("UMBRA_NO_DEFAULT", "1")]);
+    let mut admin = Admin::connect(&d);
+    for i in 0..VOLUMES {
+        let name = format!("v{i:04}");
+        admin.call(
+            "volume.create",
+            json!({"name": name, "size_bytes": 1 << 20}),
+        );
+        admin.call("export.nbd", json!({"volume": name, "listen": listen}));
+    }
+    let list = admin.call("volume.list", json!({}));
+    assert_eq!(list.as_array().unwrap().len(), VOLUMES);
+
+    // 300 clients at once on the one listener, each on its own volume,
+    // each writing and reading back its own block.
+    let mut clients: Vec<NbdClient> = (0..300)
+        .map(|i| NbdClient::connect(&listen, &format!("v{:04}", i * 3)))
+        .collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(c.write(4096, &[(i % 250) as u8 + 1; 4096], 0), 0);
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(c.read(4096, 4096).unwrap(), vec![(i % 250) as u8 + 1; 4096]);
+    }
+    let exports = admin.call("export.list", json!({}));
+    let connected: u64 = exports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["clients"].as_u64().unwrap())
+        .sum();
+    assert_eq!(connected, 300);
+    // Admin requests answer with all of it connected.
+    assert_eq!(admin.call("status", json!({}))["volumes"], VOLUMES);
+    for c in clients.drain(..) {
+        c.disconnect();
+    }
+    drop(admin);
+
+    // Every volume and export comes back after a restart.
+    d.stop();
+    d.spawn();
+    let mut admin = Admin::connect(&d);
+    assert_eq!(
+        admin
+            .call("export.list", json!({}))
+            .as_array()
+            .unwrap()
+            .len(),
+        VOLUMES
+    );
+    let mut c = NbdClient::connect(&listen, "v0999");
+    assert_eq!(c.size, 1 << 20);
+    c.disconnect();
+    let mut c = NbdClient::connect(&listen, "v0003");
+    assert_eq!(c.read(4096, 4096).unwrap(), vec![2; 4096]);
+    c.disconnect();
+}
+
+#[test]
+fn a_full_listener_closes_the_clients_past_its_limit_and_counts_them() {
+    let d = Daemon::start_with_env(&[("UMBRA_NO_DEFAULT", "1"), ("UMBRA_NBD_MAX_CLIENTS", "4")]);
+    d.ok(&["volume", "create", "v", "--size", "1M"]);
+    let addr = d.export_nbd("v");
+    let addr = addr
+        .trim_start_matches("nbd://")
+        .trim_end_matches("/v")
+        .to_owned();
+    let held: Vec<NbdClient> = (0..4).map(|_| NbdClient::connect(&addr, "v")).collect();
+    // The fifth is closed before its handshake.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 18];
+    assert!(
+        std::io::Read::read_exact(&mut s, &mut buf).is_err(),
+        "a client past the limit got a handshake"
+    );
+    let e = d.export_of("v");
+    assert_eq!(e["clients"], 4);
+    assert_eq!(e["listener_refused_clients"], 1, "{e}");
+    // They leave: there is room again.
+    for c in held {
+        c.disconnect();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while d.export_of("v")["clients"] != 0 {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut c = NbdClient::connect(&addr, "v");
+    assert_eq!(c.size, 1 << 20);
+    c.disconnect();
+}
