@@ -99,7 +99,7 @@ for r in $(seq "$REPEAT"); do
   "$UMBRA" stats w --json | python3 -c '
 import json, sys
 s = json.load(sys.stdin)["volumes"][0]["image"][0]
-print(f"  round: {s[\"cow_chunks\"]} chunks copied on write, {s[\"cloned_chunks\"]} of them by reflink")'
+print("  round: %d chunks copied on write, %d of them by reflink" % (s["cow_chunks"], s["cloned_chunks"]))'
   "$UMBRA" image disable snap >/dev/null
   "$UMBRA" volume remove w-snap --delete-data --yes >/dev/null
 done

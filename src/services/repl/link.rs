@@ -78,6 +78,8 @@ struct Queue {
     next_seq: u64,
     group: u64,
     group_writes: u32,
+    /// The open group holds resync copies only (see `enqueue`).
+    copy_group: bool,
     /// Connection generation the items belong to; `up` while connected.
     epoch: u64,
     up: bool,
@@ -169,6 +171,7 @@ impl Link {
                 next_seq: 1,
                 group: 0,
                 group_writes: 0,
+                copy_group: false,
                 epoch: 0,
                 up: false,
                 down_reason: Some("not connected yet".into()),
@@ -292,8 +295,22 @@ impl Link {
             Mode::Sync => 0,
             Mode::Async => seq,
             Mode::Hybrid => {
-                let was_open = self.group_open.swap(true, Ordering::SeqCst) && !isolate;
-                if !was_open || q.group_writes >= MAX_GROUP_WRITES || q.group == 0 {
+                // A resync copy (`isolate`) never shares a group with a
+                // client write: the peer applies a group's writes in any
+                // order, and a copy must land after the writes to its
+                // chunk queued before it and before those queued after.
+                // Copies of distinct ranges may share one with each other
+                // (the peer then applies them side by side): consecutive
+                // copies join the open copy group; anything else opens a
+                // new group.
+                let was_open = self.group_open.swap(true, Ordering::SeqCst);
+                let joins = if isolate {
+                    q.copy_group
+                } else {
+                    was_open && !q.copy_group
+                };
+                q.copy_group = isolate;
+                if !joins || q.group_writes >= MAX_GROUP_WRITES || q.group == 0 {
                     q.group += 1;
                     q.group_writes = 0;
                     self.stats.groups.fetch_add(1, Ordering::Relaxed);
@@ -405,6 +422,7 @@ impl Link {
             q.up = true;
             q.down_reason = None;
             q.group = q.group.max(1);
+            q.copy_group = false;
             q.epoch
         };
         *self.conn.lock() = Some(stream.try_clone().map_err(|e| e.to_string())?);
