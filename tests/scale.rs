@@ -97,7 +97,7 @@ fn a_thousand_volumes_on_one_listener() {
             .len(),
         VOLUMES
     );
-    let mut c = NbdClient::connect(&listen, "v0999");
+    let c = NbdClient::connect(&listen, "v0999");
     assert_eq!(c.size, 1 << 20);
     c.disconnect();
     let mut c = NbdClient::connect(&listen, "v0003");
@@ -136,7 +136,7 @@ fn a_full_listener_closes_the_clients_past_its_limit_and_counts_them() {
         assert!(std::time::Instant::now() < deadline);
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let mut c = NbdClient::connect(&addr, "v");
+    let c = NbdClient::connect(&addr, "v");
     assert_eq!(c.size, 1 << 20);
     c.disconnect();
 }
