@@ -142,19 +142,24 @@ fn events_now_prints_each_object_once_then_follows() {
         .any(|e| e["object_kind"] == "volume" && e["object"] == "late"));
 }
 
-/// Every literal event kind in the code (`publish("kind", ...)`, and the
-/// services' `emit` and `notify`).
-fn emitted_kinds(dir: &Path, out: &mut BTreeSet<String>) {
+/// The text of every Rust source file under `dir`.
+fn rust_sources(dir: &Path, out: &mut Vec<String>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.is_dir() {
-            emitted_kinds(&p, out);
-            continue;
+            rust_sources(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(std::fs::read_to_string(&p).unwrap());
         }
-        if p.extension().is_none_or(|x| x != "rs") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&p).unwrap();
+    }
+}
+
+/// Every literal event kind in the code (`publish("kind", ...)`, and the
+/// services' `emit` and `notify`).
+fn emitted_kinds(dir: &Path, out: &mut BTreeSet<String>) {
+    let mut files = Vec::new();
+    rust_sources(dir, &mut files);
+    for text in &files {
         let calls = ["publish(", "emit(", "notify("];
         for (i, call) in calls.iter().flat_map(|c| text.match_indices(c)) {
             let rest = text[i + call.len()..].trim_start();
@@ -247,19 +252,15 @@ fn the_documented_event_kinds_are_the_emitted_ones() {
 
 /// Every field name the code gives an event (`.field("name", ...)`).
 fn emitted_fields(dir: &Path, out: &mut BTreeSet<String>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            emitted_fields(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            let text = std::fs::read_to_string(&p).unwrap();
-            for (i, m) in text.match_indices(".field(\"") {
-                let name: String = text[i + m.len()..]
-                    .chars()
-                    .take_while(|c| *c != '"')
-                    .collect();
-                out.insert(name);
-            }
+    let mut files = Vec::new();
+    rust_sources(dir, &mut files);
+    for text in &files {
+        for (i, m) in text.match_indices(".field(\"") {
+            let name: String = text[i + m.len()..]
+                .chars()
+                .take_while(|c| *c != '"')
+                .collect();
+            out.insert(name);
         }
     }
 }

@@ -57,6 +57,29 @@ PROXY_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0
 PIDS+=($!)
 sleep 0.3
 
+# Milliseconds to send N bytes over a plain loopback TCP socket (the peer
+# every transfer is compared with).
+tcp_send_ms() {
+  python3 - "$1" <<'PY'
+import socket, sys, threading, time
+n = max(int(sys.argv[1]), 1); buf = b"\0" * (1 << 20)
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+def sink():
+    c, _ = srv.accept(); got = 0
+    while got < n:
+        d = c.recv(1 << 20)
+        if not d: break
+        got += len(d)
+    c.sendall(b"k")
+t = threading.Thread(target=sink); t.start()
+s = socket.create_connection(srv.getsockname()); t0 = time.time(); left = n
+while left > 0:
+    k = min(left, len(buf)); s.sendall(buf[:k]); left -= k
+s.recv(1); t1 = time.time(); t.join()
+print(round((t1 - t0) * 1000, 1))
+PY
+}
+
 run_fio() { # uri -> "iops p50_us p99_us"
   fio --name=b --ioengine=nbd --uri="$1" --rw=randwrite --bs=4k --iodepth=32 \
       --size=256M --time_based --runtime="$RUNTIME" --ramp_time=1 --output-format=json 2>/dev/null |
@@ -121,25 +144,7 @@ A repl sync big --wait --timeout 600 >/dev/null
 t1=$(date +%s%N)
 moved=$(A repl info big --json | field '["sync_done_bytes"]')
 sync_ms=$(python3 -c "print(round(($t1-$t0)/1e6, 1))")
-send_ms=$(python3 - "$oos" <<'PY'
-import socket, sys, threading, time
-n = int(sys.argv[1]); buf = b"\0" * (1 << 20)
-srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
-def sink():
-    c, _ = srv.accept(); got = 0
-    while got < n:
-        d = c.recv(1 << 20)
-        if not d: break
-        got += len(d)
-    c.sendall(b"k")
-t = threading.Thread(target=sink); t.start()
-s = socket.create_connection(srv.getsockname()); t0 = time.time(); left = n
-while left > 0:
-    k = min(left, len(buf)); s.sendall(buf[:k]); left -= k
-s.recv(1); t1 = time.time(); t.join()
-print(round((t1 - t0) * 1000, 1))
-PY
-)
+send_ms=$(tcp_send_ms "$oos")
 echo "  out of sync: $oos bytes; the sync moved $moved bytes in $sync_ms ms (CLI to replicating)"
 echo "  sending $oos bytes over a loopback socket: $send_ms ms; ratio $(python3 -c "print(round($sync_ms/$send_ms, 2))")x"
 A repl disable big >/dev/null
@@ -169,25 +174,7 @@ applied1=$(B repl info o --json | field '["applied_bytes"]')
 moved=$((applied1 - applied0))
 heal_ms=$(python3 -c "print(round(($t1-$t0)/1e6))")
 resync_ms=$(python3 -c "print(round(($t2-$t1)/1e6, 1))")
-send_ms=$(python3 - "$moved" <<'PY'
-import socket, sys, threading, time
-n = max(int(sys.argv[1]), 1); buf = b"\0" * (1 << 20)
-srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
-def sink():
-    c, _ = srv.accept(); got = 0
-    while got < n:
-        d = c.recv(1 << 20)
-        if not d: break
-        got += len(d)
-    c.sendall(b"k")
-t = threading.Thread(target=sink); t.start()
-s = socket.create_connection(srv.getsockname()); t0 = time.time(); left = n
-while left > 0:
-    k = min(left, len(buf)); s.sendall(buf[:k]); left -= k
-s.recv(1); t1 = time.time(); t.join()
-print(round((t1 - t0) * 1000, 1))
-PY
-)
+send_ms=$(tcp_send_ms "$moved")
 echo "  written during the outage: 67108864 bytes in 16384 writes; the scoreboard's chunks: $oos bytes"
 echo "  heal to syncing: $heal_ms ms; the resync moved $moved bytes ($(python3 -c "print(round($moved/67108864, 2))")x written) in $resync_ms ms"
 echo "  the same bytes over a loopback socket: $send_ms ms; resync throughput $(python3 -c "print(round($send_ms/max($resync_ms,0.1), 2))")x a TCP stream"
