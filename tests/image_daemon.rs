@@ -588,10 +588,11 @@ impl Drop for LoopFs {
     }
 }
 
-/// On XFS (reflink) copy-on-write and the background copy share the
-/// master's extents instead of copying data: every chunk moved is
-/// counted as cloned, and the shadow still holds exactly the point in
-/// time while the master changes.
+/// On XFS (reflink) the background copy shares the master's extents
+/// instead of copying data (every chunk it moved is counted as cloned),
+/// while first-touch copy-on-write reads and writes (cloning there would
+/// write the master's dirty pages back under its locks: 0.01x measured);
+/// the shadows hold exactly their points in time while the master changes.
 #[test]
 fn on_xfs_copies_share_extents_and_keep_the_point_in_time() {
     require_root();
@@ -625,7 +626,7 @@ fn on_xfs_copies_share_extents_and_keep_the_point_in_time() {
     c.disconnect();
     let img = &d.json(&["stats", "m"])["volumes"][0]["image"][0];
     assert_eq!(img["cow_chunks"], 16, "{img}");
-    assert_eq!(img["cloned_chunks"], 16, "{img}");
+    assert_eq!(img["cloned_chunks"], 0, "{img}");
     d.export_nbd("snap");
     assert_eq!(
         sha(&d.uri_of("snap")),
