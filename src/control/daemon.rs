@@ -1787,7 +1787,37 @@ fn volume_json(st: &State, name: &str) -> Value {
     })
 }
 
+/// Every key of an export's JSON, NBD or ublk (`export_json`): one shape
+/// whatever the kind, null where a key does not apply.
+const EXPORT_KEYS: &[&str] = &[
+    "volume",
+    "kind",
+    "listen",
+    "uri",
+    "device",
+    "dev_id",
+    "queues",
+    "depth",
+    "read_only",
+    "user_copy",
+    "state",
+    "error",
+    "clients",
+    "listener_refused_clients",
+];
+
+/// An export as `export list` shows it.
 fn export_json(st: &State, ec: &ExportConfig) -> Value {
+    let mut v = export_json_known(st, ec);
+    if let Value::Object(m) = &mut v {
+        for k in EXPORT_KEYS {
+            m.entry(*k).or_insert(Value::Null);
+        }
+    }
+    v
+}
+
+fn export_json_known(st: &State, ec: &ExportConfig) -> Value {
     if ec.kind == ExportKind::Ublk {
         let running = st.ublk.get(&ec.volume);
         return json!({
