@@ -4789,7 +4789,7 @@ _umbra() {
             return 0
             ;;
         umbra__subcmd__serve)
-            opts="-h -V --data-dir --default-listen --no-default --metrics --socket --help --version"
+            opts="-h -V --data-dir --default-listen --no-default --nbd-max-clients --metrics --socket --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -4800,6 +4800,10 @@ _umbra() {
                     return 0
                     ;;
                 --default-listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --nbd-max-clients)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -44,6 +44,7 @@ complete -c umbra -n "__fish_umbra_needs_command" -f -a "events" -d 'Stream stat
 complete -c umbra -n "__fish_umbra_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c umbra -n "__fish_umbra_using_subcommand serve" -l data-dir -d 'Data directory: configuration, admin socket, default backing files' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand serve" -l default-listen -d 'Where the default volume is exported on a first start (no configuration yet)' -r
+complete -c umbra -n "__fish_umbra_using_subcommand serve" -l nbd-max-clients -d 'Clients each NBD listener accepts at once; more are closed on accept (and counted in `export list`)' -r
 complete -c umbra -n "__fish_umbra_using_subcommand serve" -l metrics -d 'Serve Prometheus metrics at http://ADDR/metrics (off unless given; `--metrics` alone listens on 127.0.0.1:9633, a bare port on loopback)' -r
 complete -c umbra -n "__fish_umbra_using_subcommand serve" -l socket -d 'Admin socket of the daemon to talk to [default: $UMBRA_DATA_DIR/umbra.sock or ./umbra-data/umbra.sock]' -r -F
 complete -c umbra -n "__fish_umbra_using_subcommand serve" -l no-default -d 'On a first start, create no default volume (a second daemon on one host, a host that scripts set up; `--default-listen` is then unused)'
