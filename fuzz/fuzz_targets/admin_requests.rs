@@ -19,7 +19,8 @@ fn daemon() -> &'static (tempfile::TempDir, PathBuf, Arc<Daemon>) {
         let dir = tempfile::tempdir().unwrap();
         let (d, _) = Daemon::start(DaemonOptions {
             data_dir: dir.path().join("data"),
-            default_listen: "127.0.0.1:0".parse().unwrap(),
+            default_listen: Some("127.0.0.1:0".parse().unwrap()),
+            nbd_max_clients: umbra::export::nbd::DEFAULT_MAX_CLIENTS,
         })
         .unwrap();
         let sock = d.socket_path();

@@ -20,7 +20,12 @@ fn server() -> &'static (tempfile::TempDir, PathBuf, Arc<NbdServer>) {
     S.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nbd.sock");
-        let s = NbdServer::start(&ListenAddr::Unix(path.clone()), None).unwrap();
+        let s = NbdServer::start(
+            &ListenAddr::Unix(path.clone()),
+            None,
+            umbra::export::nbd::DEFAULT_MAX_CLIENTS,
+        )
+        .unwrap();
         let vol = Volume::new("v", Arc::new(MemoryBackend::new(1 << 20)), "memory".into());
         s.add_export("v", Arc::new(vol), false);
         let ro = Volume::new("ro", Arc::new(MemoryBackend::new(1 << 20)), "memory".into());

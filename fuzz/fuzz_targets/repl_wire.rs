@@ -47,6 +47,12 @@ fuzz_target!(|data: &[u8]| {
     }
     for role in [Role::Dialer, Role::Listener] {
         let mut p = Peer { input: data };
-        let _ = wire::handshake_with(&mut p, role, "fuzz", &|_| Some(b"a shared secret".to_vec()), &[]);
+        let _ = wire::handshake_with(
+            &mut p,
+            role,
+            "fuzz",
+            &|_| Some(b"a shared secret".to_vec()),
+            &[],
+        );
     }
 });
