@@ -312,15 +312,11 @@ fn the_documented_event_fields_are_the_emitted_ones() {
     );
 }
 
-/// Events say only what happened: an `image enable` that created its
-/// shadow volume and then failed removes the volume again and says so,
-/// truthfully about its backing file.
-#[test]
-fn a_failed_image_enable_takes_back_the_shadow_it_created_and_says_so() {
-    let d = Daemon::start();
-    d.ok(&["volume", "create", "v", "--size", "4M"]);
-    let ev = EventLog::follow(&d);
-    // The stream is up once it carries an event made after it started.
+/// `events --follow` on `d`, returned once it is known to stream: it
+/// carries an event made after it started (a marker volume, made again
+/// until one is seen, since the subscription may lag the first).
+fn follow_started(d: &Daemon) -> EventLog {
+    let ev = EventLog::follow(d);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut i = 0;
     while ev.of_kind("volume.created").is_empty() {
@@ -329,6 +325,17 @@ fn a_failed_image_enable_takes_back_the_shadow_it_created_and_says_so() {
         d.ok(&["volume", "create", &format!("marker{i}"), "--size", "1M"]);
         std::thread::sleep(Duration::from_millis(50));
     }
+    ev
+}
+
+/// Events say only what happened: an `image enable` that created its
+/// shadow volume and then failed removes the volume again and says so,
+/// truthfully about its backing file.
+#[test]
+fn a_failed_image_enable_takes_back_the_shadow_it_created_and_says_so() {
+    let d = Daemon::start();
+    d.ok(&["volume", "create", "v", "--size", "4M"]);
+    let ev = follow_started(&d);
     let e = d.fails(&[
         "image",
         "enable",
@@ -394,8 +401,7 @@ fn progress_events_follow_a_copy_and_a_sync_at_most_once_a_second() {
     }
     a.export_nbd("v");
     fill(&a, "v", 16 << 20, 7);
-    let log = EventLog::follow(&a);
-    std::thread::sleep(Duration::from_millis(300));
+    let log = follow_started(&a);
 
     // A throttled full copy: 16 MiB in 64 KiB chunks, 12 ms after each.
     a.ok(&[
