@@ -12,7 +12,8 @@
 //! the whole access, so a rebuild waits for them and nothing reaches a
 //! device that was just taken out of a stack.
 
-use super::set::ImageSet;
+use super::behind::WriteBehind;
+use super::set::{ImageSet, Prepared};
 use crate::device::{BlockDevice, DeviceError, LatencyClass, Result};
 use crate::interposer::Service;
 use parking_lot::RwLock;
@@ -82,9 +83,11 @@ impl Service for MasterSide {
         lower: Arc<dyn BlockDevice>,
     ) -> std::result::Result<Arc<dyn BlockDevice>, String> {
         *self.lower.write() = Some(lower.clone());
+        let sets = self.sets();
         Ok(Arc::new(MasterDevice {
+            behind: WriteBehind::new(&self.volume, lower.clone(), sets.clone()),
             lower,
-            sets: self.sets(),
+            sets,
         }))
     }
 
@@ -154,13 +157,34 @@ struct MasterDevice {
     /// The master's sets as they were at the last rebuild; adding or
     /// removing a set rebuilds the stack (under quiesce).
     sets: Vec<Arc<ImageSet>>,
+    /// Writes acknowledged before their copy-on-write was durable
+    /// (`behind.rs`); a quiesce's flush drains it before any rebuild.
+    behind: WriteBehind,
 }
 
 impl MasterDevice {
-    fn prepare(&self, offset: u64, len: u64) -> Result<()> {
+    /// Every set's work before a change of `[offset, offset + len)`: what
+    /// the change owes them (`None`: nothing, it may go straight down).
+    fn prepare(&self, offset: u64, len: u64) -> Result<Option<Vec<Prepared>>> {
         crate::device::check_range(offset, len, self.lower.size_bytes())?;
-        for s in &self.sets {
-            s.prepare_master_write(offset, len, self.lower.as_ref())?;
+        let mut owed: Option<Vec<Prepared>> = None;
+        for (i, s) in self.sets.iter().enumerate() {
+            let p = s.prepare_master(offset, len, self.lower.as_ref())?;
+            if p.need > 0 || p.restored {
+                owed.get_or_insert_with(|| vec![Prepared::default(); self.sets.len()])[i] = p;
+            }
+        }
+        Ok(owed)
+    }
+
+    /// Order a change that goes down now behind the queued writes it
+    /// overlaps, and wait for what it owes.
+    fn settle(&self, owed: Option<Vec<Prepared>>, offset: u64, len: u64) -> Result<()> {
+        if self.behind.overlaps(offset, len) {
+            self.behind.drain();
+        }
+        for (s, p) in self.sets.iter().zip(owed.unwrap_or_default()) {
+            s.finish_master(p)?;
         }
         Ok(())
     }
@@ -171,28 +195,53 @@ impl BlockDevice for MasterDevice {
         self.lower.size_bytes()
     }
     fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let overlay = self.behind.snapshot(offset, buf.len() as u64);
+        let mut restoring = false;
         for s in &self.sets {
             if s.direction() == super::Direction::ToMaster
                 && s.read_master_restoring(buf, offset, self.lower.as_ref())?
             {
-                return Ok(());
+                restoring = true;
+                break;
             }
         }
-        self.lower.read(buf, offset)
+        if !restoring {
+            self.lower.read(buf, offset)?;
+        }
+        overlay.apply(buf, offset);
+        Ok(())
     }
     fn write(&self, buf: &[u8], offset: u64, fua: bool) -> Result<()> {
-        self.prepare(offset, buf.len() as u64)?;
+        let len = buf.len() as u64;
+        let owed = self.prepare(offset, len)?;
+        let queue = match &owed {
+            // Nothing owed: straight down unless a queued write is in the way.
+            None => self.behind.overlaps(offset, len),
+            // A FUA write must be durable when acknowledged, and a write
+            // that restored a chunk fails if the restore's commit does.
+            Some(o) => !fua && !o.iter().any(|p| p.restored),
+        };
+        if !fua && queue && self.behind.push(buf, offset, owed.as_deref().unwrap_or(&[])) {
+            return Ok(());
+        }
+        self.settle(owed, offset, len)?;
         self.lower.write(buf, offset, fua)
     }
     fn flush(&self) -> Result<()> {
+        self.behind.drain();
+        if let Some(e) = self.behind.take_error() {
+            return Err(e);
+        }
         self.lower.flush()
     }
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        self.prepare(offset, len)?;
+        let owed = self.prepare(offset, len)?;
+        self.settle(owed, offset, len)?;
         self.lower.discard(offset, len)
     }
     fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
-        self.prepare(offset, len)?;
+        let owed = self.prepare(offset, len)?;
+        self.settle(owed, offset, len)?;
         self.lower.write_zeroes(offset, len, fua)
     }
     fn block_size_bytes(&self) -> u32 {

@@ -14,12 +14,15 @@
 //! * `set.rs`: the bits, the copy-on-write rules, group commit and the
 //!   copy engine; its module docs state the crash rule.
 //! * `layers.rs`: the master and shadow layers.
+//! * `behind.rs`: master writes acknowledged before their copy-on-write
+//!   commit, applied in order once it is durable.
 //! * `format.rs`: the bitmap volume (docs/image-format.md).
 //!
 //! [`Imaging`] is the registry one daemon (or test) keeps: it enforces
 //! that a volume plays one role only, and runs the operations (update,
 //! copy, abort, disable, groups) with the right quiesce.
 
+mod behind;
 pub mod format;
 mod layers;
 mod overflow;

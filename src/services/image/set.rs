@@ -18,7 +18,9 @@
 //!   then master reads of `c` come from the shadow.
 //!
 //! # Ordering on a write (the crash rule)
-//! Before a write that makes chunk `c` differ is acknowledged: the data a
+//! Before a write that makes chunk `c` differ reaches the side it changes
+//! (a shadow write: before it is acknowledged; a master write without FUA
+//! may be acknowledged earlier, queued by `behind.rs`): the data a
 //! copy moved (the master's point-in-time chunk, or the shadow's chunk of a
 //! restore) is flushed on its target, then the bits are written to the
 //! bitmap volume and flushed. Bit changes are batched by a group commit:
@@ -159,6 +161,17 @@ pub struct Counters {
     /// Of all those, chunks that moved by sharing the filesystem's extents
     /// (reflink) instead of being read and written.
     pub cloned_chunks: AtomicU64,
+}
+
+/// What a master write owes a set before it reaches the master's lower
+/// device ([`ImageSet::prepare_master`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Prepared {
+    /// The generation that must be durable first (0: none).
+    pub need: u64,
+    /// A chunk was restored for this write: the write must not go on if
+    /// the restore's commit fails.
+    pub restored: bool,
 }
 
 thread_local! {
@@ -998,13 +1011,28 @@ impl ImageSet {
     }
 
     /// Everything that must happen before a write to the master's
-    /// `[offset, offset + len)` reaches `master_lower`.
+    /// `[offset, offset + len)` reaches `master_lower`: the work, then the
+    /// wait for its commit.
     pub(super) fn prepare_master_write(
         &self,
         offset: u64,
         len: u64,
         master_lower: &dyn BlockDevice,
     ) -> Result<()> {
+        let p = self.prepare_master(offset, len, master_lower)?;
+        self.finish_master(p)
+    }
+
+    /// The work before a master write: copy-on-write of every chunk the
+    /// shadow does not hold yet, a restore of every chunk still to be
+    /// restored, and the bits. Returns what the write must wait for before
+    /// it reaches the master's lower device ([`Self::finish_master`]).
+    pub(super) fn prepare_master(
+        &self,
+        offset: u64,
+        len: u64,
+        master_lower: &dyn BlockDevice,
+    ) -> Result<Prepared> {
         let mut need = 0u64;
         let mut restored = false;
         for c in self.chunks_of(offset, len) {
@@ -1027,12 +1055,17 @@ impl ImageSet {
             };
             need = need.max(g.unwrap_or(0));
         }
-        if need > 0 {
+        Ok(Prepared { need, restored })
+    }
+
+    /// Wait until what [`Self::prepare_master`] changed is durable.
+    pub(super) fn finish_master(&self, p: Prepared) -> Result<()> {
+        if p.need > 0 {
             // A commit failure takes the shadow offline; the master write
             // itself goes on (the shadow is lost, not the master's data)
             // unless it needed a restore to be durable first.
-            if let Err(e) = self.wait_durable(need) {
-                if restored {
+            if let Err(e) = self.wait_durable(p.need) {
+                if p.restored {
                     return Err(e);
                 }
             }

@@ -581,6 +581,9 @@ fn compact_shadow_restores_the_master_and_survives_a_restart() {
             .unwrap();
     }
     // Restart without a clean suspend: the index came back with the bits.
+    // The writes were flushed (queued ones would land in the backend behind
+    // the second registry's back; a crash would have dropped them).
+    f.master.flush().unwrap();
     f.img.halt_all();
     let ovf = f.img.get("set").unwrap();
     assert_eq!(ovf.overflow_chunks(), 12);
@@ -616,4 +619,127 @@ fn compact_shadow_restores_the_master_and_survives_a_restart() {
     assert_eq!(img2.get("set").unwrap().overflow_chunks(), 0);
     img2.overflow_attach("set", None).unwrap();
     assert_eq!(img2.overflow_info("spill").unwrap().1, 0);
+}
+
+/// A device whose flushes wait while its gate is closed.
+struct GatedFlush {
+    inner: Arc<dyn BlockDevice>,
+    closed: parking_lot::Mutex<bool>,
+    cv: parking_lot::Condvar,
+}
+
+impl GatedFlush {
+    fn new(inner: Arc<dyn BlockDevice>) -> Arc<Self> {
+        Arc::new(GatedFlush {
+            inner,
+            closed: parking_lot::Mutex::new(false),
+            cv: parking_lot::Condvar::new(),
+        })
+    }
+    fn set_closed(&self, closed: bool) {
+        *self.closed.lock() = closed;
+        self.cv.notify_all();
+    }
+}
+
+impl BlockDevice for GatedFlush {
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+    fn read(&self, buf: &mut [u8], offset: u64) -> crate::device::Result<()> {
+        self.inner.read(buf, offset)
+    }
+    fn write(&self, buf: &[u8], offset: u64, fua: bool) -> crate::device::Result<()> {
+        self.inner.write(buf, offset, fua)
+    }
+    fn flush(&self) -> crate::device::Result<()> {
+        let mut c = self.closed.lock();
+        while *c {
+            self.cv.wait(&mut c);
+        }
+        drop(c);
+        self.inner.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> crate::device::Result<()> {
+        self.inner.discard(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> crate::device::Result<()> {
+        self.inner.write_zeroes(offset, len, fua)
+    }
+}
+
+/// Run `f` on a thread; its result if it returns within `wait`.
+fn within<T: Send + 'static>(
+    wait: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> (Option<T>, std::sync::mpsc::Receiver<T>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    (rx.recv_timeout(wait).ok(), rx)
+}
+
+/// A first touch is acknowledged before its commit (the write-behind), but
+/// the master's device sees the write only after the commit; reads see it
+/// at once, a flush and a FUA write wait for the commit.
+#[test]
+fn first_touches_are_acknowledged_before_their_commit_and_applied_after() {
+    let size = 256 << 10;
+    let mb = mem(size);
+    mb.write(&pattern(1, 0, size as usize), 0, false).unwrap();
+    let master = vol_on("m", mb.clone());
+    let shadow = vol_on("s", mem(size));
+    let bitmap = GatedFlush::new(mem(bitmap_bytes_for(size, CHUNK, Kind::Dependent)));
+    let img = Imaging::default();
+    img.enable(
+        "set",
+        &master,
+        &shadow,
+        bitmap.clone(),
+        &opts(Kind::Dependent),
+        None,
+    )
+    .unwrap();
+    let t0 = all(master.as_ref());
+    bitmap.set_closed(true);
+    let second = Duration::from_secs(5);
+
+    // Two first touches and a write over the first: all acknowledged while
+    // no commit can finish.
+    let m = master.clone();
+    let (done, _) = within(second, move || {
+        m.write(&[7; 1024], 512, false).unwrap();
+        m.write(&[8; 4096], 5 * CHUNK as u64, false).unwrap();
+        m.write(&[9; 512], 1024, false).unwrap();
+    });
+    assert!(done.is_some(), "first touches waited for their commit");
+    let mut want = t0.clone();
+    want[512..1536].fill(7);
+    want[1024..1536].fill(9);
+    want[5 * CHUNK as usize..6 * CHUNK as usize].fill(8);
+    assert!(all(master.as_ref()) == want, "reads see the queued writes");
+    assert!(all(mb.as_ref()) == t0, "the master's device waits for the commit");
+    assert!(all(shadow.as_ref()) == t0, "the shadow keeps its point in time");
+
+    // A flush waits for the commit and the queue; so does a FUA first touch.
+    let m = master.clone();
+    let (flushed, flush_rx) = within(Duration::from_millis(300), move || m.flush());
+    assert!(flushed.is_none(), "a flush returned before the commit");
+    let m = master.clone();
+    let (fua, fua_rx) = within(Duration::from_millis(300), move || {
+        m.write(&[6; 4096], 9 * CHUNK as u64, true)
+    });
+    assert!(fua.is_none(), "a FUA first touch returned before its commit");
+    bitmap.set_closed(false);
+    flush_rx.recv_timeout(second).unwrap().unwrap();
+    fua_rx.recv_timeout(second).unwrap().unwrap();
+    want[9 * CHUNK as usize..10 * CHUNK as usize].fill(6);
+    assert!(all(mb.as_ref()) == want, "after the flush the device has every write");
+    assert!(all(master.as_ref()) == want);
+    assert!(all(shadow.as_ref()) == t0);
+    let set = img.get("set").unwrap();
+    for c in [0, 5, 9] {
+        assert!(set.differs(c), "chunk {c} has its bit");
+    }
 }
