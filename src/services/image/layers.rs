@@ -221,7 +221,12 @@ impl BlockDevice for MasterDevice {
             // that restored a chunk fails if the restore's commit does.
             Some(o) => !fua && !o.iter().any(|p| p.restored),
         };
-        if !fua && queue && self.behind.push(buf, offset, owed.as_deref().unwrap_or(&[])) {
+        if !fua
+            && queue
+            && self
+                .behind
+                .push(buf, offset, owed.as_deref().unwrap_or(&[]))
+        {
             return Ok(());
         }
         self.settle(owed, offset, len)?;

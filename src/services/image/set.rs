@@ -50,6 +50,9 @@ const LOCK_STRIPES: u64 = 1024;
 const ENGINE_COMMIT_CHUNKS: u64 = 256;
 /// Longest run of consecutive pending chunks the engine copies in one I/O.
 const ENGINE_RUN_BYTES: u64 = 1 << 20;
+/// Runs shorter than this are copied without asking the source which of
+/// their parts are holes (see `copy_chunks`); the engine's runs are longer.
+const ALLOCATION_QUERY_MIN_BYTES: u64 = 256 << 10;
 /// Bits per bitmap block written to the bitmap volume.
 const BITS_PER_BLOCK: u64 = BITMAP_BLOCK_BYTES * 8;
 
@@ -739,6 +742,21 @@ impl ImageSet {
         }
         let end = start + len as u64;
         let mut at = start;
+        // A small run (a first touch) is read, not asked about: a hole
+        // query may walk far past it (tmpfs's SEEK_HOLE scans the page
+        // cache up to the next hole, the whole file when it has none),
+        // and a run read as zeroes still becomes a zeroing below.
+        if (len as u64) < ALLOCATION_QUERY_MIN_BYTES {
+            at = end;
+            with_copy_buf(len, |buf| {
+                from.read(buf, start)?;
+                if is_zero(buf) {
+                    to.write_zeroes(start, len as u64, false)
+                } else {
+                    to.write(buf, start, false)
+                }
+            })?;
+        }
         while at < end {
             // The answer may stop short of the range; ask again from there.
             let runs = from.allocation(at, end - at)?;
@@ -1044,7 +1062,16 @@ impl ImageSet {
                 restored = true;
                 self.move_before_write(c, master_lower)?
             } else if self.is_failed() {
-                None
+                // A failed set moves nothing more, but what it changed
+                // before still must be durable before the write lands: a
+                // restore's clear of this chunk (then the master no longer
+                // reads it from the shadow; after a crash without the
+                // clear it would, and this write would be lost). The
+                // request that restored it may have failed before its
+                // commit (a compact shadow out of room for a later chunk).
+                let g = self.undurable(c);
+                restored |= g.is_some() && self.direction() == Direction::ToMaster;
+                g
             } else if !self.shadow_holds(c) {
                 let _l = self.lock(c).write();
                 self.move_before_write(c, master_lower)
@@ -1082,11 +1109,18 @@ impl ImageSet {
         for c in self.chunks_of(offset, len) {
             let g = if self.restore_pending(c) || !self.shadow_holds(c) {
                 let _l = self.lock(c).write();
-                self.master
-                    .with_lower(|m| self.move_before_write(c, m))
-                    .inspect_err(|e| {
-                        self.fail(format!("copy before shadow write, chunk {c}: {e}"))
-                    })?
+                match self.master.with_lower(|m| self.move_before_write(c, m)) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        self.fail(format!("copy before shadow write, chunk {c}: {e}"));
+                        // What the earlier chunks changed (a restore) is
+                        // committed all the same: later requests rely on it.
+                        if need > 0 {
+                            let _ = self.wait_durable(need);
+                        }
+                        return Err(e);
+                    }
+                }
             } else {
                 self.mark_differing(c)
             };

@@ -719,8 +719,14 @@ fn first_touches_are_acknowledged_before_their_commit_and_applied_after() {
     want[1024..1536].fill(9);
     want[5 * CHUNK as usize..6 * CHUNK as usize].fill(8);
     assert!(all(master.as_ref()) == want, "reads see the queued writes");
-    assert!(all(mb.as_ref()) == t0, "the master's device waits for the commit");
-    assert!(all(shadow.as_ref()) == t0, "the shadow keeps its point in time");
+    assert!(
+        all(mb.as_ref()) == t0,
+        "the master's device waits for the commit"
+    );
+    assert!(
+        all(shadow.as_ref()) == t0,
+        "the shadow keeps its point in time"
+    );
 
     // A flush waits for the commit and the queue; so does a FUA first touch.
     let m = master.clone();
@@ -730,12 +736,18 @@ fn first_touches_are_acknowledged_before_their_commit_and_applied_after() {
     let (fua, fua_rx) = within(Duration::from_millis(300), move || {
         m.write(&[6; 4096], 9 * CHUNK as u64, true)
     });
-    assert!(fua.is_none(), "a FUA first touch returned before its commit");
+    assert!(
+        fua.is_none(),
+        "a FUA first touch returned before its commit"
+    );
     bitmap.set_closed(false);
     flush_rx.recv_timeout(second).unwrap().unwrap();
     fua_rx.recv_timeout(second).unwrap().unwrap();
     want[9 * CHUNK as usize..10 * CHUNK as usize].fill(6);
-    assert!(all(mb.as_ref()) == want, "after the flush the device has every write");
+    assert!(
+        all(mb.as_ref()) == want,
+        "after the flush the device has every write"
+    );
     assert!(all(master.as_ref()) == want);
     assert!(all(shadow.as_ref()) == t0);
     let set = img.get("set").unwrap();
