@@ -366,7 +366,20 @@ fn write_loop(shared: &Shared) {
             q.bytes -= e.data.len();
         }
         q.applied += batch.len() as u64;
-        if let Some(e) = failed {
+        if let Some((offset, len, e)) = failed {
+            // The client learns at its next flush; the operator now.
+            if let Some(set) = shared.sets.first() {
+                set.emit(
+                    "image.master_write_failed",
+                    crate::services::Note::new(format!(
+                        "a write to the master acknowledged before its copy-on-write commit \
+                         failed on the master's device: {e}; the next flush returns it"
+                    ))
+                    .field("offset_bytes", offset)
+                    .field("length_bytes", len)
+                    .field("why", e.to_string()),
+                );
+            }
             q.error.get_or_insert(e);
         }
         shared.queued.store(q.entries.len(), Ordering::SeqCst);
@@ -376,7 +389,8 @@ fn write_loop(shared: &Shared) {
 }
 
 /// Write `batch` to `lower`: in order for entries that overlap, spread over
-/// up to [`APPLY_THREADS`] threads otherwise. Returns the first failure.
+/// up to [`APPLY_THREADS`] threads otherwise. Returns the first failure
+/// with the offset and length of its write.
 ///
 /// A file backend's buffered write of 4 KiB costs tens of microseconds of
 /// one core (page-cache bookkeeping, more over large folios); the queue's
@@ -385,11 +399,14 @@ fn write_loop(shared: &Shared) {
 /// within one region are applied by one thread in queue order; an entry
 /// that spans regions is a barrier (everything before it is written, then
 /// it, then what follows), so overlapping entries never reorder.
-fn write_batch(lower: &Arc<dyn BlockDevice>, batch: &[(u64, Arc<[u8]>)]) -> Option<DeviceError> {
+fn write_batch(
+    lower: &Arc<dyn BlockDevice>,
+    batch: &[(u64, Arc<[u8]>)],
+) -> Option<(u64, usize, DeviceError)> {
     let write = |(offset, data): &(u64, Arc<[u8]>)| {
         lower.write(data, *offset, false).map_err(|e| {
             log::error!("a queued master write at byte {offset} failed: {e}");
-            e
+            (*offset, data.len(), e)
         })
     };
     let threads = APPLY_THREADS.min(
@@ -425,7 +442,7 @@ fn write_batch(lower: &Arc<dyn BlockDevice>, batch: &[(u64, Arc<[u8]>)]) -> Opti
                 }
                 first
             };
-            let results: Vec<Option<DeviceError>> = std::thread::scope(|s| {
+            let results: Vec<Option<(u64, usize, DeviceError)>> = std::thread::scope(|s| {
                 let others: Vec<_> = (1..threads).map(|i| s.spawn(move || share(i))).collect();
                 let mut v = vec![share(0)];
                 v.extend(others.into_iter().map(|h| h.join().unwrap_or(None)));

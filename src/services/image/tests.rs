@@ -755,3 +755,46 @@ fn first_touches_are_acknowledged_before_their_commit_and_applied_after() {
         assert!(set.differs(c), "chunk {c} has its bit");
     }
 }
+
+/// A queued master write that fails on the master's device: the next flush
+/// returns the error (once, as an fsync does) and an event says so.
+#[test]
+fn a_failed_queued_write_is_returned_by_the_next_flush_and_told() {
+    use crate::device::testing::FaultyDevice;
+    use std::sync::atomic::Ordering;
+    let size = 256 << 10;
+    let faulty = Arc::new(FaultyDevice::new(mem(size)));
+    let master = vol_on("m", faulty.clone());
+    let shadow = vol_on("s", mem(size));
+    let bitmap = GatedFlush::new(mem(bitmap_bytes_for(size, CHUNK, Kind::Dependent)));
+    let events = Arc::new(parking_lot::Mutex::new(Vec::<(String, String)>::new()));
+    let seen = events.clone();
+    let notify: Notifier = Arc::new(move |kind, set, note| {
+        seen.lock()
+            .push((kind.to_owned(), format!("{set}: {}", note.text)));
+    });
+    let img = Imaging::default();
+    img.enable(
+        "set",
+        &master,
+        &shadow,
+        bitmap.clone(),
+        &opts(Kind::Dependent),
+        Some(notify),
+    )
+    .unwrap();
+    // Hold the commit so the write is queued, then make the device fail.
+    bitmap.set_closed(true);
+    master.write(&[5; 4096], 3 * CHUNK as u64, false).unwrap();
+    faulty.fail_writes.store(true, Ordering::SeqCst);
+    bitmap.set_closed(false);
+    assert!(master.flush().is_err(), "the flush returns the lost write");
+    faulty.fail_writes.store(false, Ordering::SeqCst);
+    master.flush().expect("reported once");
+    let ev = events.lock();
+    assert!(
+        ev.iter()
+            .any(|(k, d)| k == "image.master_write_failed" && d.starts_with("set: ")),
+        "events: {ev:?}"
+    );
+}

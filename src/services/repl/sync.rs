@@ -27,6 +27,11 @@ use std::time::{Duration, Instant};
 
 /// How often the link manager looks at its link.
 const MANAGER_TICK: Duration = Duration::from_millis(250);
+/// How often it probes a peer that did not answer while a sync waits for
+/// it: a sync starts within this (plus a connect and the handshake) of
+/// the peer answering again. A refused connect costs microseconds; one
+/// that times out costs the manager [`PROBE_TIMEOUT`] of its tick.
+const PROBE_TICK: Duration = Duration::from_millis(50);
 /// Autosync retries back off from the first to the last delay.
 const AUTOSYNC_BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const AUTOSYNC_BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -61,12 +66,17 @@ impl Replication {
                 let mut last_release = Instant::now();
                 let mut backoff = AUTOSYNC_BACKOFF_FIRST;
                 let mut next_try = Instant::now();
+                let mut tick = MANAGER_TICK;
+                let mut last_tick = Instant::now();
                 while !link.stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(MANAGER_TICK);
+                    std::thread::sleep(tick);
                     let Some(r) = weak.upgrade() else { return };
                     if r.stopping() {
                         return;
                     }
+                    // Between probes, only the probe runs: the rest of the
+                    // manager's work keeps its own pace.
+                    let full_tick = last_tick.elapsed() >= MANAGER_TICK;
                     let sets = link.sets();
                     let want = !link.is_up()
                         && !link.syncing.load(Ordering::SeqCst)
@@ -95,6 +105,15 @@ impl Replication {
                         backoff = (backoff * 2).min(AUTOSYNC_BACKOFF_MAX);
                         r.start_sync(&link, false, false);
                     }
+                    tick = if want && link.unreachable.load(Ordering::SeqCst) {
+                        PROBE_TICK
+                    } else {
+                        MANAGER_TICK
+                    };
+                    if !full_tick {
+                        continue;
+                    }
+                    last_tick = Instant::now();
                     if link.is_up() && !link.syncing.load(Ordering::SeqCst) {
                         for s in &sets {
                             if s.state() == SetState::Replicating {
