@@ -81,6 +81,24 @@ fn raise_fd_limit() {
     }
 }
 
+/// Keep freed I/O buffers in the allocator for the next request. The
+/// daemon's buffers are short-lived blocks of 64 KiB to a few MiB (resync
+/// chunks, NBD payloads, copy runs) allocated on one thread and freed on
+/// another; with glibc's defaults a free above its dynamic mmap threshold
+/// goes back to the kernel, or trims the heap, and the next allocation
+/// faults every page in and zeroes it again (a profile of a resync showed
+/// a quarter of the reader's time there). Allocations up to 8 MiB stay in
+/// the heap, which is trimmed only past 256 MiB of free space.
+fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets glibc malloc parameters; called once at
+    // start, before the daemon's threads allocate.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
 pub fn run(args: ServeArgs) -> i32 {
     let mut logger =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
@@ -118,6 +136,7 @@ pub fn run(args: ServeArgs) -> i32 {
         std::process::abort();
     }));
     raise_fd_limit();
+    tune_allocator();
     // Register before starting so a signal during start-up is not lost.
     let mut signals = match Signals::new([SIGTERM, SIGINT]) {
         Ok(s) => s,

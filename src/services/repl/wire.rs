@@ -138,8 +138,13 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame, WireError> {
     if len > MAX_PAYLOAD_BYTES {
         return malformed(format!("payload length {len} exceeds {MAX_PAYLOAD_BYTES}"));
     }
-    let mut payload = vec![0u8; len as usize];
-    r.read_exact(&mut payload)?;
+    // Read into spare capacity: no zeroing of a buffer about to be
+    // overwritten (a resync frame is 64 KiB).
+    let mut payload = Vec::with_capacity(len as usize);
+    r.take(len as u64).read_to_end(&mut payload)?;
+    if payload.len() != len as usize {
+        return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     let stored = u32::from_le_bytes(hdr[12..16].try_into().expect("4"));
     let crc = crc32c::crc32c_append(crc32c::crc32c(&hdr[..12]), &payload);
     if stored != crc {
