@@ -78,8 +78,18 @@ fn a_thousand_volumes_on_one_listener() {
         .map(|e| e["clients"].as_u64().unwrap())
         .sum();
     assert_eq!(connected, 300);
-    // Admin requests answer with all of it connected.
+    // Admin requests answer with all of it connected, through the CLI too
+    // (its replies are megabytes now: the CLI once refused any over 1 MiB).
     assert_eq!(admin.call("status", json!({}))["volumes"], VOLUMES);
+    for args in [&["volume", "list"][..], &["export", "list"], &["stats"]] {
+        let v = d.json(args);
+        let n = v
+            .as_array()
+            .or_else(|| v["volumes"].as_array())
+            .map(|a| a.len());
+        assert_eq!(n, Some(VOLUMES), "umbra {args:?}");
+    }
+    assert_eq!(d.json(&["status"])["volumes"], VOLUMES);
     for c in clients.drain(..) {
         c.disconnect();
     }

@@ -12,9 +12,13 @@
 #     the resync moved (the secondary's applied bytes), its throughput
 #     next to a plain TCP stream of those bytes;
 #  4. hybrid keep-up: writes per second the primary took under fio and
-#     the secondary applied in the same time, the lag left at the end.
+#     the secondary applied in the same time, the lag left at the end;
+#  5. the full stack: 4 KiB random writes at QD32 on a plain volume, then
+#     on the same volume with a write-through cache, a dependent shadow
+#     and hybrid replication to the second daemon, in one run; the ratio.
 #
 #   tools/bench-repl.sh
+#   ONLY=qd|sync|stack tools/bench-repl.sh   # section 1, 2-4 or 5 only
 #   RUNTIME=10 BENCH_DIR=/var/tmp tools/bench-repl.sh
 set -euo pipefail
 
@@ -90,7 +94,8 @@ p=w["clat_ns"]["percentile"]
 print(round(w["iops"]), round(p["50.000000"]/1000), round(p["99.000000"]/1000))'
 }
 
-if [ "${ONLY:-}" != sync ]; then
+want() { [ -z "${ONLY:-}" ] || [ "$ONLY" = "$1" ]; }
+if want qd; then
 echo "== 4k randwrite QD32, ${RUNTIME}s per run (IOPS, p50/p99 latency in µs)"
 n=0
 RESULTS=$WORK/results
@@ -128,6 +133,7 @@ print(f"  at 1 ms: hybrid p50 {h} µs = {h / a:.2f}x async's, sync's is {s / h:.
 PY
 fi
 
+if want sync; then
 echo "== update sync after 1% of a 4 GiB volume changed"
 A volume create big --size 4G >/dev/null
 B volume create big --size 4G >/dev/null
@@ -203,3 +209,22 @@ took, applied = (w1 - w0) / (t1 - t0), (b1 - b0) / (t1 - t0)
 print(f"  primary took {took:.0f} writes/s, the secondary applied {applied:.0f}/s ({applied / max(took, 1):.2f}x);"
       f" lag at the end {lag} writes, drained {(t2 - t1) * 1000:.0f} ms later")
 PY
+
+fi
+
+if want stack; then
+echo "== full stack: write-through cache + dependent shadow + hybrid replication, 4k randwrite QD32"
+A volume create f --size 1G >/dev/null
+B volume create f --size 1G >/dev/null
+A export nbd f --listen 127.0.0.1:0 >/dev/null
+read -r plain_iops plain_p50 plain_p99 <<<"$(run_fio "$(uri_of f)")"
+A cache enable f >/dev/null
+A image enable fsnap --master f --shadow f-snap --mode dependent >/dev/null
+A repl enable f --local f --peer "$B_ADDR" --remote f --mode hybrid --no-sync >/dev/null
+A repl wait f --timeout 30 >/dev/null
+read -r full_iops full_p50 full_p99 <<<"$(run_fio "$(uri_of f)")"
+cow=$(A stats f --json | field '["volumes"][0]["image"][0]["cow_chunks"]')
+echo "  plain volume:  $plain_iops IOPS (p50 $plain_p50 µs, p99 $plain_p99 µs)"
+echo "  full stack:    $full_iops IOPS (p50 $full_p50 µs, p99 $full_p99 µs); $(python3 -c "print(round($full_iops/$plain_iops, 2))")x the plain volume ($cow first touches copied on write)"
+A repl disable f >/dev/null
+fi

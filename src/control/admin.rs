@@ -29,6 +29,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Longest request line. The largest real request is a few hundred bytes;
 /// 1 MiB leaves room for later bulk requests and stops a flood.
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+/// Longest reply line a client reads. Replies grow with the daemon's
+/// objects (`status` of a thousand volumes is over a megabyte); this bound
+/// only stops a runaway peer on the socket, at tens of thousands of
+/// volumes.
+pub const MAX_REPLY_BYTES: usize = 256 << 20;
 /// Admin clients served at once.
 pub const MAX_ADMIN_CLIENTS: usize = 64;
 
@@ -273,22 +278,26 @@ fn write_line(w: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
     w.write_all(&line)
 }
 
-/// Read one line of at most `MAX_REQUEST_BYTES`. `Ok(None)` at a clean end
-/// of stream; an error for an oversized line.
-fn read_line(r: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<Option<()>> {
+/// Read one line of at most `limit` bytes (`what` names it in the error:
+/// a request, a reply). `Ok(None)` at a clean end of stream; an error for
+/// an oversized line.
+fn read_line(
+    r: &mut impl BufRead,
+    line: &mut Vec<u8>,
+    limit: usize,
+    what: &str,
+) -> io::Result<Option<()>> {
     line.clear();
-    let n = r
-        .take(MAX_REQUEST_BYTES as u64 + 1)
-        .read_until(b'\n', line)?;
+    let n = r.take(limit as u64 + 1).read_until(b'\n', line)?;
     if n == 0 {
         return Ok(None);
     }
-    // A last line without a newline is accepted as a request; only a line
-    // that ran into the limit is refused.
-    if line.last() != Some(&b'\n') && line.len() > MAX_REQUEST_BYTES {
+    // A last line without a newline is accepted; only a line that ran
+    // into the limit is refused.
+    if line.last() != Some(&b'\n') && line.len() > limit {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("request longer than {MAX_REQUEST_BYTES} bytes"),
+            format!("{what} longer than {limit} bytes"),
         ));
     }
     Ok(Some(()))
@@ -299,7 +308,7 @@ fn serve_client(stream: UnixStream, daemon: &Arc<Daemon>) -> io::Result<()> {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     loop {
-        match read_line(&mut reader, &mut line) {
+        match read_line(&mut reader, &mut line, MAX_REQUEST_BYTES, "request") {
             Ok(Some(())) => {}
             Ok(None) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
@@ -455,7 +464,7 @@ impl Client {
     /// Read the next line as a reply (or, after `events.follow`, an event).
     pub fn read_value(&mut self) -> io::Result<Option<Value>> {
         let mut line = Vec::new();
-        if read_line(&mut self.reader, &mut line)?.is_none() {
+        if read_line(&mut self.reader, &mut line, MAX_REPLY_BYTES, "reply")?.is_none() {
             return Ok(None);
         }
         serde_json::from_slice(&line)
