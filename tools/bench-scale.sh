@@ -7,7 +7,9 @@
 #  2. the daemon's threads and memory idle, then with one NBD client
 #     connected (handshake done, idle) to every volume, and the admin
 #     requests again with all of them connected;
-#  3. one 4 KiB write and read through every one of those clients.
+#  3. one 4 KiB write and read through every one of those clients;
+#  4. a restart: SIGTERM, then a new daemon until every volume is exported
+#     again and an NBD client reads from the last one.
 #
 #   tools/bench-scale.sh
 #   N=2000 BENCH_DIR=/var/tmp tools/bench-scale.sh
@@ -36,12 +38,12 @@ for _ in $(seq 100); do [ -S "$UMBRA_SOCKET" ] && break; sleep 0.1; done
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 
 ms() { python3 -c "import sys; print(round((int(sys.argv[2])-int(sys.argv[1]))/1e6, 2))" "$@"; }
-median_ms() { # command... -> median of 20 runs, in ms
+median_ms() { # command... -> "median/p99" of 20 runs, in ms (p99 of 20: the slowest)
   local t=()
   for _ in $(seq 20); do
     local a; a=$(date +%s%N); "$@" >/dev/null; t+=("$(ms "$a" "$(date +%s%N)")")
   done
-  python3 -c "import statistics,sys; print(statistics.median(map(float, sys.argv[1:])))" "${t[@]}"
+  python3 -c "import statistics,sys; v=sorted(map(float, sys.argv[1:])); print(f'{statistics.median(v):.1f}/{v[-1]:.1f}')" "${t[@]}"
 }
 threads() { awk '/^Threads/ {print $2}' "/proc/$PID/status"; }
 rss_mib() { awk '/^VmRSS/ {print int($2/1024)}' "/proc/$PID/status"; }
@@ -55,7 +57,7 @@ done
 t1=$(date +%s%N)
 echo "  create + export: $(python3 -c "print(round(($t1-$t0)/1e6/$N, 2))") ms per volume (two CLI calls, each persisting the configuration)"
 MID=v$(seq -w 0 $((N - 1)) | sed -n "$((N / 2 + 1))p")
-admin() {
+admin() { # median/p99 ms of each admin request, through the CLI (a process each)
   echo "  status $(median_ms "$UMBRA" status) ms, volume list $(median_ms "$UMBRA" volume list --json) ms," \
        "export list $(median_ms "$UMBRA" export list --json) ms, volume info $(median_ms "$UMBRA" volume info "$MID" --json) ms"
 }
@@ -105,3 +107,16 @@ for _ in $(seq 600); do [ -s "$WORK/ready" ] && break; sleep 0.1; done
 [ -s "$WORK/ready" ] || { echo "bench-scale: the clients did not all connect" >&2; exit 1; }
 echo "  daemon: $(threads) threads, $(rss_mib) MiB resident; each client wrote and read 4 KiB: $(cat "$WORK/ready") µs per request (one at a time)"
 admin
+
+echo "== restart with $N volumes and exports"
+kill "$HOLD" 2>/dev/null; wait "$HOLD" 2>/dev/null || true; HOLD=""
+t0=$(date +%s%N)
+kill "$PID"; wait "$PID" 2>/dev/null || true
+t1=$(date +%s%N)
+UMBRA_DATA_DIR=$WORK/data UMBRA_NO_DEFAULT=1 RUST_LOG=warn "$UMBRA" serve >/dev/null 2>>"$WORK/umbra.log" &
+PID=$!
+LAST=v$(seq -w 0 $((N - 1)) | tail -1)
+until nbdinfo --size "nbd://127.0.0.1:$PORT/$LAST" >/dev/null 2>&1; do sleep 0.01; done
+t2=$(date +%s%N)
+exported=$("$UMBRA" export list --json | python3 -c "import json,sys; print(len(json.load(sys.stdin)))")
+echo "  shutdown $(ms "$t0" "$t1") ms; start to the last volume served $(ms "$t1" "$t2") ms ($exported exports back)"

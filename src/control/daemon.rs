@@ -395,10 +395,11 @@ impl Daemon {
             }
             "volume.info" => {
                 let a: NameArgs = parse(op, args)?;
-                self.volume_list()
-                    .into_iter()
-                    .find(|v| v["name"] == a.name.as_str())
-                    .ok_or_else(|| no_volume(&a.name))
+                let st = self.state.lock();
+                if !st.volumes.contains_key(&a.name) {
+                    return Err(no_volume(&a.name));
+                }
+                Ok(volume_json(&st, &a.name))
             }
             "export.nbd" => self.export_nbd(parse(op, args)?),
             "export.ublk" => self.export_ublk(parse(op, args)?),
