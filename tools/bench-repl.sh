@@ -19,6 +19,8 @@
 #
 #   tools/bench-repl.sh
 #   ONLY=qd|sync|stack tools/bench-repl.sh   # section 1, 2-4 or 5 only
+#   UMBRA_REPL_TLS=always tools/bench-repl.sh # every link over TLS 1.3
+#                                             # (loopback is plain by default)
 #   RUNTIME=10 BENCH_DIR=/var/tmp tools/bench-repl.sh
 set -euo pipefail
 
