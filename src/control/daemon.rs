@@ -1529,8 +1529,21 @@ impl Daemon {
                 log::error!("ublk export of {name}: stop: {e}");
             }
         }
-        // No client writes any more: let the peers catch up, close links.
+        // No client writes any more. Flush every volume first (outside the
+        // lock: a replicated flush waits for its peers), so the writes an
+        // imaging layer still holds queued reach replication while its
+        // links are up; then let the peers catch up, close links.
+        let volumes: Vec<_> = st
+            .volumes
+            .values()
+            .filter_map(|e| e.volume.clone())
+            .collect();
         drop(st);
+        for v in volumes {
+            if let Err(e) = v.flush() {
+                log::error!("volume {}: flush at shutdown: {e}", v.name());
+            }
+        }
         self.cluster.stop();
         self.repl.shutdown();
         self.hooks.stop();
