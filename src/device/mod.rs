@@ -172,6 +172,13 @@ pub trait BlockDevice: Send + Sync {
     }
 }
 
+/// Runs shorter than this are read rather than asked about with
+/// [`BlockDevice::allocation`] (copy-on-write, resync): a hole query can
+/// walk far past a small run (tmpfs's SEEK_HOLE scans the page cache up to
+/// the next hole, the whole file when it has none), and a run that reads
+/// as zeroes still becomes a zeroing.
+pub const HOLE_QUERY_MIN_BYTES: u64 = 256 << 10;
+
 /// A run of [`BlockDevice::allocation`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {

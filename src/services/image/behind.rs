@@ -226,10 +226,13 @@ impl WriteBehind {
     /// The queued writes a read of `[offset, offset + len)` overlaps, in
     /// queue order. Taken before the read of the lower device.
     pub(super) fn snapshot(&self, offset: u64, len: u64) -> Overlay {
-        if !self.overlaps(offset, len) {
+        if self.idle() {
             return Overlay(Vec::new());
         }
         let q = self.shared.q.lock();
+        if !regions(offset, len).any(|r| q.regions.contains_key(&r)) {
+            return Overlay(Vec::new());
+        }
         let end = offset + len;
         Overlay(
             q.entries

@@ -217,9 +217,9 @@ impl BlockDevice for MasterDevice {
         let queue = match &owed {
             // Nothing owed: straight down unless a queued write is in the way.
             None => self.behind.overlaps(offset, len),
-            // A FUA write must be durable when acknowledged, and a write
-            // that restored a chunk fails if the restore's commit does.
-            Some(o) => !fua && !o.iter().any(|p| p.restored),
+            // A write that restored a chunk fails if the restore's commit
+            // does (and a FUA write must be durable when acknowledged).
+            Some(o) => !o.iter().any(|p| p.restored),
         };
         if !fua
             && queue

@@ -50,9 +50,6 @@ const LOCK_STRIPES: u64 = 1024;
 const ENGINE_COMMIT_CHUNKS: u64 = 256;
 /// Longest run of consecutive pending chunks the engine copies in one I/O.
 const ENGINE_RUN_BYTES: u64 = 1 << 20;
-/// Runs shorter than this are copied without asking the source which of
-/// their parts are holes (see `copy_chunks`); the engine's runs are longer.
-const ALLOCATION_QUERY_MIN_BYTES: u64 = 256 << 10;
 /// Bits per bitmap block written to the bitmap volume.
 const BITS_PER_BLOCK: u64 = BITMAP_BLOCK_BYTES * 8;
 
@@ -742,24 +739,17 @@ impl ImageSet {
         }
         let end = start + len as u64;
         let mut at = start;
-        // A small run (a first touch) is read, not asked about: a hole
-        // query may walk far past it (tmpfs's SEEK_HOLE scans the page
-        // cache up to the next hole, the whole file when it has none),
-        // and a run read as zeroes still becomes a zeroing below.
-        if (len as u64) < ALLOCATION_QUERY_MIN_BYTES {
-            at = end;
-            with_copy_buf(len, |buf| {
-                from.read(buf, start)?;
-                if is_zero(buf) {
-                    to.write_zeroes(start, len as u64, false)
-                } else {
-                    to.write(buf, start, false)
-                }
-            })?;
-        }
         while at < end {
-            // The answer may stop short of the range; ask again from there.
-            let runs = from.allocation(at, end - at)?;
+            // A small run (a first touch) is read, not asked about. The
+            // answer may stop short of the range; ask again from there.
+            let runs = if end - at < crate::device::HOLE_QUERY_MIN_BYTES {
+                vec![crate::device::Extent {
+                    len: end - at,
+                    hole: false,
+                }]
+            } else {
+                from.allocation(at, end - at)?
+            };
             if runs.is_empty() {
                 break;
             }

@@ -668,6 +668,30 @@ impl BlockDevice for GatedFlush {
     }
 }
 
+const GATED_SIZE: u64 = 256 << 10;
+
+/// A dependent set of a master on `master_dev` (`GATED_SIZE` bytes) whose
+/// bitmap volume's flushes can be held.
+fn gated_set(
+    master_dev: Arc<dyn BlockDevice>,
+    notify: Option<Notifier>,
+) -> (Imaging, Arc<Volume>, Arc<Volume>, Arc<GatedFlush>) {
+    let master = vol_on("m", master_dev);
+    let shadow = vol_on("s", mem(GATED_SIZE));
+    let bitmap = GatedFlush::new(mem(bitmap_bytes_for(GATED_SIZE, CHUNK, Kind::Dependent)));
+    let img = Imaging::default();
+    img.enable(
+        "set",
+        &master,
+        &shadow,
+        bitmap.clone(),
+        &opts(Kind::Dependent),
+        notify,
+    )
+    .unwrap();
+    (img, master, shadow, bitmap)
+}
+
 /// Run `f` on a thread; its result if it returns within `wait`.
 fn within<T: Send + 'static>(
     wait: Duration,
@@ -685,22 +709,10 @@ fn within<T: Send + 'static>(
 /// at once, a flush and a FUA write wait for the commit.
 #[test]
 fn first_touches_are_acknowledged_before_their_commit_and_applied_after() {
-    let size = 256 << 10;
-    let mb = mem(size);
-    mb.write(&pattern(1, 0, size as usize), 0, false).unwrap();
-    let master = vol_on("m", mb.clone());
-    let shadow = vol_on("s", mem(size));
-    let bitmap = GatedFlush::new(mem(bitmap_bytes_for(size, CHUNK, Kind::Dependent)));
-    let img = Imaging::default();
-    img.enable(
-        "set",
-        &master,
-        &shadow,
-        bitmap.clone(),
-        &opts(Kind::Dependent),
-        None,
-    )
-    .unwrap();
+    let mb = mem(GATED_SIZE);
+    mb.write(&pattern(1, 0, GATED_SIZE as usize), 0, false)
+        .unwrap();
+    let (img, master, shadow, bitmap) = gated_set(mb.clone(), None);
     let t0 = all(master.as_ref());
     bitmap.set_closed(true);
     let second = Duration::from_secs(5);
@@ -762,27 +774,14 @@ fn first_touches_are_acknowledged_before_their_commit_and_applied_after() {
 fn a_failed_queued_write_is_returned_by_the_next_flush_and_told() {
     use crate::device::testing::FaultyDevice;
     use std::sync::atomic::Ordering;
-    let size = 256 << 10;
-    let faulty = Arc::new(FaultyDevice::new(mem(size)));
-    let master = vol_on("m", faulty.clone());
-    let shadow = vol_on("s", mem(size));
-    let bitmap = GatedFlush::new(mem(bitmap_bytes_for(size, CHUNK, Kind::Dependent)));
+    let faulty = Arc::new(FaultyDevice::new(mem(GATED_SIZE)));
     let events = Arc::new(parking_lot::Mutex::new(Vec::<(String, String)>::new()));
     let seen = events.clone();
     let notify: Notifier = Arc::new(move |kind, set, note| {
         seen.lock()
             .push((kind.to_owned(), format!("{set}: {}", note.text)));
     });
-    let img = Imaging::default();
-    img.enable(
-        "set",
-        &master,
-        &shadow,
-        bitmap.clone(),
-        &opts(Kind::Dependent),
-        Some(notify),
-    )
-    .unwrap();
+    let (_img, master, _shadow, bitmap) = gated_set(faulty.clone(), Some(notify));
     // Hold the commit so the write is queued, then make the device fail.
     bitmap.set_closed(true);
     master.write(&[5; 4096], 3 * CHUNK as u64, false).unwrap();

@@ -768,10 +768,9 @@ impl ReplSet {
     /// that reads as zeroes, goes as a zeroing (no data bytes; the peer's
     /// file backend punches it).
     fn sync_run(self: &Arc<Self>, off: u64, len: u64) -> std::result::Result<u64, String> {
-        // A short run is read rather than asked about (a hole query can
-        // walk far past it: tmpfs scans up to the next hole); one that
-        // reads as zeroes still goes as a zeroing.
-        let hole = len >= HOLE_QUERY_MIN_BYTES
+        // A short run is read rather than asked about; one that reads as
+        // zeroes still goes as a zeroing.
+        let hole = len >= crate::device::HOLE_QUERY_MIN_BYTES
             && self
                 .with_lower(|d| d.allocation(off, len))
                 .is_ok_and(|runs| runs.len() == 1 && runs[0].hole && runs[0].len == len);
@@ -798,11 +797,6 @@ impl ReplSet {
         Ok(sent)
     }
 }
-
-/// Resync runs at least this long ask the device whether they are a hole
-/// before reading them (a scoreboard chunk is 64 KiB: only the larger
-/// chunks of a bigger `--chunk`).
-const HOLE_QUERY_MIN_BYTES: u64 = 256 << 10;
 
 /// Keeps a resync at its rate limit (`--sync-rate`): after each chunk it
 /// sleeps for as long as the bytes sent since the rate was last set are
