@@ -9,7 +9,7 @@
 mod common;
 
 use common::nbd::NbdClient;
-use common::{free_port, Daemon};
+use common::{free_port, require_tool, scribble, sha, Daemon};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -149,4 +149,109 @@ fn a_full_listener_closes_the_clients_past_its_limit_and_counts_them() {
     let c = NbdClient::connect(&addr, "v");
     assert_eq!(c.size, 1 << 20);
     c.disconnect();
+}
+
+/// The threads of process `pid` whose names start with `repl`.
+fn repl_threads(pid: i32) -> Vec<String> {
+    let mut names = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(n) = std::fs::read_to_string(t.path().join("comm")) {
+            if n.starts_with("repl") {
+                names.push(n.trim().to_owned());
+            }
+        }
+    }
+    names.sort();
+    names
+}
+
+/// Idle replication links cost about one thread per side: a primary with
+/// `LINKS` sets (each its own link) replicating to one secondary, after
+/// every set took writes and went quiet again, runs one receiver per link
+/// plus a fixed few (manager, heartbeats, listener); the secondary one
+/// reader per link plus the same few. (A sender, a receiver and a manager
+/// per link on the primary, and a reader, a heartbeat and four apply
+/// workers per link on the secondary, were the old design's.) A write
+/// after the quiet spell still replicates: the sender and the workers
+/// come back with work.
+#[test]
+fn idle_replication_links_keep_one_thread_per_side() {
+    use common::repl::{enable_args, leg, mesh, settle};
+    const LINKS: usize = 12;
+    const FIXED: usize = 4;
+    require_tool("nbdcopy");
+    let [(a, _), (b, b_addr)] = mesh(["a", "b"], "scale-test-secret-0123456789");
+    for d in [&a, &b] {
+        for i in 0..LINKS {
+            d.ok(&["volume", "create", &format!("v{i}"), "--size", "32M"]);
+        }
+    }
+    for i in 0..LINKS {
+        let (set, vol) = (format!("s{i}"), format!("v{i}"));
+        a.ok(&enable_args(
+            &set,
+            &vol,
+            &b_addr,
+            &vol,
+            "hybrid",
+            &["--no-sync"],
+        ));
+    }
+    for i in 0..LINKS {
+        let vol = format!("v{i}");
+        a.export_nbd(&vol);
+        scribble(&a.addr_of(&vol), &vol, 16, i as u8);
+    }
+    let connects: Vec<_> = (0..LINKS)
+        .map(|i| leg(&settle(&a, &format!("s{i}")), "b")["connects"].clone())
+        .collect();
+    // Quiet: senders and apply workers end after 2 s idle, round threads
+    // after 10 s without a round.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (mut pa, mut pb);
+    loop {
+        pa = repl_threads(a.pid());
+        pb = repl_threads(b.pid());
+        let quiet = pa.len() <= LINKS + FIXED && pb.len() <= LINKS + FIXED;
+        if quiet {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle links kept their threads: primary {} {pa:?}, secondary {} {pb:?}",
+            pa.len(),
+            pb.len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    eprintln!(
+        "{LINKS} idle links: primary {} repl threads {pa:?}; secondary {} {pb:?}",
+        pa.len(),
+        pb.len()
+    );
+    let receivers = pa.iter().filter(|n| n.starts_with("repl-recv")).count();
+    assert_eq!(receivers, LINKS, "one receiver per link: {pa:?}");
+    assert!(
+        !pa.iter().any(|n| n.starts_with("repl-send")),
+        "no sender on an idle link: {pa:?}"
+    );
+    assert!(
+        !pb.iter().any(|n| n.starts_with("repl-apply")),
+        "no apply worker on an idle link: {pb:?}"
+    );
+    // Still connected and still replicating after the quiet spell.
+    for i in 0..LINKS {
+        let vol = format!("v{i}");
+        scribble(&a.addr_of(&vol), &vol, 8, 100 + i as u8);
+    }
+    for (i, before) in connects.iter().enumerate() {
+        let v = settle(&a, &format!("s{i}"));
+        assert_eq!(&leg(&v, "b")["connects"], before, "the link stayed up: {v}");
+        let vol = format!("v{i}");
+        b.export_nbd(&vol);
+        assert_eq!(sha(&a.uri_of(&vol)), sha(&b.uri_of(&vol)), "{vol}");
+    }
 }

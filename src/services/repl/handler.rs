@@ -244,13 +244,7 @@ impl Replication {
                 self.check_from_primary(peer, &set)?;
                 e.set.primary_lag_bytes.store(lag_bytes, Ordering::Relaxed);
                 e.set.primary_lag_ms.store(lag_ms, Ordering::Relaxed);
-                e.set.last_contact_ms.store(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_millis() as u64)
-                        .unwrap_or(0),
-                    Ordering::Relaxed,
-                );
+                e.set.contact();
                 let reply = MarkReply {
                     session: e.set.session,
                     epoch: e.set.mark(),

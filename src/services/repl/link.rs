@@ -1,6 +1,13 @@
 //! The primary's side of one replication connection: the ordered queue of
 //! replicated writes of one consistency group, the sender and receiver
-//! threads, heartbeats, and what happens when the link drops.
+//! threads, and what happens when the link drops.
+//!
+//! Threads: the receiver runs as long as the connection does (it is what
+//! notices a silent peer). The sender runs only while there is something
+//! to send: the first write queued after it ended starts it again, and it
+//! ends after [`SENDER_IDLE`] with an empty queue, so an idle link costs
+//! one thread. Heartbeats go out from the process's one heartbeat thread
+//! (heartbeat.rs) through the same writer the sender uses.
 //!
 //! Every replicated write gets its sequence number (and, in hybrid mode,
 //! its group number) under the queue lock, in the order it is sent; that
@@ -17,15 +24,16 @@
 //! update sync resends them), sync writers wake with an error, and every
 //! set of the group drops to logging together.
 
+use super::heartbeat::{self, LinkWriter};
 use super::set::ReplSet;
 use super::wire::{self, FrameType, WireError};
 use super::{Mode, NodeCtx, QueueFull, MAX_GROUP_WRITES};
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::VecDeque;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 /// How a sync-mode writer learns its write's fate: the completion stores
@@ -84,6 +92,11 @@ struct Queue {
     epoch: u64,
     up: bool,
     down_reason: Option<String>,
+    /// Connection generation whose sender runs (0: none). Set by the
+    /// `enqueue` that starts a sender, cleared by the sender as it ends,
+    /// both under this lock: a queued item never waits for a sender that
+    /// decided to end.
+    sender_epoch: u64,
 }
 
 pub struct QueueLimits {
@@ -127,8 +140,15 @@ pub struct Link {
     group_open: AtomicBool,
     limits: QueueLimits,
     conn: Mutex<Option<TcpStream>>,
+    /// The connection's writer (sender and heartbeats), while connected.
+    writer: Mutex<Option<LinkWriter>>,
+    /// This link, for the sender `enqueue` starts.
+    me: Weak<Link>,
     pub stats: LinkStats,
     pub stop: AtomicBool,
+    /// Set by `Replication::manage`: the link manager starts its care of
+    /// this link afresh (manager.rs).
+    pub rearm: AtomicBool,
     /// A sync of this group is running (one at a time).
     pub syncing: AtomicBool,
     /// The last sync could not connect to the peer: the link manager
@@ -142,8 +162,12 @@ pub struct Link {
 /// length, flags, data.
 type Outgoing = (u32, u64, u64, u64, u32, u32, Option<Arc<Vec<u8>>>);
 
-pub const HEARTBEAT: Duration = Duration::from_millis(500);
 const SEND_BATCH: usize = 128;
+/// The sender ends after this long with nothing to send. Long enough that
+/// a writer pausing between bursts keeps its sender (starting one costs a
+/// thread spawn, tens of microseconds, on the next write), short enough
+/// that idle links give their threads back soon.
+pub const SENDER_IDLE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct Down(pub String);
@@ -156,8 +180,8 @@ impl Link {
         mode: Mode,
         timeout: Duration,
         limits: QueueLimits,
-    ) -> Link {
-        Link {
+    ) -> Arc<Link> {
+        Arc::new_cyclic(|me| Link {
             group: group.to_owned(),
             peer_addr: peer_addr.to_owned(),
             mode,
@@ -175,6 +199,7 @@ impl Link {
                 epoch: 0,
                 up: false,
                 down_reason: Some("not connected yet".into()),
+                sender_epoch: 0,
             }),
             cv_send: Condvar::new(),
             cv_space: Condvar::new(),
@@ -182,12 +207,15 @@ impl Link {
             group_open: AtomicBool::new(false),
             limits,
             conn: Mutex::new(None),
+            writer: Mutex::new(None),
+            me: me.clone(),
             stats: LinkStats::default(),
             stop: AtomicBool::new(false),
+            rearm: AtomicBool::new(false),
             syncing: AtomicBool::new(false),
             unreachable: AtomicBool::new(false),
             peer_node: Mutex::new(None),
-        }
+        })
     }
 
     pub fn sets(&self) -> Vec<Arc<ReplSet>> {
@@ -337,9 +365,33 @@ impl Link {
             enqueued: Instant::now(),
             acked: false,
         });
+        let start = q.sender_epoch != q.epoch;
+        if start {
+            q.sender_epoch = q.epoch;
+        }
+        let epoch = q.epoch;
         drop(q);
-        self.cv_send.notify_one();
+        if start {
+            self.start_sender(epoch);
+        } else {
+            self.cv_send.notify_one();
+        }
         Ok(seq)
+    }
+
+    /// Start the sender of connection generation `epoch` (the caller set
+    /// `sender_epoch`). A failure to start it takes the link down: the
+    /// queued items fail and their chunks go out of sync.
+    fn start_sender(&self, epoch: u64) {
+        let (Some(me), Some(w)) = (self.me.upgrade(), self.writer.lock().clone()) else {
+            return; // closing, or the connection is gone already
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("repl-send-{}", self.group))
+            .spawn(move || me.sender(epoch, w));
+        if let Err(e) = spawned {
+            self.down(epoch, &format!("starting the sender: {e}"));
+        }
     }
 
     /// A write completed locally (seed 001: the next write opens a group).
@@ -416,6 +468,7 @@ impl Link {
             .set_read_timeout(Some(self.timeout))
             .map_err(|e| e.to_string())?;
         let send_stream = stream.try_clone().map_err(|e| e.to_string())?;
+        *self.writer.lock() = Some(heartbeat::writer(send_stream, 1 << 20));
         let epoch = {
             let mut q = self.q.lock();
             q.epoch += 1;
@@ -430,34 +483,32 @@ impl Link {
         self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
         let me = self.clone();
         std::thread::Builder::new()
-            .name(format!("repl-send-{}", self.group))
-            .spawn(move || me.sender(epoch, send_stream))
-            .map_err(|e| e.to_string())?;
-        let me = self.clone();
-        std::thread::Builder::new()
             .name(format!("repl-recv-{}", self.group))
             .spawn(move || me.receiver(epoch, stream))
             .map_err(|e| e.to_string())?;
         Ok(())
     }
 
-    fn sender(self: Arc<Self>, epoch: u64, stream: TcpStream) {
-        let mut w = BufWriter::with_capacity(1 << 20, stream);
+    fn sender(self: Arc<Self>, epoch: u64, w: LinkWriter) {
         let mut batch: Vec<Outgoing> = Vec::with_capacity(SEND_BATCH);
         loop {
-            let mut heartbeat = false;
             {
                 let mut q = self.q.lock();
                 loop {
                     if q.epoch != epoch || !q.up {
+                        if q.sender_epoch == epoch {
+                            q.sender_epoch = 0;
+                        }
                         return;
                     }
                     if q.unsent < q.items.len() {
                         break;
                     }
-                    if self.cv_send.wait_for(&mut q, HEARTBEAT).timed_out() {
-                        heartbeat = true;
-                        break;
+                    if self.cv_send.wait_for(&mut q, SENDER_IDLE).timed_out()
+                        && q.unsent >= q.items.len()
+                    {
+                        q.sender_epoch = 0;
+                        return;
                     }
                 }
                 let end = (q.unsent + SEND_BATCH).min(q.items.len());
@@ -476,13 +527,11 @@ impl Link {
                 q.unsent = end;
             }
             let res = (|| -> Result<(), WireError> {
-                if heartbeat && batch.is_empty() {
-                    wire::write_frame(&mut w, FrameType::Heartbeat, &[])?;
-                }
+                let mut w = w.lock();
                 for (set, seq, group, off, len, flags, data) in batch.drain(..) {
                     let fields = wire::write_fields(set, seq, group, off, len, flags);
                     let body: &[u8] = data.as_deref().map(|d| d.as_slice()).unwrap_or(&[]);
-                    wire::write_frame_parts(&mut w, FrameType::Write, &[&fields, body])?;
+                    wire::write_frame_parts(&mut *w, FrameType::Write, &[&fields, body])?;
                     self.stats.sent_writes.fetch_add(1, Ordering::Relaxed);
                 }
                 w.flush()?;
@@ -605,6 +654,7 @@ impl Link {
         if let Some(c) = self.conn.lock().take() {
             let _ = c.shutdown(Shutdown::Both);
         }
+        self.writer.lock().take();
         for it in &items {
             complete(it, false);
         }

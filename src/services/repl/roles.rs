@@ -94,7 +94,7 @@ impl Replication {
                 s.suspended.store(false, Ordering::SeqCst);
                 s.set_peer_lost(true);
             }
-            self.spawn_link_manager(link.clone());
+            self.manage(&link);
         };
         let reply = match peer::request(
             &self.ctx,

@@ -106,6 +106,9 @@ pub struct Replication {
     pub(super) outdater: Arc<OnceLock<super::Outdater>>,
     host: OnceLock<Weak<dyn Host>>,
     me: Weak<Replication>,
+    /// The link manager thread runs (manager.rs; started with the first
+    /// link).
+    pub(super) manager_started: std::sync::atomic::AtomicBool,
 }
 
 /// Names held by one operation; released on drop.
@@ -162,6 +165,7 @@ impl Replication {
             outdater: Arc::new(OnceLock::new()),
             host: OnceLock::new(),
             me: me.clone(),
+            manager_started: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -489,7 +493,7 @@ impl Replication {
             let l = links
                 .entry(id.clone())
                 .or_insert_with(|| {
-                    let l = Arc::new(Link::new(
+                    let l = Link::new(
                         self.ctx.clone(),
                         &key,
                         &c.peer,
@@ -502,14 +506,14 @@ impl Replication {
                             max_lag_bytes: c.max_lag_bytes,
                             max_lag: c.max_lag_ms.map(Duration::from_millis),
                         },
-                    ));
+                    );
                     fresh = Some(l.clone());
                     l
                 })
                 .clone();
             drop(links);
             if let Some(l) = fresh {
-                self.spawn_link_manager(l);
+                self.manage(&l);
             }
             l
         };

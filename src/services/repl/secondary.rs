@@ -16,15 +16,17 @@
 //! before we did), so writes are applied as they come and acknowledged
 //! one by one.
 
+use super::heartbeat::{self, LinkWriter};
+use super::pool::LazyPool;
 use super::scoreboard::Scoreboard;
 use super::wire::{self, FrameType, WireError, WriteFrame};
 use super::Mode;
 use crate::device::{BlockDevice, DeviceError, Result};
 use crate::interposer::Service;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,6 +35,9 @@ use std::time::Duration;
 /// Name of the guard layer in a secondary volume's stack.
 pub const SECONDARY_LAYER: &str = "repl-secondary";
 const WORKERS: usize = 4;
+/// An apply worker ends after this long without a write (an idle link
+/// keeps none; a busy one keeps its workers between bursts).
+const WORKER_IDLE: Duration = Duration::from_secs(2);
 /// Writes dispatched to the apply workers and not yet collected (sync
 /// mode; the ordered modes keep at most `WORKERS`). A sync-mode primary
 /// has at most its link window in flight; 64 keeps the four workers busy
@@ -263,6 +268,16 @@ impl SecondarySet {
         let _ = self.scoreboard.make_durable_each(chunks.into_iter());
     }
 
+    /// The primary was heard from just now (a heartbeat, a release round):
+    /// what `repl status` shows as the last contact.
+    pub fn contact(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.last_contact_ms.store(now, Ordering::Relaxed);
+    }
+
     /// Release round, step 1: writes received from now on belong to a new
     /// epoch; returns the one that closed.
     pub fn mark(&self) -> u32 {
@@ -331,7 +346,7 @@ impl LinkTable {
     }
 }
 
-type AckWriter = Arc<Mutex<BufWriter<TcpStream>>>;
+type AckWriter = LinkWriter;
 
 fn send(w: &AckWriter, kind: FrameType, payload: &[u8]) -> std::result::Result<(), WireError> {
     let mut g = w.lock();
@@ -349,70 +364,49 @@ pub fn serve_link(
     timeout: Duration,
 ) -> String {
     let _ = stream.set_read_timeout(Some(timeout));
+    // Heartbeats from this side (so the primary notices a dead secondary)
+    // go out through this writer from the process's heartbeat thread.
     let writer: AckWriter = match stream.try_clone() {
-        Ok(s) => Arc::new(Mutex::new(BufWriter::new(s))),
+        Ok(s) => heartbeat::writer(s, 8 << 10),
         Err(e) => return e.to_string(),
     };
     for s in sets.iter().flatten() {
         s.connected.store(true, Ordering::SeqCst);
+        s.contact();
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    // Heartbeats from this side, so the primary notices a dead secondary.
-    let hb = {
-        let writer = writer.clone();
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("repl-heartbeat".into())
-            .spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(super::link::HEARTBEAT);
-                    if send(&writer, FrameType::Heartbeat, &[]).is_err() {
-                        return;
-                    }
-                }
-            })
-            .ok()
-    };
     // Bounded both ways: at most MAX_APPLYING writes are dispatched and
     // not yet reaped (sync mode waits for one before it dispatches more;
     // the ordered modes keep at most WORKERS), so neither send can block
     // on a full channel while the other side waits.
-    let (job_tx, job_rx) =
-        crossbeam_channel::bounded::<(Arc<SecondarySet>, WriteFrame)>(MAX_APPLYING);
+    // The workers start with the first write dispatched to them and end
+    // when the link is idle (pool.rs); the reader collects their results.
     let (done_tx, done_rx) =
         crossbeam_channel::bounded::<(u64, std::result::Result<(), String>)>(MAX_APPLYING);
-    let mut workers = Vec::new();
-    for i in 0..WORKERS {
-        let job_rx = job_rx.clone();
-        let done_tx = done_tx.clone();
+    let job_tx = {
         let writer = writer.clone();
-        workers.push(
-            std::thread::Builder::new()
-                .name(format!("repl-apply-{i}"))
-                .spawn(move || {
-                    for (set, w) in job_rx {
-                        let r = set.apply(&w).map_err(|e| {
-                            format!("set {}: applying write {}: {e}", set.name, w.seq)
-                        });
-                        if mode == Mode::Sync {
-                            // Acknowledged one by one, as soon as applied.
-                            match &r {
-                                Ok(()) => {
-                                    let _ =
-                                        send(&writer, FrameType::Ack, &wire::encode_ack(w.seq, 0));
-                                }
-                                Err(e) => {
-                                    let _ = send(&writer, FrameType::Error, e.as_bytes());
-                                }
-                            }
+        LazyPool::new(
+            "repl-apply",
+            WORKERS,
+            WORKER_IDLE,
+            move |(set, w): (Arc<SecondarySet>, WriteFrame)| {
+                let r = set
+                    .apply(&w)
+                    .map_err(|e| format!("set {}: applying write {}: {e}", set.name, w.seq));
+                if mode == Mode::Sync {
+                    // Acknowledged one by one, as soon as applied.
+                    match &r {
+                        Ok(()) => {
+                            let _ = send(&writer, FrameType::Ack, &wire::encode_ack(w.seq, 0));
                         }
-                        let _ = done_tx.send((w.seq, r));
+                        Err(e) => {
+                            let _ = send(&writer, FrameType::Error, e.as_bytes());
+                        }
                     }
-                })
-                .expect("spawn an apply worker"),
-        );
-    }
-    drop(done_tx);
+                }
+                let _ = done_tx.send((w.seq, r));
+            },
+        )
+    };
     let sets_all: Vec<Arc<SecondarySet>> = sets.iter().flatten().cloned().collect();
     let mut ordered = Ordered {
         job_tx: &job_tx,
@@ -455,7 +449,12 @@ pub fn serve_link(
             Err(e) => break e.to_string(),
         };
         match f.kind {
-            FrameType::Heartbeat => continue,
+            FrameType::Heartbeat => {
+                for s in &sets_all {
+                    s.contact();
+                }
+                continue;
+            }
             FrameType::Write => {}
             other => {
                 let m = format!("malformed: unexpected {other:?} frame on a data link");
@@ -511,11 +510,7 @@ pub fn serve_link(
         } else {
             overlaps
                 .admit(&done_rx, &w)
-                .and_then(|()| {
-                    job_tx
-                        .send((set, w))
-                        .map_err(|_| "the workers stopped".to_string())
-                })
+                .and_then(|()| job_tx.send((set, w)))
                 .and_then(|()| overlaps.reap(&done_rx))
         };
         if let Err(e) = r {
@@ -530,15 +525,8 @@ pub fn serve_link(
     } else {
         Ok(())
     };
-    drop(job_tx);
-    for w in workers {
-        let _ = w.join();
-    }
-    stop.store(true, Ordering::SeqCst);
+    job_tx.close();
     let _ = stream.shutdown(Shutdown::Both);
-    if let Some(h) = hb {
-        let _ = h.join();
-    }
     for s in sets.iter().flatten() {
         s.connected.store(false, Ordering::SeqCst);
     }
@@ -557,7 +545,7 @@ pub fn serve_link(
 /// volume was flushed when the group carried a flush). Frames after it are
 /// not even read meanwhile.
 struct Ordered<'a> {
-    job_tx: &'a Sender<(Arc<SecondarySet>, WriteFrame)>,
+    job_tx: &'a LazyPool<(Arc<SecondarySet>, WriteFrame)>,
     done_rx: &'a Receiver<(u64, std::result::Result<(), String>)>,
     writer: &'a AckWriter,
     sets: &'a [Arc<SecondarySet>],
@@ -595,9 +583,7 @@ impl Ordered<'_> {
         }
         if !self.inline_only && same_group_follows && self.outstanding < WORKERS {
             self.outstanding += 1;
-            self.job_tx
-                .send((set, w))
-                .map_err(|_| "the workers stopped".to_string())?;
+            self.job_tx.send((set, w))?;
         } else {
             set.apply(&w)
                 .map_err(|e| format!("set {}: applying write {}: {e}", set.name, w.seq))?;

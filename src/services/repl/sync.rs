@@ -23,136 +23,13 @@ use super::set::ReplSet;
 use super::SetState;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// How often the link manager looks at its link.
-const MANAGER_TICK: Duration = Duration::from_millis(250);
-/// How often it probes a peer that did not answer while a sync waits for
-/// it: a sync starts within this (plus a connect and the handshake) of
-/// the peer answering again. A refused connect costs microseconds; one
-/// that times out costs the manager [`PROBE_TIMEOUT`] of its tick.
-const PROBE_TICK: Duration = Duration::from_millis(50);
-/// Autosync retries back off from the first to the last delay.
-const AUTOSYNC_BACKOFF_FIRST: Duration = Duration::from_millis(250);
-const AUTOSYNC_BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Idle in-sync chunks lose their scoreboard bit about this often.
-const CLEAN_INTERVAL: Duration = Duration::from_secs(1);
-/// A replicating secondary is told which of its marked chunks every
-/// member holds (a release round) about this often: its bitmap then
-/// covers about the last second of writes, which a re-attach after a
-/// promotion compares.
-const RELEASE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Whether something accepts TCP connections at `addr` within
-/// [`PROBE_TIMEOUT`] (the peer's listener closes the connection quietly).
-fn answers(addr: &str) -> bool {
-    use std::net::ToSocketAddrs;
-    addr.to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|sa| std::net::TcpStream::connect_timeout(&sa, PROBE_TIMEOUT).is_ok())
-}
-
-/// How long the link manager's reachability probe waits for a connect.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
 
 impl Replication {
-    pub(super) fn spawn_link_manager(&self, link: Arc<Link>) {
-        let weak = self.me();
-        let _ = std::thread::Builder::new()
-            .name(format!("repl-mgr-{}", link.group))
-            .spawn(move || {
-                let mut last_clean = Instant::now();
-                let mut last_release = Instant::now();
-                let mut backoff = AUTOSYNC_BACKOFF_FIRST;
-                let mut next_try = Instant::now();
-                let mut tick = MANAGER_TICK;
-                let mut last_tick = Instant::now();
-                while !link.stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(tick);
-                    let Some(r) = weak.upgrade() else { return };
-                    if r.stopping() {
-                        return;
-                    }
-                    // Between probes, only the probe runs: the rest of the
-                    // manager's work keeps its own pace.
-                    let full_tick = last_tick.elapsed() >= MANAGER_TICK;
-                    let sets = link.sets();
-                    let want = !link.is_up()
-                        && !link.syncing.load(Ordering::SeqCst)
-                        && sets.iter().any(|s| {
-                            s.peer_lost()
-                                && s.autosync
-                                && !s.suspended.load(Ordering::SeqCst)
-                                && matches!(s.state(), SetState::Logging | SetState::NeedSync)
-                        });
-                    if link.is_up() {
-                        backoff = AUTOSYNC_BACKOFF_FIRST;
-                        link.unreachable.store(false, Ordering::SeqCst);
-                    }
-                    // Waiting out a retry because the peer did not answer:
-                    // a connect (no handshake) tells when it is back, so a
-                    // sync starts within a tick of the link returning.
-                    if want
-                        && Instant::now() < next_try
-                        && link.unreachable.load(Ordering::SeqCst)
-                        && answers(&link.peer_addr)
-                    {
-                        next_try = Instant::now();
-                    }
-                    if want && Instant::now() >= next_try {
-                        next_try = Instant::now() + backoff;
-                        backoff = (backoff * 2).min(AUTOSYNC_BACKOFF_MAX);
-                        r.start_sync(&link, false, false);
-                    }
-                    tick = if want && link.unreachable.load(Ordering::SeqCst) {
-                        PROBE_TICK
-                    } else {
-                        MANAGER_TICK
-                    };
-                    if !full_tick {
-                        continue;
-                    }
-                    last_tick = Instant::now();
-                    if link.is_up() && !link.syncing.load(Ordering::SeqCst) {
-                        for s in &sets {
-                            if s.state() == SetState::Replicating {
-                                r.adopt_round(&link, s);
-                            }
-                        }
-                        if last_release.elapsed() > RELEASE_INTERVAL {
-                            last_release = Instant::now();
-                            for s in &sets {
-                                if s.state() == SetState::Replicating {
-                                    if let Err(e) = r.release_round(&link, s) {
-                                        log::debug!(
-                                            "replication set {}: release round with {}: {e}",
-                                            s.name,
-                                            s.peer_node
-                                        );
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    if last_clean.elapsed() > CLEAN_INTERVAL {
-                        last_clean = Instant::now();
-                        for s in &sets {
-                            if let Err(e) = s.scoreboard.clean() {
-                                log::error!("replication set {}: scoreboard: {e}", s.name);
-                                s.set_state(SetState::Failed, &format!("scoreboard: {e}"));
-                            }
-                        }
-                    }
-                }
-            });
-    }
-
     /// The volume started a new generation while this leg replicated (a
     /// sibling lost its secondary): this leg's secondary holds every write
     /// of it, so it adopts it and the leg agrees again. Until then a
     /// comparison with that secondary would take it for older data.
-    fn adopt_round(&self, link: &Link, s: &Arc<ReplSet>) {
+    pub(super) fn adopt_round(&self, link: &Link, s: &Arc<ReplSet>) {
         let g = s.scoreboard.generations();
         if g.agreed == g.current {
             return;
@@ -185,8 +62,9 @@ impl Replication {
     /// One release round with this leg's secondary: it closes an epoch
     /// and names the chunks it holds marked; those the same on every
     /// member right now (no leg has them out of sync, pending or in
-    /// flight) are released, if written in that epoch or before.
-    fn release_round(&self, link: &Link, s: &Arc<ReplSet>) -> Result<(), String> {
+    /// flight) are released, if written in that epoch or before. `true`:
+    /// the secondary holds no marked chunk any more.
+    pub(super) fn release_round(&self, link: &Link, s: &Arc<ReplSet>) -> Result<bool, String> {
         let mut session = peer::Session::open(&self.ctx, &link.peer_addr)?;
         let (_, lag_bytes, age) = link.lag();
         let (v, bits) = session.call(&PeerRequest::Mark {
@@ -194,19 +72,24 @@ impl Replication {
             lag_bytes,
             lag_ms: (age * 1000.0) as u64,
         })?;
-        let Some(bits) = bits else { return Ok(()) };
+        let Some(bits) = bits else { return Ok(true) };
         let mark: MarkReply =
             serde_json::from_value(v).map_err(|e| format!("malformed mark reply: {e}"))?;
         let legs = s.legs().ok_or("the set is gone")?;
         let chunks = s.scoreboard.chunks();
         let mut runs: Vec<[u64; 2]> = Vec::new();
+        let mut kept = false;
         for (w, word) in bits.chunks(8).enumerate() {
             let mut word = u64::from_le_bytes(word.try_into().map_err(|_| "short bitmap")?);
             while word != 0 {
                 let b = word.trailing_zeros() as u64;
                 word &= word - 1;
                 let c = w as u64 * 64 + b;
-                if c >= chunks || !legs.quiet(c) {
+                if c >= chunks {
+                    continue;
+                }
+                if !legs.quiet(c) {
+                    kept = true;
                     continue;
                 }
                 match runs.last_mut() {
@@ -216,7 +99,7 @@ impl Replication {
             }
         }
         if runs.is_empty() {
-            return Ok(());
+            return Ok(!kept);
         }
         session.call(&PeerRequest::Release {
             set: s.name.clone(),
@@ -224,7 +107,7 @@ impl Replication {
             epoch: mark.epoch,
             runs,
         })?;
-        Ok(())
+        Ok(!kept)
     }
 
     /// Start a forward sync of the link's group in the background.

@@ -155,14 +155,14 @@ fn fleet(secondaries: Vec<(Mode, Arc<dyn BlockDevice>, Option<QueueLimits>)>) ->
             .as_ref()
             .map(|p| p.addr.clone())
             .unwrap_or(listener.addr.clone());
-        let link = Arc::new(Link::new(
+        let link = Link::new(
             ctx("a", &node),
             "set",
             &target,
             mode,
             Duration::from_secs(2),
             via_proxy.unwrap_or_else(default_limits),
-        ));
+        );
         let sb_dev: Arc<dyn BlockDevice> =
             Arc::new(MemoryBackend::new(file_bytes_for(size, 4096 * 16)));
         let sb =
