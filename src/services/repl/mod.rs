@@ -13,7 +13,10 @@
 //! * `wire.rs`: frames, WRITE/ACK payloads, the mutual HMAC handshake.
 //! * `scoreboard.rs`: the persistent out-of-sync bitmap.
 //! * `link.rs`: the primary side of a connection: ordering, queue, acks,
-//!   heartbeats, link loss.
+//!   link loss; its sender runs only while there is something to send.
+//! * `heartbeat.rs`: one thread sends every link end's heartbeats.
+//! * `manager.rs`: one link manager per daemon (autosync, probes, rounds).
+//! * `pool.rs`: threads that exist only while there is work.
 //! * `set.rs`: a primary set: its layer (the write path) and the resync.
 //! * `secondary.rs`: the guard layer and the ordered applier.
 //! * `peer.rs`: dialling, control requests, the listener.
