@@ -78,6 +78,12 @@ fn a_thousand_volumes_on_one_listener() {
         .map(|e| e["clients"].as_u64().unwrap())
         .sum();
     assert_eq!(connected, 300);
+    // Quiet, the 300 clients give their threads back, and each is served
+    // again by its next request.
+    wait_no_threads(d.pid(), "nbd-conn", "300 quiet clients kept their threads");
+    for (i, c) in clients.iter_mut().enumerate().rev() {
+        assert_eq!(c.read(4096, 4096).unwrap(), vec![(i % 250) as u8 + 1; 4096]);
+    }
     // Admin requests answer with all of it connected, through the CLI too
     // (its replies are megabytes now: the CLI once refused any over 1 MiB).
     assert_eq!(admin.call("status", json!({}))["volumes"], VOLUMES);
@@ -151,21 +157,88 @@ fn a_full_listener_closes_the_clients_past_its_limit_and_counts_them() {
     c.disconnect();
 }
 
-/// The threads of process `pid` whose names start with `repl`.
-fn repl_threads(pid: i32) -> Vec<String> {
+/// The threads of process `pid` whose names start with `prefix`.
+fn threads_named(pid: i32, prefix: &str) -> Vec<String> {
     let mut names = Vec::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .flatten()
     {
         if let Ok(n) = std::fs::read_to_string(t.path().join("comm")) {
-            if n.starts_with("repl") {
+            if n.starts_with(prefix) {
                 names.push(n.trim().to_owned());
             }
         }
     }
     names.sort();
     names
+}
+
+fn repl_threads(pid: i32) -> Vec<String> {
+    threads_named(pid, "repl")
+}
+
+/// Wait (up to a minute) until `pid` runs no thread named `prefix`.
+fn wait_no_threads(pid: i32, prefix: &str, why: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let t = threads_named(pid, prefix);
+        if t.is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{why}: {t:?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Connected NBD clients that went quiet cost no thread: their sockets
+/// wait in the daemon's one idle poller, and a request starts a thread
+/// for its client again. Parked clients still count as connected, still
+/// read what they wrote, are cut off when their export is removed, and do
+/// not hold up a shutdown.
+#[test]
+fn idle_nbd_clients_give_their_threads_back() {
+    let mut d = Daemon::start_with_env(&[("UMBRA_NO_DEFAULT", "1")]);
+    for v in ["a", "b"] {
+        d.ok(&["volume", "create", v, "--size", "1M"]);
+    }
+    let addr = format!("127.0.0.1:{}", free_port());
+    for v in ["a", "b"] {
+        d.ok(&["export", "nbd", v, "--listen", &addr]);
+    }
+    let mut clients: Vec<(NbdClient, &str, u8)> = (0..16u8)
+        .map(|i| {
+            let v = if i % 2 == 0 { "a" } else { "b" };
+            (NbdClient::connect(&addr, v), v, i + 1)
+        })
+        .collect();
+    for (c, _, k) in clients.iter_mut() {
+        assert_eq!(c.write(*k as u64 * 4096, &[*k; 4096], 0), 0);
+        assert_eq!(c.flush(), 0);
+    }
+    wait_no_threads(d.pid(), "nbd-conn", "quiet clients kept their threads");
+    assert_eq!(d.export_of("a")["clients"], 8);
+    assert_eq!(d.export_of("b")["clients"], 8);
+    // Every parked client is served again, in any order.
+    for (c, _, k) in clients.iter_mut().rev() {
+        assert_eq!(c.read(*k as u64 * 4096, 4096).unwrap(), vec![*k; 4096]);
+        assert_eq!(c.write(*k as u64 * 4096 + 512, &[*k; 512], 0), 0);
+    }
+    wait_no_threads(d.pid(), "nbd-conn", "quiet clients kept their threads");
+    // Removing a parked client's export cuts it off.
+    d.ok(&["export", "remove", "a"]);
+    for (c, v, _) in clients.iter_mut() {
+        if *v == "a" {
+            c.send(common::nbd::CMD_READ, 0, 0, 4096, &[]);
+            assert!(c.reply(None).is_err(), "a removed export's parked client");
+        }
+    }
+    // A shutdown with parked clients ends them and the daemon.
+    assert_eq!(d.stop(), 0);
+    d.spawn();
+    let mut c = NbdClient::connect(&addr, "b");
+    assert_eq!(c.read(4096 * 2, 4096).unwrap()[..512], [2u8; 512]);
+    c.disconnect();
 }
 
 /// Idle replication links cost about one thread per side: a primary with

@@ -29,6 +29,7 @@
 //! a request that is merely wrong (out of range, unknown command, bad flag)
 //! gets an error reply and the connection carries on.
 
+mod park;
 pub mod proto;
 mod server;
 
@@ -51,11 +52,19 @@ pub const CORK_MAX_BYTES: usize = 256 * 1024;
 /// `writev` rather than copied into the cork.
 pub const CORK_COPY_MAX_BYTES: usize = 64 * 1024;
 
+/// A connected client that sent nothing for this long, with no reply
+/// outstanding, gives its thread back: its socket waits in the process's
+/// one idle poller (park.rs) until the next request starts a thread for it
+/// again (a thread spawn, tens of microseconds, on that request). Long
+/// enough that a client pausing between bursts keeps its thread.
+pub const CONN_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Clients one listener accepts at once unless `serve --nbd-max-clients`
 /// says otherwise; one more is closed on accept with a log line, so a
 /// connection flood cannot exhaust threads or descriptors. Sized for a
 /// thousand volumes on one listener with a client each: an idle client
-/// costs one thread (its offload workers start only under load), three
-/// descriptors and a 256 KiB receive buffer that is address space until
-/// used; the daemon raises its descriptor limit to the hard limit at start.
+/// costs no thread once parked ([`CONN_IDLE`]; its offload workers start
+/// only under load), three descriptors and, while it has a thread, a
+/// 256 KiB receive buffer; the daemon raises its descriptor limit to the
+/// hard limit at start.
 pub const DEFAULT_MAX_CLIENTS: usize = 1024;

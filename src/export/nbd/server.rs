@@ -2,7 +2,9 @@
 //! threading model and `proto.rs` for the constants.
 
 use super::proto::*;
-use super::{CORK_COPY_MAX_BYTES, CORK_MAX_BYTES, OFFLOAD_QUEUE_REQUESTS, OFFLOAD_WORKERS};
+use super::{
+    CONN_IDLE, CORK_COPY_MAX_BYTES, CORK_MAX_BYTES, OFFLOAD_QUEUE_REQUESTS, OFFLOAD_WORKERS,
+};
 use crate::buffer::AlignedBuf;
 use crate::device::{BlockDevice, LatencyClass};
 use crate::interposer::Volume;
@@ -10,13 +12,13 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -100,6 +102,41 @@ impl Stream {
             Stream::Unix(s) => s.set_read_timeout(t),
         }
     }
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+/// The transmission phase's reader. The socket's read timeout is
+/// [`CONN_IDLE`]; a read that times out is only reported between
+/// requests, when `idle_ok` says the dispatcher asked for it (the client
+/// went quiet: the connection may park). Anywhere else (half a header, a
+/// write's payload) the read simply goes on waiting, as without a
+/// timeout.
+struct Patient {
+    s: Stream,
+    idle_ok: bool,
+}
+
+impl Read for Patient {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.s.read(buf) {
+                Err(e) if timed_out(&e) && !self.idle_ok => continue,
+                r => return r,
+            }
+        }
+    }
+}
+
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 impl Read for Stream {
@@ -292,9 +329,20 @@ impl NbdServer {
         for conn in self.inner.conns.lock().values() {
             conn.stream.shutdown(Shutdown::Both);
         }
-        let handles = std::mem::take(&mut *self.inner.handles.lock());
-        for h in handles {
-            let _ = h.join();
+        // Parked clients wake on the shutdown above and end on threads of
+        // their own, which join the list meanwhile: wait for all of them.
+        loop {
+            let handles = std::mem::take(&mut *self.inner.handles.lock());
+            let none = handles.is_empty();
+            for h in handles {
+                let _ = h.join();
+            }
+            if none && self.inner.conns.lock().is_empty() {
+                break;
+            }
+            if none {
+                thread::sleep(Duration::from_millis(5));
+            }
         }
         if let ListenAddr::Unix(p) = &self.inner.addr {
             let _ = std::fs::remove_file(p);
@@ -355,8 +403,9 @@ fn accept_loop(inner: Arc<Inner>, listener: Listener) {
         let spawned = thread::Builder::new()
             .name(format!("nbd-conn-{id}"))
             .spawn(move || {
-                serve_connection(&conn_inner, id, stream);
-                conn_inner.conns.lock().remove(&id);
+                if serve_connection(&conn_inner, id, stream) {
+                    conn_inner.conns.lock().remove(&id);
+                }
             });
         match spawned {
             Ok(h) => inner.handles.lock().push(h),
@@ -368,9 +417,11 @@ fn accept_loop(inner: Arc<Inner>, listener: Listener) {
     }
 }
 
-fn serve_connection(inner: &Inner, id: u64, mut stream: Stream) {
+/// Serve one accepted client. Returns whether the connection ended (it
+/// may have been parked instead).
+fn serve_connection(inner: &Arc<Inner>, id: u64, mut stream: Stream) -> bool {
     if stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_err() {
-        return;
+        return true;
     }
     let Negotiated {
         name,
@@ -379,10 +430,10 @@ fn serve_connection(inner: &Inner, id: u64, mut stream: Stream) {
         allocation,
     } = match handshake(inner, &mut stream) {
         Ok(Some(chosen)) => chosen,
-        Ok(None) => return,
+        Ok(None) => return true,
         Err(e) => {
             log::info!("NBD client {id} on {}: handshake ended: {e}", inner.addr);
-            return;
+            return true;
         }
     };
     // Register the export so `remove_export` can disconnect us, then check
@@ -391,14 +442,92 @@ fn serve_connection(inner: &Inner, id: u64, mut stream: Stream) {
         c.export = Some(name.clone());
     }
     if !inner.exports.read().contains_key(&name) || inner.stopping.load(Ordering::SeqCst) {
-        return;
+        return true;
     }
-    if stream.set_read_timeout(None).is_err() {
-        return;
+    if stream.set_read_timeout(Some(CONN_IDLE)).is_err() {
+        return true;
     }
     log::info!("NBD client {id} on {}: serving {name}", inner.addr);
-    transmission(id, &name, stream, export, structured, allocation);
-    log::info!("NBD client {id} on {}: {name} disconnected", inner.addr);
+    let session = Session {
+        id,
+        name,
+        export,
+        structured,
+        allocation,
+    };
+    serve_session(inner, session, stream)
+}
+
+/// What a connection negotiated: all a thread needs to serve it, again
+/// after it was parked.
+struct Session {
+    id: u64,
+    name: String,
+    export: Export,
+    structured: bool,
+    allocation: bool,
+}
+
+/// Serve the transmission phase on this thread until the client goes or
+/// goes quiet. Quiet, the socket is parked (park.rs) and this thread ends;
+/// the first request after that starts a thread that comes back here.
+/// Returns whether the connection ended (its registry entry may go).
+fn serve_session(inner: &Arc<Inner>, session: Session, stream: Stream) -> bool {
+    let (mut session, mut stream) = (session, stream);
+    loop {
+        let Some(back) = transmission(&session, stream) else {
+            log::info!(
+                "NBD client {} on {}: {} disconnected",
+                session.id,
+                inner.addr,
+                session.name
+            );
+            return true;
+        };
+        let fd = back.as_fd().as_raw_fd();
+        // SAFETY: `fd` is `back`'s descriptor; `back` moves into the parked
+        // payload, which `park` keeps alive (or hands back) past this use.
+        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let woken = inner.clone();
+        match super::park::park(bfd, (session, back), move |(session, stream)| {
+            resume(woken, session, stream)
+        }) {
+            Ok(()) => return false,
+            // No poller: serve on, on this thread.
+            Err((s, back)) => {
+                session = s;
+                stream = back;
+            }
+        }
+    }
+}
+
+/// A parked connection's client sent something (or went): serve it on a
+/// new connection thread.
+fn resume(inner: Arc<Inner>, session: Session, stream: Stream) {
+    let id = session.id;
+    let conn_inner = inner.clone();
+    let spawned = thread::Builder::new()
+        .name(format!("nbd-conn-{id}"))
+        .spawn(move || {
+            if serve_session(&conn_inner, session, stream) {
+                conn_inner.conns.lock().remove(&id);
+            }
+        });
+    match spawned {
+        Ok(h) => {
+            // Dropping a finished thread's handle releases its stack.
+            let mut hs = inner.handles.lock();
+            hs.retain(|h| !h.is_finished());
+            hs.push(h);
+        }
+        Err(e) => {
+            // The socket closed with the closure: the client sees the
+            // connection end.
+            log::error!("NBD client {id}: cannot start a thread to serve it again: {e}");
+            inner.conns.lock().remove(&id);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -799,6 +928,9 @@ struct Conn<'a> {
     /// Replies go out under this lock: the dispatcher's corked batches and
     /// the offload workers' single replies interleave whole.
     tx: Mutex<Stream>,
+    /// Offloaded requests not replied to yet: a connection with any never
+    /// parks (its client may be waiting for them before it sends more).
+    in_flight: AtomicUsize,
 }
 
 /// A request handed to an offload worker, with its payload or read buffer.
@@ -811,19 +943,21 @@ struct Job {
 enum Stop {
     Disconnect,
     Drop(String),
+    /// The client sent nothing for [`CONN_IDLE`] and waits for no reply.
+    Park,
 }
 
-fn transmission(
-    id: u64,
-    name: &str,
-    stream: Stream,
-    export: Export,
-    structured: bool,
-    allocation: bool,
-) {
-    let Ok(tx) = stream.try_clone() else {
-        return;
-    };
+/// Serve requests until the client disconnects (None) or goes quiet (the
+/// stream comes back, to be parked, with nothing of it buffered here).
+fn transmission(session: &Session, stream: Stream) -> Option<Stream> {
+    let Session {
+        id,
+        ref name,
+        ref export,
+        structured,
+        allocation,
+    } = *session;
+    let tx = stream.try_clone().ok()?;
     let conn = Conn {
         id,
         name,
@@ -832,8 +966,15 @@ fn transmission(
         structured,
         allocation,
         tx: Mutex::new(tx),
+        in_flight: AtomicUsize::new(0),
     };
-    let mut rx = BufReader::with_capacity(RECV_BUFFER_BYTES, stream);
+    let mut rx = BufReader::with_capacity(
+        RECV_BUFFER_BYTES,
+        Patient {
+            s: stream,
+            idle_ok: false,
+        },
+    );
     let (job_tx, job_rx) = bounded::<Job>(OFFLOAD_QUEUE_REQUESTS);
     let (free_tx, free_rx) = bounded::<AlignedBuf>(OFFLOAD_QUEUE_REQUESTS + OFFLOAD_WORKERS + 1);
     thread::scope(|scope| {
@@ -856,14 +997,15 @@ fn transmission(
             },
             &free_rx,
         );
-        if let Stop::Drop(why) = stop {
+        if let Stop::Drop(why) = &stop {
             log::warn!("NBD client {id} ({name}): dropped: {why}");
             conn.tx.lock().shutdown(Shutdown::Read);
         }
         // Closing the job channel lets the workers finish what they hold
         // (their replies still go out) and exit; the scope joins them.
         drop(job_tx);
-    });
+        matches!(stop, Stop::Park).then(|| rx.into_inner().s)
+    })
 }
 
 impl Conn<'_> {
@@ -872,7 +1014,7 @@ impl Conn<'_> {
     /// block), through `offload` when the request may block.
     fn dispatch(
         &self,
-        rx: &mut BufReader<Stream>,
+        rx: &mut BufReader<Patient>,
         mut offload: impl FnMut(Job) -> bool,
         free: &Receiver<AlignedBuf>,
     ) -> Stop {
@@ -885,6 +1027,23 @@ impl Conn<'_> {
             if rx.buffer().len() < REQUEST_HEADER_BYTES {
                 if let Err(e) = self.send_cork(&mut cork) {
                     break Stop::Drop(format!("sending replies: {e}"));
+                }
+            }
+            if rx.buffer().is_empty() {
+                // Between requests: the one read that may report the
+                // client quiet for CONN_IDLE.
+                rx.get_mut().idle_ok = true;
+                let got = rx.fill_buf().map(|b| b.len());
+                rx.get_mut().idle_ok = false;
+                match got {
+                    Err(e) if timed_out(&e) => {
+                        if self.in_flight.load(Ordering::SeqCst) == 0 {
+                            break Stop::Park;
+                        }
+                        continue;
+                    }
+                    Err(e) => break Stop::Drop(format!("reading requests: {e}")),
+                    Ok(_) => {}
                 }
             }
             let req = match Request::read_from(rx) {
@@ -933,6 +1092,7 @@ impl Conn<'_> {
                 }
             }
             if may_block {
+                self.in_flight.fetch_add(1, Ordering::SeqCst);
                 if !offload(Job { req, buf }) {
                     break Stop::Drop("offload workers are gone".into());
                 }
@@ -969,6 +1129,7 @@ impl Conn<'_> {
                 log::debug!("NBD client {} ({}): reply lost: {e}", self.id, self.name);
                 self.tx.lock().shutdown(Shutdown::Both);
             }
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
             let _ = free.try_send(job.buf);
         }
     }
