@@ -7,7 +7,9 @@
 #  2. the daemon's threads and memory idle, then with one NBD client
 #     connected (handshake done, idle) to every volume, and the admin
 #     requests again with all of them connected;
-#  3. one 4 KiB write and read through every one of those clients;
+#  3. one 4 KiB write and read through every one of those clients, then
+#     the threads and memory again after 6 s quiet (a client quiet for 5 s
+#     gives its thread back);
 #  4. a restart: SIGTERM, then a new daemon until every volume is exported
 #     again and an NBD client reads from the last one.
 #
@@ -106,6 +108,10 @@ HOLD=$!
 for _ in $(seq 600); do [ -s "$WORK/ready" ] && break; sleep 0.1; done
 [ -s "$WORK/ready" ] || { echo "bench-scale: the clients did not all connect" >&2; exit 1; }
 echo "  daemon: $(threads) threads, $(rss_mib) MiB resident; each client wrote and read 4 KiB: $(cat "$WORK/ready") µs per request (one at a time)"
+admin
+sleep 6
+echo "== the same clients after 6 s quiet (each parked: no thread of its own)"
+echo "  daemon: $(threads) threads, $(rss_mib) MiB resident"
 admin
 
 echo "== restart with $N volumes and exports"
