@@ -56,7 +56,7 @@ report() { # name pid
   all=$(awk '/^Threads/ {print $2}' "/proc/$2/status")
   repl=$(cat /proc/"$2"/task/*/comm | grep -c '^repl' || true)
   rss=$(awk '/^VmRSS/ {print int($2/1024)}' "/proc/$2/status")
-  echo "  $1: $all threads ($repl replication: $(cat /proc/"$2"/task/*/comm | grep '^repl' | sed 's/-[^-]*$//' | sort | uniq -c | awk '{printf "%s %s, ", $2, $1}' | sed 's/, $//')), $rss MiB resident"
+  echo "  $1: $all threads ($repl replication: $(cat /proc/"$2"/task/*/comm | grep '^repl' | awk -F- '{print $1 "-" $2}' | sort | uniq -c | awk '{printf "%s %s, ", $2, $1}' | sed 's/, $//')), $rss MiB resident"
 }
 
 start a; start b

@@ -232,7 +232,7 @@ impl SecondarySet {
             } else if w.flags & wire::WRITE_ZEROES != 0 {
                 d.write_zeroes(w.offset, w.len as u64, w.fua())
             } else {
-                d.write(&w.data, w.offset, w.fua())
+                d.write(w.data(), w.offset, w.fua())
             }
         });
         if r.is_ok() && w.flags & wire::WRITE_FLUSH == 0 {
