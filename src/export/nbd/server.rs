@@ -377,8 +377,6 @@ fn accept_loop(inner: Arc<Inner>, listener: Listener) {
                 continue;
             }
         };
-        // Reap finished connection threads so the handle list stays bounded.
-        inner.handles.lock().retain(|h| !h.is_finished());
         if inner.conns.lock().len() >= inner.max_clients {
             inner.refused.fetch_add(1, Ordering::Relaxed);
             log::warn!(
@@ -399,20 +397,37 @@ fn accept_loop(inner: Arc<Inner>, listener: Listener) {
                 stream: registry_clone,
             },
         );
-        let conn_inner = inner.clone();
-        let spawned = thread::Builder::new()
-            .name(format!("nbd-conn-{id}"))
-            .spawn(move || {
-                if serve_connection(&conn_inner, id, stream) {
-                    conn_inner.conns.lock().remove(&id);
-                }
-            });
-        match spawned {
-            Ok(h) => inner.handles.lock().push(h),
-            Err(e) => {
-                log::error!("NBD: cannot spawn a connection thread: {e}");
-                inner.conns.lock().remove(&id);
+        start_conn_thread(&inner, id, move |inner| serve_connection(inner, id, stream));
+    }
+}
+
+/// Run `serve` for connection `id` on a thread of its own; its registry
+/// entry goes when `serve` says the connection ended (not when it parked),
+/// or when no thread could be started (the socket closes with `serve`).
+fn start_conn_thread(
+    inner: &Arc<Inner>,
+    id: u64,
+    serve: impl FnOnce(&Arc<Inner>) -> bool + Send + 'static,
+) {
+    let conn_inner = inner.clone();
+    let spawned = thread::Builder::new()
+        .name(format!("nbd-conn-{id}"))
+        .spawn(move || {
+            if serve(&conn_inner) {
+                conn_inner.conns.lock().remove(&id);
             }
+        });
+    match spawned {
+        Ok(h) => {
+            // Reap finished threads as each starts: the list stays bounded,
+            // and dropping a finished thread's handle releases its stack.
+            let mut hs = inner.handles.lock();
+            hs.retain(|h| !h.is_finished());
+            hs.push(h);
+        }
+        Err(e) => {
+            log::error!("NBD client {id}: cannot start a connection thread: {e}");
+            inner.conns.lock().remove(&id);
         }
     }
 }
@@ -506,28 +521,9 @@ fn serve_session(inner: &Arc<Inner>, session: Session, stream: Stream) -> bool {
 /// new connection thread.
 fn resume(inner: Arc<Inner>, session: Session, stream: Stream) {
     let id = session.id;
-    let conn_inner = inner.clone();
-    let spawned = thread::Builder::new()
-        .name(format!("nbd-conn-{id}"))
-        .spawn(move || {
-            if serve_session(&conn_inner, session, stream) {
-                conn_inner.conns.lock().remove(&id);
-            }
-        });
-    match spawned {
-        Ok(h) => {
-            // Dropping a finished thread's handle releases its stack.
-            let mut hs = inner.handles.lock();
-            hs.retain(|h| !h.is_finished());
-            hs.push(h);
-        }
-        Err(e) => {
-            // The socket closed with the closure: the client sees the
-            // connection end.
-            log::error!("NBD client {id}: cannot start a thread to serve it again: {e}");
-            inner.conns.lock().remove(&id);
-        }
-    }
+    start_conn_thread(&inner, id, move |inner| {
+        serve_session(inner, session, stream)
+    });
 }
 
 #[derive(Debug, thiserror::Error)]
