@@ -115,7 +115,7 @@ impl Stream {
 /// requests, when `idle_ok` says the dispatcher asked for it (the client
 /// went quiet: the connection may park). Anywhere else (half a header, a
 /// write's payload) the read simply goes on waiting, as without a
-/// timeout.
+/// timeout. An interrupted read is always retried.
 struct Patient {
     s: Stream,
     idle_ok: bool,
@@ -125,6 +125,10 @@ impl Read for Patient {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.s.read(buf) {
+                // With a receive timeout set, a signal interrupts recv(2)
+                // even under SA_RESTART (signal(7)); BufReader::fill_buf
+                // would pass that on as an error.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if timed_out(&e) && !self.idle_ok => continue,
                 r => return r,
             }

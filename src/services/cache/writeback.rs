@@ -435,6 +435,18 @@ fn destage_loop(weak: Weak<WriteBack>) {
         if wb.stop.load(Ordering::SeqCst) {
             return;
         }
+        if wb.lower.read().is_none() {
+            // Opened (its log replayed, dirty blocks and all) but not yet
+            // stacked on its volume: nothing can be destaged before
+            // `set_lower`, which wakes this thread. Failing here would
+            // fail the cache of every volume slower to assemble than
+            // DESTAGE_DELAY after a restart.
+            let mut st = wb.st.lock();
+            if wb.lower.read().is_none() && !wb.stop.load(Ordering::SeqCst) {
+                wb.cv.wait_for(&mut st, Duration::from_millis(200));
+            }
+            continue;
+        }
         match destage_round(&wb) {
             Ok(true) => {}
             Ok(false) => {

@@ -13,9 +13,9 @@
 //! a time, so a slow or dead peer delays only its own link's rounds. A
 //! sync runs on a thread of its own (`start_sync`), as before.
 //!
-//! An idle link costs no round at all: cleaning runs only when a
-//! scoreboard holds a bit it could clear, and a release round is skipped
-//! while nothing was sent since a round that found nothing to release.
+//! An idle link costs no round at all: cleaning runs only while a
+//! scoreboard holds a bit, and a release round is skipped while nothing
+//! was sent since a round that found nothing to release.
 
 use super::link::Link;
 use super::pool::LazyPool;
@@ -275,10 +275,13 @@ impl Replication {
         if talk && c.last_release.elapsed() > RELEASE_INTERVAL {
             c.last_release = Instant::now();
         }
+        // Only a scoreboard with a bit set has anything to clean. Which of
+        // its bits can go is the round's scan, not the manager's: a big
+        // volume out of sync has millions of bits.
         let clean: Vec<_> = if c.last_clean.elapsed() > CLEAN_INTERVAL {
             c.last_clean = Instant::now();
             sets.iter()
-                .filter(|s| s.scoreboard.cleanable())
+                .filter(|s| s.scoreboard.next_disk(0).is_some())
                 .cloned()
                 .collect()
         } else {

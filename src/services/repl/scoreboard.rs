@@ -584,19 +584,6 @@ impl Scoreboard {
         self.oos.set(chunk);
     }
 
-    /// Whether [`Self::clean`] would clear a bit now: a chunk whose disk
-    /// bit is set is in sync and idle. A scan of the bitmap in memory.
-    pub fn cleanable(&self) -> bool {
-        let mut c = 0;
-        while let Some(b) = self.disk.next_set(c) {
-            if !self.oos.get(b) && self.pending(b) == 0 {
-                return true;
-            }
-            c = b + 1;
-        }
-        false
-    }
-
     /// Clear the disk bits of chunks that are in sync and idle, and write
     /// them. Safe against concurrent `begin`: a writer counts itself
     /// pending before it looks at the disk bit, and `clean` clears a bit
