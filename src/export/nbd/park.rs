@@ -54,12 +54,13 @@ fn poller() -> Option<&'static Poller> {
     .as_ref()
 }
 
-/// Park the socket `fd` until it is readable, then run `wake(payload)` (on
-/// the poller's thread: it should only start a thread). `payload` must own
-/// the socket. On failure the payload comes back: the caller serves on.
+/// Park the socket `fd_of(&payload)` until it is readable, then run
+/// `wake(payload)` (on the poller's thread: it should only start a
+/// thread). The payload owns the socket, so it stays open while parked.
+/// On failure the payload comes back: the caller serves on.
 pub fn park<T: Send + 'static>(
-    fd: BorrowedFd<'_>,
     payload: T,
+    fd_of: fn(&T) -> BorrowedFd<'_>,
     wake: impl FnOnce(T) + Send + 'static,
 ) -> Result<(), T> {
     let Some(p) = poller() else {
@@ -73,12 +74,14 @@ pub fn park<T: Send + 'static>(
     // Registered and recorded under one lock hold: the poller, woken at
     // once, waits for the record instead of missing it.
     let mut parked = p.parked.lock();
+    let fd = fd_of(&payload);
     if let Err(e) = p.epoll.add(fd, ev) {
         log::warn!("NBD: parking an idle connection: {e}");
         return Err(payload);
     }
     use std::os::fd::AsRawFd;
-    parked.insert(token, (fd.as_raw_fd(), Box::new(move || wake(payload))));
+    let raw = fd.as_raw_fd();
+    parked.insert(token, (raw, Box::new(move || wake(payload))));
     Ok(())
 }
 

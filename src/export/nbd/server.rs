@@ -503,14 +503,13 @@ fn serve_session(inner: &Arc<Inner>, session: Session, stream: Stream) -> bool {
             );
             return true;
         };
-        let fd = back.as_fd().as_raw_fd();
-        // SAFETY: `fd` is `back`'s descriptor; `back` moves into the parked
-        // payload, which `park` keeps alive (or hands back) past this use.
-        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
         let woken = inner.clone();
-        match super::park::park(bfd, (session, back), move |(session, stream)| {
-            resume(woken, session, stream)
-        }) {
+        let parked = super::park::park(
+            (session, back),
+            |(_, stream)| stream.as_fd(),
+            move |(session, stream)| resume(woken, session, stream),
+        );
+        match parked {
             Ok(()) => return false,
             // No poller: serve on, on this thread.
             Err((s, back)) => {

@@ -467,7 +467,12 @@ impl Link {
         stream
             .set_read_timeout(Some(self.timeout))
             .map_err(|e| e.to_string())?;
+        // Everything that can fail before the link is published: a writer
+        // registered for heartbeats on a link that never came up would keep
+        // the peer's side of it alive.
         let send_stream = stream.try_clone().map_err(|e| e.to_string())?;
+        let conn = stream.try_clone().map_err(|e| e.to_string())?;
+        // In place before `up`: the first enqueue starts the sender with it.
         *self.writer.lock() = Some(heartbeat::writer(send_stream, 1 << 20));
         let epoch = {
             let mut q = self.q.lock();
@@ -478,14 +483,19 @@ impl Link {
             q.copy_group = false;
             q.epoch
         };
-        *self.conn.lock() = Some(stream.try_clone().map_err(|e| e.to_string())?);
+        *self.conn.lock() = Some(conn);
         *self.peer_node.lock() = Some(peer);
         self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
         let me = self.clone();
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name(format!("repl-recv-{}", self.group))
-            .spawn(move || me.receiver(epoch, stream))
-            .map_err(|e| e.to_string())?;
+            .spawn(move || me.receiver(epoch, stream));
+        if let Err(e) = spawned {
+            // Up without a receiver nobody would notice the peer go.
+            let why = format!("starting the receiver: {e}");
+            self.down(epoch, &why);
+            return Err(why);
+        }
         Ok(())
     }
 

@@ -346,9 +346,7 @@ impl LinkTable {
     }
 }
 
-type AckWriter = LinkWriter;
-
-fn send(w: &AckWriter, kind: FrameType, payload: &[u8]) -> std::result::Result<(), WireError> {
+fn send(w: &LinkWriter, kind: FrameType, payload: &[u8]) -> std::result::Result<(), WireError> {
     let mut g = w.lock();
     wire::write_frame(&mut *g, kind, payload)?;
     g.flush()?;
@@ -366,7 +364,7 @@ pub fn serve_link(
     let _ = stream.set_read_timeout(Some(timeout));
     // Heartbeats from this side (so the primary notices a dead secondary)
     // go out through this writer from the process's heartbeat thread.
-    let writer: AckWriter = match stream.try_clone() {
+    let writer: LinkWriter = match stream.try_clone() {
         Ok(s) => heartbeat::writer(s, 8 << 10),
         Err(e) => return e.to_string(),
     };
@@ -374,12 +372,13 @@ pub fn serve_link(
         s.connected.store(true, Ordering::SeqCst);
         s.contact();
     }
-    // Bounded both ways: at most MAX_APPLYING writes are dispatched and
-    // not yet reaped (sync mode waits for one before it dispatches more;
-    // the ordered modes keep at most WORKERS), so neither send can block
-    // on a full channel while the other side waits.
     // The workers start with the first write dispatched to them and end
     // when the link is idle (pool.rs); the reader collects their results.
+    // Bounded both ways: at most MAX_APPLYING writes are dispatched and
+    // not yet reaped (sync mode waits for one before it dispatches more;
+    // the ordered modes keep at most WORKERS), so the pool's queue stays
+    // that short and a worker never blocks on a full result channel while
+    // the reader waits for it.
     let (done_tx, done_rx) =
         crossbeam_channel::bounded::<(u64, std::result::Result<(), String>)>(MAX_APPLYING);
     let job_tx = {
@@ -547,7 +546,7 @@ pub fn serve_link(
 struct Ordered<'a> {
     job_tx: &'a LazyPool<(Arc<SecondarySet>, WriteFrame)>,
     done_rx: &'a Receiver<(u64, std::result::Result<(), String>)>,
-    writer: &'a AckWriter,
+    writer: &'a LinkWriter,
     sets: &'a [Arc<SecondarySet>],
     current: Option<u64>,
     outstanding: usize,
@@ -703,7 +702,7 @@ const ACK_EVERY: u64 = 256;
 /// every `ACK_EVERY` writes: while writes keep arriving one cumulative ACK
 /// covers many groups).
 fn finish(
-    writer: &AckWriter,
+    writer: &LinkWriter,
     sets: &[Arc<SecondarySet>],
     needs_flush: &mut bool,
     last_seq: u64,

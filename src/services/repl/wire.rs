@@ -174,8 +174,8 @@ pub struct WriteFrame {
     /// The data is `buf[data_at..]`: a decoded frame keeps the payload it
     /// came in, fields and all, instead of moving the data down over them
     /// (one copy of every replicated write less on the secondary).
-    pub buf: Vec<u8>,
-    pub data_at: usize,
+    buf: Vec<u8>,
+    data_at: usize,
 }
 
 impl PartialEq for WriteFrame {
@@ -216,28 +216,6 @@ pub fn write_fields(
 }
 
 impl WriteFrame {
-    /// A write carrying `data` (empty for zeroes and flushes).
-    pub fn new(
-        set_id: u32,
-        seq: u64,
-        group: u64,
-        offset: u64,
-        len: u32,
-        flags: u32,
-        data: Vec<u8>,
-    ) -> Self {
-        WriteFrame {
-            set_id,
-            seq,
-            group,
-            offset,
-            len,
-            flags,
-            buf: data,
-            data_at: 0,
-        }
-    }
-
     /// The bytes to write.
     pub fn data(&self) -> &[u8] {
         &self.buf[self.data_at..]
@@ -533,7 +511,16 @@ mod tests {
 
     #[test]
     fn frames_round_trip_and_every_corruption_is_refused() {
-        let w = WriteFrame::new(7, 42, 3, 4096, 4096, WRITE_FUA, vec![0xab; 4096]);
+        let w = WriteFrame {
+            set_id: 7,
+            seq: 42,
+            group: 3,
+            offset: 4096,
+            len: 4096,
+            flags: WRITE_FUA,
+            buf: vec![0xab; 4096],
+            data_at: 0,
+        };
         let mut buf = Vec::new();
         write_frame(&mut buf, FrameType::Write, &w.encode()).unwrap();
         let f = read_frame(&mut buf.as_slice()).unwrap();
