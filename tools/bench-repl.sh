@@ -172,12 +172,30 @@ fio --name=o --ioengine=nbd --uri="$(uri_of o)" --rw=randwrite --bs=4k --iodepth
     --size=4G --number_ios=16384 --randrepeat=0 >/dev/null 2>&1
 oos=$(A repl info o --json | field '["out_of_sync_bytes"]')
 applied0=$(B repl info o --json | field '["applied_bytes"]')
+# The link returns when the proxy listens again: the clock starts then,
+# not when its process was started (nor after proxy2's settling sleep),
+# and stops at the daemon's own time of its repl.syncing event (not when a
+# polling CLI happened to see it).
+A events --follow --json >"$WORK/events.json" &
+EVENTS=$!; PIDS+=("$EVENTS")
+sleep 0.2
+"$UMBRA" fault-proxy --listen "127.0.0.1:$P2" --to "$B_ADDR" >/dev/null &
+PROXY2=$!; PIDS+=("$PROXY2")
+until ss -ltnH "sport = :$P2" | grep -q .; do sleep 0.002; done
 t0=$(date +%s%N)
-proxy2
-until A repl info o --json | field '["state"]' | grep -qE 'syncing|replicating'; do sleep 0.02; done
-t1=$(date +%s%N)
 A repl wait o --timeout 600 >/dev/null
 t2=$(date +%s%N)
+kill "$EVENTS" 2>/dev/null || true
+[ -n "${KEEP_LOGS:-}" ] && cp "$WORK/events.json" "$KEEP_LOGS"/
+t1=$(python3 - "$WORK/events.json" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    e = json.loads(line)
+    if e["object"] == "o" and e["kind"] == "repl.syncing":
+        print(e["time_ms"] * 1000000)
+        break
+PY
+)
 applied1=$(B repl info o --json | field '["applied_bytes"]')
 moved=$((applied1 - applied0))
 heal_ms=$(python3 -c "print(round(($t1-$t0)/1e6))")
