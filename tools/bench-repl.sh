@@ -159,7 +159,13 @@ A repl disable big >/dev/null
 
 echo "== outage: 64 MiB of random 4 KiB writes while the link is down, then heal"
 P2=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-proxy2() { "$UMBRA" fault-proxy --listen "127.0.0.1:$P2" --to "$B_ADDR" >/dev/null & PROXY2=$!; PIDS+=("$PROXY2"); sleep 0.2; }
+# Start the outage's proxy; returns once it listens (the link is back then).
+proxy2() {
+  "$UMBRA" fault-proxy --listen "127.0.0.1:$P2" --to "$B_ADDR" >/dev/null &
+  PROXY2=$!; PIDS+=("$PROXY2")
+  for _ in $(seq 2500); do ss -ltnH "sport = :$P2" | grep -q . && return; sleep 0.002; done
+  echo "bench-repl: the fault proxy on port $P2 did not start" >&2; exit 1
+}
 proxy2
 A volume create o --size 4G >/dev/null
 B volume create o --size 4G >/dev/null
@@ -172,28 +178,27 @@ fio --name=o --ioengine=nbd --uri="$(uri_of o)" --rw=randwrite --bs=4k --iodepth
     --size=4G --number_ios=16384 --randrepeat=0 >/dev/null 2>&1
 oos=$(A repl info o --json | field '["out_of_sync_bytes"]')
 applied0=$(B repl info o --json | field '["applied_bytes"]')
-# The link returns when the proxy listens again: the clock starts then,
-# not when its process was started (nor after proxy2's settling sleep),
-# and stops at the daemon's own time of its repl.syncing event (not when a
-# polling CLI happened to see it).
-A events --follow --json >"$WORK/events.json" &
+# The clock starts when the proxy listens again (the link is back) and
+# stops at the daemon's own time of its repl.syncing event, not when a
+# polling CLI happens to see the state.
+A events --follow --json >"$WORK/events.log" 2>"$WORK/events.err" &
 EVENTS=$!; PIDS+=("$EVENTS")
-sleep 0.2
-"$UMBRA" fault-proxy --listen "127.0.0.1:$P2" --to "$B_ADDR" >/dev/null &
-PROXY2=$!; PIDS+=("$PROXY2")
-until ss -ltnH "sport = :$P2" | grep -q .; do sleep 0.002; done
+for _ in $(seq 500); do grep -q "following events" "$WORK/events.err" && break; sleep 0.01; done
+grep -q "following events" "$WORK/events.err" || { echo "bench-repl: events did not start" >&2; exit 1; }
+proxy2
 t0=$(date +%s%N)
 A repl wait o --timeout 600 >/dev/null
 t2=$(date +%s%N)
 kill "$EVENTS" 2>/dev/null || true
-[ -n "${KEEP_LOGS:-}" ] && cp "$WORK/events.json" "$KEEP_LOGS"/
-t1=$(python3 - "$WORK/events.json" <<'PY'
+t1=$(python3 - "$WORK/events.log" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
     e = json.loads(line)
     if e["object"] == "o" and e["kind"] == "repl.syncing":
         print(e["time_ms"] * 1000000)
         break
+else:
+    sys.exit("bench-repl: set o synced without a repl.syncing event")
 PY
 )
 applied1=$(B repl info o --json | field '["applied_bytes"]')
