@@ -4,8 +4,10 @@
 //! two images: what reads see now (`live`), and what a power failure would
 //! leave (`durable`). Writes, hole punches and zeroings change `live` and are
 //! queued as pending; `fsync`/`fdatasync` of the file applies its queue to
-//! `durable` (O_SYNC, O_DSYNC and RWF_DSYNC writes reach us as a write and an
-//! fsync, the kernel sends both). [`PowerFs::cut`] is the power failure: it
+//! `durable`, and so does a synchronous write (O_SYNC, O_DSYNC, RWF_DSYNC):
+//! with `FOPEN_DIRECT_IO` the kernel sends no fsync after one, it sets
+//! `O_DSYNC` in the write's flags and leaves it to us. [`PowerFs::cut`] is
+//! the power failure: it
 //! unmounts (the daemon must be dead by then, `kill -9`), then per file either
 //! drops every pending operation or keeps a random subset of them, each kept
 //! write whole or torn at 512-byte sectors (a disk's unit of atomicity), and
@@ -563,7 +565,7 @@ impl fuser::Filesystem for Fs {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
@@ -573,6 +575,12 @@ impl fuser::Filesystem for Fs {
                 f.live.write(offset, data);
                 f.size = f.size.max(offset + data.len() as u64);
                 f.pending.push(Op::Write(offset, data.to_vec()));
+                // O_SYNC includes O_DSYNC's bit; either makes it durable
+                // before we answer, the rest of the file's queue with it
+                // (as a journaling filesystem's fdatasync would).
+                if flags.0 & libc::O_DSYNC != 0 {
+                    f.sync();
+                }
                 reply.written(data.len() as u32);
             }
             Err(e) => reply.error(e),
