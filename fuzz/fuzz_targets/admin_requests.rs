@@ -16,6 +16,11 @@ use umbra::control::daemon::{Daemon, DaemonOptions};
 fn daemon() -> &'static (tempfile::TempDir, PathBuf, Arc<Daemon>) {
     static D: OnceLock<(tempfile::TempDir, PathBuf, Arc<Daemon>)> = OnceLock::new();
     D.get_or_init(|| {
+        // libFuzzer's C main keeps SIGPIPE's default action, which a Rust
+        // program's runtime (the daemon's) sets to ignore: do the same, or
+        // a write to a peer that hung up kills the fuzzer (see nbd_server).
+        // SAFETY: no thread exists yet; SIG_IGN installs no handler.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
         let dir = tempfile::tempdir().unwrap();
         let (d, _) = Daemon::start(DaemonOptions {
             data_dir: dir.path().join("data"),

@@ -18,6 +18,14 @@ use umbra::interposer::Volume;
 fn server() -> &'static (tempfile::TempDir, PathBuf, Arc<NbdServer>) {
     static S: OnceLock<(tempfile::TempDir, PathBuf, Arc<NbdServer>)> = OnceLock::new();
     S.get_or_init(|| {
+        // A Rust program's runtime ignores SIGPIPE before main, and the
+        // daemon relies on that: a client that hangs up mid-reply is an
+        // EPIPE for its connection thread. libFuzzer's main is C and keeps
+        // the default action, so a write to a closed peer (ours or the
+        // server's) would kill the fuzzer; do what the daemon's runtime does.
+        // SAFETY: setting a signal's disposition to SIG_IGN before any
+        // server thread exists has no handler or memory to race with.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nbd.sock");
         let s = NbdServer::start(
