@@ -194,10 +194,16 @@ impl Host for Daemon {
             .any(|i| i.shadow == volume)
     }
 
-    fn snapshot_take(&self, name: &str, volume: &str) -> RResult<()> {
+    fn snapshot_take(&self, name: &str, volume: &str, chunk_bytes: u32) -> RResult<()> {
         self.handle(
             "image.enable",
-            &json!({"name": name, "master": volume, "shadow": name, "mode": "dependent"}),
+            &json!({
+                "name": name,
+                "master": volume,
+                "shadow": name,
+                "mode": "dependent",
+                "chunk_bytes": chunk_bytes,
+            }),
         )?;
         Ok(())
     }

@@ -28,7 +28,7 @@ mod layers;
 mod overflow;
 mod set;
 
-pub use format::{Direction, Kind, DEFAULT_CHUNK_BYTES};
+pub use format::{Direction, Kind, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES};
 pub use layers::{MASTER_LAYER, SHADOW_LAYER};
 pub use overflow::Overflow;
 pub use set::{ImageSet, Notifier, Throttle};

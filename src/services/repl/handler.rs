@@ -22,6 +22,22 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+/// The safety snapshot's bitmap bound: at most this many chunks (4 Mi
+/// chunks, a 512 KiB dependent bitmap, loaded and scanned whole).
+const SAFETY_MAX_CHUNKS: u64 = 4 << 20;
+
+/// The safety snapshot's chunk. A resync writes the blocks that differ,
+/// typically scattered 4 KiB runs; each first touch copies a whole chunk,
+/// so the imaging default (32 KiB, sized for backups of a busy master)
+/// made the secondary copy 8 bytes per byte it received. So: the 4 KiB
+/// block up to 16 GiB, then the smallest power of two that keeps the
+/// bitmap within [`SAFETY_MAX_CHUNKS`], within the imaging limits.
+fn safety_chunk_bytes(volume_bytes: u64) -> u32 {
+    use crate::services::image::{MAX_CHUNK_BYTES, MIN_CHUNK_BYTES};
+    let need = volume_bytes.div_ceil(SAFETY_MAX_CHUNKS).next_power_of_two();
+    need.clamp(MIN_CHUNK_BYTES as u64, MAX_CHUNK_BYTES as u64) as u32
+}
+
 /// Answers peers on behalf of the service.
 pub(super) struct Handler(pub Weak<Replication>);
 
@@ -593,7 +609,8 @@ impl Replication {
         // A leftover (a crash between enable and persist, a drop that did
         // not finish): its image set, its volume, or both.
         host.snapshot_drop(&snap)?;
-        host.snapshot_take(&snap, &s.volume)?;
+        let bytes = host.volume(&s.volume)?.size_bytes();
+        host.snapshot_take(&snap, &s.volume, safety_chunk_bytes(bytes))?;
         // Keep the guard on top, so the applier's writes go through the
         // imaging layer (copy-on-write into the snapshot).
         {
@@ -768,5 +785,29 @@ impl Replication {
                 .field("why", why),
         );
         let _ = done_tx.send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safety_chunks_are_the_block_until_the_bitmap_bound() {
+        assert_eq!(safety_chunk_bytes(0), 4096);
+        assert_eq!(safety_chunk_bytes(32 << 20), 4096);
+        assert_eq!(safety_chunk_bytes(16 << 30), 4096);
+        assert_eq!(safety_chunk_bytes((16 << 30) + 1), 8192);
+        assert_eq!(safety_chunk_bytes(1 << 40), 256 << 10);
+        assert_eq!(
+            safety_chunk_bytes(1 << 50),
+            1 << 20,
+            "clamped to the largest chunk"
+        );
+        for bytes in [1u64 << 30, 100 << 30, 3 << 40] {
+            let c = safety_chunk_bytes(bytes) as u64;
+            assert!(c.is_power_of_two());
+            assert!(bytes.div_ceil(c) <= SAFETY_MAX_CHUNKS, "{bytes}");
+        }
     }
 }

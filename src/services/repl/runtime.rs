@@ -57,8 +57,8 @@ pub trait Host: Send + Sync {
     /// `volume` is the shadow of an image set.
     fn is_image_shadow(&self, volume: &str) -> bool;
     /// Take a dependent snapshot `name` (an image set and a volume of the
-    /// same name) of `volume`.
-    fn snapshot_take(&self, name: &str, volume: &str) -> RResult<()>;
+    /// same name) of `volume`, copying `chunk_bytes` at a first touch.
+    fn snapshot_take(&self, name: &str, volume: &str, chunk_bytes: u32) -> RResult<()>;
     /// Remove snapshot `name` (image set, volume and file), whichever of
     /// them exist; the file only once its volume is gone.
     fn snapshot_drop(&self, name: &str) -> RResult<()>;
