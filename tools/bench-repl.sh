@@ -15,10 +15,16 @@
 #     the secondary applied in the same time, the lag left at the end;
 #  5. the full stack: 4 KiB random writes at QD32 on a plain volume, then
 #     on the same volume with a write-through cache, a dependent shadow
-#     and hybrid replication to the second daemon, in one run; the ratio.
+#     and hybrid replication to the second daemon, in one run; the ratio;
+#  6. writer stalls during link faults: 4 KiB random writes at QD32 on a
+#     hybrid set with a 1 s link timeout, once with the link black-holed
+#     (its proxy stopped with SIGSTOP: nothing flows, the heartbeat times
+#     out) and once cut (the proxy killed: the primary sees the close at
+#     once), each healed 2 s later; the longest write, the writes slower
+#     than 100 ms and than the link timeout, next to a run without a fault.
 #
 #   tools/bench-repl.sh
-#   ONLY=qd|sync|stack tools/bench-repl.sh   # section 1, 2-4 or 5 only
+#   ONLY=qd|sync|stack|faults tools/bench-repl.sh # section 1, 2-4, 5 or 6
 #   UMBRA_REPL_TLS=always tools/bench-repl.sh # every link over TLS 1.3
 #                                             # (loopback is plain by default)
 #   RUNTIME=10 BENCH_DIR=/var/tmp tools/bench-repl.sh
@@ -252,4 +258,54 @@ cow=$(A stats f --json | field '["volumes"][0]["image"][0]["cow_chunks"]')
 echo "  plain volume:  $plain_iops IOPS (p50 $plain_p50 µs, p99 $plain_p99 µs)"
 echo "  full stack:    $full_iops IOPS (p50 $full_p50 µs, p99 $full_p99 µs); $(python3 -c "print(round($full_iops/$plain_iops, 2))")x the plain volume ($cow first touches copied on write)"
 A repl disable f >/dev/null
+fi
+
+if want faults; then
+echo "== writer stalls during link faults: hybrid, link timeout 1 s, 4k randwrite QD32, 8 s per run"
+P3=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+proxy3() { # start the fault's proxy; returns once it listens
+  "$UMBRA" fault-proxy --listen "127.0.0.1:$P3" --to "$B_ADDR" >/dev/null &
+  PROXY3=$!; PIDS+=("$PROXY3")
+  for _ in $(seq 2500); do ss -ltnH "sport = :$P3" | grep -q . && return; sleep 0.002; done
+  echo "bench-repl: the fault proxy on port $P3 did not start" >&2; exit 1
+}
+proxy3
+A volume create lf --size 1G >/dev/null
+B volume create lf --size 1G >/dev/null
+A export nbd lf --listen 127.0.0.1:0 >/dev/null
+A repl enable lf --local lf --peer "127.0.0.1:$P3" --remote lf --mode hybrid --no-sync --timeout 1s >/dev/null
+A repl wait lf --timeout 30 >/dev/null
+for fault in none blackhole cut; do
+  A repl wait lf --timeout 60 >/dev/null
+  rm -f "$WORK"/lat_clat.*.log
+  fio --name=lf --ioengine=nbd --uri="$(uri_of lf)" --rw=randwrite --bs=4k --iodepth=32 \
+      --size=1G --time_based --runtime=8 --write_lat_log="$WORK/lat" --log_avg_msec=0 \
+      >/dev/null 2>&1 &
+  FIO=$!
+  sleep 2
+  case $fault in
+    blackhole) kill -STOP "$PROXY3"; sleep 2; kill -CONT "$PROXY3" ;;
+    cut) kill -9 "$PROXY3"; wait "$PROXY3" 2>/dev/null || true; sleep 2; proxy3 ;;
+  esac
+  wait "$FIO"
+  state=$(A repl info lf --json | field '["state"]')
+  python3 - "$fault" "$state" "$WORK"/lat_clat.*.log <<'PY'
+import sys
+fault, state, logs = sys.argv[1], sys.argv[2], sys.argv[3:]
+lat = []  # completion latency of every write, in ns
+for f in logs:
+    for line in open(f):
+        parts = line.split(",")
+        if len(parts) > 2 and parts[2].strip() == "1":
+            lat.append(int(parts[1]))
+lat.sort()
+if not lat:
+    sys.exit(f"bench-repl: no writes logged for the {fault} run")
+over = lambda ns: sum(1 for x in lat if x > ns)
+p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1e6
+print(f"  {fault:9} {len(lat):7} writes; longest {lat[-1] / 1e6:7.1f} ms, p99.99 {p(0.9999):6.1f} ms;"
+      f" over 100 ms: {over(100_000_000)}, over the 1 s timeout: {over(1_000_000_000)}; set {state} after")
+PY
+done
+A repl disable lf >/dev/null
 fi
