@@ -64,10 +64,18 @@ B repl setup --node b --listen 127.0.0.1:0 >/dev/null
 A repl peer add b --secret-file "$WORK/key" >/dev/null
 B repl peer add a --secret-file "$WORK/key" >/dev/null
 B_ADDR=$(B repl status --json | field '["listen"]')
-PROXY_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$UMBRA" fault-proxy --listen "127.0.0.1:$PROXY_PORT" --to "$B_ADDR" --delay-us 1000 >/dev/null &
-PIDS+=($!)
-sleep 0.3
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Start `umbra fault-proxy` on PORT toward b (further options after it);
+# returns once it listens, its pid in PROXY.
+fault_proxy() { # port [options]
+  local port=$1; shift
+  "$UMBRA" fault-proxy --listen "127.0.0.1:$port" --to "$B_ADDR" "$@" >/dev/null &
+  PROXY=$!; PIDS+=("$PROXY")
+  for _ in $(seq 2500); do ss -ltnH "sport = :$port" | grep -q . && return; sleep 0.002; done
+  echo "bench-repl: the fault proxy on port $port did not start" >&2; exit 1
+}
+PROXY_PORT=$(free_port)
+fault_proxy "$PROXY_PORT" --delay-us 1000
 
 # Milliseconds to send N bytes over a plain loopback TCP socket (the peer
 # every transfer is compared with).
@@ -164,21 +172,14 @@ echo "  sending $oos bytes over a loopback socket: $send_ms ms; ratio $(python3 
 A repl disable big >/dev/null
 
 echo "== outage: 64 MiB of random 4 KiB writes while the link is down, then heal"
-P2=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-# Start the outage's proxy; returns once it listens (the link is back then).
-proxy2() {
-  "$UMBRA" fault-proxy --listen "127.0.0.1:$P2" --to "$B_ADDR" >/dev/null &
-  PROXY2=$!; PIDS+=("$PROXY2")
-  for _ in $(seq 2500); do ss -ltnH "sport = :$P2" | grep -q . && return; sleep 0.002; done
-  echo "bench-repl: the fault proxy on port $P2 did not start" >&2; exit 1
-}
-proxy2
+P2=$(free_port)
+fault_proxy "$P2"
 A volume create o --size 4G >/dev/null
 B volume create o --size 4G >/dev/null
 A export nbd o --listen 127.0.0.1:0 >/dev/null
 A repl enable o --local o --peer "127.0.0.1:$P2" --remote o --mode hybrid --no-sync --timeout 1s >/dev/null
 A repl wait o --timeout 30 >/dev/null
-kill "$PROXY2"; wait "$PROXY2" 2>/dev/null || true
+kill "$PROXY"; wait "$PROXY" 2>/dev/null || true
 A repl wait o --state logging --timeout 30 >/dev/null
 fio --name=o --ioengine=nbd --uri="$(uri_of o)" --rw=randwrite --bs=4k --iodepth=16 \
     --size=4G --number_ios=16384 --randrepeat=0 >/dev/null 2>&1
@@ -191,7 +192,7 @@ A events --follow --json >"$WORK/events.log" 2>"$WORK/events.err" &
 EVENTS=$!; PIDS+=("$EVENTS")
 for _ in $(seq 500); do grep -q "following events" "$WORK/events.err" && break; sleep 0.01; done
 grep -q "following events" "$WORK/events.err" || { echo "bench-repl: events did not start" >&2; exit 1; }
-proxy2
+fault_proxy "$P2" # the link is back once it listens
 t0=$(date +%s%N)
 A repl wait o --timeout 600 >/dev/null
 t2=$(date +%s%N)
@@ -262,14 +263,8 @@ fi
 
 if want faults; then
 echo "== writer stalls during link faults: hybrid, link timeout 1 s, 4k randwrite QD32, 8 s per run"
-P3=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-proxy3() { # start the fault's proxy; returns once it listens
-  "$UMBRA" fault-proxy --listen "127.0.0.1:$P3" --to "$B_ADDR" >/dev/null &
-  PROXY3=$!; PIDS+=("$PROXY3")
-  for _ in $(seq 2500); do ss -ltnH "sport = :$P3" | grep -q . && return; sleep 0.002; done
-  echo "bench-repl: the fault proxy on port $P3 did not start" >&2; exit 1
-}
-proxy3
+P3=$(free_port)
+fault_proxy "$P3"
 A volume create lf --size 1G >/dev/null
 B volume create lf --size 1G >/dev/null
 A export nbd lf --listen 127.0.0.1:0 >/dev/null
@@ -284,8 +279,8 @@ for fault in none blackhole cut; do
   FIO=$!
   sleep 2
   case $fault in
-    blackhole) kill -STOP "$PROXY3"; sleep 2; kill -CONT "$PROXY3" ;;
-    cut) kill -9 "$PROXY3"; wait "$PROXY3" 2>/dev/null || true; sleep 2; proxy3 ;;
+    blackhole) kill -STOP "$PROXY"; sleep 2; kill -CONT "$PROXY" ;;
+    cut) kill -9 "$PROXY"; wait "$PROXY" 2>/dev/null || true; sleep 2; fault_proxy "$P3" ;;
   esac
   wait "$FIO"
   state=$(A repl info lf --json | field '["state"]')
