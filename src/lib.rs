@@ -11,5 +11,6 @@ pub mod device;
 pub mod export;
 pub mod fault;
 pub mod interposer;
+pub mod park;
 pub mod services;
 pub mod tls;

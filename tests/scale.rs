@@ -241,20 +241,23 @@ fn idle_nbd_clients_give_their_threads_back() {
     c.disconnect();
 }
 
-/// Idle replication links cost about one thread per side: a primary with
-/// `LINKS` sets (each its own link) replicating to one secondary, after
-/// every set took writes and went quiet again, runs one receiver per link
-/// plus a fixed few (manager, heartbeats, listener); the secondary one
-/// reader per link plus the same few. (A sender, a receiver and a manager
-/// per link on the primary, and a reader, a heartbeat and four apply
-/// workers per link on the secondary, were the old design's.) A write
-/// after the quiet spell still replicates: the sender and the workers
-/// come back with work.
+/// Idle replication links cost no thread of their own on either side:
+/// a primary with `LINKS` sets (each its own link, sync, async and hybrid)
+/// replicating to one secondary, after every set took writes and went
+/// quiet again, runs only a fixed few replication threads (manager,
+/// heartbeats, listener) on each side: the primary's receivers and the
+/// secondary's readers park their sockets in the idle poller, which takes
+/// the heartbeats itself. (A sender, a receiver and a manager per link on
+/// the primary, and a reader, a heartbeat and four apply workers per link
+/// on the secondary, were the first design's; a receiver and a reader per
+/// link the second's.) Parked links stay up past several link timeouts,
+/// replicate the next write, and still notice a peer that falls silent.
 #[test]
-fn idle_replication_links_keep_one_thread_per_side() {
-    use common::repl::{enable_args, leg, mesh, settle};
+fn idle_replication_links_give_their_threads_back() {
+    use common::repl::{enable_args, leg, mesh, settle, wait_for, wait_state};
     const LINKS: usize = 12;
     const FIXED: usize = 4;
+    const MODES: [&str; 3] = ["sync", "async", "hybrid"];
     require_tool("nbdcopy");
     let [(a, _), (b, b_addr)] = mesh(["a", "b"], "scale-test-secret-0123456789");
     for d in [&a, &b] {
@@ -269,53 +272,51 @@ fn idle_replication_links_keep_one_thread_per_side() {
             &vol,
             &b_addr,
             &vol,
-            "hybrid",
-            &["--no-sync"],
+            MODES[i % 3],
+            &["--no-sync", "--timeout", "2s"],
         ));
     }
     for i in 0..LINKS {
         let vol = format!("v{i}");
         a.export_nbd(&vol);
+        b.export_nbd(&vol);
         scribble(&a.addr_of(&vol), &vol, 16, i as u8);
     }
     let connects: Vec<_> = (0..LINKS)
         .map(|i| leg(&settle(&a, &format!("s{i}")), "b")["connects"].clone())
         .collect();
-    // Quiet: senders and apply workers end after 2 s idle, round threads
-    // after 10 s without a round.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let (mut pa, mut pb);
-    loop {
-        pa = repl_threads(a.pid());
-        pb = repl_threads(b.pid());
-        let quiet = pa.len() <= LINKS + FIXED && pb.len() <= LINKS + FIXED;
-        if quiet {
-            break;
+    let quiet = |why: &str| {
+        // Senders, apply workers and parked readers go after 2 s idle,
+        // round threads after 10 s without a round.
+        wait_no_threads(a.pid(), "repl-recv", why);
+        wait_no_threads(a.pid(), "repl-send", why);
+        wait_no_threads(b.pid(), "repl-peer", why);
+        wait_no_threads(b.pid(), "repl-apply", why);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let (pa, pb) = (repl_threads(a.pid()), repl_threads(b.pid()));
+            if pa.len() <= FIXED && pb.len() <= FIXED {
+                eprintln!("{LINKS} idle links: primary {pa:?}; secondary {pb:?}");
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{why}: primary {pa:?}, secondary {pb:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "idle links kept their threads: primary {} {pa:?}, secondary {} {pb:?}",
-            pa.len(),
-            pb.len()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    quiet("idle links kept their threads");
+    // Parked for three link timeouts: the poller's heartbeats keep every
+    // link up on both sides.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    for (i, before) in connects.iter().enumerate() {
+        let v = settle(&a, &format!("s{i}"));
+        assert_eq!(&leg(&v, "b")["connects"], before, "parked link stayed up: {v}");
+        let w = b.json(&["repl", "info", &format!("s{i}")]);
+        assert_eq!(w["link"], "up", "the secondary's side of a parked link: {w}");
     }
-    eprintln!(
-        "{LINKS} idle links: primary {} repl threads {pa:?}; secondary {} {pb:?}",
-        pa.len(),
-        pb.len()
-    );
-    let receivers = pa.iter().filter(|n| n.starts_with("repl-recv")).count();
-    assert_eq!(receivers, LINKS, "one receiver per link: {pa:?}");
-    assert!(
-        !pa.iter().any(|n| n.starts_with("repl-send")),
-        "no sender on an idle link: {pa:?}"
-    );
-    assert!(
-        !pb.iter().any(|n| n.starts_with("repl-apply")),
-        "no apply worker on an idle link: {pb:?}"
-    );
-    // Still connected and still replicating after the quiet spell.
+    // A write wakes the link's threads, replicates, and is acknowledged.
     for i in 0..LINKS {
         let vol = format!("v{i}");
         scribble(&a.addr_of(&vol), &vol, 8, 100 + i as u8);
@@ -324,7 +325,55 @@ fn idle_replication_links_keep_one_thread_per_side() {
         let v = settle(&a, &format!("s{i}"));
         assert_eq!(&leg(&v, "b")["connects"], before, "the link stayed up: {v}");
         let vol = format!("v{i}");
-        b.export_nbd(&vol);
         assert_eq!(sha(&a.uri_of(&vol)), sha(&b.uri_of(&vol)), "{vol}");
     }
+    quiet("links idle again kept their threads");
+    // A secondary that falls silent (stopped, its sockets open) takes
+    // every parked link down on the primary within the timeout (2 s) and
+    // the poller's tick; continued, it is caught up by autosync.
+    let stop = |d: &Daemon, sig| {
+        // SAFETY: kill(2) on the test's own child; no memory is involved.
+        assert_eq!(unsafe { libc::kill(d.pid(), sig) }, 0);
+    };
+    stop(&b, libc::SIGSTOP);
+    for i in 0..LINKS {
+        wait_state(&a, &format!("s{i}"), "logging", 10);
+    }
+    for i in 0..LINKS {
+        let vol = format!("v{i}");
+        scribble(&a.addr_of(&vol), &vol, 4, 200 + i as u8);
+    }
+    stop(&b, libc::SIGCONT);
+    for i in 0..LINKS {
+        wait_for(
+            &a,
+            &format!("s{i}"),
+            "caught up after the silence",
+            |v| v["state"] == "replicating" && v["lag_writes"] == 0,
+            90,
+        );
+    }
+    for i in 0..LINKS {
+        let vol = format!("v{i}");
+        assert_eq!(sha(&a.uri_of(&vol)), sha(&b.uri_of(&vol)), "{vol} after the silence");
+    }
+    // The primary falls silent: every parked reader on the secondary
+    // notices and its link goes down there.
+    quiet("links idle a third time kept their threads");
+    stop(&a, libc::SIGSTOP);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for i in 0..LINKS {
+        loop {
+            let w = b.json(&["repl", "info", &format!("s{i}")]);
+            if w["link"] == "down" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a silent primary's parked link stayed up on the secondary: {w}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+    stop(&a, libc::SIGCONT);
 }

@@ -23,7 +23,7 @@
 //! A client quiet for [`CONN_IDLE`] with no reply outstanding gives its
 //! thread (and its buffers) back: the dispatcher's read between requests
 //! is the only one that may time out, and then the socket is parked in the
-//! process's one epoll set (`park.rs`); its next request, its close, or a
+//! process's one epoll set (`crate::park`); its next request, its close, or a
 //! shutdown by the server (export removed, daemon stopping) wakes it and a
 //! new dispatcher thread carries on with the negotiated session. A
 //! thousand connected, idle clients cost one thread, not a thousand.
@@ -37,7 +37,6 @@
 //! a request that is merely wrong (out of range, unknown command, bad flag)
 //! gets an error reply and the connection carries on.
 
-mod park;
 pub mod proto;
 mod server;
 
@@ -62,7 +61,7 @@ pub const CORK_COPY_MAX_BYTES: usize = 64 * 1024;
 
 /// A connected client that sent nothing for this long, with no reply
 /// outstanding, gives its thread back: its socket waits in the process's
-/// one idle poller (park.rs) until the next request starts a thread for it
+/// one idle poller (`crate::park`) until the next request starts a thread for it
 /// again (a thread spawn, tens of microseconds, on that request). Long
 /// enough that a client pausing between bursts keeps its thread.
 pub const CONN_IDLE: std::time::Duration = std::time::Duration::from_secs(5);

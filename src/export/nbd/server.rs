@@ -488,7 +488,7 @@ struct Session {
 }
 
 /// Serve the transmission phase on this thread until the client goes or
-/// goes quiet. Quiet, the socket is parked (park.rs) and this thread ends;
+/// goes quiet. Quiet, the socket is parked (`crate::park`) and this thread ends;
 /// the first request after that starts a thread that comes back here.
 /// Returns whether the connection ended (its registry entry may go).
 fn serve_session(inner: &Arc<Inner>, session: Session, stream: Stream) -> bool {
@@ -504,7 +504,7 @@ fn serve_session(inner: &Arc<Inner>, session: Session, stream: Stream) -> bool {
             return true;
         };
         let woken = inner.clone();
-        let parked = super::park::park(
+        let parked = crate::park::park(
             (session, back),
             |(_, stream)| stream.as_fd(),
             move |(session, stream)| resume(woken, session, stream),

@@ -10,7 +10,7 @@ use super::requests::{
     MAX_READ_BYTES, MAX_SET_ID,
 };
 use super::runtime::{link_key, Replication, SecondaryEntry};
-use super::secondary::{serve_link, SecondarySet, SECONDARY_LAYER};
+use super::secondary::{serve_link_parking, SecondarySet, SECONDARY_LAYER};
 use super::{
     Mode, PeerLoss, QueueFull, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_ITEMS, DEFAULT_TIMEOUT_MS,
 };
@@ -775,16 +775,23 @@ impl Replication {
                 .field("peer", peer)
                 .field("mode", mode.as_str()),
         );
-        let why = serve_link(stream, sets, mode, timeout);
-        log::info!("replication: link {group} from {peer} ended: {why}");
-        self.publish(
-            "repl.link_down",
-            &group,
-            crate::services::Note::new(why.clone())
-                .field("peer", peer)
-                .field("why", why),
-        );
-        let _ = done_tx.send(());
+        // Served on this thread while busy; a quiet link waits in the idle
+        // poller, and its end runs on whichever thread serves it then.
+        let me = self.me();
+        let peer = peer.to_owned();
+        serve_link_parking(stream, sets, mode, timeout, move |why| {
+            log::info!("replication: link {group} from {peer} ended: {why}");
+            if let Some(r) = me.upgrade() {
+                r.publish(
+                    "repl.link_down",
+                    &group,
+                    crate::services::Note::new(why.clone())
+                        .field("peer", &peer)
+                        .field("why", why),
+                );
+            }
+            let _ = done_tx.send(());
+        });
     }
 }
 

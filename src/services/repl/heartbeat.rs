@@ -14,6 +14,7 @@
 //! tick.
 
 use super::wire::{self, FrameType};
+use crate::park::Ready;
 use parking_lot::Mutex;
 use std::io::{BufWriter, Write};
 use std::net::TcpStream;
@@ -90,4 +91,43 @@ fn writable_now(s: &TcpStream) -> bool {
         && fds[0]
             .revents()
             .is_some_and(|r| r.contains(PollFlags::POLLOUT) && !r.contains(PollFlags::POLLERR))
+}
+
+/// The one encoding of a HEARTBEAT frame (a header without payload).
+fn heartbeat_frame() -> &'static [u8; wire::HEADER_BYTES] {
+    static F: OnceLock<[u8; wire::HEADER_BYTES]> = OnceLock::new();
+    F.get_or_init(|| {
+        let mut v = Vec::with_capacity(wire::HEADER_BYTES);
+        wire::write_frame(&mut v, FrameType::Heartbeat, &[]).expect("a header fits a Vec");
+        v.try_into().expect("a heartbeat is one header")
+    })
+}
+
+/// A parked link end's readable hook (`crate::park`): consume the
+/// heartbeats waiting on `s` without blocking. [`Ready::Alive`] when it
+/// took at least one and nothing else waits; [`Ready::Wake`] when anything
+/// else is there (another frame or part of one, the end of the stream, an
+/// error): the link's thread reads it.
+pub fn take_heartbeats(s: &TcpStream) -> Ready {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let fd = s.as_raw_fd();
+    let mut took = false;
+    loop {
+        let mut hdr = [0u8; wire::HEADER_BYTES];
+        match recv(fd, &mut hdr, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+            Ok(n) if n == hdr.len() && &hdr == heartbeat_frame() => {
+                // Peeked whole, so this takes exactly those bytes.
+                if recv(fd, &mut hdr, MsgFlags::MSG_DONTWAIT) != Ok(hdr.len()) {
+                    return Ready::Wake;
+                }
+                took = true;
+            }
+            Err(nix::errno::Errno::EAGAIN) => {
+                return if took { Ready::Alive } else { Ready::Stay };
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ => return Ready::Wake,
+        }
+    }
 }

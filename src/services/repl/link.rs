@@ -28,10 +28,12 @@ use super::heartbeat::{self, LinkWriter};
 use super::set::ReplSet;
 use super::wire::{self, FrameType, WireError};
 use super::{Mode, NodeCtx, QueueFull, MAX_GROUP_WRITES};
+use crate::park::Woken;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::VecDeque;
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -168,6 +170,11 @@ const SEND_BATCH: usize = 128;
 /// thread spawn, tens of microseconds, on the next write), short enough
 /// that idle links give their threads back soon.
 pub const SENDER_IDLE: Duration = Duration::from_secs(2);
+/// The receiver parks its socket (`crate::park`) when nothing is
+/// outstanding and no ACK came for this long: the same grace as the
+/// sender's, for the same reason (a writer pausing between bursts keeps
+/// its threads; an idle link gives them back).
+pub const RECEIVER_IDLE: Duration = SENDER_IDLE;
 
 #[derive(Debug, Clone)]
 pub struct Down(pub String);
@@ -486,11 +493,7 @@ impl Link {
         *self.conn.lock() = Some(conn);
         *self.peer_node.lock() = Some(peer);
         self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-        let me = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("repl-recv-{}", self.group))
-            .spawn(move || me.receiver(epoch, stream));
-        if let Err(e) = spawned {
+        if let Err(e) = self.start_receiver(epoch, stream) {
             // Up without a receiver nobody would notice the peer go.
             let why = format!("starting the receiver: {e}");
             self.down(epoch, &why);
@@ -554,7 +557,17 @@ impl Link {
         }
     }
 
+    /// Start the receiver thread of connection generation `epoch`.
+    fn start_receiver(self: &Arc<Self>, epoch: u64, stream: TcpStream) -> std::io::Result<()> {
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name(format!("repl-recv-{}", self.group))
+            .spawn(move || me.receiver(epoch, stream))
+            .map(drop)
+    }
+
     fn receiver(self: Arc<Self>, epoch: u64, mut stream: TcpStream) {
+        let mut last_ack = Instant::now();
         loop {
             let f = match wire::read_frame(&mut stream) {
                 Ok(f) => f,
@@ -564,14 +577,7 @@ impl Link {
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                     ) =>
                 {
-                    self.down(
-                        epoch,
-                        &format!(
-                            "no heartbeat from {} within {:.1}s",
-                            self.peer_addr,
-                            self.timeout.as_secs_f64()
-                        ),
-                    );
+                    self.down(epoch, &self.silence());
                     return;
                 }
                 Err(e) => {
@@ -580,10 +586,22 @@ impl Link {
                 }
             };
             let res = match f.kind {
-                FrameType::Ack => wire::decode_ack(&f.payload)
-                    .map_err(|e| e.to_string())
-                    .and_then(|(seq, flags)| self.ack(epoch, seq, flags)),
-                FrameType::Heartbeat => Ok(()),
+                FrameType::Ack => {
+                    last_ack = Instant::now();
+                    wire::decode_ack(&f.payload)
+                        .map_err(|e| e.to_string())
+                        .and_then(|(seq, flags)| self.ack(epoch, seq, flags))
+                }
+                FrameType::Heartbeat => {
+                    if last_ack.elapsed() >= RECEIVER_IDLE && self.q.lock().items.is_empty() {
+                        match self.park_receiver(epoch, stream) {
+                            Ok(()) => return,
+                            Err(back) => stream = back,
+                        }
+                        last_ack = Instant::now();
+                    }
+                    Ok(())
+                }
                 FrameType::Error => Err(format!(
                     "peer reported: {}",
                     String::from_utf8_lossy(&f.payload)
@@ -595,6 +613,52 @@ impl Link {
                 return;
             }
         }
+    }
+
+    /// Nothing is outstanding and the peer sent only heartbeats for
+    /// [`RECEIVER_IDLE`]: hand the socket to the process's idle poller
+    /// (`crate::park`), which takes the peer's heartbeats itself, wakes a
+    /// receiver thread for anything else (an ACK, an ERROR, the end), and
+    /// takes the link down when the heartbeats stop. The stream comes back
+    /// when there is no poller.
+    fn park_receiver(self: &Arc<Self>, epoch: u64, stream: TcpStream) -> Result<(), TcpStream> {
+        let watch = crate::park::Watch {
+            on_readable: |(_, _, s): &mut (Arc<Link>, u64, TcpStream)| {
+                heartbeat::take_heartbeats(s)
+            },
+            timeout: self.timeout,
+        };
+        crate::park::park_watched(
+            (self.clone(), epoch, stream),
+            |(_, _, s)| s.as_fd(),
+            watch,
+            |(link, epoch, stream), why| {
+                // On the poller's thread: only start one.
+                let res = match why {
+                    Woken::Readable => link.start_receiver(epoch, stream),
+                    Woken::TimedOut => {
+                        let l = link.clone();
+                        std::thread::Builder::new()
+                            .name(format!("repl-recv-{}", link.group))
+                            .spawn(move || l.down(epoch, &l.silence()))
+                            .map(drop)
+                    }
+                };
+                if let Err(e) = res {
+                    link.down(epoch, &format!("starting the receiver: {e}"));
+                }
+            },
+        )
+        .map_err(|(_, _, s)| s)
+    }
+
+    /// Why the link goes down when the peer falls silent.
+    fn silence(&self) -> String {
+        format!(
+            "no heartbeat from {} within {:.1}s",
+            self.peer_addr,
+            self.timeout.as_secs_f64()
+        )
     }
 
     fn ack(&self, epoch: u64, seq: u64, flags: u32) -> Result<(), String> {

@@ -23,11 +23,13 @@ use super::wire::{self, FrameType, WireError, WriteFrame};
 use super::Mode;
 use crate::device::{BlockDevice, DeviceError, Result};
 use crate::interposer::Service;
+use crate::park::Woken;
 use crossbeam_channel::Receiver;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -353,185 +355,389 @@ fn send(w: &LinkWriter, kind: FrameType, payload: &[u8]) -> std::result::Result<
     Ok(())
 }
 
-/// Serve a data link until it ends. `sets[id]` is the set a WRITE's set
-/// id names. Returns why the link ended.
+/// What a [`DataLink`] run stopped for.
+enum Step {
+    /// The link ended, for this reason (its end is not run yet).
+    Ended(String),
+    /// Nothing is outstanding and only heartbeats came for [`LINK_IDLE`]:
+    /// the socket may be parked.
+    Idle,
+}
+
+/// A data link's reader parks its socket (`crate::park`) after this long
+/// with nothing but heartbeats: the apply workers' grace, so a link
+/// between bursts keeps its reader and an idle one gives it back.
+const LINK_IDLE: Duration = WORKER_IDLE;
+
+/// The ordered applier's state between runs of a parked link (every write
+/// applied and acknowledged, nothing outstanding).
+#[derive(Default, Clone, Copy)]
+struct OrderState {
+    current: Option<u64>,
+    last_seq: u64,
+    acked: u64,
+}
+
+/// One data link being served: everything its reader needs, owned, so a
+/// quiet link's session can wait in the idle poller without a thread.
+struct DataLink {
+    stream: TcpStream,
+    sets: Vec<Option<Arc<SecondarySet>>>,
+    sets_all: Vec<Arc<SecondarySet>>,
+    mode: Mode,
+    timeout: Duration,
+    writer: LinkWriter,
+    job_tx: LazyPool<(Arc<SecondarySet>, WriteFrame)>,
+    done_rx: Receiver<(u64, std::result::Result<(), String>)>,
+    order: OrderState,
+    overlaps: Overlaps,
+}
+
+/// Serve a data link until it ends, on this thread. `sets[id]` is the set
+/// a WRITE's set id names. Returns why the link ended.
 pub fn serve_link(
     stream: TcpStream,
     sets: Vec<Option<Arc<SecondarySet>>>,
     mode: Mode,
     timeout: Duration,
 ) -> String {
-    let _ = stream.set_read_timeout(Some(timeout));
-    // Heartbeats from this side (so the primary notices a dead secondary)
-    // go out through this writer from the process's heartbeat thread.
-    let writer: LinkWriter = match stream.try_clone() {
-        Ok(s) => heartbeat::writer(s, 8 << 10),
-        Err(e) => return e.to_string(),
-    };
-    for s in sets.iter().flatten() {
-        s.connected.store(true, Ordering::SeqCst);
-        s.contact();
+    match DataLink::new(stream, sets, mode, timeout) {
+        Ok(l) => l.serve_here(),
+        Err(e) => e,
     }
-    // The workers start with the first write dispatched to them and end
-    // when the link is idle (pool.rs); the reader collects their results.
-    // Bounded both ways: at most MAX_APPLYING writes are dispatched and
-    // not yet reaped (sync mode waits for one before it dispatches more;
-    // the ordered modes keep at most WORKERS), so the pool's queue stays
-    // that short and a worker never blocks on a full result channel while
-    // the reader waits for it.
-    let (done_tx, done_rx) =
-        crossbeam_channel::bounded::<(u64, std::result::Result<(), String>)>(MAX_APPLYING);
-    let job_tx = {
-        let writer = writer.clone();
-        LazyPool::new(
-            "repl-apply",
-            WORKERS,
-            WORKER_IDLE,
-            move |(set, w): (Arc<SecondarySet>, WriteFrame)| {
-                let r = set
-                    .apply(&w)
-                    .map_err(|e| format!("set {}: applying write {}: {e}", set.name, w.seq));
-                if mode == Mode::Sync {
-                    // Acknowledged one by one, as soon as applied.
-                    match &r {
-                        Ok(()) => {
-                            let _ = send(&writer, FrameType::Ack, &wire::encode_ack(w.seq, 0));
-                        }
-                        Err(e) => {
-                            let _ = send(&writer, FrameType::Error, e.as_bytes());
+}
+
+/// [`serve_link`] that gives its thread back while the link is quiet: the
+/// socket waits in the idle poller (`crate::park`), which takes the
+/// primary's heartbeats itself, ends the link when they stop, and starts a
+/// thread that serves on when anything else arrives. This call returns
+/// once the link ended or parked; `ended(why)` runs when it ends, on
+/// whichever thread serves it then.
+pub fn serve_link_parking(
+    stream: TcpStream,
+    sets: Vec<Option<Arc<SecondarySet>>>,
+    mode: Mode,
+    timeout: Duration,
+    ended: impl FnOnce(String) + Send + 'static,
+) {
+    match DataLink::new(stream, sets, mode, timeout) {
+        Ok(l) => drive(l, Box::new(ended)),
+        Err(e) => ended(e),
+    }
+}
+
+type Ended = Box<dyn FnOnce(String) + Send>;
+
+/// Serve `l` on this thread until it ends or parks.
+fn drive(mut l: DataLink, ended: Ended) {
+    match l.run(true) {
+        Step::Ended(reason) => return ended(l.end(reason)),
+        Step::Idle => {}
+    }
+    let watch = crate::park::Watch {
+        on_readable: |(l, _): &mut (DataLink, Ended)| l.heartbeats(),
+        timeout: l.timeout,
+    };
+    let parked = crate::park::park_watched(
+        (l, ended),
+        |(l, _)| l.stream.as_fd(),
+        watch,
+        |(l, ended), why| {
+            // On the poller's thread: only start a thread.
+            let timeout = l.timeout;
+            let slot = Arc::new(Mutex::new(Some((l, ended))));
+            let taken = slot.clone();
+            let spawned = std::thread::Builder::new()
+                .name("repl-peer".into())
+                .spawn(move || {
+                    let Some((l, ended)) = taken.lock().take() else {
+                        return;
+                    };
+                    match why {
+                        Woken::Readable => drive(l, ended),
+                        Woken::TimedOut => ended(l.end(silence(timeout))),
+                    }
+                });
+            if let Err(e) = spawned {
+                if let Some((l, ended)) = slot.lock().take() {
+                    ended(l.end(format!("starting the link's reader: {e}")));
+                }
+            }
+        },
+    );
+    // No poller: serve on here, without asking again.
+    if let Err((l, ended)) = parked {
+        ended(l.serve_here());
+    }
+}
+
+fn silence(timeout: Duration) -> String {
+    format!(
+        "no heartbeat from the primary within {:.1}s",
+        timeout.as_secs_f64()
+    )
+}
+
+impl DataLink {
+    fn new(
+        stream: TcpStream,
+        sets: Vec<Option<Arc<SecondarySet>>>,
+        mode: Mode,
+        timeout: Duration,
+    ) -> std::result::Result<DataLink, String> {
+        let _ = stream.set_read_timeout(Some(timeout));
+        // Heartbeats from this side (so the primary notices a dead
+        // secondary) go out through this writer from the process's
+        // heartbeat thread.
+        let writer: LinkWriter = match stream.try_clone() {
+            Ok(s) => heartbeat::writer(s, 8 << 10),
+            Err(e) => return Err(e.to_string()),
+        };
+        for s in sets.iter().flatten() {
+            s.connected.store(true, Ordering::SeqCst);
+            s.contact();
+        }
+        // The workers start with the first write dispatched to them and
+        // end when the link is idle (pool.rs); the reader collects their
+        // results. Bounded both ways: at most MAX_APPLYING writes are
+        // dispatched and not yet reaped (sync mode waits for one before it
+        // dispatches more; the ordered modes keep at most WORKERS), so the
+        // pool's queue stays that short and a worker never blocks on a
+        // full result channel while the reader waits for it.
+        let (done_tx, done_rx) =
+            crossbeam_channel::bounded::<(u64, std::result::Result<(), String>)>(MAX_APPLYING);
+        let job_tx = {
+            let writer = writer.clone();
+            LazyPool::new(
+                "repl-apply",
+                WORKERS,
+                WORKER_IDLE,
+                move |(set, w): (Arc<SecondarySet>, WriteFrame)| {
+                    let r = set
+                        .apply(&w)
+                        .map_err(|e| format!("set {}: applying write {}: {e}", set.name, w.seq));
+                    if mode == Mode::Sync {
+                        // Acknowledged one by one, as soon as applied.
+                        match &r {
+                            Ok(()) => {
+                                let _ = send(&writer, FrameType::Ack, &wire::encode_ack(w.seq, 0));
+                            }
+                            Err(e) => {
+                                let _ = send(&writer, FrameType::Error, e.as_bytes());
+                            }
                         }
                     }
-                }
-                let _ = done_tx.send((w.seq, r));
-            },
-        )
-    };
-    let sets_all: Vec<Arc<SecondarySet>> = sets.iter().flatten().cloned().collect();
-    let mut ordered = Ordered {
-        job_tx: &job_tx,
-        done_rx: &done_rx,
-        writer: &writer,
-        sets: &sets_all,
-        current: None,
-        outstanding: 0,
-        last_seq: 0,
-        acked: 0,
-        needs_flush: false,
-        // Async: every write is its own group; nothing to overlap.
-        inline_only: mode == Mode::Async,
-    };
-    let is_ordered = mode != Mode::Sync;
-    let mut overlaps = Overlaps::default();
-    let mut reader = BufReader::with_capacity(1 << 20, &stream);
-    let reason = loop {
-        // About to wait for the socket: finish and acknowledge what was
-        // received, or the primary would wait for us while we wait for it.
-        if is_ordered && reader.buffer().is_empty() {
-            if let Err(e) = ordered.idle() {
-                let _ = send(&writer, FrameType::Error, e.as_bytes());
-                break e;
-            }
-        }
-        let f = match wire::read_frame(&mut reader) {
-            Ok(f) => f,
-            Err(WireError::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                break format!(
-                    "no heartbeat from the primary within {:.1}s",
-                    timeout.as_secs_f64()
-                );
-            }
-            Err(e) => break e.to_string(),
+                    let _ = done_tx.send((w.seq, r));
+                },
+            )
         };
-        match f.kind {
-            FrameType::Heartbeat => {
-                for s in &sets_all {
-                    s.contact();
-                }
-                continue;
-            }
-            FrameType::Write => {}
-            other => {
-                let m = format!("malformed: unexpected {other:?} frame on a data link");
-                let _ = send(&writer, FrameType::Error, m.as_bytes());
-                break m;
-            }
-        }
-        let w = match WriteFrame::decode(f.payload) {
-            Ok(w) => w,
-            Err(e) => {
-                let _ = send(&writer, FrameType::Error, e.to_string().as_bytes());
-                break e.to_string();
-            }
-        };
-        let Some(set) = sets.get(w.set_id as usize).and_then(|s| s.clone()) else {
-            let m = format!("malformed: write for unknown set id {}", w.set_id);
-            let _ = send(&writer, FrameType::Error, m.as_bytes());
-            break m;
-        };
-        if w.offset
-            .checked_add(w.len as u64)
-            .is_none_or(|end| end > set.size_bytes)
-        {
-            let m = format!(
-                "malformed: write [{}, +{}) past the end of set {} ({} bytes)",
-                w.offset, w.len, set.name, set.size_bytes
-            );
-            let _ = send(&writer, FrameType::Error, m.as_bytes());
-            break m;
-        }
-        // A write to a chunk whose mark is not durable yet would wait for a
-        // commit of its own: mark every write already buffered in the same
-        // commit (one per buffer-full instead of one per cold chunk).
-        if w.flags & wire::WRITE_FLUSH == 0 && !set.scoreboard.is_durable(w.offset, w.len as u64) {
-            let ahead = std::iter::once((w.set_id, w.offset, w.len))
-                .chain(wire::peek_writes(reader.buffer()));
-            let mut by_set: Vec<Vec<(u64, u64)>> = vec![Vec::new(); sets.len()];
-            for (id, off, len) in ahead {
-                if let Some(v) = by_set.get_mut(id as usize) {
-                    v.push((off, len as u64));
-                }
-            }
-            for (s, ranges) in sets.iter().zip(by_set) {
-                if let (Some(s), false) = (s, ranges.is_empty()) {
-                    s.mark_ahead(ranges.into_iter());
-                }
-            }
-        }
-        let r = if is_ordered {
-            let next = wire::peek_write_group(reader.buffer());
-            let same_group_follows = next == Some(w.group);
-            ordered.write(set, w, same_group_follows)
-        } else {
-            overlaps
-                .admit(&done_rx, &w)
-                .and_then(|()| job_tx.send((set, w)))
-                .and_then(|()| overlaps.reap(&done_rx))
-        };
-        if let Err(e) = r {
-            let _ = send(&writer, FrameType::Error, e.as_bytes());
-            break e;
-        }
-    };
-    // Stop: nothing more is dispatched (later groups were never read);
-    // what the workers hold completes.
-    let applied = if is_ordered {
-        ordered.wait_all()
-    } else {
-        Ok(())
-    };
-    job_tx.close();
-    let _ = stream.shutdown(Shutdown::Both);
-    for s in sets.iter().flatten() {
-        s.connected.store(false, Ordering::SeqCst);
+        let sets_all = sets.iter().flatten().cloned().collect();
+        Ok(DataLink {
+            stream,
+            sets,
+            sets_all,
+            mode,
+            timeout,
+            writer,
+            job_tx,
+            done_rx,
+            order: OrderState::default(),
+            overlaps: Overlaps::default(),
+        })
     }
-    match applied {
-        Err(e) => e,
-        Ok(()) => reason,
+
+    /// The parked socket's readable hook: take the primary's heartbeats
+    /// (each one a contact of every set, as when the reader reads it).
+    fn heartbeats(&mut self) -> crate::park::Ready {
+        let r = heartbeat::take_heartbeats(&self.stream);
+        if r == crate::park::Ready::Alive {
+            for s in &self.sets_all {
+                s.contact();
+            }
+        }
+        r
+    }
+
+    /// Read and apply frames until the link ends or, with `may_park`, has
+    /// been quiet for [`LINK_IDLE`] with nothing outstanding.
+    fn run(&mut self, may_park: bool) -> Step {
+        let DataLink {
+            stream,
+            sets,
+            sets_all,
+            mode,
+            timeout,
+            writer,
+            job_tx,
+            done_rx,
+            order,
+            overlaps,
+        } = self;
+        let mut ordered = Ordered {
+            job_tx,
+            done_rx,
+            writer,
+            sets: sets_all,
+            current: order.current,
+            outstanding: 0,
+            last_seq: order.last_seq,
+            acked: order.acked,
+            needs_flush: false,
+            // Async: every write is its own group; nothing to overlap.
+            inline_only: *mode == Mode::Async,
+        };
+        let is_ordered = *mode != Mode::Sync;
+        let mut reader = BufReader::with_capacity(1 << 20, &*stream);
+        let mut last_write = std::time::Instant::now();
+        let step = loop {
+            // About to wait for the socket: finish and acknowledge what was
+            // received, or the primary would wait for us while we wait for it.
+            if is_ordered && reader.buffer().is_empty() {
+                if let Err(e) = ordered.idle() {
+                    let _ = send(writer, FrameType::Error, e.as_bytes());
+                    break Step::Ended(e);
+                }
+            }
+            let f = match wire::read_frame(&mut reader) {
+                Ok(f) => f,
+                Err(WireError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break Step::Ended(silence(*timeout));
+                }
+                Err(e) => break Step::Ended(e.to_string()),
+            };
+            match f.kind {
+                FrameType::Heartbeat => {
+                    for s in sets_all.iter() {
+                        s.contact();
+                    }
+                    if may_park && reader.buffer().is_empty() && last_write.elapsed() >= LINK_IDLE {
+                        let settled = if is_ordered {
+                            ordered.idle()
+                        } else {
+                            overlaps.reap(done_rx)
+                        };
+                        if let Err(e) = settled {
+                            let _ = send(writer, FrameType::Error, e.as_bytes());
+                            break Step::Ended(e);
+                        }
+                        if overlaps.running.is_empty() && ordered.outstanding == 0 {
+                            break Step::Idle;
+                        }
+                    }
+                    continue;
+                }
+                FrameType::Write => last_write = std::time::Instant::now(),
+                other => {
+                    let m = format!("malformed: unexpected {other:?} frame on a data link");
+                    let _ = send(writer, FrameType::Error, m.as_bytes());
+                    break Step::Ended(m);
+                }
+            }
+            let w = match WriteFrame::decode(f.payload) {
+                Ok(w) => w,
+                Err(e) => {
+                    let _ = send(writer, FrameType::Error, e.to_string().as_bytes());
+                    break Step::Ended(e.to_string());
+                }
+            };
+            let Some(set) = sets.get(w.set_id as usize).and_then(|s| s.clone()) else {
+                let m = format!("malformed: write for unknown set id {}", w.set_id);
+                let _ = send(writer, FrameType::Error, m.as_bytes());
+                break Step::Ended(m);
+            };
+            if w.offset
+                .checked_add(w.len as u64)
+                .is_none_or(|end| end > set.size_bytes)
+            {
+                let m = format!(
+                    "malformed: write [{}, +{}) past the end of set {} ({} bytes)",
+                    w.offset, w.len, set.name, set.size_bytes
+                );
+                let _ = send(writer, FrameType::Error, m.as_bytes());
+                break Step::Ended(m);
+            }
+            // A write to a chunk whose mark is not durable yet would wait
+            // for a commit of its own: mark every write already buffered in
+            // the same commit (one per buffer-full instead of one per cold
+            // chunk).
+            if w.flags & wire::WRITE_FLUSH == 0
+                && !set.scoreboard.is_durable(w.offset, w.len as u64)
+            {
+                let ahead = std::iter::once((w.set_id, w.offset, w.len))
+                    .chain(wire::peek_writes(reader.buffer()));
+                let mut by_set: Vec<Vec<(u64, u64)>> = vec![Vec::new(); sets.len()];
+                for (id, off, len) in ahead {
+                    if let Some(v) = by_set.get_mut(id as usize) {
+                        v.push((off, len as u64));
+                    }
+                }
+                for (s, ranges) in sets.iter().zip(by_set) {
+                    if let (Some(s), false) = (s, ranges.is_empty()) {
+                        s.mark_ahead(ranges.into_iter());
+                    }
+                }
+            }
+            let r = if is_ordered {
+                let next = wire::peek_write_group(reader.buffer());
+                let same_group_follows = next == Some(w.group);
+                ordered.write(set, w, same_group_follows)
+            } else {
+                overlaps
+                    .admit(done_rx, &w)
+                    .and_then(|()| job_tx.send((set, w)))
+                    .and_then(|()| overlaps.reap(done_rx))
+            };
+            if let Err(e) = r {
+                let _ = send(writer, FrameType::Error, e.as_bytes());
+                break Step::Ended(e);
+            }
+        };
+        match step {
+            Step::Idle => {
+                *order = OrderState {
+                    current: ordered.current,
+                    last_seq: ordered.last_seq,
+                    acked: ordered.acked,
+                };
+                Step::Idle
+            }
+            Step::Ended(reason) => {
+                // Stop: nothing more is dispatched (later groups were never
+                // read); what the workers hold completes.
+                let applied = if is_ordered {
+                    ordered.wait_all()
+                } else {
+                    Ok(())
+                };
+                Step::Ended(match applied {
+                    Err(e) => e,
+                    Ok(()) => reason,
+                })
+            }
+        }
+    }
+
+    /// Serve until the link ends, on this thread; returns why it ended.
+    fn serve_here(mut self) -> String {
+        match self.run(false) {
+            Step::Ended(reason) => self.end(reason),
+            Step::Idle => unreachable!("a run that may not park never stops idle"),
+        }
+    }
+
+    /// The link is over: stop the workers, close the socket, and say why.
+    fn end(self, reason: String) -> String {
+        self.job_tx.close();
+        let _ = self.stream.shutdown(Shutdown::Both);
+        for s in &self.sets_all {
+            s.connected.store(false, Ordering::SeqCst);
+        }
+        reason
     }
 }
 
