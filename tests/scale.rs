@@ -312,9 +312,16 @@ fn idle_replication_links_give_their_threads_back() {
     std::thread::sleep(std::time::Duration::from_secs(6));
     for (i, before) in connects.iter().enumerate() {
         let v = settle(&a, &format!("s{i}"));
-        assert_eq!(&leg(&v, "b")["connects"], before, "parked link stayed up: {v}");
+        assert_eq!(
+            &leg(&v, "b")["connects"],
+            before,
+            "parked link stayed up: {v}"
+        );
         let w = b.json(&["repl", "info", &format!("s{i}")]);
-        assert_eq!(w["link"], "up", "the secondary's side of a parked link: {w}");
+        assert_eq!(
+            w["link"], "up",
+            "the secondary's side of a parked link: {w}"
+        );
     }
     // A write wakes the link's threads, replicates, and is acknowledged.
     for i in 0..LINKS {
@@ -355,7 +362,11 @@ fn idle_replication_links_give_their_threads_back() {
     }
     for i in 0..LINKS {
         let vol = format!("v{i}");
-        assert_eq!(sha(&a.uri_of(&vol)), sha(&b.uri_of(&vol)), "{vol} after the silence");
+        assert_eq!(
+            sha(&a.uri_of(&vol)),
+            sha(&b.uri_of(&vol)),
+            "{vol} after the silence"
+        );
     }
     // The primary falls silent: every parked reader on the secondary
     // notices and its link goes down there.

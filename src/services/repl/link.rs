@@ -2,12 +2,16 @@
 //! replicated writes of one consistency group, the sender and receiver
 //! threads, and what happens when the link drops.
 //!
-//! Threads: the receiver runs as long as the connection does (it is what
-//! notices a silent peer). The sender runs only while there is something
-//! to send: the first write queued after it ended starts it again, and it
-//! ends after [`SENDER_IDLE`] with an empty queue, so an idle link costs
-//! one thread. Heartbeats go out from the process's one heartbeat thread
-//! (heartbeat.rs) through the same writer the sender uses.
+//! Threads: the receiver runs while anything is outstanding (it is what
+//! notices a silent peer); after [`RECEIVER_IDLE`] with an empty queue and
+//! no ACK it parks the socket in the process's idle poller (`crate::park`),
+//! which takes the heartbeats, starts a receiver again for any other frame
+//! and takes the link down when the peer falls silent. The sender runs
+//! only while there is something to send: the first write queued after it
+//! ended starts it again, and it ends after [`SENDER_IDLE`] with an empty
+//! queue, so an idle link costs no thread. Heartbeats go out from the
+//! process's one heartbeat thread (heartbeat.rs) through the same writer
+//! the sender uses.
 //!
 //! Every replicated write gets its sequence number (and, in hybrid mode,
 //! its group number) under the queue lock, in the order it is sent; that
