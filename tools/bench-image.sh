@@ -14,6 +14,7 @@
 #   IOS=50000 BENCH_DIR=/var/tmp tools/bench-image.sh
 #   BENCH_FS=xfs tools/bench-image.sh         # on a fresh loop-mounted XFS
 #   BENCH_FS=ext4 tools/bench-image.sh        # (reflink) or ext4; as root
+#   CHUNK=4K BENCH_FS=ext4 tools/bench-image.sh   # the set's chunk (32K)
 #
 # On XFS the copy-on-write shares the master's extents (FICLONERANGE);
 # the run prints how many chunks moved that way.
@@ -75,6 +76,9 @@ for size in 1G 64G; do
 done
 
 IOS=${IOS:-30000}
+# The set's chunk (its copy unit); writes land 32 KiB apart, each the first
+# touch of its chunk at any chunk size up to that.
+CHUNK=${CHUNK:-32K}
 REPEAT=${REPEAT:-3}
 echo "== 4k randwrite QD32, $IOS writes at chunk-aligned offsets per run, median of $REPEAT rounds"
 "$UMBRA" volume create w --size 2G >/dev/null
@@ -93,7 +97,7 @@ for r in $(seq "$REPEAT"); do
   # Each round: no shadow; a fresh point in time (every chunk a first
   # touch); the same offsets again (every chunk already saved).
   base+=("$(fio_iops "$r")")
-  "$UMBRA" image enable snap --master w --shadow w-snap --mode dependent >/dev/null
+  "$UMBRA" image enable snap --master w --shadow w-snap --mode dependent --chunk-size "$CHUNK" >/dev/null
   first+=("$(fio_iops "$r")")
   again+=("$(fio_iops "$r")")
   "$UMBRA" stats w --json | python3 -c '
