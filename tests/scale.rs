@@ -254,18 +254,45 @@ fn idle_nbd_clients_give_their_threads_back() {
 /// replicate the next write, and still notice a peer that falls silent.
 #[test]
 fn idle_replication_links_give_their_threads_back() {
-    use common::repl::{enable_args, leg, mesh, settle, wait_for, wait_state};
-    const LINKS: usize = 12;
+    idle_links(12, "never");
+}
+
+/// [`idle_replication_links_give_their_threads_back`] over TLS (as links
+/// off the host run by default): a quiet link's TLS tunnels give their
+/// threads back too, and the idle reactor carries the heartbeats through
+/// the session until traffic brings a tunnel thread back.
+#[test]
+fn idle_tls_replication_links_give_their_threads_back() {
+    idle_links(6, "always");
+}
+
+fn idle_links(links: usize, tls: &str) {
+    use common::repl::{enable_args, leg, node_trusting, settle, wait_for, wait_state};
     const FIXED: usize = 4;
     const MODES: [&str; 3] = ["sync", "async", "hybrid"];
     require_tool("nbdcopy");
-    let [(a, _), (b, b_addr)] = mesh(["a", "b"], "scale-test-secret-0123456789");
+    let secret = "scale-test-secret-0123456789";
+    let env = [("UMBRA_REPL_TLS", tls)];
+    let (a, _) = node_trusting(
+        Daemon::start_with_env(&env),
+        "a",
+        "127.0.0.1:0",
+        secret,
+        &["b"],
+    );
+    let (b, b_addr) = node_trusting(
+        Daemon::start_with_env(&env),
+        "b",
+        "127.0.0.1:0",
+        secret,
+        &["a"],
+    );
     for d in [&a, &b] {
-        for i in 0..LINKS {
+        for i in 0..links {
             d.ok(&["volume", "create", &format!("v{i}"), "--size", "32M"]);
         }
     }
-    for i in 0..LINKS {
+    for i in 0..links {
         let (set, vol) = (format!("s{i}"), format!("v{i}"));
         a.ok(&enable_args(
             &set,
@@ -276,13 +303,13 @@ fn idle_replication_links_give_their_threads_back() {
             &["--no-sync", "--timeout", "2s"],
         ));
     }
-    for i in 0..LINKS {
+    for i in 0..links {
         let vol = format!("v{i}");
         a.export_nbd(&vol);
         b.export_nbd(&vol);
         scribble(&a.addr_of(&vol), &vol, 16, i as u8);
     }
-    let connects: Vec<_> = (0..LINKS)
+    let connects: Vec<_> = (0..links)
         .map(|i| leg(&settle(&a, &format!("s{i}")), "b")["connects"].clone())
         .collect();
     let quiet = |why: &str| {
@@ -292,11 +319,13 @@ fn idle_replication_links_give_their_threads_back() {
         wait_no_threads(a.pid(), "repl-send", why);
         wait_no_threads(b.pid(), "repl-peer", why);
         wait_no_threads(b.pid(), "repl-apply", why);
+        wait_no_threads(a.pid(), "tls-tunnel", why);
+        wait_no_threads(b.pid(), "tls-tunnel", why);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
             let (pa, pb) = (repl_threads(a.pid()), repl_threads(b.pid()));
             if pa.len() <= FIXED && pb.len() <= FIXED {
-                eprintln!("{LINKS} idle links: primary {pa:?}; secondary {pb:?}");
+                eprintln!("{links} idle links: primary {pa:?}; secondary {pb:?}");
                 return;
             }
             assert!(
@@ -324,9 +353,13 @@ fn idle_replication_links_give_their_threads_back() {
         );
     }
     // A write wakes the link's threads, replicates, and is acknowledged.
-    for i in 0..LINKS {
+    for i in 0..links {
         let vol = format!("v{i}");
         scribble(&a.addr_of(&vol), &vol, 8, 100 + i as u8);
+        if i == 0 && tls == "always" {
+            let t = threads_named(a.pid(), "tls-tunnel");
+            assert!(!t.is_empty(), "writes bring a parked tunnel's thread back");
+        }
     }
     for (i, before) in connects.iter().enumerate() {
         let v = settle(&a, &format!("s{i}"));
@@ -343,15 +376,15 @@ fn idle_replication_links_give_their_threads_back() {
         assert_eq!(unsafe { libc::kill(d.pid(), sig) }, 0);
     };
     stop(&b, libc::SIGSTOP);
-    for i in 0..LINKS {
+    for i in 0..links {
         wait_state(&a, &format!("s{i}"), "logging", 10);
     }
-    for i in 0..LINKS {
+    for i in 0..links {
         let vol = format!("v{i}");
         scribble(&a.addr_of(&vol), &vol, 4, 200 + i as u8);
     }
     stop(&b, libc::SIGCONT);
-    for i in 0..LINKS {
+    for i in 0..links {
         wait_for(
             &a,
             &format!("s{i}"),
@@ -360,7 +393,7 @@ fn idle_replication_links_give_their_threads_back() {
             90,
         );
     }
-    for i in 0..LINKS {
+    for i in 0..links {
         let vol = format!("v{i}");
         assert_eq!(
             sha(&a.uri_of(&vol)),
@@ -373,7 +406,7 @@ fn idle_replication_links_give_their_threads_back() {
     quiet("links idle a third time kept their threads");
     stop(&a, libc::SIGSTOP);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    for i in 0..LINKS {
+    for i in 0..links {
         loop {
             let w = b.json(&["repl", "info", &format!("s{i}")]);
             if w["link"] == "down" {
