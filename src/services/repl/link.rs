@@ -575,12 +575,7 @@ impl Link {
         loop {
             let f = match wire::read_frame(&mut stream) {
                 Ok(f) => f,
-                Err(WireError::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
+                Err(e) if e.is_timeout() => {
                     self.down(epoch, &self.silence());
                     return;
                 }

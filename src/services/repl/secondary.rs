@@ -600,14 +600,7 @@ impl DataLink {
             }
             let f = match wire::read_frame(&mut reader) {
                 Ok(f) => f,
-                Err(WireError::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    break Step::Ended(silence(*timeout));
-                }
+                Err(e) if e.is_timeout() => break Step::Ended(silence(*timeout)),
                 Err(e) => break Step::Ended(e.to_string()),
             };
             match f.kind {

@@ -74,6 +74,14 @@ pub enum WireError {
     Auth(String),
 }
 
+impl WireError {
+    /// A read that ran into the socket's timeout: the peer fell silent.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, WireError::Io(e)
+            if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
+    }
+}
+
 fn malformed<T>(why: impl Into<String>) -> Result<T, WireError> {
     Err(WireError::Malformed(why.into()))
 }
