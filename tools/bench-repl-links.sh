@@ -16,6 +16,7 @@
 #
 #   tools/bench-repl-links.sh
 #   N=1000 QUIET=20 tools/bench-repl-links.sh
+#   UMBRA_REPL_TLS=always tools/bench-repl-links.sh   # the links over TLS
 set -euo pipefail
 
 BENCH_DIR=${BENCH_DIR:-/dev/shm}
@@ -54,9 +55,9 @@ median_ms() { # command... -> "median/p99" of 20 runs, in ms (p99 of 20: the slo
 report() { # name pid
   local all repl rss
   all=$(awk '/^Threads/ {print $2}' "/proc/$2/status")
-  repl=$(cat /proc/"$2"/task/*/comm | grep -c '^repl' || true)
+  repl=$(cat /proc/"$2"/task/*/comm 2>/dev/null | grep -c '^repl' || true)
   rss=$(awk '/^VmRSS/ {print int($2/1024)}' "/proc/$2/status")
-  echo "  $1: $all threads ($repl replication: $(cat /proc/"$2"/task/*/comm | grep '^repl' | awk -F- '{print $1 "-" $2}' | sort | uniq -c | awk '{printf "%s %s, ", $2, $1}' | sed 's/, $//')), $rss MiB resident"
+  echo "  $1: $all threads ($repl replication: $(cat /proc/"$2"/task/*/comm 2>/dev/null | grep '^repl' | awk -F- '{print $1 "-" $2}' | sort | uniq -c | awk '{printf "%s %s, ", $2, $1}' | sed 's/, $//')), $rss MiB resident"
 }
 
 start a; start b
