@@ -36,6 +36,23 @@ pub fn writer(stream: TcpStream, capacity: usize) -> LinkWriter {
     w
 }
 
+/// Give `w` a buffer of `capacity` bytes, flushing what the old one holds
+/// (nothing, between batches). A link's sender holds a large one while it
+/// runs, so a batch of frames goes out in few writes; an idle link a small
+/// one, so a thousand of them do not keep a megabyte each resident. The
+/// buffer's stream is a duplicate of the same socket: the old descriptor
+/// closes, the connection stays.
+pub fn set_capacity(w: &LinkWriter, capacity: usize) -> std::io::Result<()> {
+    let mut g = w.lock();
+    if g.capacity() == capacity {
+        return Ok(());
+    }
+    g.flush()?;
+    let stream = g.get_ref().try_clone()?;
+    *g = BufWriter::with_capacity(capacity, stream);
+    Ok(())
+}
+
 /// Every registered writer, weakly.
 type Registry = Mutex<Vec<Weak<Mutex<BufWriter<TcpStream>>>>>;
 

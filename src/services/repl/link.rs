@@ -169,6 +169,11 @@ pub struct Link {
 type Outgoing = (u32, u64, u64, u64, u32, u32, Option<Arc<Vec<u8>>>);
 
 const SEND_BATCH: usize = 128;
+/// The link writer's buffer while a sender runs: a batch of frames (128
+/// writes of 4 KiB, or 16 resync chunks of 64 KiB) in one socket write.
+const SEND_BUFFER_BYTES: usize = 1 << 20;
+/// ... and while the link is idle: heartbeats only.
+const IDLE_BUFFER_BYTES: usize = 8 << 10;
 /// The sender ends after this long with nothing to send. Long enough that
 /// a writer pausing between bursts keeps its sender (starting one costs a
 /// thread spawn, tens of microseconds, on the next write), short enough
@@ -484,7 +489,7 @@ impl Link {
         let send_stream = stream.try_clone().map_err(|e| e.to_string())?;
         let conn = stream.try_clone().map_err(|e| e.to_string())?;
         // In place before `up`: the first enqueue starts the sender with it.
-        *self.writer.lock() = Some(heartbeat::writer(send_stream, 1 << 20));
+        *self.writer.lock() = Some(heartbeat::writer(send_stream, IDLE_BUFFER_BYTES));
         let epoch = {
             let mut q = self.q.lock();
             q.epoch += 1;
@@ -508,6 +513,10 @@ impl Link {
 
     fn sender(self: Arc<Self>, epoch: u64, w: LinkWriter) {
         let mut batch: Vec<Outgoing> = Vec::with_capacity(SEND_BATCH);
+        // A small buffer would still work, one write per frame or so.
+        if let Err(e) = heartbeat::set_capacity(&w, SEND_BUFFER_BYTES) {
+            log::debug!("link {}: growing the send buffer: {e}", self.group);
+        }
         loop {
             {
                 let mut q = self.q.lock();
@@ -524,6 +533,10 @@ impl Link {
                     if self.cv_send.wait_for(&mut q, SENDER_IDLE).timed_out()
                         && q.unsent >= q.items.len()
                     {
+                        // Under the queue lock, before a new sender can
+                        // start and grow it again. The buffer is empty
+                        // (every batch ends with a flush).
+                        let _ = heartbeat::set_capacity(&w, IDLE_BUFFER_BYTES);
                         q.sender_epoch = 0;
                         return;
                     }
