@@ -1117,19 +1117,13 @@ impl ImageSet {
             .unwrap_or(n);
         let mut need = 0;
         if k > 0 {
-            if let Err(e) = self.cow_to_shadow(c, k, master_lower, false) {
-                self.fail(format!("copy-on-write of chunks {c} to {}: {e}", c + k - 1));
-                return 0;
-            }
-            self.counters.cow_chunks.fetch_add(k, Ordering::Relaxed);
-            need = self.change_run(c, k, &[Which::Diff, Which::Copy, Which::Index], || {
-                for i in c..c + k {
-                    if self.kind == Kind::Independent {
-                        self.copy.clear(i);
-                    }
-                    self.diff.set(i);
+            match self.save_before_write(c, k, master_lower) {
+                Ok(g) => need = g,
+                Err(e) => {
+                    self.fail(format!("copy-on-write of chunks {c} to {}: {e}", c + k - 1));
+                    return 0;
                 }
-            });
+            }
         }
         for i in c + k..c + n {
             match self.move_before_write(i, master_lower) {
@@ -1203,21 +1197,28 @@ impl ImageSet {
             })));
         }
         if !self.shadow_holds(c) {
-            self.cow_to_shadow(c, 1, master_lower, false)?;
-            self.counters.cow_chunks.fetch_add(1, Ordering::Relaxed);
-            return Ok(Some(self.change(
-                c,
-                &[Which::Diff, Which::Copy, Which::Index],
-                || {
-                    if self.kind == Kind::Independent {
-                        self.copy.clear(c);
-                    }
-                    self.diff.set(c);
-                },
-            )));
+            return self.save_before_write(c, 1, master_lower).map(Some);
         }
         // Another writer moved it while we waited for the lock.
         Ok(self.mark_differing(c))
+    }
+
+    /// Copy the point-in-time data of the `n` chunks from `c` to the shadow
+    /// and mark them differing (and copied, for an independent set).
+    /// Caller holds their locks. Returns the generation to wait for.
+    fn save_before_write(&self, c: u64, n: u64, master_lower: &dyn BlockDevice) -> Result<u64> {
+        self.cow_to_shadow(c, n, master_lower, false)?;
+        self.counters.cow_chunks.fetch_add(n, Ordering::Relaxed);
+        Ok(
+            self.change_run(c, n, &[Which::Diff, Which::Copy, Which::Index], || {
+                for i in c..c + n {
+                    if self.kind == Kind::Independent {
+                        self.copy.clear(i);
+                    }
+                    self.diff.set(i);
+                }
+            }),
+        )
     }
 
     /// Chunk `c` is held by the side being written: make sure its shadow
