@@ -246,7 +246,13 @@ fn tunnel(conn: Connection, tcp: TcpStream, far: TcpStream) {
 }
 
 /// Serve `t` on this thread until it ends or goes idle.
-fn run_tunnel(mut t: Box<Tunnel>) {
+fn run_tunnel(t: Box<Tunnel>) {
+    serve_tunnel(t, true)
+}
+
+/// Serve `t` on this thread until it ends or, with `may_park`, goes idle
+/// and parks (when it cannot, it is served on here without going idle).
+fn serve_tunnel(mut t: Box<Tunnel>, may_park: bool) {
     enum End {
         Done,
         Idle,
@@ -257,16 +263,19 @@ fn run_tunnel(mut t: Box<Tunnel>) {
         let Some(ev) = t.prepare()? else {
             return Ok(End::Done);
         };
-        let left = TUNNEL_IDLE.saturating_sub(window.elapsed());
-        let wait =
-            PollTimeout::try_from(left.max(Duration::from_millis(1))).unwrap_or(PollTimeout::MAX);
+        let wait = if may_park {
+            let left = TUNNEL_IDLE.saturating_sub(window.elapsed());
+            PollTimeout::try_from(left.max(Duration::from_millis(1))).unwrap_or(PollTimeout::MAX)
+        } else {
+            PollTimeout::NONE
+        };
         let [tr, fr] = ready_now([(t.tcp.as_fd(), ev.0), (t.far.as_fd(), ev.1)], wait)?;
         let (n, done) = t.step(ev, (tr, fr), true)?;
         if done {
             return Ok(End::Done);
         }
         moved += n;
-        if window.elapsed() >= TUNNEL_IDLE {
+        if may_park && window.elapsed() >= TUNNEL_IDLE {
             if moved <= IDLE_BYTES && t.quiet() {
                 return Ok(End::Idle);
             }
@@ -277,30 +286,10 @@ fn run_tunnel(mut t: Box<Tunnel>) {
         Ok(End::Idle) => match idle::park(t) {
             Ok(()) => return,
             // No reactor: serve on here.
-            Err(back) => return run_unparked(back),
+            Err(back) => return serve_tunnel(back, false),
         },
         Err(e) => log::debug!("TLS tunnel ended: {e}"),
         Ok(End::Done) => {}
-    }
-    t.close();
-}
-
-/// [`run_tunnel`] for a tunnel that cannot park: never goes idle.
-fn run_unparked(mut t: Box<Tunnel>) {
-    let result: io::Result<()> = (|| loop {
-        let Some(ev) = t.prepare()? else {
-            return Ok(());
-        };
-        let [tr, fr] = ready_now(
-            [(t.tcp.as_fd(), ev.0), (t.far.as_fd(), ev.1)],
-            PollTimeout::NONE,
-        )?;
-        if t.step(ev, (tr, fr), true)?.1 {
-            return Ok(());
-        }
-    })();
-    if let Err(e) = result {
-        log::debug!("TLS tunnel ended: {e}");
     }
     t.close();
 }
@@ -353,11 +342,6 @@ mod idle {
         .as_ref()
     }
 
-    /// Token of a tunnel's socket: the tunnel's id and which socket.
-    fn token(id: u64, far: bool) -> u64 {
-        id << 1 | far as u64
-    }
-
     /// Serve `t` from the reactor; it comes back when there is none.
     pub(super) fn park(t: Box<Tunnel>) -> Result<(), Box<Tunnel>> {
         let Some(r) = reactor() else {
@@ -367,17 +351,31 @@ mod idle {
         // Registered and recorded under one lock hold: the reactor, woken
         // at once, waits for the record instead of missing it.
         let mut all = r.tunnels.lock();
-        for far in [false, true] {
-            let fd = if far { t.far.as_fd() } else { t.tcp.as_fd() };
-            let ev = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP, token(id, far));
-            if let Err(e) = r.epoll.add(fd, ev) {
-                log::warn!("parking an idle TLS tunnel: {e}");
-                forget(r, &t);
-                return Err(t);
-            }
+        // Both sockets carry the tunnel's id: either being ready runs it.
+        let added = [t.tcp.as_fd(), t.far.as_fd()]
+            .into_iter()
+            .try_for_each(|fd| {
+                let ev = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP, id);
+                r.epoll.add(fd, ev)
+            });
+        if let Err(e) = added {
+            log::warn!("parking an idle TLS tunnel: {e}");
+            forget(r, &t);
+            return Err(t);
         }
         all.insert(id, t);
         Ok(())
+    }
+
+    /// Whether the tunnel serving the plaintext socket `near` waits here.
+    #[cfg(test)]
+    pub(super) fn holds(near: std::net::SocketAddr) -> bool {
+        reactor().is_some_and(|r| {
+            r.tunnels
+                .lock()
+                .values()
+                .any(|t| t.far.peer_addr().ok() == Some(near))
+        })
     }
 
     /// Out of the epoll set (before its sockets close or move to a thread).
@@ -399,7 +397,7 @@ mod idle {
                 }
             };
             for ev in &events[..n] {
-                let id = ev.data() >> 1;
+                let id = ev.data();
                 // Both sockets of one tunnel may be in this batch: the
                 // first takes it out, the second finds it gone or back.
                 let Some(mut t) = r.tunnels.lock().remove(&id) else {
@@ -517,9 +515,11 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         // The server echoes whatever it reads until the end of stream.
+        let (near_tx, near_rx) = std::sync::mpsc::channel();
         let srv = std::thread::spawn(move || {
             let (s, _) = l.accept().unwrap();
             let (mut s, _) = server(s).unwrap();
+            near_tx.send(s.local_addr().unwrap()).unwrap();
             let mut buf = vec![0u8; 1 << 16];
             let mut total = 0;
             loop {
@@ -533,6 +533,15 @@ mod tests {
             }
         });
         let (mut c, _) = client(TcpStream::connect(addr).unwrap()).unwrap();
+        let nears = [c.local_addr().unwrap(), near_rx.recv().unwrap()];
+        // Both tunnels (client's and server's) wait in the reactor.
+        let parked = || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !nears.iter().all(|n| idle::holds(*n)) {
+                assert!(Instant::now() < deadline, "the quiet tunnels did not park");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
         let ping = |c: &mut TcpStream, msg: &[u8]| {
             c.write_all(msg).unwrap();
             let mut back = vec![0u8; msg.len()];
@@ -541,8 +550,7 @@ mod tests {
         };
         ping(&mut c, b"before");
         for round in 0..2 {
-            // Past a whole idle window: both tunnels are parked.
-            std::thread::sleep(TUNNEL_IDLE * 2);
+            parked();
             for i in 0..20u8 {
                 ping(&mut c, &[i; 16]);
             }
@@ -555,7 +563,7 @@ mod tests {
             w.join().unwrap();
             assert!(back == bulk, "round {round}: the bulk echo matches");
         }
-        std::thread::sleep(TUNNEL_IDLE * 2);
+        parked();
         c.shutdown(Shutdown::Both).unwrap();
         drop(c);
         assert_eq!(srv.join().unwrap(), 6 + 2 * (20 * 16 + (1 << 20)));
