@@ -209,7 +209,8 @@ fn insert<T: Send + 'static>(
     Ok(())
 }
 
-/// Take `token` out of the epoll set and the records and wake its owner.
+/// Take a parked socket (already out of the records) out of the epoll set
+/// and wake its owner.
 fn wake(p: &Poller, parked: Parked, why: Woken) {
     // SAFETY: the entry owns the stream whose descriptor `fd` is, and its
     // wake function has not run yet, so `fd` is open for this whole call.
